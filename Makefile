@@ -1,0 +1,35 @@
+# `make run` and `make test` are all a fresh machine needs. Both use the same
+# cargo profile (dev, with optimised dependencies), so the dependency stack is
+# built once and shared by run, test, bench and CI.
+
+CARGO      ?= cargo
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+BIN        := $(TARGET_DIR)/debug
+DATA_DIR   ?= default.raftkv
+
+.PHONY: all deps build run test bench clean-data
+
+all: build
+
+deps:
+	@./scripts/deps.sh
+
+build: deps
+	$(CARGO) build --workspace --bins
+
+# One member on 127.0.0.1:2379 (clients) and 127.0.0.1:2380 (peers), data in ./$(DATA_DIR).
+run: build
+	$(BIN)/raftkv --name default --data-dir $(DATA_DIR) \
+	  --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+	  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380
+
+# Every test: unit, property, and end-to-end over the real binaries and real etcd.
+test: build
+	$(CARGO) test --workspace
+
+# raftkv and Debian's etcd side by side on this machine, with ratios.
+bench: build
+	./scripts/bench.sh
+
+clean-data:
+	rm -rf $(DATA_DIR)

@@ -1,0 +1,34 @@
+//! HTTP on the client port, beside gRPC: `/health` and `/version` as etcd
+//! serves them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use super::maintenance::API_VERSION;
+use crate::node::Node;
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new().route("/health", get(health)).route("/version", get(version)).with_state(node)
+}
+
+async fn health(axum::extract::State(node): axum::extract::State<Arc<Node>>) -> impl IntoResponse {
+    let healthy = node.raft.status.leader() != 0
+        && tokio::time::timeout(Duration::from_secs(1), node.raft.read_index()).await.is_ok_and(|r| r.is_ok());
+    let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, [("content-type", "application/json")], format!("{{\"health\":\"{healthy}\"}}"))
+}
+
+async fn version() -> impl IntoResponse {
+    (
+        [("content-type", "application/json")],
+        format!(
+            "{{\"etcdserver\":\"{API_VERSION}\",\"etcdcluster\":\"{API_VERSION}\",\"raftkv\":\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        ),
+    )
+}

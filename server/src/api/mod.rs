@@ -1,0 +1,32 @@
+//! Thin gRPC and HTTP adapters, as etcd's v3rpc: validate, call the node,
+//! map the error, fill the header. `status` is the one table from errors to
+//! gRPC codes.
+
+pub mod cluster;
+pub mod http;
+pub mod kv;
+pub mod maintenance;
+pub mod validate;
+
+use tonic::{Code, Status};
+
+use crate::error::Error;
+
+/// etcd's mapping of errors to gRPC codes; clients retry only Unavailable.
+pub fn status(e: Error) -> Status {
+    use Error::*;
+    let code = match &e {
+        EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey | RequestTooLarge
+        | InvalidSortOption => Code::InvalidArgument,
+        Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
+        NoSpace | TooManyRequests => Code::ResourceExhausted,
+        LeaseNotFound | MemberNotFound => Code::NotFound,
+        LeaseExists | NotLeader => Code::FailedPrecondition,
+        NoLeader | LeaderChanged | Timeout | Stopped | NotSupportedForLearner => Code::Unavailable,
+        Corrupt => Code::DataLoss,
+        Internal(_) => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+pub type Reply<T> = Result<tonic::Response<T>, Status>;

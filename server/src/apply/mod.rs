@@ -1,0 +1,146 @@
+//! The state machine: applies committed requests to MVCC, one file per
+//! request kind with the same shape (`check` what must hold, `apply`), and
+//! hands each result to the member that proposed it.
+
+pub mod delete;
+pub mod put;
+pub mod range;
+pub mod request;
+pub mod txn;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use etcd_client::proto::{
+    PbCompactionResponse as CompactionResponse, PbDeleteResponse as DeleteRangeResponse, PbPutResponse as PutResponse,
+    PbResponseHeader, PbTxnResponse as TxnResponse,
+};
+use parking_lot::Mutex;
+use prost::Message;
+use tokio::sync::oneshot;
+
+use crate::error::Error;
+use crate::lease::Lessor;
+use crate::mvcc::{MvccError, Store};
+use crate::raft::StateMachine;
+use crate::storage::{Cf, Engine, StorageError, WriteBatch};
+use request::{Op, RaftRequest};
+
+const META_APPLIED: &[u8] = b"raft/applied_index";
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Response {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compaction(CompactionResponse),
+}
+
+pub type ApplyResult = Result<Response, Error>;
+
+/// Proposers waiting for the outcome of their request, by request id.
+#[derive(Default)]
+pub struct Waiters {
+    waiting: Mutex<HashMap<u64, oneshot::Sender<ApplyResult>>>,
+}
+
+impl Waiters {
+    pub fn register(&self, id: u64) -> oneshot::Receiver<ApplyResult> {
+        let (tx, rx) = oneshot::channel();
+        self.waiting.lock().insert(id, tx);
+        rx
+    }
+
+    pub fn forget(&self, id: u64) {
+        self.waiting.lock().remove(&id);
+    }
+
+    fn complete(&self, id: u64, result: ApplyResult) {
+        if let Some(tx) = self.waiting.lock().remove(&id) {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+pub struct Applier {
+    engine: Arc<dyn Engine>,
+    store: Arc<Store>,
+    lessor: Arc<Lessor>,
+    waiters: Arc<Waiters>,
+    applied: u64,
+}
+
+/// Reads the applied index persisted with the state.
+pub fn applied_index(engine: &dyn Engine) -> Result<u64, StorageError> {
+    match engine.get(Cf::Meta, META_APPLIED)? {
+        Some(b) => Ok(u64::from_be_bytes(b.as_slice().try_into().map_err(|_| StorageError::Corrupt {
+            path: "meta".into(),
+            detail: "applied index".into(),
+        })?)),
+        None => Ok(0),
+    }
+}
+
+impl Applier {
+    pub fn new(engine: Arc<dyn Engine>, store: Arc<Store>, lessor: Arc<Lessor>, waiters: Arc<Waiters>) -> Result<Self, StorageError> {
+        let applied = applied_index(engine.as_ref())?;
+        Ok(Self { engine, store, lessor, waiters, applied })
+    }
+
+    /// Runs one request; `progress` is written atomically with its effects.
+    fn execute(&self, op: Op, progress: WriteBatch) -> Result<ApplyResult, StorageError> {
+        if let Op::Compaction(c) = op {
+            return match self.store.compact(c.revision, progress.clone()) {
+                Ok(()) => Ok(Ok(Response::Compaction(CompactionResponse {
+                    header: Some(PbResponseHeader { revision: self.store.current_revision(), ..Default::default() }),
+                }))),
+                Err(MvccError::Storage(e)) => Err(e),
+                Err(e) => {
+                    self.engine.write(progress, false)?;
+                    Ok(Err(e.into()))
+                }
+            };
+        }
+        let mut txn = self.store.write();
+        let result = match op {
+            Op::Put(p) => put::apply(&mut txn, &self.lessor, p).map(Response::Put),
+            Op::DeleteRange(d) => delete::apply(&mut txn, d).map(Response::DeleteRange),
+            Op::Txn(t) => txn::apply(&mut txn, &self.lessor, t).map(Response::Txn),
+            Op::Compaction(_) => unreachable!("handled above"),
+        };
+        // A failed request left no change in `txn` (checks run first), but
+        // raft's progress is still recorded.
+        txn.commit(progress).map_err(|e| match e {
+            MvccError::Storage(e) => e,
+            other => StorageError::Engine(other.to_string()),
+        })?;
+        Ok(result)
+    }
+}
+
+impl StateMachine for Applier {
+    fn apply(&mut self, index: u64, data: Option<&[u8]>, mut progress: WriteBatch) -> Result<(), StorageError> {
+        progress.put(Cf::Meta, META_APPLIED, index.to_be_bytes().to_vec());
+        self.applied = index;
+        let Some(data) = data else {
+            return self.engine.write(progress, false);
+        };
+        let req = match RaftRequest::decode(data) {
+            Ok(req) => req,
+            Err(e) => {
+                tracing::error!(index, error = %e, "undecodable raft entry skipped");
+                return self.engine.write(progress, false);
+            }
+        };
+        let Some(op) = req.op else {
+            return self.engine.write(progress, false);
+        };
+        let result = self.execute(op, progress)?;
+        self.waiters.complete(req.id, result);
+        Ok(())
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.applied
+    }
+}

@@ -1,0 +1,158 @@
+//! etcd's flags, names and defaults, each also read from `RAFTKV_<FLAG>`
+//! (for example `RAFTKV_DATA_DIR`).
+
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "raftkv", version, about = "raftkv: a distributed, reliable key-value store that speaks the etcd v3 API")]
+pub struct Config {
+    /// Human-readable name for this member.
+    #[arg(long, env = "RAFTKV_NAME", default_value = "default")]
+    pub name: String,
+    /// Path to the data directory [default: ${name}.raftkv].
+    #[arg(long, env = "RAFTKV_DATA_DIR")]
+    pub data_dir: Option<String>,
+    /// URLs to listen on for client traffic (gRPC and HTTP on one port).
+    #[arg(long, env = "RAFTKV_LISTEN_CLIENT_URLS", default_value = "http://localhost:2379")]
+    pub listen_client_urls: String,
+    /// This member's client URLs to advertise to the cluster.
+    #[arg(long, env = "RAFTKV_ADVERTISE_CLIENT_URLS", default_value = "http://localhost:2379")]
+    pub advertise_client_urls: String,
+    /// URLs to listen on for peer traffic.
+    #[arg(long, env = "RAFTKV_LISTEN_PEER_URLS", default_value = "http://localhost:2380")]
+    pub listen_peer_urls: String,
+    /// This member's peer URLs to advertise to the cluster.
+    #[arg(long, env = "RAFTKV_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://localhost:2380")]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster configuration for bootstrapping (name=peerURL,...).
+    #[arg(long, env = "RAFTKV_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Initial cluster state ('new' or 'existing').
+    #[arg(long, env = "RAFTKV_INITIAL_CLUSTER_STATE", default_value = "new", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+    /// Initial cluster token for the cluster during bootstrap.
+    #[arg(long, env = "RAFTKV_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, env = "RAFTKV_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
+    pub max_request_bytes: usize,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, env = "RAFTKV_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Interpret 'auto-compaction-retention' as 'periodic' (a duration) or 'revision'.
+    #[arg(long, env = "RAFTKV_AUTO_COMPACTION_MODE", default_value = "periodic", value_parser = ["periodic", "revision"])]
+    pub auto_compaction_mode: String,
+    /// Auto compaction retention: a duration ('1h', '30m'; a bare number is
+    /// hours) in periodic mode, a number of revisions in revision mode. 0
+    /// disables auto compaction.
+    #[arg(long, env = "RAFTKV_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+    /// Number of committed entries between two truncations of the raft log.
+    #[arg(long, env = "RAFTKV_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    pub snapshot_count: u64,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, env = "RAFTKV_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Log level: trace, debug, info, warn, error.
+    #[arg(long, env = "RAFTKV_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Log format: text or json.
+    #[arg(long, env = "RAFTKV_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// Auto compaction, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    Off,
+    Periodic(Duration),
+    Revision(i64),
+}
+
+impl Config {
+    pub fn data_dir(&self) -> String {
+        self.data_dir.clone().unwrap_or_else(|| format!("{}.raftkv", self.name))
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        // etcd: 5 s plus two election timeouts.
+        Duration::from_secs(5) + Duration::from_millis(2 * self.election_timeout)
+    }
+
+    pub fn auto_compaction(&self) -> Result<AutoCompaction, String> {
+        let r = self.auto_compaction_retention.trim();
+        if self.auto_compaction_mode == "revision" {
+            let n: i64 = r.parse().map_err(|_| format!("invalid --auto-compaction-retention {r:?}: want a number of revisions"))?;
+            return Ok(if n <= 0 { AutoCompaction::Off } else { AutoCompaction::Revision(n) });
+        }
+        let d = match r.parse::<u64>() {
+            Ok(hours) => Duration::from_secs(hours * 3600),
+            Err(_) => humantime::parse_duration(r).map_err(|e| format!("invalid --auto-compaction-retention {r:?}: {e}"))?,
+        };
+        Ok(if d.is_zero() { AutoCompaction::Off } else { AutoCompaction::Periodic(d) })
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.heartbeat_interval == 0 || self.election_timeout < 5 * self.heartbeat_interval {
+            return Err(format!(
+                "--election-timeout[{}ms] should be at least 5 times as --heartbeat-interval[{}ms]",
+                self.election_timeout, self.heartbeat_interval
+            ));
+        }
+        self.auto_compaction()?;
+        Ok(())
+    }
+}
+
+/// Splits a comma-separated URL list.
+pub fn split_urls(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect()
+}
+
+/// The host:port of an http(s) URL, resolving "localhost" to loopback.
+pub fn url_addr(url: &str) -> Result<std::net::SocketAddr, String> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).unwrap_or(url);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let hostport = hostport.replace("localhost", "127.0.0.1");
+    use std::net::ToSocketAddrs;
+    hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("invalid URL {url:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("invalid URL {url:?}: no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(args: &[&str]) -> Config {
+        Config::parse_from(std::iter::once("raftkv").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn auto_compaction_retention_has_etcds_meaning() {
+        assert_eq!(cfg(&[]).auto_compaction(), Ok(AutoCompaction::Off));
+        assert_eq!(cfg(&["--auto-compaction-retention", "1"]).auto_compaction(), Ok(AutoCompaction::Periodic(Duration::from_secs(3600))));
+        assert_eq!(cfg(&["--auto-compaction-retention", "30m"]).auto_compaction(), Ok(AutoCompaction::Periodic(Duration::from_secs(1800))));
+        assert_eq!(
+            cfg(&["--auto-compaction-mode", "revision", "--auto-compaction-retention", "1000"]).auto_compaction(),
+            Ok(AutoCompaction::Revision(1000))
+        );
+        assert!(cfg(&["--auto-compaction-mode", "revision", "--auto-compaction-retention", "1h"]).auto_compaction().is_err());
+    }
+
+    #[test]
+    fn defaults_are_etcds() {
+        let c = cfg(&[]);
+        assert_eq!(c.data_dir(), "default.raftkv");
+        assert_eq!(c.max_request_bytes, 1_572_864);
+        assert_eq!(c.max_txn_ops, 128);
+        assert_eq!(url_addr(&c.listen_client_urls), Ok("127.0.0.1:2379".parse().expect("addr")));
+    }
+}

@@ -1,0 +1,76 @@
+//! The errors a client can see, with etcd's exact texts. `api::status` maps
+//! them to gRPC codes in one table; nothing else builds a `tonic::Status`.
+
+use crate::mvcc::MvccError;
+use crate::storage::StorageError;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
+    /// A failure of the server itself (storage, encoding); the text is ours.
+    #[error("etcdserver: {0}")]
+    Internal(String),
+}
+
+impl From<MvccError> for Error {
+    fn from(e: MvccError) -> Self {
+        match e {
+            MvccError::Compacted => Error::Compacted,
+            MvccError::FutureRev => Error::FutureRev,
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<StorageError> for Error {
+    fn from(e: StorageError) -> Self {
+        Error::Internal(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,31 @@
+//! raftkv: a distributed, reliable key-value store that speaks the etcd v3
+//! API.
+//!
+//! # Layout
+//! - `storage`: the engine trait; `rocks` (the only file naming RocksDB) and
+//!   `mem` (tests).
+//! - `raft`: raft-rs's Ready loop, the raft log over the engine. Knows no
+//!   domain module.
+//! - `mvcc`: revisions, the key index, reads at revisions, write
+//!   transactions, compaction.
+//! - `lease`: which leases exist.
+//! - `apply`: the state machine, one file per request kind.
+//! - `api`: gRPC/HTTP adapters and the single error -> status table.
+//! - `node`: wiring, propose and linearizable reads; `server`: `run`.
+//! - `config`: etcd's flags; `compactor`: auto compaction; `error`: the
+//!   errors clients see, with etcd's texts.
+//!
+//! Dependencies point one way: api -> node -> apply -> (mvcc, lease) ->
+//! storage; raft -> storage.
+
+pub mod api;
+pub mod apply;
+pub mod compactor;
+pub mod config;
+pub mod error;
+pub mod lease;
+pub mod mvcc;
+pub mod node;
+pub mod raft;
+pub mod server;
+pub mod storage;

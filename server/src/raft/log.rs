@@ -1,0 +1,249 @@
+//! `raft::Storage` over the engine: entries keyed by index, the hard state,
+//! the conf state and the index/term where the log was last truncated.
+//! Callers batch the writes this type prepares and decide when to sync.
+
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
+
+use crate::storage::{Cf, Engine, StorageError, WriteBatch};
+
+const ENTRY_PREFIX: u8 = b'e';
+const HARD_STATE: &[u8] = b"hs";
+const CONF_STATE: &[u8] = b"cs";
+const TRUNCATED: &[u8] = b"truncated";
+
+fn entry_key(index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(ENTRY_PREFIX);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn corrupt(detail: impl ToString) -> StorageError {
+    StorageError::Corrupt { path: "raft log".into(), detail: detail.to_string() }
+}
+
+fn other(e: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(RaftStorageError::Other(e.to_string().into()))
+}
+
+pub struct RaftLog {
+    engine: Arc<dyn Engine>,
+    hs: HardState,
+    cs: ConfState,
+    /// Index and term of the last entry removed by truncation (0, 0 if none).
+    truncated: (u64, u64),
+    last: u64,
+}
+
+impl RaftLog {
+    pub fn open(engine: Arc<dyn Engine>) -> Result<Self, StorageError> {
+        let hs = match engine.get(Cf::Raft, HARD_STATE)? {
+            Some(b) => HardState::parse_from_bytes(&b).map_err(corrupt)?,
+            None => HardState::default(),
+        };
+        let cs = match engine.get(Cf::Raft, CONF_STATE)? {
+            Some(b) => ConfState::parse_from_bytes(&b).map_err(corrupt)?,
+            None => ConfState::default(),
+        };
+        let truncated = match engine.get(Cf::Raft, TRUNCATED)? {
+            Some(b) if b.len() == 16 => (
+                u64::from_be_bytes(b[..8].try_into().map_err(corrupt)?),
+                u64::from_be_bytes(b[8..].try_into().map_err(corrupt)?),
+            ),
+            Some(_) => return Err(corrupt("truncated state")),
+            None => (0, 0),
+        };
+        let last = match engine.last_in(Cf::Raft, &[ENTRY_PREFIX], &[ENTRY_PREFIX + 1])? {
+            Some((k, _)) => u64::from_be_bytes(k[1..].try_into().map_err(corrupt)?),
+            None => truncated.0,
+        };
+        Ok(Self { engine, hs, cs, truncated, last })
+    }
+
+    pub fn is_initialized(&self) -> bool {
+        !self.cs.voters.is_empty() || !self.cs.learners.is_empty()
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hs
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.cs
+    }
+
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    pub fn first(&self) -> u64 {
+        self.truncated.0 + 1
+    }
+
+    /// Appends entries, replacing any conflicting suffix.
+    pub fn append(&mut self, entries: &[Entry], batch: &mut WriteBatch) -> Result<(), StorageError> {
+        let Some(first) = entries.first() else { return Ok(()) };
+        for e in entries {
+            batch.put(Cf::Raft, entry_key(e.index), e.write_to_bytes().map_err(corrupt)?);
+        }
+        let new_last = first.index + entries.len() as u64 - 1;
+        if new_last < self.last {
+            batch.delete_range(Cf::Raft, entry_key(new_last + 1), entry_key(self.last + 1));
+        }
+        self.last = new_last;
+        Ok(())
+    }
+
+    pub fn set_hard_state(&mut self, hs: HardState, batch: &mut WriteBatch) -> Result<(), StorageError> {
+        batch.put(Cf::Raft, HARD_STATE, hs.write_to_bytes().map_err(corrupt)?);
+        self.hs = hs;
+        Ok(())
+    }
+
+    /// Records that entries up to `index` are committed (never moving back).
+    pub fn commit_to(&mut self, index: u64, batch: &mut WriteBatch) -> Result<(), StorageError> {
+        let mut hs = self.hs.clone();
+        hs.commit = hs.commit.max(index);
+        self.set_hard_state(hs, batch)
+    }
+
+    pub fn set_conf_state(&mut self, cs: ConfState, batch: &mut WriteBatch) -> Result<(), StorageError> {
+        batch.put(Cf::Raft, CONF_STATE, cs.write_to_bytes().map_err(corrupt)?);
+        self.cs = cs;
+        Ok(())
+    }
+
+    /// Drops entries up to and including `index` (already applied).
+    pub fn truncate(&mut self, index: u64, batch: &mut WriteBatch) -> Result<(), StorageError> {
+        if index <= self.truncated.0 || index > self.last {
+            return Ok(());
+        }
+        let term = self.entry(index)?.map(|e| e.term).ok_or_else(|| corrupt(format!("entry {index} missing")))?;
+        batch.delete_range(Cf::Raft, entry_key(0), entry_key(index + 1));
+        let mut v = index.to_be_bytes().to_vec();
+        v.extend_from_slice(&term.to_be_bytes());
+        batch.put(Cf::Raft, TRUNCATED, v);
+        self.truncated = (index, term);
+        Ok(())
+    }
+
+    fn entry(&self, index: u64) -> Result<Option<Entry>, StorageError> {
+        match self.engine.get(Cf::Raft, &entry_key(index))? {
+            Some(b) => Entry::parse_from_bytes(&b).map(Some).map_err(corrupt),
+            None => Ok(None),
+        }
+    }
+}
+
+impl raft::Storage for RaftLog {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(self.hs.clone(), self.cs.clone()))
+    }
+
+    fn entries(&self, low: u64, high: u64, max_size: impl Into<Option<u64>>, _ctx: GetEntriesContext) -> raft::Result<Vec<Entry>> {
+        if low <= self.truncated.0 {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if high > self.last + 1 {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        let mut entries = Vec::with_capacity((high - low) as usize);
+        let mut failure = None;
+        self.engine
+            .scan(Cf::Raft, &entry_key(low), Some(&entry_key(high)), &mut |_, v| match Entry::parse_from_bytes(v) {
+                Ok(e) => {
+                    entries.push(e);
+                    true
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            })
+            .map_err(other)?;
+        if let Some(e) = failure {
+            return Err(other(e));
+        }
+        if entries.len() as u64 != high - low {
+            return Err(other(format!("raft log has a hole in [{low}, {high})")));
+        }
+        raft::util::limit_size(&mut entries, max_size.into());
+        Ok(entries)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.truncated.0 {
+            return Ok(self.truncated.1);
+        }
+        if idx < self.truncated.0 {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if idx > self.last {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        match self.entry(idx).map_err(other)? {
+            Some(e) => Ok(e.term),
+            None => Err(raft::Error::Store(RaftStorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Streaming state to another member arrives with clustering.
+        Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::mem::MemEngine;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry { index, term, ..Default::default() }
+    }
+
+    #[test]
+    fn entries_survive_reopen_and_a_conflict_replaces_the_suffix() {
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        let mut log = RaftLog::open(engine.clone()).expect("open");
+        let mut b = WriteBatch::default();
+        log.append(&[entry(1, 1), entry(2, 1), entry(3, 1)], &mut b).expect("append");
+        log.append(&[entry(2, 2)], &mut b).expect("append");
+        log.commit_to(2, &mut b).expect("commit");
+        engine.write(b, true).expect("write");
+        let log = RaftLog::open(engine).expect("reopen");
+        assert_eq!(log.last_index().expect("last"), 2);
+        assert_eq!(log.term(2).expect("term"), 2);
+        assert_eq!(log.hard_state().commit, 2);
+        assert_eq!(log.entries(1, 3, None, GetEntriesContext::empty(false)).expect("entries").len(), 2);
+    }
+
+    #[test]
+    fn truncation_keeps_the_term_of_the_last_removed_entry() {
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        let mut log = RaftLog::open(engine.clone()).expect("open");
+        let mut b = WriteBatch::default();
+        log.append(&[entry(1, 1), entry(2, 3), entry(3, 3)], &mut b).expect("append");
+        engine.write(b, true).expect("write");
+        let mut b = WriteBatch::default();
+        log.truncate(2, &mut b).expect("truncate");
+        engine.write(b, true).expect("write");
+        let log = RaftLog::open(engine).expect("reopen");
+        assert_eq!(log.first_index().expect("first"), 3);
+        assert_eq!(log.term(2).expect("term"), 3);
+        assert!(log.entries(1, 3, None, GetEntriesContext::empty(false)).is_err());
+    }
+}

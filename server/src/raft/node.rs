@@ -1,0 +1,387 @@
+//! The one Ready loop, in raft-rs's documented order: send messages, apply
+//! the snapshot, apply committed entries, append entries and persist the
+//! hard state (one synced write: group commit), send persisted messages,
+//! advance, apply what the light ready committed, advance_apply.
+//!
+//! Everything proposed while a sync runs goes into the next Ready, so many
+//! client writes share one fsync.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::time::{Duration, Instant};
+
+use raft::eraftpb::{ConfChangeV2, Entry, EntryType, Message};
+use raft::{RawNode, StateRole};
+use slog::Drain;
+use tokio::sync::oneshot;
+
+use super::log::RaftLog;
+use crate::storage::{Engine, StorageError, WriteBatch};
+
+/// The application side of raft: it applies committed entries.
+pub trait StateMachine: Send + 'static {
+    /// Applies the entry at `index` (`data` None for raft's own entries).
+    /// `progress` records raft's commit and applied index: it must be written
+    /// in the same atomic batch as the state the entry produces, so that
+    /// after a crash nothing is applied twice and nothing is lost.
+    fn apply(&mut self, index: u64, data: Option<&[u8]>, progress: WriteBatch) -> Result<(), StorageError>;
+
+    /// The index of the last applied entry, as persisted.
+    fn applied_index(&self) -> u64;
+}
+
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    pub id: u64,
+    /// Voters of a new cluster (bootstrap); ignored when the log exists.
+    pub initial_voters: Vec<u64>,
+    pub tick: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Entries applied between two truncations of the raft log.
+    pub snapshot_count: u64,
+    /// Entries kept behind the applied index for slow followers.
+    pub catch_up_entries: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RaftError {
+    #[error("proposal dropped: no leader")]
+    Dropped,
+    #[error("raft loop stopped")]
+    Stopped,
+    #[error("read index timed out")]
+    Timeout,
+}
+
+/// What the rest of the server may read about raft without asking the loop.
+#[derive(Debug, Default)]
+pub struct RaftStatus {
+    pub id: AtomicU64,
+    pub leader: AtomicU64,
+    pub term: AtomicU64,
+    pub commit: AtomicU64,
+    pub applied: AtomicU64,
+}
+
+impl RaftStatus {
+    pub fn leader(&self) -> u64 {
+        self.leader.load(Ordering::Acquire)
+    }
+    pub fn term(&self) -> u64 {
+        self.term.load(Ordering::Acquire)
+    }
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+    pub fn commit(&self) -> u64 {
+        self.commit.load(Ordering::Acquire)
+    }
+}
+
+enum Command {
+    Propose(Vec<u8>, oneshot::Sender<Result<(), RaftError>>),
+    ReadIndex(oneshot::Sender<u64>),
+    Stop,
+}
+
+/// A cheap, cloneable way to talk to the Ready loop.
+#[derive(Clone)]
+pub struct RaftHandle {
+    tx: Sender<Command>,
+    pub status: Arc<RaftStatus>,
+}
+
+impl RaftHandle {
+    /// Hands `data` to raft. Ok means it is in the leader's log, not that it
+    /// is committed: the state machine reports the outcome.
+    pub async fn propose(&self, data: Vec<u8>) -> Result<(), RaftError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Propose(data, tx)).map_err(|_| RaftError::Stopped)?;
+        rx.await.map_err(|_| RaftError::Stopped)?
+    }
+
+    /// Waits until this member has applied everything committed when the
+    /// call was made (ReadIndex); returns that index.
+    pub async fn read_index(&self) -> Result<u64, RaftError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::ReadIndex(tx)).map_err(|_| RaftError::Stopped)?;
+        rx.await.map_err(|_| RaftError::Stopped)
+    }
+
+    pub fn stop(&self) {
+        let _ = self.tx.send(Command::Stop);
+    }
+}
+
+struct PendingRead {
+    issued: Instant,
+    waiters: Vec<oneshot::Sender<u64>>,
+}
+
+struct Loop<S: StateMachine> {
+    node: RawNode<RaftLog>,
+    engine: Arc<dyn Engine>,
+    sm: S,
+    status: Arc<RaftStatus>,
+    cfg: RaftConfig,
+    read_seq: u64,
+    /// Reads waiting for a ReadIndex answer, by request context.
+    reads_in_flight: HashMap<u64, PendingRead>,
+    /// Reads answered with an index, waiting to be applied up to it.
+    reads_to_apply: Vec<(u64, Vec<oneshot::Sender<u64>>)>,
+    new_reads: Vec<oneshot::Sender<u64>>,
+    applied: u64,
+    last_truncation: u64,
+}
+
+fn slog_logger() -> slog::Logger {
+    slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!())
+}
+
+/// Starts the Ready loop on its own thread.
+pub fn start<S: StateMachine>(
+    cfg: RaftConfig,
+    engine: Arc<dyn Engine>,
+    sm: S,
+) -> Result<(RaftHandle, std::thread::JoinHandle<()>), StorageError> {
+    let mut log = RaftLog::open(engine.clone())?;
+    if !log.is_initialized() {
+        let mut batch = WriteBatch::default();
+        let cs = raft::eraftpb::ConfState { voters: cfg.initial_voters.clone(), ..Default::default() };
+        log.set_conf_state(cs, &mut batch)?;
+        engine.write(batch, true)?;
+    }
+    let applied = sm.applied_index();
+    let raft_cfg = raft::Config {
+        id: cfg.id,
+        election_tick: cfg.election_ticks,
+        heartbeat_tick: cfg.heartbeat_ticks,
+        applied,
+        pre_vote: true,
+        check_quorum: true,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        ..Default::default()
+    };
+    let sole_voter = log.conf_state().voters == vec![cfg.id];
+    let node = RawNode::new(&raft_cfg, log, &slog_logger()).map_err(|e| StorageError::Engine(format!("raft: {e}")))?;
+    let status = Arc::new(RaftStatus::default());
+    status.id.store(cfg.id, Ordering::Release);
+    status.applied.store(applied, Ordering::Release);
+    let (tx, rx) = channel();
+    let mut lp = Loop {
+        node,
+        engine,
+        sm,
+        status: status.clone(),
+        read_seq: 0,
+        reads_in_flight: HashMap::new(),
+        reads_to_apply: Vec::new(),
+        new_reads: Vec::new(),
+        applied,
+        last_truncation: applied,
+        cfg,
+    };
+    if sole_voter {
+        // A one-member cluster need not wait an election timeout.
+        let _ = lp.node.campaign();
+    }
+    let thread = std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || {
+            if let Err(e) = lp.run(rx) {
+                // Storage failed under raft: stopping is the only safe move.
+                tracing::error!(error = %e, "raft loop stopped on a storage error");
+            }
+        })
+        .map_err(|e| StorageError::Engine(e.to_string()))?;
+    Ok((RaftHandle { tx, status }, thread))
+}
+
+impl<S: StateMachine> Loop<S> {
+    fn run(&mut self, rx: Receiver<Command>) -> Result<(), StorageError> {
+        let mut last_tick = Instant::now();
+        loop {
+            let wait = self.cfg.tick.saturating_sub(last_tick.elapsed());
+            match rx.recv_timeout(wait) {
+                Ok(cmd) => {
+                    if !self.handle(cmd) {
+                        return Ok(());
+                    }
+                    // Take everything already queued: it shares one Ready.
+                    while let Ok(cmd) = rx.try_recv() {
+                        if !self.handle(cmd) {
+                            return Ok(());
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            if last_tick.elapsed() >= self.cfg.tick {
+                self.node.tick();
+                last_tick = Instant::now();
+                self.retry_reads();
+            }
+            self.issue_reads();
+            self.on_ready()?;
+        }
+    }
+
+    /// False when the loop must stop.
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Propose(data, done) => {
+                let r = self.node.propose(Vec::new(), data).map_err(|_| RaftError::Dropped);
+                let _ = done.send(r);
+            }
+            Command::ReadIndex(done) => self.new_reads.push(done),
+            Command::Stop => return false,
+        }
+        true
+    }
+
+    /// Many waiting reads share one ReadIndex round.
+    fn issue_reads(&mut self) {
+        if self.new_reads.is_empty() {
+            return;
+        }
+        self.read_seq += 1;
+        let waiters = std::mem::take(&mut self.new_reads);
+        self.node.read_index(self.read_seq.to_be_bytes().to_vec());
+        self.reads_in_flight.insert(self.read_seq, PendingRead { issued: Instant::now(), waiters });
+    }
+
+    /// raft drops a ReadIndex silently without a leader or before the leader
+    /// commits in its term: ask again after a while.
+    fn retry_reads(&mut self) {
+        let patience = self.cfg.tick * self.cfg.election_ticks as u32 / 2;
+        let stale: Vec<u64> =
+            self.reads_in_flight.iter().filter(|(_, p)| p.issued.elapsed() > patience).map(|(k, _)| *k).collect();
+        for k in stale {
+            if let Some(p) = self.reads_in_flight.remove(&k) {
+                let alive: Vec<_> = p.waiters.into_iter().filter(|w| !w.is_closed()).collect();
+                self.new_reads.extend(alive);
+            }
+        }
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        // Peers arrive with clustering; a single member has none to send to.
+        if !msgs.is_empty() {
+            tracing::trace!(count = msgs.len(), "raft messages without a transport");
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<(), StorageError> {
+        if !self.node.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.node.ready();
+        self.send(ready.take_messages());
+        if let Some(ss) = ready.ss() {
+            self.status.leader.store(ss.leader_id, Ordering::Release);
+            if ss.raft_state == StateRole::Leader {
+                tracing::info!(id = self.cfg.id, "became leader");
+            }
+        }
+        self.apply(ready.take_committed_entries())?;
+
+        let mut batch = WriteBatch::default();
+        let store = self.node.mut_store();
+        store.append(ready.entries(), &mut batch)?;
+        if let Some(hs) = ready.hs() {
+            store.set_hard_state(hs.clone(), &mut batch)?;
+            self.status.term.store(hs.term, Ordering::Release);
+            self.status.commit.store(hs.commit, Ordering::Release);
+        }
+        if !batch.is_empty() {
+            self.engine.write(batch, ready.must_sync())?;
+        }
+        for rs in ready.take_read_states() {
+            let ctx: [u8; 8] = rs.request_ctx.as_slice().try_into().unwrap_or_default();
+            if let Some(p) = self.reads_in_flight.remove(&u64::from_be_bytes(ctx)) {
+                self.reads_to_apply.push((rs.index, p.waiters));
+            }
+        }
+        self.send(ready.take_persisted_messages());
+
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.status.commit.store(commit, Ordering::Release);
+            let mut batch = WriteBatch::default();
+            self.node.mut_store().commit_to(commit, &mut batch)?;
+            // Durable with the next apply batch; the log entries already are.
+            self.engine.write(batch, false)?;
+        }
+        self.send(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.node.advance_apply();
+        self.release_reads();
+        self.maybe_truncate()
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
+        for e in entries {
+            if e.index <= self.applied {
+                continue;
+            }
+            let mut progress = WriteBatch::default();
+            self.node.mut_store().commit_to(e.index, &mut progress)?;
+            match e.get_entry_type() {
+                EntryType::EntryNormal => {
+                    let data = if e.data.is_empty() { None } else { Some(&e.data[..]) };
+                    self.sm.apply(e.index, data, progress)?;
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let cc: ConfChangeV2 = if e.get_entry_type() == EntryType::EntryConfChange {
+                        let v1: raft::eraftpb::ConfChange = protobuf::Message::parse_from_bytes(&e.data)
+                            .map_err(|err| StorageError::Engine(format!("conf change: {err}")))?;
+                        raft::prelude::ConfChangeI::into_v2(v1)
+                    } else {
+                        protobuf::Message::parse_from_bytes(&e.data)
+                            .map_err(|err| StorageError::Engine(format!("conf change: {err}")))?
+                    };
+                    match self.node.apply_conf_change(&cc) {
+                        Ok(cs) => self.node.mut_store().set_conf_state(cs, &mut progress)?,
+                        Err(err) => tracing::warn!(error = %err, "conf change rejected"),
+                    }
+                    self.sm.apply(e.index, None, progress)?;
+                }
+            }
+            self.applied = e.index;
+            self.status.applied.store(e.index, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn release_reads(&mut self) {
+        let applied = self.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.reads_to_apply).into_iter().partition(|(idx, _)| *idx <= applied);
+        self.reads_to_apply = waiting;
+        for (idx, waiters) in ready {
+            for w in waiters {
+                let _ = w.send(idx);
+            }
+        }
+    }
+
+    /// Keeps the raft log bounded (etcd's --snapshot-count).
+    fn maybe_truncate(&mut self) -> Result<(), StorageError> {
+        if self.applied < self.last_truncation + self.cfg.snapshot_count {
+            return Ok(());
+        }
+        self.last_truncation = self.applied;
+        let upto = self.applied.saturating_sub(self.cfg.catch_up_entries);
+        if upto == 0 {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        self.node.mut_store().truncate(upto, &mut batch)?;
+        self.engine.write(batch, false)
+    }
+}

@@ -1,0 +1,77 @@
+//! The whole server: start the node, wait until it can serve, serve gRPC
+//! and HTTP on every client URL, compact on schedule, stop on `shutdown`.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use etcd_client::proto::{PbClusterServer, PbKvServer, PbMaintenanceServer};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+
+use crate::api::{cluster::ClusterService, http, kv::KvService, maintenance::MaintenanceService};
+use crate::config::{Config, split_urls, url_addr};
+use crate::node::{Node, StartError};
+
+/// gRPC allows this much above --max-request-bytes, as etcd does, so that
+/// an oversized request gets etcd's "request is too large".
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+fn routes(node: &Arc<Node>, max_msg: usize) -> Routes {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    drop(health_reporter); // The default "" service reports SERVING.
+    let mut routes = Routes::new(health)
+        .add_service(PbKvServer::new(KvService::new(node.clone())).max_decoding_message_size(max_msg))
+        .add_service(PbMaintenanceServer::new(MaintenanceService::new(node.clone())).max_decoding_message_size(max_msg))
+        .add_service(PbClusterServer::new(ClusterService::new(node.clone())).max_decoding_message_size(max_msg));
+    let router = std::mem::take(routes.axum_router_mut()).merge(http::router(node.clone()));
+    Routes::from(router)
+}
+
+/// Runs until `shutdown` resolves, then stops gracefully.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+    let auto_compaction = cfg.auto_compaction().map_err(StartError::Config)?;
+    let (node, raft_thread) = Node::start(&cfg)?;
+    tracing::info!(name = %cfg.name, member_id = %format!("{:x}", node.member.id), data_dir = %cfg.data_dir(), "raftkv starting");
+    node.wait_ready().await;
+    tracing::info!(revision = node.store.current_revision(), "ready to serve client requests");
+
+    let mut listeners = Vec::new();
+    for url in split_urls(&cfg.listen_client_urls) {
+        let addr = url_addr(&url).map_err(StartError::Config)?;
+        let listener = TcpListener::bind(addr).await.map_err(|error| StartError::Listen { url: url.clone(), error })?;
+        tracing::info!(%url, "serving client traffic");
+        listeners.push(listener);
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let compactor = tokio::spawn(crate::compactor::run(node.clone(), auto_compaction, stop_rx.clone()));
+    let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let mut servers = Vec::new();
+    for listener in listeners {
+        let mut stop = stop_rx.clone();
+        let server = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .add_routes(routes(&node, max_msg))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+        servers.push(tokio::spawn(server));
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    for s in servers {
+        match s.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "client server stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "client server task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    let _ = compactor.await;
+    node.stop();
+    let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
