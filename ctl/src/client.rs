@@ -1,0 +1,83 @@
+//! Connecting to the cluster and running one request under etcdctl's
+//! command timeout.
+//!
+//! clientv3 waits for a connection until the command's deadline and then
+//! reports `context deadline exceeded`; `call` does the same by retrying
+//! requests that never reached a server. It must not retry anything a
+//! server answered.
+
+use std::future::Future;
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions};
+use tokio::time::{Instant, sleep_until, timeout_at};
+
+use crate::error::{CtlError, is_connection_error};
+
+/// How to reach the cluster: etcdctl's global connection flags.
+#[derive(Debug, Clone)]
+pub struct ConnConfig {
+    pub endpoints: Vec<String>,
+    pub dial_timeout: Duration,
+    pub command_timeout: Duration,
+    pub keepalive_time: Duration,
+    pub keepalive_timeout: Duration,
+    /// user name and password for authentication.
+    pub user: Option<(String, String)>,
+}
+
+impl ConnConfig {
+    fn options(&self) -> ConnectOptions {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(self.dial_timeout)
+            .with_keep_alive(self.keepalive_time, self.keepalive_timeout);
+        if let Some((user, password)) = &self.user {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        options
+    }
+
+    /// A client balancing over every endpoint, as etcdctl's is.
+    pub async fn connect(&self) -> Result<Client, CtlError> {
+        self.connect_to(&self.endpoints).await
+    }
+
+    /// A client for the given endpoints only (endpoint status and health
+    /// ask each endpoint on its own).
+    pub async fn connect_to(&self, endpoints: &[String]) -> Result<Client, CtlError> {
+        let deadline = Instant::now() + self.command_timeout;
+        let options = self.options();
+        retry_until(deadline, || Client::connect(endpoints, Some(options.clone()))).await
+    }
+
+    /// Runs one request under the command timeout.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, CtlError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        retry_until(Instant::now() + self.command_timeout, f).await
+    }
+}
+
+async fn retry_until<T, F, Fut>(deadline: Instant, mut f: F) -> Result<T, CtlError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    loop {
+        match timeout_at(deadline, f()).await {
+            Err(_elapsed) => return Err(CtlError::deadline_exceeded()),
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if is_connection_error(&e) => {
+                let next = Instant::now() + Duration::from_millis(100);
+                if next >= deadline {
+                    sleep_until(deadline).await;
+                    return Err(CtlError::deadline_exceeded());
+                }
+                sleep_until(next).await;
+            }
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Output formats of etcdctl 3.4: `simple`, `json`, `fields`, `table` and
+//! `protobuf`, byte for byte.
+//!
+//! A printer only formats responses it is given into the writers it is
+//! handed; it never talks to a server. Each format lives in its own file;
+//! this one picks the format and says which format cannot print what.
+
+mod fields;
+mod json;
+mod simple;
+mod table;
+
+use std::io::Write;
+
+use etcd_client::proto::{
+    PbDeleteResponse, PbMemberListResponse, PbPutResponse, PbRangeResponse, PbStatusResponse,
+    PbTxnResponse,
+};
+use prost::Message;
+
+use crate::error::CtlError;
+
+/// `-w/--write-out`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Simple,
+    Json,
+    Table,
+    Fields,
+    Protobuf,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Result<Self, CtlError> {
+        match s {
+            "simple" => Ok(Format::Simple),
+            "json" => Ok(Format::Json),
+            "table" => Ok(Format::Table),
+            "fields" => Ok(Format::Fields),
+            "protobuf" => Ok(Format::Protobuf),
+            _ => Err(CtlError::bad_feature("unsupported output format")),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Format::Simple => "simple",
+            Format::Json => "json",
+            Format::Table => "table",
+            Format::Fields => "fields",
+            Format::Protobuf => "protobuf",
+        }
+    }
+
+    fn unsupported(self) -> CtlError {
+        CtlError::bad_feature(format!("{} not supported as output format", self.name()))
+    }
+}
+
+/// One endpoint's answer to `endpoint status`.
+#[derive(Debug, Clone)]
+pub struct EpStatus {
+    pub endpoint: String,
+    pub status: PbStatusResponse,
+}
+
+/// One endpoint's answer to `endpoint health`; `took` is already in Go's
+/// duration form, `error` empty when healthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpHealth {
+    pub endpoint: String,
+    pub health: bool,
+    pub took: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Printer {
+    pub format: Format,
+    /// `--hex`: keys and values as `\xNN` in the simple format.
+    pub hex: bool,
+    /// `--print-value-only`.
+    pub value_only: bool,
+}
+
+type Out<'a> = &'a mut dyn Write;
+
+impl Printer {
+    pub fn new(format: Format, hex: bool) -> Self {
+        Printer { format, hex, value_only: false }
+    }
+
+    pub fn put(&self, w: Out<'_>, r: &PbPutResponse) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::put(self, w, r)?,
+            Format::Json => json::print(w, json::put(r))?,
+            Format::Fields => fields::put(w, r)?,
+            Format::Protobuf => w.write_all(&r.encode_to_vec())?,
+            Format::Table => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, w: Out<'_>, r: &PbRangeResponse) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::get(self, w, r)?,
+            Format::Json => json::print(w, json::range(r))?,
+            Format::Fields => fields::get(w, r)?,
+            Format::Protobuf => w.write_all(&r.encode_to_vec())?,
+            Format::Table => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    pub fn del(&self, w: Out<'_>, r: &PbDeleteResponse) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::del(self, w, r)?,
+            Format::Json => json::print(w, json::delete(r))?,
+            Format::Fields => fields::del(w, r)?,
+            Format::Protobuf => w.write_all(&r.encode_to_vec())?,
+            Format::Table => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    pub fn txn(&self, w: Out<'_>, r: &PbTxnResponse) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::txn(self, w, r)?,
+            Format::Json => json::print(w, json::txn(r))?,
+            Format::Fields => fields::txn(w, r)?,
+            Format::Protobuf => w.write_all(&r.encode_to_vec())?,
+            Format::Table => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    pub fn member_list(&self, w: Out<'_>, r: &PbMemberListResponse) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::rows(w, &table::member_list(r).1)?,
+            Format::Json => json::print(w, json::member_list(r))?,
+            Format::Fields => fields::member_list(w, r)?,
+            Format::Protobuf => w.write_all(&r.encode_to_vec())?,
+            Format::Table => {
+                let (header, rows) = table::member_list(r);
+                table::render(w, &header, &rows)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn endpoint_status(&self, w: Out<'_>, list: &[EpStatus]) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::rows(w, &table::endpoint_status(list).1)?,
+            Format::Json => json::print(w, json::endpoint_status(list))?,
+            Format::Fields => fields::endpoint_status(w, list)?,
+            Format::Protobuf => return Err(self.format.unsupported()),
+            Format::Table => {
+                let (header, rows) = table::endpoint_status(list);
+                table::render(w, &header, &rows)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The simple format reports health on stderr, as etcdctl does.
+    pub fn endpoint_health(
+        &self,
+        w: Out<'_>,
+        err: Out<'_>,
+        list: &[EpHealth],
+    ) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::endpoint_health(err, list)?,
+            Format::Json => json::print(w, json::endpoint_health(list))?,
+            Format::Fields => fields::endpoint_health(w, list)?,
+            Format::Protobuf => return Err(self.format.unsupported()),
+            Format::Table => {
+                let (header, rows) = table::endpoint_health(list);
+                table::render(w, &header, &rows)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
