@@ -14,6 +14,7 @@
 //!   error texts depend on.
 //! - `error.rs`: exit codes and error texts.
 
+mod bench;
 mod client;
 mod command;
 mod error;
@@ -118,6 +119,8 @@ enum Command {
     /// Membership related commands
     #[command(subcommand)]
     Member(MemberCommand),
+    /// Benchmarks a cluster with etcd benchmark's put, range and txn-put workloads
+    Bench(bench::BenchArgs),
 }
 
 impl GlobalFlags {
@@ -171,6 +174,7 @@ async fn dispatch(cli: Cli) -> Result<(), CtlError> {
         Command::Compaction(args) => command::compaction::run(args, &ctx).await,
         Command::Endpoint(args) => command::endpoint::run(args, &ctx).await,
         Command::Member(cmd) => command::member::run(cmd, &ctx).await,
+        Command::Bench(args) => bench::run(args, &ctx).await,
     }
 }
 
