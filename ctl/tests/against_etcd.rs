@@ -1,0 +1,328 @@
+//! raftkvctl against etcdctl 3.4 on a real etcd: every command is run by
+//! both tools on the same cluster state and must print the same bytes and
+//! exit with the same code.
+//!
+//! Reads run with both tools back to back. A write changes what the next
+//! command sees, so each write case first puts the keys it touches into a
+//! known state, runs etcdctl, restores that state, runs raftkvctl, and
+//! compares with revision numbers masked (they differ by construction).
+//! Skipped, with a message, when /usr/bin/etcd or /usr/bin/etcdctl is absent.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ETCD: &str = "/usr/bin/etcd";
+const ETCDCTL: &str = "/usr/bin/etcdctl";
+const RAFTKVCTL: &str = env!("CARGO_BIN_EXE_raftkvctl");
+
+/// A running etcd, killed when dropped.
+struct Etcd {
+    child: Child,
+    endpoint: String,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+    listener.local_addr().expect("local address").port()
+}
+
+fn start_etcd() -> Etcd {
+    let data = tempfile::tempdir().expect("temp dir for etcd");
+    let (client, peer) = (free_port(), free_port());
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new(ETCD)
+        .args(["--name", "default", "--data-dir"])
+        .arg(data.path())
+        .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("default={peer_url}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start etcd");
+    let etcd = Etcd { child, endpoint: format!("127.0.0.1:{client}"), _data: data };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while run(ETCDCTL, &etcd, &["endpoint", "health"], "").code != 0 {
+        assert!(Instant::now() < deadline, "etcd did not become healthy");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    etcd
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Output {
+    stdout: String,
+    stderr: String,
+    code: i32,
+}
+
+fn run(tool: &str, etcd: &Etcd, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(tool)
+        .env_clear()
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &etcd.endpoint])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the command-line tool");
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.as_bytes()).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait for the tool");
+    // clientv3 logs its retries as JSON on stderr; they carry timestamps.
+    let stderr = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.starts_with("{\"level\":"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    Output {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+        code: out.status.code().unwrap_or(-1),
+    }
+}
+
+/// Replaces the digits after each of `fields` with `N`.
+fn mask(text: &str) -> String {
+    const FIELDS: [&str; 13] = [
+        "\"revision\":",
+        "\"create_revision\":",
+        "\"mod_revision\":",
+        "\"cluster_id\":",
+        "\"member_id\":",
+        "\"raft_term\":",
+        "\"Revision\" : ",
+        "\"CreateRevision\" : ",
+        "\"ModRevision\" : ",
+        "\"PrevCreateRevision\" : ",
+        "\"PrevModRevision\" : ",
+        "compacted revision ",
+        "\"took\":\"",
+    ];
+    let mut out = text.to_string();
+    for field in FIELDS {
+        let mut result = String::new();
+        let mut rest = out.as_str();
+        while let Some(pos) = rest.find(field) {
+            result.push_str(&rest[..pos + field.len()]);
+            rest = &rest[pos + field.len()..];
+            let value_len = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == 'µ')).unwrap_or(rest.len());
+            if value_len > 0 {
+                result.push('N');
+            }
+            rest = &rest[value_len..];
+        }
+        result.push_str(rest);
+        out = result;
+    }
+    out
+}
+
+fn assert_same_read(etcd: &Etcd, args: &[&str], stdin: &str) {
+    let expected = run(ETCDCTL, etcd, args, stdin);
+    let got = run(RAFTKVCTL, etcd, args, stdin);
+    assert_eq!(got, expected, "raftkvctl {args:?} differs from etcdctl");
+}
+
+/// Puts `keys` back into a known state: every key under `w/` deleted,
+/// then the given ones written.
+fn reset(etcd: &Etcd, keys: &[(&str, &str)]) {
+    assert_eq!(run(ETCDCTL, etcd, &["del", "w/", "--prefix"], "").code, 0);
+    for (k, v) in keys {
+        assert_eq!(run(ETCDCTL, etcd, &["put", k, v], "").code, 0);
+    }
+}
+
+fn assert_same_write(etcd: &Etcd, state: &[(&str, &str)], args: &[&str], stdin: &str) {
+    reset(etcd, state);
+    let expected = run(ETCDCTL, etcd, args, stdin);
+    reset(etcd, state);
+    let got = run(RAFTKVCTL, etcd, args, stdin);
+    let masked = |o: Output| Output { stdout: mask(&o.stdout), stderr: o.stderr, code: o.code };
+    assert_eq!(masked(got), masked(expected), "raftkvctl {args:?} differs from etcdctl");
+}
+
+fn available() -> bool {
+    if Path::new(ETCD).exists() && Path::new(ETCDCTL).exists() {
+        return true;
+    }
+    eprintln!("skipping: {ETCD} or {ETCDCTL} is not installed");
+    false
+}
+
+#[test]
+fn reads_print_as_etcdctl() {
+    if !available() {
+        return;
+    }
+    let etcd = start_etcd();
+    for (k, v) in [("k1", "v1"), ("k2", "v2"), ("k3", "a value"), ("k1", "v1 again"), ("other", "x")] {
+        assert_eq!(run(ETCDCTL, &etcd, &["put", k, v], "").code, 0);
+    }
+    let cases: &[&[&str]] = &[
+        &["get", "k1"],
+        &["get", "missing"],
+        &["get", "missing", "-w", "json"],
+        &["get", "k", "--prefix"],
+        &["get", "k", "--prefix", "-w", "json"],
+        &["get", "k", "--prefix", "-w", "fields"],
+        &["get", "k", "--prefix", "-w", "protobuf"],
+        &["get", "k", "--prefix", "--hex"],
+        &["get", "k", "--prefix", "--keys-only"],
+        &["get", "k", "--prefix", "--limit", "1", "-w", "json"],
+        &["get", "k", "--prefix", "--sort-by", "VALUE", "--order", "DESCEND"],
+        &["get", "k", "--prefix", "--sort-by", "create"],
+        &["get", "k", "--prefix", "--print-value-only"],
+        &["get", "k1", "--rev", "2"],
+        &["get", "k2", "--from-key"],
+        &["get", "k1", "k3"],
+        &["get", "", "--prefix", "--consistency", "s"],
+        &["get"],
+        &["get", "k", "--prefix", "--from-key"],
+        &["get", "k", "z", "--prefix"],
+        &["get", "k", "--consistency", "x"],
+        &["get", "k", "--order", "sideways"],
+        &["get", "k", "--sort-by", "colour"],
+        &["get", "k1", "-w", "table"],
+        &["get", "k1", "--print-value-only", "-w", "json"],
+        &["get", "k1", "--rev", "100000"],
+        &["-w", "yaml", "get", "k1"],
+        &["put"],
+        &["put", "", "x"],
+        &["put", "k", "v", "--lease", "zz"],
+        &["put", "k", "v", "--ignore-value"],
+        &["del"],
+        &["del", "a", "b", "c"],
+        &["del", "a", "--prefix", "--from-key"],
+        &["compaction"],
+        &["compaction", "abc"],
+        &["compaction", "100000"],
+        &["member", "list"],
+        &["member", "list", "-w", "json"],
+        &["member", "list", "-w", "table"],
+        &["member", "list", "-w", "fields"],
+        &["member", "list", "-w", "protobuf"],
+        &["endpoint", "status", "-w", "protobuf"],
+    ];
+    for args in cases {
+        assert_same_read(&etcd, args, "");
+    }
+    let txn_errors = [
+        "",
+        "bad\n",
+        "mod(\"k1\") = \"x\"\n",
+        "foo(\"k1\") = \"x\"\n",
+        "mod(\"k1\") >\n",
+        "\nput\n",
+        "\nput a\n",
+        "\nfoo a b\n",
+        "mod(\"k1\") = \"0\"",
+    ];
+    for input in txn_errors {
+        assert_same_read(&etcd, &["txn"], input);
+    }
+    assert_same_read(&etcd, &["txn", "extra"], "\n\n\n");
+}
+
+#[test]
+fn endpoint_status_prints_as_etcdctl() {
+    if !available() {
+        return;
+    }
+    let etcd = start_etcd();
+    for format in ["simple", "json", "table", "fields"] {
+        let args = ["endpoint", "status", "-w", format];
+        // The database size is written behind the request path; give the
+        // backend a moment to settle if the two reads straddle a commit.
+        let mut attempts = 0;
+        loop {
+            let expected = run(ETCDCTL, &etcd, &args, "");
+            let got = run(RAFTKVCTL, &etcd, &args, "");
+            attempts += 1;
+            if got == expected || attempts == 3 {
+                assert_eq!(got, expected, "raftkvctl {args:?} differs from etcdctl");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+#[test]
+fn endpoint_health_reports_as_etcdctl() {
+    if !available() {
+        return;
+    }
+    let etcd = start_etcd();
+    let simple = run(RAFTKVCTL, &etcd, &["endpoint", "health"], "");
+    assert_eq!((simple.code, simple.stdout.as_str()), (0, ""));
+    let prefix = format!("{} is healthy: successfully committed proposal: took = ", etcd.endpoint);
+    assert!(simple.stderr.starts_with(&prefix), "unexpected: {}", simple.stderr);
+    let args = ["endpoint", "health", "-w", "json"];
+    let expected = run(ETCDCTL, &etcd, &args, "");
+    let got = run(RAFTKVCTL, &etcd, &args, "");
+    assert_eq!(mask(&got.stdout), mask(&expected.stdout));
+    assert_eq!(got.code, expected.code);
+}
+
+#[test]
+fn writes_print_as_etcdctl() {
+    if !available() {
+        return;
+    }
+    let etcd = start_etcd();
+    let one: &[(&str, &str)] = &[("w/a", "old")];
+    let two: &[(&str, &str)] = &[("w/a", "old"), ("w/b", "other")];
+    let cases: &[(&[(&str, &str)], &[&str], &str)] = &[
+        (&[], &["put", "w/a", "v"], ""),
+        (one, &["put", "w/a", "new", "--prev-kv"], ""),
+        (one, &["put", "w/a", "new", "--prev-kv", "-w", "json"], ""),
+        (one, &["put", "w/a", "new", "--prev-kv", "-w", "fields"], ""),
+        (one, &["put", "w/a", "new", "--prev-kv", "--hex"], ""),
+        (one, &["put", "w/a", "--ignore-value", "--prev-kv"], ""),
+        (one, &["put", "w/a", "v", "--ignore-lease"], ""),
+        (one, &["put", "w/a", "v", "-w", "table"], ""),
+        (&[], &["put", "w/a"], "from stdin\n"),
+        (one, &["del", "w/a"], ""),
+        (one, &["del", "w/missing"], ""),
+        (two, &["del", "w/", "--prefix", "--prev-kv"], ""),
+        (two, &["del", "w/", "--prefix", "--prev-kv", "-w", "json"], ""),
+        (two, &["del", "w/a", "w/c", "-w", "fields"], ""),
+        (two, &["del", "w/b", "--from-key", "--prev-kv"], ""),
+        (two, &["txn"], "mod(\"w/a\") > \"0\"\nval(\"w/b\") = \"other\"\n\nput w/a \"new v\"\nget w/ --prefix\ndel w/b --prev-kv\n\nput w/x y\n\n"),
+        (two, &["txn", "-w", "json"], "ver(\"w/a\") = \"1\"\n\nput w/a x --prev-kv\nget w/a\ndel w/b\n\n\n"),
+        (two, &["txn", "-w", "fields"], "c(\"w/a\") = \"0\"\n\n\nget w/ --prefix --keys-only\nput w/c z\n\n"),
+        (two, &["txn", "-i"], "value(\"w/a\") != \"old\"\n\nput w/a new\n\nget w/a\n\n"),
+        (two, &["txn"], "\nput \"w/a b\" 'c d'\nget \"w/a b\"\n\n\n"),
+    ];
+    for (state, args, stdin) in cases {
+        assert_same_write(&etcd, state, args, stdin);
+    }
+    // Compacting to the current revision: both tools on the same state.
+    for tool in [ETCDCTL, RAFTKVCTL] {
+        reset(&etcd, one);
+        let header = run(ETCDCTL, &etcd, &["get", "w/a", "-w", "json"], "").stdout;
+        let rev = header
+            .split("\"revision\":")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .expect("revision in the response header")
+            .to_string();
+        let out = run(tool, &etcd, &["compaction", "--physical", &rev], "");
+        assert_eq!((out.code, out.stdout), (0, format!("compacted revision {rev}\n")), "{tool}");
+    }
+}
