@@ -147,6 +147,9 @@ fn reset(etcd: &Etcd, keys: &[(&str, &str)]) {
     }
 }
 
+/// The keys to start from, the command line, and its stdin.
+type WriteCase<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+
 fn assert_same_write(etcd: &Etcd, state: &[(&str, &str)], args: &[&str], stdin: &str) {
     reset(etcd, state);
     let expected = run(ETCDCTL, etcd, args, stdin);
@@ -287,7 +290,7 @@ fn writes_print_as_etcdctl() {
     let etcd = start_etcd();
     let one: &[(&str, &str)] = &[("w/a", "old")];
     let two: &[(&str, &str)] = &[("w/a", "old"), ("w/b", "other")];
-    let cases: &[(&[(&str, &str)], &[&str], &str)] = &[
+    let cases: &[WriteCase] = &[
         (&[], &["put", "w/a", "v"], ""),
         (one, &["put", "w/a", "new", "--prev-kv"], ""),
         (one, &["put", "w/a", "new", "--prev-kv", "-w", "json"], ""),

@@ -30,7 +30,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Flushed stdout; commands print through this.
+    /// Locked stdout; commands print through this and flush at the end.
     pub fn stdout(&self) -> std::io::StdoutLock<'static> {
         std::io::stdout().lock()
     }

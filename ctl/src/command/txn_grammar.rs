@@ -60,7 +60,7 @@ pub fn argify(line: &str) -> Result<Vec<Vec<u8>>, CtlError> {
                 let hi = count.saturating_sub(1).min(word.len());
                 Ok(word.as_bytes().get(1..hi).unwrap_or_default().to_vec())
             }
-            b'"' => unquote(word).map_err(|e| CtlError::invalid_input(e)),
+            b'"' => unquote(word).map_err(CtlError::invalid_input),
             _ => Ok(word.as_bytes().to_vec()),
         })
         .collect()
