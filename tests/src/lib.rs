@@ -1,0 +1,27 @@
+//! End-to-end test harness: runs the real `raftkv` binary, or real etcd for
+//! comparison, as a child process on loopback ports and hands out
+//! `etcd_client` clients to it. The tests themselves live in `tests/tests/`.
+//!
+//! This crate only drives processes and speaks the public etcd v3 API; it must
+//! never link the server crate, so that what it proves holds for any client.
+//!
+//! # Layout
+//! - [`binaries`]: where the built `raftkv` / `raftkvctl` and etcd are.
+//! - [`ports`]: free loopback ports.
+//! - [`server`]: [`Server`], one single-member raftkv or etcd process with a
+//!   temporary data dir: start, wait until ready, kill -9, restart, stop.
+//! - [`both`]: [`for_both`], run one scenario against real etcd and raftkv
+//!   and require the same observations.
+//! - [`describe`]: deterministic one-line descriptions of responses and gRPC
+//!   errors, the vocabulary of those observations.
+//! - [`diff`]: a small unified line diff for failure messages.
+
+pub mod binaries;
+pub mod both;
+pub mod describe;
+pub mod diff;
+pub mod ports;
+pub mod server;
+
+pub use both::{for_both, for_both_with, selected_flavors};
+pub use server::{Flavor, Server};

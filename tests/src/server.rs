@@ -1,0 +1,288 @@
+//! One single-member raftkv or etcd process for a test. Both take the same
+//! command line, so a test can run a scenario against either. The process is
+//! a child of the test: its data dir and log live in a temporary directory
+//! that goes away with the [`Server`], and dropping the [`Server`] kills it.
+//!
+//! Readiness is judged through the API (a `Status` call that reports a
+//! leader), never by sleeping or by parsing the log.
+
+use std::fs::{File, OpenOptions};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use etcd_client::{Client, ConnectOptions};
+use tempfile::TempDir;
+
+use crate::binaries;
+use crate::ports::free_port;
+
+/// How long a server may take to answer `Status` with a leader.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a graceful stop (SIGTERM) may take.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Which implementation a [`Server`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// The `raftkv` binary built from this workspace.
+    Raftkv,
+    /// Real etcd 3.4 from /usr/bin/etcd, the reference behaviour.
+    Etcd,
+}
+
+impl Flavor {
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavor::Raftkv => "raftkv",
+            Flavor::Etcd => "etcd",
+        }
+    }
+
+    fn program(self) -> anyhow::Result<PathBuf> {
+        match self {
+            Flavor::Raftkv => binaries::raftkv(),
+            Flavor::Etcd => {
+                let path = PathBuf::from(binaries::ETCD);
+                if !path.is_file() {
+                    bail!("real etcd is not installed at {}", path.display());
+                }
+                Ok(path)
+            }
+        }
+    }
+}
+
+/// A running (or stopped) single-member server on loopback ports.
+pub struct Server {
+    flavor: Flavor,
+    program: PathBuf,
+    dir: TempDir,
+    client_port: u16,
+    peer_port: u16,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// Starts a fresh single member and waits until it is ready.
+    pub async fn start(flavor: Flavor) -> anyhow::Result<Server> {
+        Server::start_with(flavor, &[]).await
+    }
+
+    /// Like [`Server::start`], with extra command-line flags such as
+    /// `["--max-request-bytes", "4096"]`.
+    pub async fn start_with(flavor: Flavor, extra_args: &[&str]) -> anyhow::Result<Server> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("e2e-{}-", flavor.name()))
+            .tempdir()
+            .context("cannot create the server's temporary directory")?;
+        let mut server = Server {
+            flavor,
+            program: flavor.program()?,
+            dir,
+            client_port: free_port()?,
+            peer_port: free_port()?,
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            child: None,
+        };
+        server.spawn()?;
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
+    }
+
+    /// The client URL, `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Everything the process wrote to stdout and stderr, across restarts.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path())
+            .unwrap_or_else(|err| format!("<cannot read {}: {err}>", self.log_path().display()))
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A new client for this server. Requests time out, so that a test
+    /// against a dead or hung server fails instead of hanging.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5));
+        Client::connect([self.endpoint()], Some(options))
+            .await
+            .with_context(|| format!("cannot connect to {} at {}", self.flavor.name(), self.endpoint()))
+    }
+
+    /// SIGKILL, then reap the process: no chance to flush or clean up.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        let mut child = self.child.take().context("kill9: the server is not running")?;
+        child.kill().context("kill9: cannot send SIGKILL")?;
+        child.wait().context("kill9: cannot reap the server")?;
+        Ok(())
+    }
+
+    /// SIGTERM, the graceful stop, then wait for the process to exit.
+    pub async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        let mut child = self.child.take().context("stop: the server is not running")?;
+        // `kill(1)` rather than libc: the workspace forbids unsafe code.
+        let sent = Command::new("kill")
+            .args(["-s", "TERM", &child.id().to_string()])
+            .status()
+            .context("stop: cannot run kill(1)")?;
+        if !sent.success() {
+            bail!("stop: kill -s TERM {} failed: {sent}", child.id());
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().context("stop: cannot wait for the server")? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                // Killing it is the best we can do; the error below says why.
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "{} did not exit within {STOP_TIMEOUT:?} of SIGTERM; log:\n{}",
+                    self.flavor.name(),
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts the process again on the same data dir, ports and flags, and
+    /// waits until it is ready. The server must have been stopped or killed.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("restart: the server is still running; kill9() or stop() it first");
+        }
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
+    fn args(&self) -> Vec<String> {
+        let name = "e2e";
+        let client_url = self.endpoint();
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut args: Vec<String> = vec![
+            "--name".into(),
+            name.into(),
+            "--data-dir".into(),
+            self.data_dir().to_string_lossy().into_owned(),
+            "--listen-client-urls".into(),
+            client_url.clone(),
+            "--advertise-client-urls".into(),
+            client_url,
+            "--listen-peer-urls".into(),
+            peer_url.clone(),
+            "--initial-advertise-peer-urls".into(),
+            peer_url.clone(),
+            "--initial-cluster".into(),
+            format!("{name}={peer_url}"),
+        ];
+        args.extend(self.extra_args.iter().cloned());
+        args
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .context("cannot open the server log")?;
+        let log_err: File = log.try_clone().context("cannot duplicate the server log handle")?;
+        let args = self.args();
+        let child = Command::new(&self.program)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .with_context(|| format!("cannot start {} {}", self.program.display(), args.join(" ")))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Polls `Status` until it answers with a leader; fails early if the
+    /// process exits, and prints the log on failure.
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait().context("cannot poll the server process")?
+            {
+                self.child = None;
+                return Err(self.not_ready(&format!("exited during startup with {status}")));
+            }
+            let last_error = match tokio::time::timeout(Duration::from_secs(3), self.leader_known()).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(err)) => format!("{err:#}"),
+                Err(_) => "Status timed out".to_owned(),
+            };
+            if Instant::now() > deadline {
+                return Err(self.not_ready(&format!(
+                    "not ready within {READY_TIMEOUT:?} (last: {last_error})"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn leader_known(&self) -> anyhow::Result<()> {
+        let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
+        let mut client = Client::connect([self.endpoint()], Some(options)).await?;
+        let status = client.status().await?;
+        if status.leader() == 0 {
+            bail!("Status answered but reports no leader yet");
+        }
+        Ok(())
+    }
+
+    fn not_ready(&self, what: &str) -> anyhow::Error {
+        let log = self.log();
+        eprintln!("----- {} log ({}) -----\n{log}\n----- end of log -----", self.flavor.name(), self.log_path().display());
+        anyhow::anyhow!(
+            "{} at {} {what}; command: {} {}",
+            self.flavor.name(),
+            self.endpoint(),
+            self.program.display(),
+            self.args().join(" ")
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Best effort: the process may already be gone.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "----- {} log, kept for the failing test -----\n{}\n----- end of log -----",
+                self.flavor.name(),
+                self.log()
+            );
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! etcdctl compatibility: the etcdctl 3.4 sessions of etcd's documentation
+//! (`scripts/etcdctl_session.sh`) give the same transcript against raftkv as
+//! against real etcd, byte for byte once the fields that differ between any
+//! two clusters are masked. The transcript covers put/get options, deletes,
+//! txn (interactive and plain), leases, compaction and the error cases, and
+//! includes etcdctl's stderr and exit codes, so error codes and messages are
+//! compared too.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::LazyLock;
+
+use anyhow::{Context, bail};
+use raftkv_tests::binaries::{ETCDCTL, etcd_available};
+use raftkv_tests::diff;
+use raftkv_tests::{Flavor, Server};
+use regex::Regex;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/etcdctl_session.sh");
+/// The script's request-size case puts a 5000-byte value.
+const SERVER_ARGS: &[&str] = &["--max-request-bytes", "4096"];
+
+/// What legitimately differs between two fresh clusters, and its mask.
+static MASKS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
+    [
+        // Header fields in `-w json`.
+        (r#""(cluster_id|member_id|raft_term)":\d+"#, r#""$1":<masked>"#),
+        // Header fields in `-w fields`.
+        (r#""(ClusterID|MemberID|RaftTerm)" : \d+"#, r#""$1" : <masked>"#),
+        // Member and lease ids printed in hex (%016x).
+        (r"\b[0-9a-f]{16}\b", "<hex-id>"),
+        // etcdctl's retry warnings on stderr: time, client id, port.
+        (r#""ts":"[^"]*""#, r#""ts":"<masked>""#),
+        (r"client-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "client-<masked>"),
+        (r"127\.0\.0\.1:\d+", "127.0.0.1:<port>"),
+    ]
+    .into_iter()
+    .map(|(pattern, mask)| (Regex::new(pattern).expect("the mask patterns are valid"), mask))
+    .collect()
+});
+
+fn mask(transcript: &str) -> String {
+    MASKS
+        .iter()
+        .fold(transcript.to_owned(), |text, (re, mask)| re.replace_all(&text, *mask).into_owned())
+}
+
+/// Runs the session against a fresh single member and returns the masked
+/// transcript.
+async fn session(flavor: Flavor) -> anyhow::Result<String> {
+    let server = Server::start_with(flavor, SERVER_ARGS).await?;
+    let output = Command::new("sh")
+        .arg(SCRIPT)
+        .arg(server.endpoint())
+        .env("ETCDCTL", ETCDCTL)
+        .output()
+        .with_context(|| format!("cannot run {SCRIPT}"))?;
+    if !output.status.success() {
+        bail!(
+            "{SCRIPT} against {} failed with {}: {}",
+            flavor.name(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let transcript = String::from_utf8(output.stdout).context("the transcript is not UTF-8")?;
+    Ok(mask(&transcript))
+}
+
+fn tools_missing() -> bool {
+    if etcd_available() {
+        return false;
+    }
+    eprintln!("skipped: real etcd/etcdctl not installed ({ETCDCTL}); `make` installs them");
+    true
+}
+
+fn assert_same(a_name: &str, a: &str, b_name: &str, b: &str) {
+    let diff = diff::unified(a_name, a, b_name, b, 3);
+    assert!(diff.is_empty(), "etcdctl transcripts differ:\n{diff}");
+}
+
+#[tokio::test]
+async fn etcdctl_session_is_identical_on_raftkv_and_etcd() -> anyhow::Result<()> {
+    if tools_missing() {
+        return Ok(());
+    }
+    let etcd = session(Flavor::Etcd).await?;
+    let raftkv = session(Flavor::Raftkv).await?;
+    assert_same("etcd", &etcd, "raftkv", &raftkv);
+    Ok(())
+}
+
+/// Two fresh etcd clusters give identical masked transcripts: the masks hide
+/// exactly what differs between clusters, so any difference against raftkv is
+/// a real one.
+#[tokio::test]
+async fn masked_transcripts_of_two_etcd_clusters_are_identical() -> anyhow::Result<()> {
+    if tools_missing() {
+        return Ok(());
+    }
+    let first = session(Flavor::Etcd).await?;
+    let second = session(Flavor::Etcd).await?;
+    assert!(first.contains("\"cluster_id\":<masked>"), "the session prints no JSON header:\n{first}");
+    assert!(
+        first.contains("etcdserver: mvcc: required revision has been compacted"),
+        "the session shows no compaction error:\n{first}"
+    );
+    assert_same("etcd #1", &first, "etcd #2", &second);
+    Ok(())
+}
+
+#[test]
+fn masks_hide_ids_times_and_ports_but_not_revisions() {
+    let line = r#"{"header":{"cluster_id":1,"member_id":22,"revision":8,"raft_term":2}} lease 694d77aa9e38260f "ts":"2024-01-01T00:00:00.000Z" endpoint://client-3a9faae7-6211-45f8-bd04-d28d4e337fdd/127.0.0.1:4321"#;
+    assert_eq!(
+        mask(line),
+        r#"{"header":{"cluster_id":<masked>,"member_id":<masked>,"revision":8,"raft_term":<masked>}} lease <hex-id> "ts":"<masked>" endpoint://client-<masked>/127.0.0.1:<port>"#
+    );
+    assert!(Path::new(SCRIPT).is_file(), "{SCRIPT} is missing");
+}
