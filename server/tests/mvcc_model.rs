@@ -98,7 +98,7 @@ fn check_reads(store: &Store, model: &Model, probes: &[(u8, Option<u8>, u8)]) ->
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn mvcc_agrees_with_the_model(ops in proptest::collection::vec(op(), 1..60),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use etcd_client::proto::{
     PbCompactionRequest as CompactionRequest, PbCompactionResponse as CompactionResponse, PbDeleteRequest as DeleteRangeRequest,
     PbDeleteResponse as DeleteRangeResponse, PbKvService, PbPutRequest as PutRequest, PbPutResponse as PutResponse,
-    PbRangeRequest as RangeRequest, PbRangeResponse as RangeResponse, PbTxnRequest as TxnRequest, PbTxnResponse as TxnResponse,
+    PbRangeRequest as RangeRequest, PbRangeResponse as RangeResponse, PbRangeStreamResponse as RangeStreamResponse, PbTxnRequest as TxnRequest, PbTxnResponse as TxnResponse,
 };
 use tonic::{Request, Response};
 
@@ -46,6 +46,15 @@ impl PbKvService for KvService {
         let rev = resp.header.as_ref().map_or(0, |h| h.revision);
         resp.header = Some(self.node.header(rev));
         Ok(Response::new(resp))
+    }
+
+    type RangeStreamStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<RangeStreamResponse, tonic::Status>> + Send>>;
+
+    /// etcd 3.6's chunked range: served as one chunk holding the whole range.
+    async fn range_stream(&self, req: Request<RangeRequest>) -> Reply<Self::RangeStreamStream> {
+        let resp = self.range(req).await?.into_inner();
+        let chunk = RangeStreamResponse { range_response: Some(resp) };
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(chunk)]))))
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Reply<PutResponse> {

@@ -126,7 +126,7 @@ impl Store {
         let mut idx = Index { current: 1, ..Default::default() };
         let mut failure = None;
         engine.scan(Cf::Kv, &[], None, &mut |k, v| {
-            let step = || -> Result<()> {
+            let mut step = || -> Result<()> {
                 let (rev, tombstone) = Revision::from_bytes(k).ok_or_else(|| MvccError::Corrupt("revision key".into()))?;
                 let kv = decode(v)?;
                 idx.current = idx.current.max(rev.main);

@@ -337,15 +337,15 @@ impl<S: StateMachine> Loop<S> {
                     self.sm.apply(e.index, data, progress)?;
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    let cc: ConfChangeV2 = if e.get_entry_type() == EntryType::EntryConfChange {
-                        let v1: raft::eraftpb::ConfChange = protobuf::Message::parse_from_bytes(&e.data)
-                            .map_err(|err| StorageError::Engine(format!("conf change: {err}")))?;
-                        raft::prelude::ConfChangeI::into_v2(v1)
+                    let bad = |err: protobuf::ProtobufError| StorageError::Engine(format!("conf change: {err}"));
+                    let applied = if e.get_entry_type() == EntryType::EntryConfChange {
+                        let cc: raft::eraftpb::ConfChange = protobuf::Message::parse_from_bytes(&e.data).map_err(bad)?;
+                        self.node.apply_conf_change(&cc)
                     } else {
-                        protobuf::Message::parse_from_bytes(&e.data)
-                            .map_err(|err| StorageError::Engine(format!("conf change: {err}")))?
+                        let cc: ConfChangeV2 = protobuf::Message::parse_from_bytes(&e.data).map_err(bad)?;
+                        self.node.apply_conf_change(&cc)
                     };
-                    match self.node.apply_conf_change(&cc) {
+                    match applied {
                         Ok(cs) => self.node.mut_store().set_conf_state(cs, &mut progress)?,
                         Err(err) => tracing::warn!(error = %err, "conf change rejected"),
                     }
