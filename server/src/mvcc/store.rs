@@ -439,3 +439,21 @@ mod tests {
         assert_eq!((kv.version, kv.create_revision), (2, 2));
     }
 }
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+    use crate::storage::mem::MemEngine;
+
+    #[test]
+    fn versions_count_every_put() {
+        let s = Store::open(Arc::new(MemEngine::new())).expect("open");
+        for i in 1..=4 {
+            let mut t = s.write();
+            t.put(b"h", vec![i], 0);
+            t.commit(WriteBatch::default()).expect("commit");
+            let kv = &s.range(b"h", &RangeEnd::Single, &RangeOptions::default()).expect("read").kvs[0];
+            assert_eq!(kv.version, i as i64);
+        }
+    }
+}
