@@ -25,9 +25,13 @@ pub fn selected_flavors() -> anyhow::Result<Vec<Flavor>> {
     for name in wanted.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         match name {
             "etcd" if etcd_available() => flavors.push(Flavor::Etcd),
-            "etcd" => eprintln!("note: real etcd is not installed; comparing nothing, checking raftkv alone"),
+            "etcd" => eprintln!(
+                "note: real etcd is not installed; comparing nothing, checking raftkv alone"
+            ),
             "raftkv" => flavors.push(Flavor::Raftkv),
-            other => bail!("RAFTKV_E2E_FLAVORS: unknown flavor {other:?} (want etcd and/or raftkv)"),
+            other => {
+                bail!("RAFTKV_E2E_FLAVORS: unknown flavor {other:?} (want etcd and/or raftkv)")
+            }
         }
     }
     if flavors.is_empty() {

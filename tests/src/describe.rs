@@ -4,13 +4,18 @@
 //! leases, counts, and gRPC code plus message. Cluster and member ids and the
 //! raft term differ between any two clusters and never appear.
 
-use etcd_client::{DeleteResponse, Error, GetResponse, KeyValue, PutResponse, ResponseHeader, TxnOpResponse, TxnResponse};
+use etcd_client::{
+    DeleteResponse, Error, GetResponse, KeyValue, PutResponse, ResponseHeader, TxnOpResponse,
+    TxnResponse,
+};
 
 /// The gRPC code name (as in `tonic::Code`'s Debug, e.g. `InvalidArgument`)
 /// and message of a server error; `None` for a client-side error.
 pub fn grpc_status(err: &Error) -> Option<(String, String)> {
     match err {
-        Error::GRpcStatus(status) => Some((format!("{:?}", status.code()), status.message().to_owned())),
+        Error::GRpcStatus(status) => {
+            Some((format!("{:?}", status.code()), status.message().to_owned()))
+        }
         _ => None,
     }
 }
@@ -75,12 +80,22 @@ pub fn put(resp: &PutResponse) -> String {
 }
 
 pub fn delete(resp: &DeleteResponse) -> String {
-    format!("rev={} deleted={} prev={}", revision(resp.header()), resp.deleted(), kvs(resp.prev_kvs()))
+    format!(
+        "rev={} deleted={} prev={}",
+        revision(resp.header()),
+        resp.deleted(),
+        kvs(resp.prev_kvs())
+    )
 }
 
 pub fn txn(resp: &TxnResponse) -> String {
     let ops: Vec<String> = resp.op_responses().iter().map(txn_op).collect();
-    format!("rev={} succeeded={} ops=[{}]", revision(resp.header()), resp.succeeded(), ops.join("; "))
+    format!(
+        "rev={} succeeded={} ops=[{}]",
+        revision(resp.header()),
+        resp.succeeded(),
+        ops.join("; ")
+    )
 }
 
 fn txn_op(op: &TxnOpResponse) -> String {

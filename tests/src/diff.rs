@@ -13,7 +13,9 @@ pub fn unified(a_name: &str, a: &str, b_name: &str, b: &str, context: usize) -> 
     let mut out = format!("--- {a_name}\n+++ {b_name}\n");
     // Indices of ops that are changes; a hunk spans changes closer than
     // 2 * context apart, plus context on either side.
-    let changes: Vec<usize> = (0..ops.len()).filter(|&i| !matches!(ops[i], Op::Same(..))).collect();
+    let changes: Vec<usize> = (0..ops.len())
+        .filter(|&i| !matches!(ops[i], Op::Same(..)))
+        .collect();
     let mut start = 0;
     while start < changes.len() {
         let mut end = start;
@@ -59,7 +61,11 @@ fn edit_script(a: &[&str], b: &[&str]) -> Vec<Op> {
     let mut lcs = vec![vec![0u32; m + 1]; n + 1];
     for i in (0..n).rev() {
         for j in (0..m).rev() {
-            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
         }
     }
     let (mut i, mut j) = (0, 0);
@@ -92,7 +98,13 @@ mod tests {
 
     #[test]
     fn a_changed_line_shows_as_delete_then_insert_with_context() {
-        let diff = unified("a", "1\n2\n3\n4\n5\n6\n7\n", "b", "1\n2\n3\nfour\n5\n6\n7\n", 1);
+        let diff = unified(
+            "a",
+            "1\n2\n3\n4\n5\n6\n7\n",
+            "b",
+            "1\n2\n3\nfour\n5\n6\n7\n",
+            1,
+        );
         assert_eq!(diff, "--- a\n+++ b\n@@ -3 +3 @@\n 3\n-4\n+four\n 5\n");
     }
 }

@@ -18,7 +18,10 @@ pub fn free_port() -> anyhow::Result<u16> {
     loop {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .context("cannot bind a free loopback port")?;
-        let port = listener.local_addr().context("bound listener has no address")?.port();
+        let port = listener
+            .local_addr()
+            .context("bound listener has no address")?
+            .port();
         if handed_out.insert(port) {
             return Ok(port);
         }

@@ -128,12 +128,21 @@ impl Server {
             .with_timeout(Duration::from_secs(5));
         Client::connect([self.endpoint()], Some(options))
             .await
-            .with_context(|| format!("cannot connect to {} at {}", self.flavor.name(), self.endpoint()))
+            .with_context(|| {
+                format!(
+                    "cannot connect to {} at {}",
+                    self.flavor.name(),
+                    self.endpoint()
+                )
+            })
     }
 
     /// SIGKILL, then reap the process: no chance to flush or clean up.
     pub fn kill9(&mut self) -> anyhow::Result<()> {
-        let mut child = self.child.take().context("kill9: the server is not running")?;
+        let mut child = self
+            .child
+            .take()
+            .context("kill9: the server is not running")?;
         child.kill().context("kill9: cannot send SIGKILL")?;
         child.wait().context("kill9: cannot reap the server")?;
         Ok(())
@@ -141,7 +150,10 @@ impl Server {
 
     /// SIGTERM, the graceful stop, then wait for the process to exit.
     pub async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
-        let mut child = self.child.take().context("stop: the server is not running")?;
+        let mut child = self
+            .child
+            .take()
+            .context("stop: the server is not running")?;
         // `kill(1)` rather than libc: the workspace forbids unsafe code.
         let sent = Command::new("kill")
             .args(["-s", "TERM", &child.id().to_string()])
@@ -152,7 +164,10 @@ impl Server {
         }
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
-            if let Some(status) = child.try_wait().context("stop: cannot wait for the server")? {
+            if let Some(status) = child
+                .try_wait()
+                .context("stop: cannot wait for the server")?
+            {
                 return Ok(status);
             }
             if Instant::now() > deadline {
@@ -209,7 +224,9 @@ impl Server {
             .append(true)
             .open(self.log_path())
             .context("cannot open the server log")?;
-        let log_err: File = log.try_clone().context("cannot duplicate the server log handle")?;
+        let log_err: File = log
+            .try_clone()
+            .context("cannot duplicate the server log handle")?;
         let args = self.args();
         let child = Command::new(&self.program)
             .args(&args)
@@ -217,7 +234,9 @@ impl Server {
             .stdout(log)
             .stderr(log_err)
             .spawn()
-            .with_context(|| format!("cannot start {} {}", self.program.display(), args.join(" ")))?;
+            .with_context(|| {
+                format!("cannot start {} {}", self.program.display(), args.join(" "))
+            })?;
         self.child = Some(child);
         Ok(())
     }
@@ -233,11 +252,12 @@ impl Server {
                 self.child = None;
                 return Err(self.not_ready(&format!("exited during startup with {status}")));
             }
-            let last_error = match tokio::time::timeout(Duration::from_secs(3), self.leader_known()).await {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(err)) => format!("{err:#}"),
-                Err(_) => "Status timed out".to_owned(),
-            };
+            let last_error =
+                match tokio::time::timeout(Duration::from_secs(3), self.leader_known()).await {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(err)) => format!("{err:#}"),
+                    Err(_) => "Status timed out".to_owned(),
+                };
             if Instant::now() > deadline {
                 return Err(self.not_ready(&format!(
                     "not ready within {READY_TIMEOUT:?} (last: {last_error})"
@@ -259,7 +279,11 @@ impl Server {
 
     fn not_ready(&self, what: &str) -> anyhow::Error {
         let log = self.log();
-        eprintln!("----- {} log ({}) -----\n{log}\n----- end of log -----", self.flavor.name(), self.log_path().display());
+        eprintln!(
+            "----- {} log ({}) -----\n{log}\n----- end of log -----",
+            self.flavor.name(),
+            self.log_path().display()
+        );
         anyhow::anyhow!(
             "{} at {} {what}; command: {} {}",
             self.flavor.name(),

@@ -32,28 +32,47 @@ struct Ack {
 
 /// Sequential puts of distinct keys until the server dies. An error before
 /// the kill is a failure; after it, the end of the stream.
-async fn writer(mut client: Client, round: usize, id: usize, killed: Arc<AtomicBool>) -> anyhow::Result<Vec<Ack>> {
+async fn writer(
+    mut client: Client,
+    round: usize,
+    id: usize,
+    killed: Arc<AtomicBool>,
+) -> anyhow::Result<Vec<Ack>> {
     let mut acks = Vec::new();
     for i in 0.. {
         let key = format!("round{round}/client{id}/{i:08}");
         let value = i.to_string();
         match client.put(key.as_str(), value.as_str(), None).await {
-            Ok(resp) => acks.push(Ack { key, value, revision: describe::revision(resp.header()) }),
+            Ok(resp) => acks.push(Ack {
+                key,
+                value,
+                revision: describe::revision(resp.header()),
+            }),
             Err(_) if killed.load(Ordering::SeqCst) => break,
-            Err(err) => bail!("put {key} failed before the server was killed: {}", describe::error(&err)),
+            Err(err) => bail!(
+                "put {key} failed before the server was killed: {}",
+                describe::error(&err)
+            ),
         }
     }
     Ok(acks)
 }
 
 /// Every key with its value and mod revision, read page by page.
-async fn whole_store(client: &mut Client) -> anyhow::Result<(i64, BTreeMap<Vec<u8>, (Vec<u8>, i64)>)> {
+async fn whole_store(
+    client: &mut Client,
+) -> anyhow::Result<(i64, BTreeMap<Vec<u8>, (Vec<u8>, i64)>)> {
     let mut store = BTreeMap::new();
-    let first = client.get("", Some(GetOptions::new().with_all_keys().with_limit(1))).await?;
+    let first = client
+        .get("", Some(GetOptions::new().with_all_keys().with_limit(1)))
+        .await?;
     let revision = describe::revision(first.header());
     let mut from = vec![0u8];
     loop {
-        let options = GetOptions::new().with_from_key().with_limit(PAGE).with_revision(revision);
+        let options = GetOptions::new()
+            .with_from_key()
+            .with_limit(PAGE)
+            .with_revision(revision);
         let resp = client.get(from.clone(), Some(options)).await?;
         for kv in resp.kvs() {
             store.insert(kv.key().to_vec(), (kv.value().to_vec(), kv.mod_revision()));
@@ -88,7 +107,10 @@ async fn acknowledged_puts_survive_kill9(flavor: Flavor) -> anyhow::Result<()> {
             round_acks += acks.len();
             acked.extend(acks);
         }
-        ensure!(round_acks > 0, "round {round}: no put was acknowledged in {WRITE_FOR:?}");
+        ensure!(
+            round_acks > 0,
+            "round {round}: no put was acknowledged in {WRITE_FOR:?}"
+        );
 
         server.restart().await?;
         let mut client = server.client().await?;
@@ -96,7 +118,11 @@ async fn acknowledged_puts_survive_kill9(flavor: Flavor) -> anyhow::Result<()> {
 
         for ack in &acked {
             match store.get(ack.key.as_bytes()) {
-                None => bail!("round {round}: acknowledged put {} (revision {}) is lost", ack.key, ack.revision),
+                None => bail!(
+                    "round {round}: acknowledged put {} (revision {}) is lost",
+                    ack.key,
+                    ack.revision
+                ),
                 Some((value, mod_revision)) => {
                     ensure!(
                         value == ack.value.as_bytes(),
@@ -117,12 +143,23 @@ async fn acknowledged_puts_survive_kill9(flavor: Flavor) -> anyhow::Result<()> {
 
         // Each put made its own revision, from 2 on, and nothing else wrote:
         // the mod revisions are exactly 2..=N.
-        let mut revisions: Vec<i64> = store.values().map(|(_, mod_revision)| *mod_revision).collect();
+        let mut revisions: Vec<i64> = store
+            .values()
+            .map(|(_, mod_revision)| *mod_revision)
+            .collect();
         revisions.sort_unstable();
         let expected: Vec<i64> = (2..=revision).collect();
         if revisions != expected {
-            let gaps: Vec<i64> = expected.iter().copied().filter(|r| revisions.binary_search(r).is_err()).collect();
-            let repeats: Vec<i64> = revisions.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect();
+            let gaps: Vec<i64> = expected
+                .iter()
+                .copied()
+                .filter(|r| revisions.binary_search(r).is_err())
+                .collect();
+            let repeats: Vec<i64> = revisions
+                .windows(2)
+                .filter(|w| w[0] == w[1])
+                .map(|w| w[0])
+                .collect();
             bail!(
                 "round {round}: {} keys at revision {revision}; missing revisions {:?}, repeated {:?}",
                 store.len(),
@@ -131,14 +168,20 @@ async fn acknowledged_puts_survive_kill9(flavor: Flavor) -> anyhow::Result<()> {
             );
         }
 
-        let next = client.put(format!("round{round}/after-restart"), "x", None).await?;
+        let next = client
+            .put(format!("round{round}/after-restart"), "x", None)
+            .await?;
         ensure!(
             describe::revision(next.header()) == revision + 1,
             "round {round}: the first put after restart got revision {}, expected {}",
             describe::revision(next.header()),
             revision + 1
         );
-        eprintln!("{} round {round}: {round_acks} acknowledged puts, store at revision {}", flavor.name(), revision + 1);
+        eprintln!(
+            "{} round {round}: {round_acks} acknowledged puts, store at revision {}",
+            flavor.name(),
+            revision + 1
+        );
     }
     server.stop().await?;
     Ok(())

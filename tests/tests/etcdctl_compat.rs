@@ -24,25 +24,41 @@ const SERVER_ARGS: &[&str] = &["--max-request-bytes", "4096"];
 static MASKS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
     [
         // Header fields in `-w json`.
-        (r#""(cluster_id|member_id|raft_term)":\d+"#, r#""$1":<masked>"#),
+        (
+            r#""(cluster_id|member_id|raft_term)":\d+"#,
+            r#""$1":<masked>"#,
+        ),
         // Header fields in `-w fields`.
-        (r#""(ClusterID|MemberID|RaftTerm)" : \d+"#, r#""$1" : <masked>"#),
+        (
+            r#""(ClusterID|MemberID|RaftTerm)" : \d+"#,
+            r#""$1" : <masked>"#,
+        ),
         // Member and lease ids printed in hex (%016x).
         (r"\b[0-9a-f]{16}\b", "<hex-id>"),
         // etcdctl's retry warnings on stderr: time, client id, port.
         (r#""ts":"[^"]*""#, r#""ts":"<masked>""#),
-        (r"client-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "client-<masked>"),
+        (
+            r"client-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+            "client-<masked>",
+        ),
         (r"127\.0\.0\.1:\d+", "127.0.0.1:<port>"),
     ]
     .into_iter()
-    .map(|(pattern, mask)| (Regex::new(pattern).expect("the mask patterns are valid"), mask))
+    .map(|(pattern, mask)| {
+        (
+            Regex::new(pattern).expect("the mask patterns are valid"),
+            mask,
+        )
+    })
     .collect()
 });
 
 fn mask(transcript: &str) -> String {
     MASKS
         .iter()
-        .fold(transcript.to_owned(), |text, (re, mask)| re.replace_all(&text, *mask).into_owned())
+        .fold(transcript.to_owned(), |text, (re, mask)| {
+            re.replace_all(&text, *mask).into_owned()
+        })
 }
 
 /// Runs the session against a fresh single member and returns the masked
@@ -101,7 +117,10 @@ async fn masked_transcripts_of_two_etcd_clusters_are_identical() -> anyhow::Resu
     }
     let first = session(Flavor::Etcd).await?;
     let second = session(Flavor::Etcd).await?;
-    assert!(first.contains("\"cluster_id\":<masked>"), "the session prints no JSON header:\n{first}");
+    assert!(
+        first.contains("\"cluster_id\":<masked>"),
+        "the session prints no JSON header:\n{first}"
+    );
     assert!(
         first.contains("etcdserver: mvcc: required revision has been compacted"),
         "the session shows no compaction error:\n{first}"
