@@ -5,13 +5,16 @@
 //! txn (interactive and plain), leases, compaction and the error cases, and
 //! includes etcdctl's stderr and exit codes, so error codes and messages are
 //! compared too.
+//!
+//! The same script also runs with `raftkvctl` in place of etcdctl, against
+//! real etcd: the CLI must print what etcdctl prints.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::LazyLock;
 
 use anyhow::{Context, bail};
-use raftkv_tests::binaries::{ETCDCTL, etcd_available};
+use raftkv_tests::binaries::{self, ETCDCTL, etcd_available};
 use raftkv_tests::diff;
 use raftkv_tests::{Flavor, Server};
 use regex::Regex;
@@ -61,14 +64,19 @@ fn mask(transcript: &str) -> String {
         })
 }
 
-/// Runs the session against a fresh single member and returns the masked
-/// transcript.
+/// Runs the session with etcdctl against a fresh single member and returns
+/// the masked transcript.
 async fn session(flavor: Flavor) -> anyhow::Result<String> {
+    session_with(flavor, PathBuf::from(ETCDCTL)).await
+}
+
+/// Runs the session with the given CLI in place of etcdctl.
+async fn session_with(flavor: Flavor, ctl: PathBuf) -> anyhow::Result<String> {
     let server = Server::start_with(flavor, SERVER_ARGS).await?;
     let output = Command::new("sh")
         .arg(SCRIPT)
         .arg(server.endpoint())
-        .env("ETCDCTL", ETCDCTL)
+        .env("ETCDCTL", &ctl)
         .output()
         .with_context(|| format!("cannot run {SCRIPT}"))?;
     if !output.status.success() {
@@ -104,6 +112,32 @@ async fn etcdctl_session_is_identical_on_raftkv_and_etcd() -> anyhow::Result<()>
     let etcd = session(Flavor::Etcd).await?;
     let raftkv = session(Flavor::Raftkv).await?;
     assert_same("etcd", &etcd, "raftkv", &raftkv);
+    Ok(())
+}
+
+/// Go clientv3's retry warnings, a log of etcdctl's client library rather
+/// than part of the CLI's output; the gRPC code they show is compared by the
+/// raftkv-against-etcd test above.
+fn drop_client_retry_warnings(transcript: &str) -> String {
+    transcript
+        .lines()
+        .filter(|line| {
+            !(line.starts_with(r#"{"level":"warn""#)
+                && line.contains("retrying of unary invoker failed"))
+        })
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
+#[tokio::test]
+async fn raftkvctl_session_is_identical_to_etcdctl_on_etcd() -> anyhow::Result<()> {
+    if tools_missing() {
+        return Ok(());
+    }
+    let etcdctl = drop_client_retry_warnings(&session(Flavor::Etcd).await?);
+    let raftkvctl =
+        drop_client_retry_warnings(&session_with(Flavor::Etcd, binaries::raftkvctl()?).await?);
+    assert_same("etcdctl", &etcdctl, "raftkvctl", &raftkvctl);
     Ok(())
 }
 
