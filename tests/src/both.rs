@@ -62,9 +62,13 @@ where
     for flavor in selected_flavors()? {
         let server = Server::start_with(flavor, server_args).await?;
         let client = server.client().await?;
-        let observation = scenario(client)
-            .await
-            .with_context(|| format!("scenario failed against {}", flavor.name()))?;
+        let observation = scenario(client).await.with_context(|| {
+            format!(
+                "scenario failed against {}; end of its log:\n{}",
+                flavor.name(),
+                server.log_tail(20)
+            )
+        })?;
         observed.push((flavor, format!("{observation:#?}")));
     }
     if let [(a_flavor, a), (b_flavor, b)] = observed.as_slice()
