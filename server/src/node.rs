@@ -16,7 +16,7 @@ use crate::apply::{Applier, Response, Waiters};
 use crate::config::{Config, split_urls};
 use crate::error::Error;
 use crate::lease::Lessor;
-use crate::mvcc::Store;
+use crate::mvcc::{RangeEnd, RangeOptions, Store};
 use crate::raft::{RaftConfig, RaftError, RaftHandle};
 use crate::storage::rocks::RocksEngine;
 use crate::storage::{Cf, Engine, StorageError, WriteBatch};
@@ -146,7 +146,12 @@ impl Node {
         };
 
         let store = Arc::new(Store::open(engine.clone()).map_err(|e| StartError::DataDir(format!("cannot load the key-value store: {e}")))?);
-        let lessor = Arc::new(Lessor::default());
+        // etcd's minimum TTL: 1.5 election timeouts, in whole seconds.
+        let lessor = Arc::new(Lessor::new((cfg.election_timeout * 3 / 2).div_ceil(1000) as i64));
+        let all = store
+            .range(&[0], &RangeEnd::Infinity, &RangeOptions::default())
+            .map_err(|e| StartError::DataDir(format!("cannot load the key-value store: {e}")))?;
+        lessor.load(engine.as_ref(), all.kvs.into_iter().filter(|kv| kv.lease != 0).map(|kv| (kv.key, kv.lease)))?;
         let waiters = Arc::new(Waiters::default());
         let applier = Applier::new(engine.clone(), store.clone(), lessor.clone(), waiters.clone())?;
         let heartbeat = Duration::from_millis(cfg.heartbeat_interval);
@@ -176,6 +181,12 @@ impl Node {
             next_id: AtomicU64::new(now << 22),
         };
         Ok((Arc::new(node), thread))
+    }
+
+    /// A fresh lease id: positive, unique across restarts and members.
+    pub fn new_lease_id(&self) -> i64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) ^ self.member.id.rotate_left(32);
+        (id & (i64::MAX as u64)).max(1) as i64
     }
 
     /// A response header as etcd fills it.
@@ -240,6 +251,10 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.status.leader() == self.member.id
     }
 
     pub fn stop(&self) {

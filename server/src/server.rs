@@ -4,12 +4,12 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use etcd_client::proto::{PbClusterServer, PbKvServer, PbMaintenanceServer};
+use etcd_client::proto::{PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
-use crate::api::{cluster::ClusterService, http, kv::KvService, maintenance::MaintenanceService};
+use crate::api::{cluster::ClusterService, http, kv::KvService, lease::LeaseService, maintenance::MaintenanceService};
 use crate::config::{Config, split_urls, url_addr};
 use crate::node::{Node, StartError};
 
@@ -23,7 +23,8 @@ fn routes(node: &Arc<Node>, max_msg: usize) -> Routes {
     let mut routes = Routes::new(health)
         .add_service(PbKvServer::new(KvService::new(node.clone())).max_decoding_message_size(max_msg))
         .add_service(PbMaintenanceServer::new(MaintenanceService::new(node.clone())).max_decoding_message_size(max_msg))
-        .add_service(PbClusterServer::new(ClusterService::new(node.clone())).max_decoding_message_size(max_msg));
+        .add_service(PbClusterServer::new(ClusterService::new(node.clone())).max_decoding_message_size(max_msg))
+        .add_service(PbLeaseServer::new(LeaseService::new(node.clone())).max_decoding_message_size(max_msg));
     let router = std::mem::take(routes.axum_router_mut()).merge(http::router(node.clone()));
     Routes::from(router)
 }
@@ -46,6 +47,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let compactor = tokio::spawn(crate::compactor::run(node.clone(), auto_compaction, stop_rx.clone()));
+    let expiry = tokio::spawn(expire_leases(node.clone(), stop_rx.clone()));
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let mut servers = Vec::new();
     for listener in listeners {
@@ -70,8 +72,36 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         }
     }
     let _ = compactor.await;
+    let _ = expiry.await;
     node.stop();
     let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The leader revokes expired leases through raft; a member that becomes
+/// leader first gives every lease its full TTL again.
+async fn expire_leases(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut was_leader = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let leader = node.is_leader();
+        if leader && !was_leader {
+            node.lessor.promote();
+        }
+        was_leader = leader;
+        if !leader {
+            continue;
+        }
+        for id in node.lessor.expired() {
+            let revoke = etcd_client::proto::PbLeaseRevokeRequest { id };
+            match node.propose(crate::apply::request::Op::LeaseRevoke(revoke)).await {
+                Ok(_) | Err(crate::error::Error::LeaseNotFound) => tracing::info!(lease = %format!("{id:x}"), "lease expired"),
+                Err(e) => tracing::warn!(lease = %format!("{id:x}"), error = %e, "revoking an expired lease failed"),
+            }
+        }
+    }
 }

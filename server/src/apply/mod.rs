@@ -3,6 +3,7 @@
 //! hands each result to the member that proposed it.
 
 pub mod delete;
+pub mod lease;
 pub mod put;
 pub mod range;
 pub mod request;
@@ -13,7 +14,8 @@ use std::sync::Arc;
 
 use etcd_client::proto::{
     PbCompactionResponse as CompactionResponse, PbDeleteResponse as DeleteRangeResponse, PbPutResponse as PutResponse,
-    PbResponseHeader, PbTxnResponse as TxnResponse,
+    PbLeaseGrantResponse as LeaseGrantResponse, PbLeaseRevokeResponse as LeaseRevokeResponse, PbResponseHeader,
+    PbTxnResponse as TxnResponse,
 };
 use parking_lot::Mutex;
 use prost::Message;
@@ -34,6 +36,8 @@ pub enum Response {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
 }
 
 pub type ApplyResult = Result<Response, Error>;
@@ -101,19 +105,25 @@ impl Applier {
                 }
             };
         }
+        let mut progress = progress;
         let mut txn = self.store.write();
         let result = match op {
             Op::Put(p) => put::apply(&mut txn, &self.lessor, p).map(Response::Put),
             Op::DeleteRange(d) => delete::apply(&mut txn, d).map(Response::DeleteRange),
             Op::Txn(t) => txn::apply(&mut txn, &self.lessor, t).map(Response::Txn),
+            Op::LeaseGrant(g) => lease::grant(&txn, &self.lessor, g, &mut progress).map(Response::LeaseGrant),
+            Op::LeaseRevoke(r) => lease::revoke(&mut txn, &self.lessor, r, &mut progress).map(Response::LeaseRevoke),
             Op::Compaction(_) => unreachable!("handled above"),
         };
         // A failed request left no change in `txn` (checks run first), but
         // raft's progress is still recorded.
-        txn.commit(progress).map_err(|e| match e {
+        let changes = txn.commit(progress).map_err(|e| match e {
             MvccError::Storage(e) => e,
             other => StorageError::Engine(other.to_string()),
         })?;
+        for c in &changes {
+            self.lessor.attach(&c.kv.key, if c.deleted { 0 } else { c.kv.lease });
+        }
         Ok(result)
     }
 }

@@ -1,14 +1,16 @@
 //! The requests raft carries: etcd's own request messages in an envelope
 //! with the id the proposing member waits on.
 
-use etcd_client::proto::{PbCompactionRequest, PbDeleteRequest, PbPutRequest, PbTxnRequest};
+use etcd_client::proto::{
+    PbCompactionRequest, PbDeleteRequest, PbLeaseGrantRequest, PbLeaseRevokeRequest, PbPutRequest, PbTxnRequest,
+};
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RaftRequest {
     /// Unique per proposal; the proposer waits for the result under it.
     #[prost(uint64, tag = "1")]
     pub id: u64,
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5")]
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7")]
     pub op: Option<Op>,
 }
 
@@ -22,4 +24,8 @@ pub enum Op {
     Txn(PbTxnRequest),
     #[prost(message, tag = "5")]
     Compaction(PbCompactionRequest),
+    #[prost(message, tag = "6")]
+    LeaseGrant(PbLeaseGrantRequest),
+    #[prost(message, tag = "7")]
+    LeaseRevoke(PbLeaseRevokeRequest),
 }
