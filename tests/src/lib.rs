@@ -5,6 +5,12 @@
 //! This crate only drives processes and speaks the public etcd v3 API; it must
 //! never link the server crate, so that what it proves holds for any client.
 //!
+//! Run: `cargo build --workspace --bins && cargo test -p raftkv-tests`. The
+//! comparisons need real etcd and etcdctl 3.4 in /usr/bin (the Makefile
+//! installs Debian's); without them they are skipped with a note.
+//! `RAFTKV_E2E_FLAVORS=etcd` runs the differential scenarios against etcd
+//! alone, to check a new scenario's expectations.
+//!
 //! # Layout
 //! - [`binaries`]: where the built `raftkv` / `raftkvctl` and etcd are.
 //! - [`ports`]: free loopback ports.

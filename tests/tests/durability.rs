@@ -89,8 +89,11 @@ async fn whole_store(
     Ok((revision, store))
 }
 
-async fn acknowledged_puts_survive_kill9(flavor: Flavor) -> anyhow::Result<()> {
-    let mut server = Server::start(flavor).await?;
+async fn acknowledged_puts_survive_kill9(
+    flavor: Flavor,
+    server_args: &[&str],
+) -> anyhow::Result<()> {
+    let mut server = Server::start_with(flavor, server_args).await?;
     let mut acked: Vec<Ack> = Vec::new();
     for round in 0..ROUNDS {
         let killed = Arc::new(AtomicBool::new(false));
@@ -228,7 +231,15 @@ async fn etcd_stops_on_sigterm_and_keeps_its_data() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn raftkv_keeps_acknowledged_puts_across_kill9() -> anyhow::Result<()> {
-    acknowledged_puts_survive_kill9(Flavor::Raftkv).await
+    acknowledged_puts_survive_kill9(Flavor::Raftkv, &[]).await
+}
+
+/// With a snapshot every 100 entries, the restarts recover from a snapshot
+/// plus a short log instead of the whole log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn raftkv_keeps_acknowledged_puts_across_kill9_with_frequent_snapshots() -> anyhow::Result<()>
+{
+    acknowledged_puts_survive_kill9(Flavor::Raftkv, &["--snapshot-count", "100"]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -237,5 +248,5 @@ async fn etcd_keeps_acknowledged_puts_across_kill9() -> anyhow::Result<()> {
         eprintln!("skipped: real etcd not installed");
         return Ok(());
     }
-    acknowledged_puts_survive_kill9(Flavor::Etcd).await
+    acknowledged_puts_survive_kill9(Flavor::Etcd, &["--snapshot-count", "100"]).await
 }
