@@ -7,7 +7,8 @@
 //!
 //! Run: `cargo build --workspace --bins && cargo test -p raftkv-tests`. The
 //! comparisons need real etcd and etcdctl 3.4 in /usr/bin (the Makefile
-//! installs Debian's); without them they are skipped with a note.
+//! installs Debian's); without them the etcdctl transcript tests are skipped
+//! with a note and the differential scenarios check raftkv alone.
 //! `RAFTKV_E2E_FLAVORS=etcd` runs the differential scenarios against etcd
 //! alone, to check a new scenario's expectations.
 //!
