@@ -8,7 +8,8 @@
 //!   domain module.
 //! - `mvcc`: revisions, the key index, reads at revisions, write
 //!   transactions, compaction.
-//! - `lease`: which leases exist.
+//! - `lease`: leases, their keys and expiry.
+//! - `watch`: watchers, fed by the applier and from MVCC history.
 //! - `apply`: the state machine, one file per request kind.
 //! - `api`: gRPC/HTTP adapters and the single error -> status table.
 //! - `node`: wiring, propose and linearizable reads; `server`: `run`.
@@ -29,3 +30,4 @@ pub mod node;
 pub mod raft;
 pub mod server;
 pub mod storage;
+pub mod watch;

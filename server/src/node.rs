@@ -20,6 +20,7 @@ use crate::mvcc::{RangeEnd, RangeOptions, Store};
 use crate::raft::{RaftConfig, RaftError, RaftHandle};
 use crate::storage::rocks::RocksEngine;
 use crate::storage::{Cf, Engine, StorageError, WriteBatch};
+use crate::watch::WatchHub;
 
 const FORMAT_FILE: &str = "raftkv-format";
 const FORMAT: &str = "raftkv data v1\n";
@@ -53,6 +54,7 @@ pub struct Node {
     pub store: Arc<Store>,
     pub engine: Arc<dyn Engine>,
     pub lessor: Arc<Lessor>,
+    pub hub: Arc<WatchHub>,
     pub raft: RaftHandle,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
@@ -153,7 +155,11 @@ impl Node {
             .map_err(|e| StartError::DataDir(format!("cannot load the key-value store: {e}")))?;
         lessor.load(engine.as_ref(), all.kvs.into_iter().filter(|kv| kv.lease != 0).map(|kv| (kv.key, kv.lease)))?;
         let waiters = Arc::new(Waiters::default());
-        let applier = Applier::new(engine.clone(), store.clone(), lessor.clone(), waiters.clone())?;
+        let status = Arc::new(crate::raft::RaftStatus::default());
+        let header_status = status.clone();
+        let header = Box::new(move |revision| ResponseHeader { cluster_id: cid, member_id: id, revision, raft_term: header_status.term() });
+        let hub = Arc::new(WatchHub::new(store.clone(), header, cfg.max_request_bytes));
+        let applier = Applier::new(engine.clone(), store.clone(), lessor.clone(), waiters.clone(), hub.clone())?;
         let heartbeat = Duration::from_millis(cfg.heartbeat_interval);
         let raft_cfg = RaftConfig {
             id,
@@ -164,7 +170,7 @@ impl Node {
             snapshot_count: cfg.snapshot_count.max(1),
             catch_up_entries: 5000,
         };
-        let (raft, thread) = crate::raft::node::start(raft_cfg, engine.clone(), applier)?;
+        let (raft, thread) = crate::raft::node::start(raft_cfg, engine.clone(), applier, status)?;
         // Ids are unique across restarts: the start time fills the high bits.
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         let node = Node {
@@ -173,6 +179,7 @@ impl Node {
             store,
             engine,
             lessor,
+            hub,
             raft,
             max_request_bytes: cfg.max_request_bytes,
             max_txn_ops: cfg.max_txn_ops,

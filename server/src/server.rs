@@ -4,12 +4,12 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use etcd_client::proto::{PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer};
+use etcd_client::proto::{PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbWatchServer};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
-use crate::api::{cluster::ClusterService, http, kv::KvService, lease::LeaseService, maintenance::MaintenanceService};
+use crate::api::{cluster::ClusterService, http, kv::KvService, lease::LeaseService, maintenance::MaintenanceService, watch::WatchService};
 use crate::config::{Config, split_urls, url_addr};
 use crate::node::{Node, StartError};
 
@@ -24,7 +24,8 @@ fn routes(node: &Arc<Node>, max_msg: usize) -> Routes {
         .add_service(PbKvServer::new(KvService::new(node.clone())).max_decoding_message_size(max_msg))
         .add_service(PbMaintenanceServer::new(MaintenanceService::new(node.clone())).max_decoding_message_size(max_msg))
         .add_service(PbClusterServer::new(ClusterService::new(node.clone())).max_decoding_message_size(max_msg))
-        .add_service(PbLeaseServer::new(LeaseService::new(node.clone())).max_decoding_message_size(max_msg));
+        .add_service(PbLeaseServer::new(LeaseService::new(node.clone())).max_decoding_message_size(max_msg))
+        .add_service(PbWatchServer::new(WatchService::new(node.clone(), node.hub.clone())).max_decoding_message_size(max_msg));
     let router = std::mem::take(routes.axum_router_mut()).merge(http::router(node.clone()));
     Routes::from(router)
 }
@@ -48,6 +49,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let compactor = tokio::spawn(crate::compactor::run(node.clone(), auto_compaction, stop_rx.clone()));
     let expiry = tokio::spawn(expire_leases(node.clone(), stop_rx.clone()));
+    let catch_up = tokio::spawn(node.hub.clone().run_catch_up(stop_rx.clone()));
+    let progress = tokio::spawn(notify_progress(node.clone(), stop_rx.clone()));
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let mut servers = Vec::new();
     for listener in listeners {
@@ -73,6 +76,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     }
     let _ = compactor.await;
     let _ = expiry.await;
+    let _ = catch_up.await;
+    let _ = progress.await;
     node.stop();
     let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
     tracing::info!("stopped");
@@ -102,6 +107,18 @@ async fn expire_leases(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<b
                 Ok(_) | Err(crate::error::Error::LeaseNotFound) => tracing::info!(lease = %format!("{id:x}"), "lease expired"),
                 Err(e) => tracing::warn!(lease = %format!("{id:x}"), error = %e, "revoking an expired lease failed"),
             }
+        }
+    }
+}
+
+/// etcd's default progress notification interval for watchers that ask.
+const PROGRESS_NOTIFY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
+async fn notify_progress(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PROGRESS_NOTIFY_INTERVAL) => node.hub.notify_progress(),
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }

@@ -10,27 +10,25 @@ use etcd_client::{Client, EventType, WatchFilterType, WatchOptions, WatchRespons
 use raftkv_tests::both::for_both;
 use raftkv_tests::{Flavor, Server};
 
+fn event(e: &etcd_client::Event) -> String {
+    let kv = e.kv().map(|kv| {
+        format!(
+            "{}={} c{} m{} v{}",
+            String::from_utf8_lossy(kv.key()),
+            String::from_utf8_lossy(kv.value()),
+            kv.create_revision(),
+            kv.mod_revision(),
+            kv.version()
+        )
+    });
+    let prev = e.prev_kv().map(|kv| format!(" prev={}", String::from_utf8_lossy(kv.value())));
+    let kind = if e.event_type() == EventType::Put { "PUT" } else { "DELETE" };
+    format!("{kind} {}{}", kv.unwrap_or_default(), prev.unwrap_or_default())
+}
+
 /// One deterministic line per response.
 fn describe(r: &WatchResponse) -> String {
-    let events: Vec<String> = r
-        .events()
-        .iter()
-        .map(|e| {
-            let kv = e.kv().map(|kv| {
-                format!(
-                    "{}={} c{} m{} v{}",
-                    String::from_utf8_lossy(kv.key()),
-                    String::from_utf8_lossy(kv.value()),
-                    kv.create_revision(),
-                    kv.mod_revision(),
-                    kv.version()
-                )
-            });
-            let prev = e.prev_kv().map(|kv| format!(" prev={}", String::from_utf8_lossy(kv.value())));
-            let kind = if e.event_type() == EventType::Put { "PUT" } else { "DELETE" };
-            format!("{kind} {}{}", kv.unwrap_or_default(), prev.unwrap_or_default())
-        })
-        .collect();
+    let events: Vec<String> = r.events().iter().map(event).collect();
     format!(
         "id={} created={} canceled={} compact={} rev={} reason={:?} events={events:?}",
         r.watch_id(),
@@ -40,6 +38,25 @@ fn describe(r: &WatchResponse) -> String {
         r.header().map_or(0, |h| h.revision()),
         r.cancel_reason()
     )
+}
+
+/// The next `n` events, one line each, whatever responses carry them
+/// (servers may batch several revisions into one response while catching up).
+async fn events(stream: &mut WatchStream, n: usize) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let r = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .with_context(|| format!("only {} of {n} events within 10 s: {out:?}", out.len()))??
+            .context("watch stream ended")?;
+        if r.events().is_empty() {
+            bail!("unexpected event-less response: {}", describe(&r));
+        }
+        for e in r.events() {
+            out.push(format!("watch {}: {}", r.watch_id(), event(e)));
+        }
+    }
+    Ok(out)
 }
 
 async fn next(stream: &mut WatchStream) -> anyhow::Result<String> {
@@ -59,7 +76,8 @@ async fn events_from_now_and_from_history_with_filters_and_prev_kv() -> anyhow::
         let mut now = c.watch("w/", Some(WatchOptions::new().with_prefix().with_prev_key())).await?;
         seen.push(next(&mut now).await?);
         let mut history = c.watch("w/", Some(WatchOptions::new().with_prefix().with_start_revision(2))).await?;
-        seen.push(next(&mut history).await?);
+        let created = next(&mut history).await?;
+        seen.push(created.split(" rev=").next().unwrap_or_default().to_string());
         let mut no_put = c
             .watch("w/", Some(WatchOptions::new().with_prefix().with_start_revision(1).with_filters([WatchFilterType::NoPut])))
             .await?;
@@ -68,14 +86,10 @@ async fn events_from_now_and_from_history_with_filters_and_prev_kv() -> anyhow::
         c.delete("w/b", None).await?;
         c.put("other", "x", None).await?;
         c.put("w/c", "1", None).await?;
-        for _ in 0..3 {
-            seen.push(next(&mut now).await?);
-        }
+        seen.extend(events(&mut now, 3).await?);
         // History from revision 2 covers both puts before the watch, then the rest.
-        for _ in 0..3 {
-            seen.push(next(&mut history).await?);
-        }
-        seen.push(next(&mut no_put).await?);
+        seen.extend(events(&mut history, 5).await?);
+        seen.extend(events(&mut no_put, 1).await?);
         Ok(seen)
     })
     .await

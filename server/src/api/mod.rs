@@ -8,6 +8,7 @@ pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub mod validate;
+pub mod watch;
 
 use tonic::{Code, Status};
 

@@ -26,6 +26,7 @@ use crate::lease::Lessor;
 use crate::mvcc::{MvccError, Store};
 use crate::raft::StateMachine;
 use crate::storage::{Cf, Engine, StorageError, WriteBatch};
+use crate::watch::WatchHub;
 use request::{Op, RaftRequest};
 
 const META_APPLIED: &[u8] = b"raft/applied_index";
@@ -71,6 +72,7 @@ pub struct Applier {
     store: Arc<Store>,
     lessor: Arc<Lessor>,
     waiters: Arc<Waiters>,
+    hub: Arc<WatchHub>,
     applied: u64,
 }
 
@@ -86,9 +88,15 @@ pub fn applied_index(engine: &dyn Engine) -> Result<u64, StorageError> {
 }
 
 impl Applier {
-    pub fn new(engine: Arc<dyn Engine>, store: Arc<Store>, lessor: Arc<Lessor>, waiters: Arc<Waiters>) -> Result<Self, StorageError> {
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        store: Arc<Store>,
+        lessor: Arc<Lessor>,
+        waiters: Arc<Waiters>,
+        hub: Arc<WatchHub>,
+    ) -> Result<Self, StorageError> {
         let applied = applied_index(engine.as_ref())?;
-        Ok(Self { engine, store, lessor, waiters, applied })
+        Ok(Self { engine, store, lessor, waiters, hub, applied })
     }
 
     /// Runs one request; `progress` is written atomically with its effects.
@@ -123,6 +131,9 @@ impl Applier {
         })?;
         for c in &changes {
             self.lessor.attach(&c.kv.key, if c.deleted { 0 } else { c.kv.lease });
+        }
+        if let Some(first) = changes.first() {
+            self.hub.notify(first.kv.mod_revision, &changes);
         }
         Ok(result)
     }

@@ -205,6 +205,39 @@ impl Store {
         Ok(RangeResult { kvs, count, rev: current })
     }
 
+    /// Changes with main revision in `[from, to]` to keys in the range, in
+    /// revision order (watch catch-up). Stops at a revision boundary once
+    /// `max` changes are read; also returns the last revision fully read.
+    pub fn changes(&self, from: i64, to: i64, key: &[u8], end: &RangeEnd, max: usize) -> Result<(Vec<(i64, Change)>, i64)> {
+        let mut out = Vec::new();
+        let mut read_through = to;
+        let mut failure = None;
+        let stop = Revision::start_of(to + 1);
+        self.engine.scan(Cf::Kv, &Revision::start_of(from), Some(&stop), &mut |k, v| {
+            let Some((rev, deleted)) = Revision::from_bytes(k) else { return true };
+            if rev.sub == 0 && out.len() >= max {
+                read_through = rev.main - 1;
+                return false;
+            }
+            match decode(v) {
+                Ok(kv) => {
+                    if end.contains(key, &kv.key) {
+                        out.push((rev.main, Change { kv, deleted }));
+                    }
+                    true
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            }
+        })?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok((out, read_through)),
+        }
+    }
+
     /// Starts the write transaction of the next revision. Only the apply
     /// loop writes, so there is never more than one.
     pub fn write(&self) -> WriteTxn<'_> {

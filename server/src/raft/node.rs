@@ -146,6 +146,7 @@ pub fn start<S: StateMachine>(
     cfg: RaftConfig,
     engine: Arc<dyn Engine>,
     sm: S,
+    status: Arc<RaftStatus>,
 ) -> Result<(RaftHandle, std::thread::JoinHandle<()>), StorageError> {
     let mut log = RaftLog::open(engine.clone())?;
     if !log.is_initialized() {
@@ -168,7 +169,6 @@ pub fn start<S: StateMachine>(
     };
     let sole_voter = log.conf_state().voters == vec![cfg.id];
     let node = RawNode::new(&raft_cfg, log, &slog_logger()).map_err(|e| StorageError::Engine(format!("raft: {e}")))?;
-    let status = Arc::new(RaftStatus::default());
     status.id.store(cfg.id, Ordering::Release);
     status.applied.store(applied, Ordering::Release);
     let (tx, rx) = channel();

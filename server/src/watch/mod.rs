@@ -1,0 +1,252 @@
+//! Watchers, as etcd's watchable store: a watcher is *synced* when it has
+//! seen every revision up to the current one and then gets each new
+//! revision's events as the applier publishes them; otherwise it is
+//! *unsynced* and catches up from MVCC history. A slow client never blocks
+//! writes: when its stream is full, its watchers fall back to unsynced and
+//! catch up later. Every watcher's `next_rev` says which revision it needs
+//! next, so events are delivered exactly once, in revision order, however a
+//! watcher moves between the two sets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use etcd_client::proto::{PbEvent as Event, PbKeyValue as KeyValue, PbResponseHeader, PbWatchResponse as WatchResponse};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::mvcc::{Change, RangeEnd, RangeOptions, Store};
+
+const EVENT_PUT: i32 = 0;
+const EVENT_DELETE: i32 = 1;
+/// Changes read from history for one watcher in one catch-up round.
+const CATCH_UP_BATCH: usize = 1000;
+
+/// What a client asked to watch.
+#[derive(Clone, Debug)]
+pub struct WatchSpec {
+    pub key: Vec<u8>,
+    pub end: RangeEnd,
+    /// The first revision to deliver.
+    pub start_rev: i64,
+    pub no_put: bool,
+    pub no_delete: bool,
+    pub prev_kv: bool,
+    pub progress_notify: bool,
+    pub fragment: bool,
+}
+
+struct Watcher {
+    spec: WatchSpec,
+    next_rev: i64,
+    synced: bool,
+    tx: mpsc::Sender<WatchResponse>,
+}
+
+/// Identifies a watcher: the stream it belongs to and its id there.
+pub type WatcherKey = (u64, i64);
+
+pub struct WatchHub {
+    store: Arc<Store>,
+    watchers: Mutex<HashMap<WatcherKey, Watcher>>,
+    /// Filled by the node: header fields other than the revision.
+    header: Box<dyn Fn(i64) -> PbResponseHeader + Send + Sync>,
+    max_response_bytes: usize,
+    wake: tokio::sync::Notify,
+}
+
+impl WatchHub {
+    pub fn new(store: Arc<Store>, header: Box<dyn Fn(i64) -> PbResponseHeader + Send + Sync>, max_response_bytes: usize) -> Self {
+        Self { store, watchers: Mutex::new(HashMap::new()), header, max_response_bytes, wake: tokio::sync::Notify::new() }
+    }
+
+    /// Registers a watcher; the caller has already sent its "created"
+    /// response on `tx`, so nothing can overtake it.
+    pub fn add(&self, key: WatcherKey, spec: WatchSpec, tx: mpsc::Sender<WatchResponse>) {
+        let mut watchers = self.watchers.lock();
+        let current = self.store.current_revision();
+        let next_rev = if spec.start_rev <= 0 { current + 1 } else { spec.start_rev };
+        let synced = next_rev > current;
+        watchers.insert(key, Watcher { spec, next_rev, synced, tx });
+        if !synced {
+            self.wake.notify_one();
+        }
+    }
+
+    pub fn remove(&self, key: WatcherKey) -> bool {
+        self.watchers.lock().remove(&key).is_some()
+    }
+
+    pub fn exists(&self, key: WatcherKey) -> bool {
+        self.watchers.lock().contains_key(&key)
+    }
+
+    /// Whether every watcher of a stream has seen every revision (so a
+    /// progress notification cannot get ahead of undelivered events).
+    pub fn stream_synced(&self, stream: u64) -> bool {
+        self.watchers.lock().iter().all(|((s, _), w)| *s != stream || w.synced)
+    }
+
+    pub fn remove_stream(&self, stream: u64) {
+        self.watchers.lock().retain(|(s, _), _| *s != stream);
+    }
+
+    pub fn len(&self) -> usize {
+        self.watchers.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn to_events(&self, w: &Watcher, changes: &[(i64, Change)]) -> Vec<Event> {
+        changes
+            .iter()
+            .filter(|(_, c)| w.spec.end.contains(&w.spec.key, &c.kv.key))
+            .filter(|(_, c)| !(c.deleted && w.spec.no_delete) && !(!c.deleted && w.spec.no_put))
+            .map(|(rev, c)| Event {
+                r#type: if c.deleted { EVENT_DELETE } else { EVENT_PUT },
+                kv: Some(c.kv.clone()),
+                prev_kv: if w.spec.prev_kv { self.prev_kv(&c.kv.key, rev - 1) } else { None },
+            })
+            .collect()
+    }
+
+    fn prev_kv(&self, key: &[u8], rev: i64) -> Option<KeyValue> {
+        let opts = RangeOptions { rev, ..Default::default() };
+        self.store.range(key, &RangeEnd::Single, &opts).ok().and_then(|r| r.kvs.into_iter().next())
+    }
+
+    /// Sends events in responses no larger than the limit when the watcher
+    /// asked for fragments; false when the stream is full or gone.
+    fn send(&self, id: i64, w: &Watcher, rev: i64, events: Vec<Event>) -> bool {
+        let header = Some((self.header)(rev));
+        let whole = WatchResponse { header: header.clone(), watch_id: id, events, ..Default::default() };
+        if !w.spec.fragment || prost::Message::encoded_len(&whole) <= self.max_response_bytes {
+            return w.tx.try_send(whole).is_ok();
+        }
+        let mut parts: Vec<Vec<Event>> = vec![Vec::new()];
+        let mut size = 0;
+        for e in whole.events {
+            let n = prost::Message::encoded_len(&e);
+            if size + n > self.max_response_bytes && parts.last().is_some_and(|p| !p.is_empty()) {
+                parts.push(Vec::new());
+                size = 0;
+            }
+            size += n;
+            if let Some(p) = parts.last_mut() {
+                p.push(e);
+            }
+        }
+        if w.tx.capacity() < parts.len() {
+            return false;
+        }
+        let last = parts.len() - 1;
+        parts.into_iter().enumerate().all(|(i, events)| {
+            let r = WatchResponse { header: header.clone(), watch_id: id, events, fragment: i < last, ..Default::default() };
+            w.tx.try_send(r).is_ok()
+        })
+    }
+
+    /// Publishes the changes of revision `rev` (called by the applier after
+    /// the revision is visible).
+    pub fn notify(&self, rev: i64, changes: &[Change]) {
+        let mut watchers = self.watchers.lock();
+        if watchers.is_empty() {
+            return;
+        }
+        let changes: Vec<(i64, Change)> = changes.iter().map(|c| (rev, c.clone())).collect();
+        let mut fell_behind = false;
+        watchers.retain(|(_, id), w| {
+            if !w.synced || w.next_rev > rev {
+                return !w.tx.is_closed();
+            }
+            let events = self.to_events(w, &changes);
+            if events.is_empty() || self.send(*id, w, rev, events) {
+                w.next_rev = rev + 1;
+            } else if w.tx.is_closed() {
+                return false;
+            } else {
+                w.synced = false;
+                fell_behind = true;
+            }
+            true
+        });
+        if fell_behind {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Catches unsynced watchers up from history; run by a background task.
+    pub async fn run_catch_up(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            self.catch_up();
+        }
+    }
+
+    fn catch_up(&self) {
+        let mut watchers = self.watchers.lock();
+        let current = self.store.current_revision();
+        let compacted = self.store.compacted_revision();
+        let mut behind = false;
+        watchers.retain(|(_, id), w| {
+            if w.synced {
+                return true;
+            }
+            if w.tx.is_closed() {
+                return false;
+            }
+            if w.next_rev < compacted {
+                // etcd sends this one with a zero header revision.
+                let r = WatchResponse {
+                    header: Some((self.header)(0)),
+                    watch_id: *id,
+                    compact_revision: compacted,
+                    canceled: true,
+                    ..Default::default()
+                };
+                // Retry next round if the stream is full; the watcher ends once told.
+                return w.tx.try_send(r).is_err();
+            }
+            if w.next_rev > current {
+                w.synced = true;
+                return true;
+            }
+            let (changes, read_through) =
+                match self.store.changes(w.next_rev, current, &w.spec.key, &w.spec.end, CATCH_UP_BATCH) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "watch catch-up read failed");
+                        behind = true;
+                        return true;
+                    }
+                };
+            let events = self.to_events(w, &changes);
+            if events.is_empty() || self.send(*id, w, read_through, events) {
+                w.next_rev = read_through + 1;
+                w.synced = read_through >= current;
+            }
+            behind |= !w.synced;
+            true
+        });
+        if behind {
+            self.wake.notify_one();
+        }
+    }
+
+    /// An event-less response to every synced watcher that asked for
+    /// progress notifications.
+    pub fn notify_progress(&self) {
+        let watchers = self.watchers.lock();
+        let rev = self.store.current_revision();
+        for ((_, id), w) in watchers.iter() {
+            if w.synced && w.spec.progress_notify {
+                let _ = w.tx.try_send(WatchResponse { header: Some((self.header)(rev)), watch_id: *id, ..Default::default() });
+            }
+        }
+    }
+}
