@@ -9,7 +9,9 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
-use crate::api::{cluster::ClusterService, http, kv::KvService, lease::LeaseService, maintenance::MaintenanceService, watch::WatchService};
+use crate::api::v3electionpb::election_server::ElectionServer;
+use crate::api::v3lockpb::lock_server::LockServer;
+use crate::api::{cluster::ClusterService, election::ElectionService, lock::LockService, http, kv::KvService, lease::LeaseService, maintenance::MaintenanceService, watch::WatchService};
 use crate::config::{Config, split_urls, url_addr};
 use crate::node::{Node, StartError};
 
@@ -25,7 +27,9 @@ fn routes(node: &Arc<Node>, max_msg: usize) -> Routes {
         .add_service(PbMaintenanceServer::new(MaintenanceService::new(node.clone())).max_decoding_message_size(max_msg))
         .add_service(PbClusterServer::new(ClusterService::new(node.clone())).max_decoding_message_size(max_msg))
         .add_service(PbLeaseServer::new(LeaseService::new(node.clone())).max_decoding_message_size(max_msg))
-        .add_service(PbWatchServer::new(WatchService::new(node.clone(), node.hub.clone())).max_decoding_message_size(max_msg));
+        .add_service(PbWatchServer::new(WatchService::new(node.clone(), node.hub.clone())).max_decoding_message_size(max_msg))
+        .add_service(LockServer::new(LockService::new(node.clone())).max_decoding_message_size(max_msg))
+        .add_service(ElectionServer::new(ElectionService::new(node.clone())).max_decoding_message_size(max_msg));
     let router = std::mem::take(routes.axum_router_mut()).merge(http::router(node.clone()));
     Routes::from(router)
 }

@@ -3,10 +3,13 @@
 //! gRPC codes.
 
 pub mod cluster;
+pub mod election;
 pub mod http;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
+pub mod recipes;
 pub mod validate;
 pub mod watch;
 
@@ -29,6 +32,18 @@ pub fn status(e: Error) -> Status {
         Internal(_) => Code::Internal,
     };
     Status::new(code, e.to_string())
+}
+
+/// etcd's v3lockpb, generated from server/proto.
+#[allow(clippy::all, missing_docs)]
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+/// etcd's v3electionpb, generated from server/proto.
+#[allow(clippy::all, missing_docs)]
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
 }
 
 pub type Reply<T> = Result<tonic::Response<T>, Status>;

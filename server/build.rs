@@ -1,0 +1,11 @@
+//! Generates the Lock and Election gRPC services (etcd's v3lockpb and
+//! v3electionpb), whose messages refer to etcd-client's own types.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    tonic_prost_build::configure()
+        .build_client(false)
+        .extern_path(".etcdserverpb.ResponseHeader", "::etcd_client::proto::PbResponseHeader")
+        .extern_path(".mvccpb.KeyValue", "::etcd_client::proto::PbKeyValue")
+        .compile_protos(&["proto/v3lock.proto", "proto/v3election.proto"], &["proto"])?;
+    Ok(())
+}
