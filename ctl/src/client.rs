@@ -37,6 +37,14 @@ impl ConnConfig {
         options
     }
 
+    /// The same connection without a command timeout: etcdctl runs some
+    /// lease commands under `context.TODO()` and waits for a server forever.
+    pub fn without_deadline(&self) -> ConnConfig {
+        // A century stands for "never"; tokio clamps far deadlines.
+        const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+        ConnConfig { command_timeout: NEVER, ..self.clone() }
+    }
+
     /// A client balancing over every endpoint, as etcdctl's is.
     pub async fn connect(&self) -> Result<Client, CtlError> {
         self.connect_to(&self.endpoints).await

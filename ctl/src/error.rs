@@ -9,13 +9,29 @@ use std::fmt;
 /// etcdctl's exit codes (`cobrautl`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitCode {
-    Error = 1,
+    Error,
     /// A Go panic's exit status; etcdctl panics on a compare operator it
     /// does not know.
-    Panic = 2,
-    InvalidInput = 3,
-    BadFeature = 4,
-    BadArgs = 128,
+    Panic,
+    /// `ExitBadConnection`: the lease commands that run without a deadline
+    /// report their errors with it.
+    BadConnection,
+    InvalidInput,
+    BadFeature,
+    BadArgs,
+}
+
+impl ExitCode {
+    /// The process exit status (a panic and a bad connection share 2).
+    pub fn status(self) -> u8 {
+        match self {
+            ExitCode::Error => 1,
+            ExitCode::Panic | ExitCode::BadConnection => 2,
+            ExitCode::InvalidInput => 3,
+            ExitCode::BadFeature => 4,
+            ExitCode::BadArgs => 128,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -237,6 +237,16 @@ pub fn hex_escaped(bytes: &[u8]) -> Vec<u8> {
     bytes.iter().flat_map(|b| format!("\\x{b:02x}").into_bytes()).collect()
 }
 
+/// Go's `%016x` of a lease id (an int64): a negative id keeps its sign in
+/// front of the zero padding, within the same width.
+pub fn lease_id(id: i64) -> String {
+    if id < 0 {
+        format!("-{:015x}", id.unsigned_abs())
+    } else {
+        format!("{id:016x}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +290,13 @@ mod tests {
         assert_eq!(humanize_bytes(5), "5 B");
         assert_eq!(humanize_bytes(1500), "1.5 kB");
         assert_eq!(humanize_bytes(25_165_824), "25 MB");
+    }
+
+    #[test]
+    fn lease_ids_print_as_percent_016x() {
+        assert_eq!(lease_id(0x1234), "0000000000001234");
+        assert_eq!(lease_id(0x346aa1fdec46b405), "346aa1fdec46b405");
+        assert_eq!(lease_id(-1), "-000000000000001");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! - `client.rs`: connecting, and running a request under the command
 //!   timeout.
 //! - `command/`: one file per command group (put, get, del, txn and its
-//!   grammar, compaction, endpoint, member).
+//!   grammar, compaction, lease, endpoint, member).
 //! - `printer.rs` and `printer/`: the simple, json, fields, table and
 //!   protobuf output formats.
 //! - `gofmt.rs`: Go's quoting, durations and numbers, which the output and
@@ -33,6 +33,7 @@ use crate::command::compaction::CompactionArgs;
 use crate::command::del::DelArgs;
 use crate::command::endpoint::EndpointArgs;
 use crate::command::get::GetArgs;
+use crate::command::lease::LeaseCommand;
 use crate::command::member::MemberCommand;
 use crate::command::put::PutArgs;
 use crate::command::txn::TxnArgs;
@@ -114,6 +115,9 @@ enum Command {
     Txn(TxnArgs),
     /// Compacts the event history in etcd
     Compaction(CompactionArgs),
+    /// Lease related commands
+    #[command(subcommand)]
+    Lease(LeaseCommand),
     /// Endpoint related commands
     Endpoint(EndpointArgs),
     /// Membership related commands
@@ -172,6 +176,7 @@ async fn dispatch(cli: Cli) -> Result<(), CtlError> {
         Command::Del(args) => command::del::run(args, &ctx).await,
         Command::Txn(args) => command::txn::run(args, &ctx).await,
         Command::Compaction(args) => command::compaction::run(args, &ctx).await,
+        Command::Lease(cmd) => command::lease::run(cmd, &ctx).await,
         Command::Endpoint(args) => command::endpoint::run(args, &ctx).await,
         Command::Member(cmd) => command::member::run(cmd, &ctx).await,
         Command::Bench(args) => bench::run(args, &ctx).await,
@@ -233,7 +238,7 @@ fn main() -> std::process::ExitCode {
             } else if !e.message.is_empty() {
                 eprintln!("Error: {}", e.message);
             }
-            std::process::ExitCode::from(e.code as u8)
+            std::process::ExitCode::from(e.code.status())
         }
     }
 }

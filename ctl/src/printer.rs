@@ -13,8 +13,9 @@ mod table;
 use std::io::Write;
 
 use etcd_client::proto::{
-    PbDeleteResponse, PbMemberListResponse, PbPutResponse, PbRangeResponse, PbStatusResponse,
-    PbTxnResponse,
+    PbDeleteResponse, PbLeaseGrantResponse, PbLeaseKeepAliveResponse, PbLeaseLeasesResponse,
+    PbLeaseRevokeResponse, PbLeaseTimeToLiveResponse, PbMemberListResponse, PbPutResponse,
+    PbRangeResponse, PbResponseHeader, PbStatusResponse, PbTxnResponse,
 };
 use prost::Message;
 
@@ -134,6 +135,95 @@ impl Printer {
         Ok(())
     }
 
+    pub fn lease_grant(&self, w: Out<'_>, r: &PbLeaseGrantResponse) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::lease_grant(w, r)?,
+            Format::Json => json::print(w, json::lease_grant(r))?,
+            Format::Fields => fields::lease_grant(w, r)?,
+            Format::Protobuf => embedded_header_pb(w, r.header.as_ref())?,
+            Format::Table => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    /// `id` is the lease asked for: the simple format names it.
+    pub fn lease_revoke(
+        &self,
+        w: Out<'_>,
+        id: i64,
+        r: &PbLeaseRevokeResponse,
+    ) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::lease_revoke(w, id)?,
+            Format::Json => json::print(w, json::lease_revoke(r))?,
+            Format::Fields => fields::lease_revoke(w, r)?,
+            // clientv3's revoke response is a named copy of the protobuf
+            // type, without its methods: etcdctl cannot marshal it.
+            Format::Protobuf => {
+                let value = match &r.header {
+                    Some(h) => header_text(h),
+                    None => "<nil>".to_string(),
+                };
+                return Err(CtlError::bad_feature(format!(
+                    "marshal unsupported for type clientv3.LeaseRevokeResponse ({{{value}}})"
+                )));
+            }
+            Format::Table => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    pub fn lease_keep_alive(
+        &self,
+        w: Out<'_>,
+        r: &PbLeaseKeepAliveResponse,
+    ) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::lease_keep_alive(w, r)?,
+            Format::Json => json::print(w, json::lease_keep_alive(r))?,
+            Format::Fields => fields::lease_keep_alive(w, r)?,
+            Format::Protobuf => embedded_header_pb(w, r.header.as_ref())?,
+            Format::Table => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    /// What `lease keep-alive` prints when the lease is gone: only the
+    /// simple format says anything.
+    pub fn lease_keep_alive_end(&self, w: Out<'_>, id: i64) -> Result<(), CtlError> {
+        if self.format == Format::Simple {
+            simple::lease_keep_alive_end(w, id)?;
+        }
+        Ok(())
+    }
+
+    pub fn lease_time_to_live(
+        &self,
+        w: Out<'_>,
+        r: &PbLeaseTimeToLiveResponse,
+        keys: bool,
+    ) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::lease_time_to_live(w, r, keys)?,
+            Format::Json => json::print(w, json::lease_time_to_live(r))?,
+            Format::Fields => fields::lease_time_to_live(w, r)?,
+            Format::Protobuf => embedded_header_pb(w, r.header.as_ref())?,
+            Format::Table => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    pub fn lease_leases(&self, w: Out<'_>, r: &PbLeaseLeasesResponse) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::lease_leases(w, r)?,
+            Format::Json => json::print(w, json::lease_leases(r))?,
+            Format::Fields => fields::lease_leases(w, r)?,
+            Format::Protobuf => embedded_header_pb(w, r.header.as_ref())?,
+            Format::Table => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
     pub fn member_list(&self, w: Out<'_>, r: &PbMemberListResponse) -> Result<(), CtlError> {
         match self.format {
             Format::Simple => simple::rows(w, &table::member_list(r).1)?,
@@ -181,6 +271,29 @@ impl Printer {
         }
         Ok(())
     }
+}
+
+/// clientv3's grant, keep-alive, time-to-live and list responses embed
+/// `*pb.ResponseHeader`, whose `Marshal` method they inherit: etcdctl's
+/// protobuf format prints the header alone.
+fn embedded_header_pb(w: Out<'_>, h: Option<&PbResponseHeader>) -> std::io::Result<()> {
+    w.write_all(&h.map(Message::encode_to_vec).unwrap_or_default())
+}
+
+/// gogo-protobuf's compact text of a header, as Go's `%v` shows it:
+/// `name:value ` for each non-zero field.
+fn header_text(h: &PbResponseHeader) -> String {
+    let fields: [(&str, i128); 4] = [
+        ("cluster_id", h.cluster_id.into()),
+        ("member_id", h.member_id.into()),
+        ("revision", h.revision.into()),
+        ("raft_term", h.raft_term.into()),
+    ];
+    fields
+        .into_iter()
+        .filter(|(_, v)| *v != 0)
+        .map(|(name, v)| format!("{name}:{v} "))
+        .collect()
 }
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ fn run(tool: &str, etcd: &Etcd, args: &[&str], stdin: &str) -> Output {
     }
 }
 
-/// Replaces the digits after each of `fields` with `N`.
+/// Replaces revisions, cluster ids and timings with `N`.
 fn mask(text: &str) -> String {
     const FIELDS: [&str; 13] = [
         "\"revision\":",
@@ -113,8 +113,13 @@ fn mask(text: &str) -> String {
         "compacted revision ",
         "\"took\":\"",
     ];
+    mask_fields(text, &FIELDS)
+}
+
+/// Replaces the digits after each of `fields` with `N`.
+fn mask_fields(text: &str, fields: &[&str]) -> String {
     let mut out = text.to_string();
-    for field in FIELDS {
+    for field in fields {
         let mut result = String::new();
         let mut rest = out.as_str();
         while let Some(pos) = rest.find(field) {
@@ -328,4 +333,177 @@ fn writes_print_as_etcdctl() {
         let out = run(tool, &etcd, &["compaction", "--physical", &rev], "");
         assert_eq!((out.code, out.stdout), (0, format!("compacted revision {rev}\n")), "{tool}");
     }
+}
+
+/// Masks what differs between two runs of a lease command: lease ids (16
+/// hex digits in the simple format, decimal after an id field), revisions,
+/// and with `countdown` the remaining TTL, which may tick between runs.
+fn mask_lease(text: &str, countdown: bool) -> String {
+    let mut fields = vec!["\"ID\":", "\"id\":", "\"ID\" : "];
+    if countdown {
+        fields.extend(["remaining(", "\"ttl\":", "\"TTL\" : "]);
+    }
+    let text = mask_fields(&mask(text), &fields);
+    // Runs of exactly 16 lowercase hex digits are `%016x` lease ids.
+    let mut out = String::new();
+    let mut word = String::new();
+    for c in text.chars().chain(std::iter::once('\0')) {
+        if c.is_ascii_alphanumeric() {
+            word.push(c);
+            continue;
+        }
+        let is_id = word.len() == 16 && word.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+        out.push_str(if is_id { "<lease>" } else { &word });
+        word.clear();
+        if c != '\0' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn masked_lease(o: Output, countdown: bool) -> Output {
+    Output { stdout: mask_lease(&o.stdout, countdown), stderr: mask_lease(&o.stderr, countdown), code: o.code }
+}
+
+/// Grants a lease with etcdctl and returns its id in hex.
+fn grant(etcd: &Etcd, ttl: &str) -> String {
+    let out = run(ETCDCTL, etcd, &["lease", "grant", ttl], "");
+    assert_eq!(out.code, 0, "{out:?}");
+    out.stdout.split_whitespace().nth(1).expect("lease grant prints the id").to_string()
+}
+
+fn lease_list(etcd: &Etcd) -> String {
+    run(ETCDCTL, etcd, &["lease", "list"], "").stdout
+}
+
+const LEASE_FORMATS: [&str; 5] = ["simple", "json", "fields", "protobuf", "table"];
+
+#[test]
+fn lease_reads_print_as_etcdctl() {
+    if !available() {
+        return;
+    }
+    let etcd = start_etcd();
+    let lease = grant(&etcd, "300");
+    // One key only: etcd lists a lease's keys in Go map order.
+    assert_eq!(run(ETCDCTL, &etcd, &["put", "--lease", &lease, "l/a \"b\"", "v"], "").code, 0);
+    for format in LEASE_FORMATS {
+        for args in [
+            vec!["lease", "timetolive", &lease, "-w", format],
+            vec!["lease", "timetolive", &lease, "--keys", "-w", format],
+        ] {
+            let expected = run(ETCDCTL, &etcd, &args, "");
+            let got = run(RAFTKVCTL, &etcd, &args, "");
+            assert_eq!(masked_lease(got, true), masked_lease(expected, true), "raftkvctl {args:?} differs from etcdctl");
+        }
+        assert_same_read(&etcd, &["lease", "keep-alive", "--once", &lease, "-w", format], "");
+        assert_same_read(&etcd, &["lease", "list", "-w", format], "");
+    }
+    let cases: &[&[&str]] = &[
+        &["lease", "grant"],
+        &["lease", "grant", "abc"],
+        &["lease", "grant", "1", "2"],
+        &["lease", "grant", "99999999999"],
+        &["lease", "revoke"],
+        &["lease", "revoke", "zz"],
+        &["lease", "revoke", "0x1234"],
+        &["lease", "revoke", "ffffffffffffffff"],
+        &["lease", "revoke", "1234"],
+        &["lease", "revoke", "1234", "-w", "json"],
+        &["lease", "timetolive"],
+        &["lease", "timetolive", "zz"],
+        &["lease", "timetolive", "1234"],
+        &["lease", "timetolive", "1234", "--keys"],
+        &["lease", "timetolive", "1234", "-w", "json"],
+        &["lease", "timetolive", "1234", "-w", "fields"],
+        &["lease", "keep-alive"],
+        &["lease", "keep-alive", "zz"],
+        &["lease", "keep-alive", "--once", "1234"],
+        &["lease", "keep-alive", "--once", "1234", "-w", "json"],
+        &["lease", "keep-alive", "1234"],
+        &["lease", "keep-alive", "1234", "-w", "json"],
+        &["lease", "list", "ignored"],
+    ];
+    for args in cases {
+        assert_same_read(&etcd, args, "");
+    }
+}
+
+#[test]
+fn lease_grant_and_revoke_print_as_etcdctl() {
+    if !available() {
+        return;
+    }
+    let etcd = start_etcd();
+    for format in LEASE_FORMATS {
+        let args = ["lease", "grant", "100", "-w", format];
+        let expected = run(ETCDCTL, &etcd, &args, "");
+        let got = run(RAFTKVCTL, &etcd, &args, "");
+        assert_eq!(masked_lease(got, false), masked_lease(expected, false), "raftkvctl {args:?} differs from etcdctl");
+
+        let revoke = |tool| {
+            let lease = grant(&etcd, "100");
+            let out = run(tool, &etcd, &["lease", "revoke", &lease, "-w", format], "");
+            // Even the formats that cannot print the answer revoke the lease.
+            assert!(!lease_list(&etcd).contains(&lease), "{tool} -w {format} left {lease}");
+            masked_lease(out, false)
+        };
+        assert_eq!(revoke(RAFTKVCTL), revoke(ETCDCTL), "raftkvctl lease revoke -w {format} differs");
+    }
+}
+
+#[test]
+fn lease_keep_alive_runs_as_etcdctl() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::os::unix::process::ExitStatusExt;
+    if !available() {
+        return;
+    }
+    let etcd = start_etcd();
+    let spawn = |tool, lease: &str, format| {
+        Command::new(tool)
+            .env_clear()
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &etcd.endpoint, "lease", "keep-alive", lease, "-w", format])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run keep-alive")
+    };
+    // Revoked while running: with a 6s TTL the second renewal comes 2s in,
+    // after the revoke, and finds the lease gone.
+    for format in ["simple", "json", "fields"] {
+        let session = |tool| {
+            let lease = grant(&etcd, "6");
+            let child = spawn(tool, &lease, format);
+            std::thread::sleep(Duration::from_secs(1));
+            assert_eq!(run(ETCDCTL, &etcd, &["lease", "revoke", &lease], "").code, 0);
+            let out = child.wait_with_output().expect("keep-alive ends");
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            masked_lease(Output { stdout, stderr, code: out.status.code().unwrap_or(-1) }, false)
+        };
+        let expected = session(ETCDCTL);
+        assert!(expected.stdout.contains("\"TTL\"") || expected.stdout.contains("TTL(6)"), "{expected:?}");
+        assert_eq!(session(RAFTKVCTL), expected, "raftkvctl keep-alive -w {format} differs");
+    }
+    // SIGINT ends it the way it ends a Go program: killed by the signal,
+    // after the renewals printed so far.
+    let interrupted = |tool| {
+        let lease = grant(&etcd, "6");
+        let mut child = spawn(tool, &lease, "simple");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut first = String::new();
+        stdout.read_line(&mut first).expect("first renewal");
+        let pid = child.id().to_string();
+        assert!(Command::new("kill").args(["-INT", &pid]).status().expect("kill").success());
+        let status = child.wait().expect("keep-alive ends");
+        let mut rest = String::new();
+        stdout.read_to_string(&mut rest).expect("rest of stdout");
+        (status.signal(), mask_lease(&(first + &rest), false))
+    };
+    let expected = interrupted(ETCDCTL);
+    assert_eq!(expected, (Some(2), "lease <lease> keepalived with TTL(6)\n".to_string()));
+    assert_eq!(interrupted(RAFTKVCTL), expected);
 }

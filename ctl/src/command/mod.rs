@@ -10,6 +10,7 @@ pub mod compaction;
 pub mod del;
 pub mod endpoint;
 pub mod get;
+pub mod lease;
 pub mod member;
 pub mod put;
 pub mod txn;

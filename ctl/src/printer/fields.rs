@@ -4,8 +4,9 @@
 use std::io::{self, Write};
 
 use etcd_client::proto::{
-    PbDeleteResponse, PbKeyValue, PbMemberListResponse, PbPutResponse, PbRangeResponse,
-    PbResponseHeader, PbTxnOpResponse, PbTxnResponse,
+    PbDeleteResponse, PbKeyValue, PbLeaseGrantResponse, PbLeaseKeepAliveResponse,
+    PbLeaseLeasesResponse, PbLeaseRevokeResponse, PbLeaseTimeToLiveResponse, PbMemberListResponse,
+    PbPutResponse, PbRangeResponse, PbResponseHeader, PbTxnOpResponse, PbTxnResponse,
 };
 
 use super::{EpHealth, EpStatus};
@@ -64,6 +65,41 @@ pub fn txn(w: &mut dyn Write, r: &PbTxnResponse) -> io::Result<()> {
             Some(PbTxnOpResponse::ResponseDeleteRange(r)) => del(w, r)?,
             other => writeln!(w, "\"Unknown\" : {}", quote(format!("{other:?}").as_bytes()))?,
         }
+    }
+    Ok(())
+}
+
+pub fn lease_grant(w: &mut dyn Write, r: &PbLeaseGrantResponse) -> io::Result<()> {
+    header(w, r.header.as_ref())?;
+    writeln!(w, "\"ID\" : {}", r.id)?;
+    writeln!(w, "\"TTL\" : {}", r.ttl)
+}
+
+pub fn lease_revoke(w: &mut dyn Write, r: &PbLeaseRevokeResponse) -> io::Result<()> {
+    header(w, r.header.as_ref())
+}
+
+pub fn lease_keep_alive(w: &mut dyn Write, r: &PbLeaseKeepAliveResponse) -> io::Result<()> {
+    header(w, r.header.as_ref())?;
+    writeln!(w, "\"ID\" : {}", r.id)?;
+    writeln!(w, "\"TTL\" : {}", r.ttl)
+}
+
+pub fn lease_time_to_live(w: &mut dyn Write, r: &PbLeaseTimeToLiveResponse) -> io::Result<()> {
+    header(w, r.header.as_ref())?;
+    writeln!(w, "\"ID\" : {}", r.id)?;
+    writeln!(w, "\"TTL\" : {}", r.ttl)?;
+    writeln!(w, "\"GrantedTTL\" : {}", r.granted_ttl)?;
+    for key in &r.keys {
+        writeln!(w, "\"Key\" : {}", quote(key))?;
+    }
+    Ok(())
+}
+
+pub fn lease_leases(w: &mut dyn Write, r: &PbLeaseLeasesResponse) -> io::Result<()> {
+    header(w, r.header.as_ref())?;
+    for lease in &r.leases {
+        writeln!(w, "\"ID\" : {}", lease.id)?;
     }
     Ok(())
 }

@@ -8,8 +8,10 @@ use std::io::{self, Write};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use etcd_client::proto::{
-    PbDeleteResponse, PbKeyValue, PbMember, PbMemberListResponse, PbPutResponse, PbRangeResponse,
-    PbResponseHeader, PbStatusResponse, PbTxnOpResponse, PbTxnResponse,
+    PbDeleteResponse, PbKeyValue, PbLeaseGrantResponse, PbLeaseKeepAliveResponse,
+    PbLeaseLeasesResponse, PbLeaseRevokeResponse, PbLeaseTimeToLiveResponse, PbMember,
+    PbMemberListResponse, PbPutResponse, PbRangeResponse, PbResponseHeader, PbStatusResponse,
+    PbTxnOpResponse, PbTxnResponse,
 };
 
 use super::{EpHealth, EpStatus};
@@ -22,6 +24,7 @@ pub enum Json {
     Number(String),
     String(String),
     Bool(bool),
+    Null,
 }
 
 /// Builds an object, leaving out zero values the way `omitempty` does.
@@ -211,6 +214,61 @@ pub fn endpoint_health(list: &[EpHealth]) -> Option<Json> {
     Some(Json::Array(items.collect()))
 }
 
+/// clientv3's lease responses are Go structs embedding `*pb.ResponseHeader`:
+/// its fields sit at the top level, and the struct's own fields have no
+/// json tags or no `omitempty`, so they are always printed.
+fn embedded_header(h: &Option<PbResponseHeader>) -> Obj {
+    let h = h.unwrap_or_default();
+    Obj::default()
+        .num("cluster_id", h.cluster_id)
+        .num("member_id", h.member_id)
+        .num("revision", h.revision)
+        .num("raft_term", h.raft_term)
+}
+
+fn int(v: i64) -> Json {
+    Json::Number(v.to_string())
+}
+
+pub fn lease_grant(r: &PbLeaseGrantResponse) -> Json {
+    embedded_header(&r.header)
+        .always("ID", int(r.id))
+        .always("TTL", int(r.ttl))
+        .always("Error", Json::String(r.error.clone()))
+        .build()
+}
+
+/// `clientv3.LeaseRevokeResponse` is the protobuf struct itself.
+pub fn lease_revoke(r: &PbLeaseRevokeResponse) -> Json {
+    Obj::default().object("header", header(&r.header)).build()
+}
+
+pub fn lease_keep_alive(r: &PbLeaseKeepAliveResponse) -> Json {
+    embedded_header(&r.header).always("ID", int(r.id)).always("TTL", int(r.ttl)).build()
+}
+
+/// `keys` is a `[][]byte`: `null` unless the server sent keys.
+pub fn lease_time_to_live(r: &PbLeaseTimeToLiveResponse) -> Json {
+    let keys = if r.keys.is_empty() {
+        Json::Null
+    } else {
+        Json::Array(r.keys.iter().map(|k| Json::String(BASE64.encode(k))).collect())
+    };
+    embedded_header(&r.header)
+        .always("id", int(r.id))
+        .always("ttl", int(r.ttl))
+        .always("granted-ttl", int(r.granted_ttl))
+        .always("keys", keys)
+        .build()
+}
+
+/// clientv3 copies the leases into a slice it allocates, so an empty list
+/// is `[]`, not `null`.
+pub fn lease_leases(r: &PbLeaseLeasesResponse) -> Json {
+    let leases = r.leases.iter().map(|l| Obj::default().always("id", int(l.id)).build());
+    embedded_header(&r.header).always("leases", Json::Array(leases.collect())).build()
+}
+
 /// Prints a value on one line; `None` is Go's nil slice, `null`.
 pub fn print(w: &mut dyn Write, v: impl Into<Option<Json>>) -> io::Result<()> {
     let mut out = String::new();
@@ -249,6 +307,7 @@ pub fn render(out: &mut String, v: &Json) {
         Json::Number(n) => out.push_str(n),
         Json::String(s) => string(out, s),
         Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Json::Null => out.push_str("null"),
     }
 }
 

@@ -1,14 +1,17 @@
 //! The `simple` format: keys and values on their own lines, `OK` for a put,
-//! the deleted count for a delete, comma-joined rows for cluster commands.
+//! the deleted count for a delete, comma-joined rows for cluster commands,
+//! one sentence per lease answer with the lease id in hex.
 
 use std::io::{self, Write};
 
 use etcd_client::proto::{
-    PbDeleteResponse, PbKeyValue, PbPutResponse, PbRangeResponse, PbTxnOpResponse, PbTxnResponse,
+    PbDeleteResponse, PbKeyValue, PbLeaseGrantResponse, PbLeaseKeepAliveResponse,
+    PbLeaseLeasesResponse, PbLeaseTimeToLiveResponse, PbPutResponse, PbRangeResponse,
+    PbTxnOpResponse, PbTxnResponse,
 };
 
 use super::{EpHealth, Printer};
-use crate::gofmt::hex_escaped;
+use crate::gofmt::{hex_escaped, lease_id};
 
 fn kv(p: &Printer, w: &mut dyn Write, kv: &PbKeyValue) -> io::Result<()> {
     let (key, value) = if p.hex {
@@ -57,6 +60,50 @@ pub fn txn(p: &Printer, w: &mut dyn Write, r: &PbTxnResponse) -> io::Result<()> 
             Some(PbTxnOpResponse::ResponseDeleteRange(r)) => del(p, w, r)?,
             other => writeln!(w, "unexpected response {other:?}")?,
         }
+    }
+    Ok(())
+}
+
+pub fn lease_grant(w: &mut dyn Write, r: &PbLeaseGrantResponse) -> io::Result<()> {
+    writeln!(w, "lease {} granted with TTL({}s)", lease_id(r.id), r.ttl)
+}
+
+/// etcdctl names the lease it was asked to revoke; the response has no id.
+pub fn lease_revoke(w: &mut dyn Write, id: i64) -> io::Result<()> {
+    writeln!(w, "lease {} revoked", lease_id(id))
+}
+
+pub fn lease_keep_alive(w: &mut dyn Write, r: &PbLeaseKeepAliveResponse) -> io::Result<()> {
+    writeln!(w, "lease {} keepalived with TTL({})", lease_id(r.id), r.ttl)
+}
+
+/// The end of `lease keep-alive` once the server no longer knows the lease.
+pub fn lease_keep_alive_end(w: &mut dyn Write, id: i64) -> io::Result<()> {
+    writeln!(w, "lease {} expired or revoked.", lease_id(id))
+}
+
+pub fn lease_time_to_live(
+    w: &mut dyn Write,
+    r: &PbLeaseTimeToLiveResponse,
+    keys: bool,
+) -> io::Result<()> {
+    if r.granted_ttl == 0 && r.ttl == -1 {
+        return writeln!(w, "lease {} already expired", lease_id(r.id));
+    }
+    write!(w, "lease {} granted with TTL({}s), remaining({}s)", lease_id(r.id), r.granted_ttl, r.ttl)?;
+    if keys {
+        // Go's %v of a []string: the raw bytes, space separated.
+        w.write_all(b", attached keys([")?;
+        w.write_all(&r.keys.join(&b' '))?;
+        w.write_all(b"])")?;
+    }
+    writeln!(w)
+}
+
+pub fn lease_leases(w: &mut dyn Write, r: &PbLeaseLeasesResponse) -> io::Result<()> {
+    writeln!(w, "found {} leases", r.leases.len())?;
+    for lease in &r.leases {
+        writeln!(w, "{}", lease_id(lease.id))?;
     }
     Ok(())
 }

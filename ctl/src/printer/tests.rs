@@ -2,8 +2,9 @@
 //! 3.4.23 for the same response.
 
 use etcd_client::proto::{
-    PbDeleteResponse, PbKeyValue, PbMember, PbMemberListResponse, PbPutResponse, PbRangeResponse,
-    PbResponseHeader, PbResponseOp, PbStatusResponse, PbTxnOpResponse, PbTxnResponse,
+    PbDeleteResponse, PbKeyValue, PbLeaseStatus, PbMember, PbMemberListResponse, PbPutResponse,
+    PbRangeResponse, PbResponseHeader, PbResponseOp, PbStatusResponse, PbTxnOpResponse,
+    PbTxnResponse,
 };
 
 use super::*;
@@ -244,5 +245,65 @@ fn endpoint_health_formats() {
     assert_eq!(
         String::from_utf8_lossy(&stderr),
         "127.0.0.1:1 is unhealthy: failed to commit proposal: context deadline exceeded\n"
+    );
+}
+
+const LEASE: i64 = 0x346aa1fdec46b405;
+
+fn time_to_live(ttl: i64, granted_ttl: i64, keys: &[&str]) -> PbLeaseTimeToLiveResponse {
+    PbLeaseTimeToLiveResponse {
+        header: header(3),
+        id: LEASE,
+        ttl,
+        granted_ttl,
+        keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+    }
+}
+
+#[test]
+fn lease_time_to_live_in_every_format() {
+    let r = time_to_live(299, 300, &["lk1", "lk 2"]);
+    assert_eq!(
+        text(|w| printer(Format::Simple).lease_time_to_live(w, &r, true)),
+        "lease 346aa1fdec46b405 granted with TTL(300s), remaining(299s), attached keys([lk1 lk 2])\n"
+    );
+    assert_eq!(
+        text(|w| printer(Format::Json).lease_time_to_live(w, &time_to_live(299, 300, &[]), false)),
+        format!("{{\"cluster_id\":{CLUSTER},\"member_id\":{MEMBER},\"revision\":3,\"raft_term\":2,\"id\":{LEASE},\"ttl\":299,\"granted-ttl\":300,\"keys\":null}}\n")
+    );
+    assert!(text(|w| printer(Format::Json).lease_time_to_live(w, &r, true)).ends_with(",\"keys\":[\"bGsx\",\"bGsgMg==\"]}\n"));
+    assert!(text(|w| printer(Format::Fields).lease_time_to_live(w, &r, true)).ends_with("\"TTL\" : 299\n\"GrantedTTL\" : 300\n\"Key\" : \"lk1\"\n\"Key\" : \"lk 2\"\n"));
+    let expired = PbLeaseTimeToLiveResponse { id: 0x1234, ..time_to_live(-1, 0, &[]) };
+    assert_eq!(
+        text(|w| printer(Format::Simple).lease_time_to_live(w, &expired, true)),
+        "lease 0000000000001234 already expired\n"
+    );
+}
+
+#[test]
+fn lease_list_and_keep_alive_formats() {
+    let list = PbLeaseLeasesResponse { header: header(3), leases: vec![PbLeaseStatus { id: LEASE }] };
+    assert_eq!(text(|w| printer(Format::Simple).lease_leases(w, &list)), "found 1 leases\n346aa1fdec46b405\n");
+    let empty = PbLeaseLeasesResponse { header: header(3), leases: vec![] };
+    assert!(text(|w| printer(Format::Json).lease_leases(w, &empty)).ends_with(",\"raft_term\":2,\"leases\":[]}\n"));
+    let ka = PbLeaseKeepAliveResponse { header: header(3), id: LEASE, ttl: 6 };
+    assert_eq!(text(|w| printer(Format::Simple).lease_keep_alive(w, &ka)), "lease 346aa1fdec46b405 keepalived with TTL(6)\n");
+    // The protobuf format prints only the embedded header.
+    let mut pb = Vec::new();
+    printer(Format::Protobuf).lease_keep_alive(&mut pb, &ka).expect("protobuf prints a header");
+    assert_eq!(pb, header(3).unwrap_or_default().encode_to_vec());
+    assert_eq!(text(|w| printer(Format::Json).lease_keep_alive_end(w, LEASE)), "");
+}
+
+#[test]
+fn lease_revoke_cannot_be_marshalled_as_protobuf() {
+    let r = PbLeaseRevokeResponse { header: header(3) };
+    assert_eq!(text(|w| printer(Format::Simple).lease_revoke(w, LEASE, &r)), "lease 346aa1fdec46b405 revoked\n");
+    let mut out = Vec::new();
+    let err = printer(Format::Protobuf).lease_revoke(&mut out, LEASE, &r).expect_err("unsupported");
+    assert_eq!(err.code, crate::error::ExitCode::BadFeature);
+    assert_eq!(
+        err.message,
+        format!("marshal unsupported for type clientv3.LeaseRevokeResponse ({{cluster_id:{CLUSTER} member_id:{MEMBER} revision:3 raft_term:2 }})")
     );
 }
