@@ -27,6 +27,31 @@ const FORMAT: &str = "raftkv data v1\n";
 const META_MEMBER_ID: &[u8] = b"cluster/member_id";
 const META_CLUSTER_ID: &[u8] = b"cluster/cluster_id";
 
+/// Responses that carry etcd's ResponseHeader.
+pub trait WithHeader {
+    fn header_mut(&mut self) -> &mut Option<ResponseHeader>;
+}
+
+macro_rules! with_header {
+    ($($t:ty),* $(,)?) => {
+        $(impl WithHeader for $t {
+            fn header_mut(&mut self) -> &mut Option<ResponseHeader> {
+                &mut self.header
+            }
+        })*
+    };
+}
+
+with_header!(
+    etcd_client::proto::PbRangeResponse,
+    etcd_client::proto::PbPutResponse,
+    etcd_client::proto::PbDeleteResponse,
+    etcd_client::proto::PbTxnResponse,
+    etcd_client::proto::PbCompactionResponse,
+    etcd_client::proto::PbLeaseGrantResponse,
+    etcd_client::proto::PbLeaseRevokeResponse,
+);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}")]
@@ -194,6 +219,14 @@ impl Node {
     pub fn new_lease_id(&self) -> i64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) ^ self.member.id.rotate_left(32);
         (id & (i64::MAX as u64)).max(1) as i64
+    }
+
+    /// Completes the header of a response the state machine produced: the
+    /// revision it set, plus this member's ids and the raft term.
+    pub fn complete<T: WithHeader>(&self, mut resp: T) -> T {
+        let rev = resp.header_mut().as_ref().map_or(0, |h| h.revision);
+        *resp.header_mut() = Some(self.header(rev));
+        resp
     }
 
     /// A response header as etcd fills it.

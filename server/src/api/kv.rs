@@ -42,10 +42,8 @@ impl PbKvService for KvService {
         if !r.serializable {
             self.node.linearizable_read().await.map_err(status)?;
         }
-        let mut resp = range::range(self.node.store.as_ref(), &r).map_err(status)?;
-        let rev = resp.header.as_ref().map_or(0, |h| h.revision);
-        resp.header = Some(self.node.header(rev));
-        Ok(Response::new(resp))
+        let resp = range::range(self.node.store.as_ref(), &r).map_err(status)?;
+        Ok(Response::new(self.node.complete(resp)))
     }
 
     type RangeStreamStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<RangeStreamResponse, tonic::Status>> + Send>>;
@@ -61,11 +59,7 @@ impl PbKvService for KvService {
         let p = req.into_inner();
         validate::put(&p).map_err(status)?;
         match self.write(Op::Put(p)).await? {
-            apply::Response::Put(mut resp) => {
-                let rev = resp.header.as_ref().map_or(0, |h| h.revision);
-                resp.header = Some(self.node.header(rev));
-                Ok(Response::new(resp))
-            }
+            apply::Response::Put(resp) => Ok(Response::new(self.node.complete(resp))),
             _ => Err(unexpected("put")),
         }
     }
@@ -74,11 +68,7 @@ impl PbKvService for KvService {
         let d = req.into_inner();
         validate::delete(&d).map_err(status)?;
         match self.write(Op::DeleteRange(d)).await? {
-            apply::Response::DeleteRange(mut resp) => {
-                let rev = resp.header.as_ref().map_or(0, |h| h.revision);
-                resp.header = Some(self.node.header(rev));
-                Ok(Response::new(resp))
-            }
+            apply::Response::DeleteRange(resp) => Ok(Response::new(self.node.complete(resp))),
             _ => Err(unexpected("delete")),
         }
     }
@@ -89,11 +79,7 @@ impl PbKvService for KvService {
         // Read-only transactions still go through raft, as etcd's do, so
         // that they are linearizable and see one revision.
         match self.write(Op::Txn(t)).await? {
-            apply::Response::Txn(mut resp) => {
-                let rev = resp.header.as_ref().map_or(0, |h| h.revision);
-                resp.header = Some(self.node.header(rev));
-                Ok(Response::new(resp))
-            }
+            apply::Response::Txn(resp) => Ok(Response::new(self.node.complete(resp))),
             _ => Err(unexpected("txn")),
         }
     }
@@ -103,11 +89,7 @@ impl PbKvService for KvService {
         // Refuse early what would fail anyway, without a raft round.
         self.node.store.check_compact(c.revision).map_err(|e| status(e.into()))?;
         match self.write(Op::Compaction(c)).await? {
-            apply::Response::Compaction(mut resp) => {
-                let rev = resp.header.as_ref().map_or(0, |h| h.revision);
-                resp.header = Some(self.node.header(rev));
-                Ok(Response::new(resp))
-            }
+            apply::Response::Compaction(resp) => Ok(Response::new(self.node.complete(resp))),
             _ => Err(unexpected("compaction")),
         }
     }

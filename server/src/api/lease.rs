@@ -42,20 +42,14 @@ impl PbLeaseService for LeaseService {
             g.id = self.node.new_lease_id();
         }
         match self.node.propose(Op::LeaseGrant(g)).await.map_err(status)? {
-            apply::Response::LeaseGrant(mut resp) => {
-                resp.header = Some(self.node.header(resp.header.map_or(0, |h| h.revision)));
-                Ok(Response::new(resp))
-            }
+            apply::Response::LeaseGrant(resp) => Ok(Response::new(self.node.complete(resp))),
             _ => Err(status(Error::Internal("unexpected apply result for lease grant".into()))),
         }
     }
 
     async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Reply<LeaseRevokeResponse> {
         match self.node.propose(Op::LeaseRevoke(req.into_inner())).await.map_err(status)? {
-            apply::Response::LeaseRevoke(mut resp) => {
-                resp.header = Some(self.node.header(resp.header.map_or(0, |h| h.revision)));
-                Ok(Response::new(resp))
-            }
+            apply::Response::LeaseRevoke(resp) => Ok(Response::new(self.node.complete(resp))),
             _ => Err(status(Error::Internal("unexpected apply result for lease revoke".into()))),
         }
     }
