@@ -6,6 +6,10 @@
 # its data under one temporary directory, so both write to the same disk. The
 # servers run one after the other, never both at once, on loopback ports.
 #
+# The servers take turns for BENCH_ROUNDS rounds (default 3) and each figure
+# is the best a server reached, which damps noise from other load on the
+# machine without favouring either side.
+#
 # Progress goes to stderr; stdout gets the results table, then the same table
 # in markdown for docs/benchmarks.md. Ratios read ">= 1.0 means raftkv is as
 # good or better": raftkv/etcd for throughput, etcd/raftkv for latency and
@@ -14,7 +18,8 @@
 # Knobs (environment): ETCD (etcd binary), CARGO_TARGET_DIR, BENCH_TMPDIR
 # (where the data dirs go), BENCH_PORT (client port; peer port is +1),
 # BENCH_KEEP=1 (keep data dirs and logs), BENCH_SCALE (divide request counts,
-# for a quick smoke run), BENCH_SERVERS (default "etcd raftkv").
+# for a quick smoke run), BENCH_ROUNDS, BENCH_SERVERS (default "etcd raftkv"),
+# BENCH_WORKLOAD_TIMEOUT (seconds one workload may take, default 240).
 set -euo pipefail
 
 ETCD=${ETCD:-/usr/bin/etcd}
@@ -25,6 +30,7 @@ PORT=${BENCH_PORT:-32379}
 PEER_PORT=$((PORT + 1))
 ENDPOINT=127.0.0.1:$PORT
 SCALE=${BENCH_SCALE:-1}
+ROUNDS=${BENCH_ROUNDS:-3}
 # One workload may not run longer than this (seconds); a hang must not stall the run.
 WORKLOAD_TIMEOUT=${BENCH_WORKLOAD_TIMEOUT:-240}
 
@@ -111,14 +117,29 @@ start_server() {
 # bench ARGS...: one workload against the running server, its JSON line on stdout.
 bench() {
     log "  raftkvctl bench $*"
-    timeout "$WORKLOAD_TIMEOUT" "$CTL" bench --endpoints "$ENDPOINT" --json "$@" ||
-        echo '{"requests":0,"errors":-1,"rps":0,"avg_ms":0,"p99_ms":0}'
+    local out
+    out=$(timeout "$WORKLOAD_TIMEOUT" "$CTL" bench --endpoints "$ENDPOINT" --json "$@") ||
+        out='{"requests":0,"errors":-1,"rps":null,"avg_ms":null,"p50_ms":null,"p99_ms":null}'
+    log "    $out"
+    echo "$out"
 }
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$SERVER_PID/status"; }
 
-# Results, keyed by "<server>.<figure>".
+# Results, keyed by "<server>.<figure>": the best over the rounds so far.
 declare -A R
+
+# keep KEY higher|lower VALUE: record VALUE if it beats what KEY holds. A
+# failed run (null) or a latency of 0 (no request succeeded) is no figure.
+keep() {
+    local key=$1 better=$2 value=$3 old=${R[$1]:-}
+    [[ -z $value || $value == null ]] && return 0
+    [[ $better == lower && $value == 0 ]] && return 0
+    if [[ -z $old ]] || awk -v n="$value" -v o="$old" -v b="$better" \
+        'BEGIN { exit !(b == "higher" ? n > o : n < o) }'; then
+        R[$key]=$value
+    fi
+}
 
 # measure etcd|raftkv: every workload against fresh members of one server.
 measure() {
@@ -128,39 +149,43 @@ measure() {
 
     out=$(bench --conns 1 --clients 1 --total "$LATENCY_TOTAL" \
         put --val-size "$VAL_SIZE" --key-space-size "$KEY_SPACE")
-    R[$s.lat_avg]=$(jq -r .avg_ms <<<"$out")
-    R[$s.lat_p99]=$(jq -r .p99_ms <<<"$out")
-    R[$s.lat_err]=$(jq -r .errors <<<"$out")
+    keep "$s.lat_avg" lower "$(jq -r .avg_ms <<<"$out")"
+    keep "$s.lat_p50" lower "$(jq -r .p50_ms <<<"$out")"
+    keep "$s.lat_p99" lower "$(jq -r .p99_ms <<<"$out")"
+    keep "$s.lat_err" higher "$(jq -r .errors <<<"$out")"
 
     out=$(bench --conns 10 --clients 100 --total "$PUT_TOTAL" \
         put --val-size "$VAL_SIZE" --key-space-size "$KEY_SPACE")
-    R[$s.put_rps]=$(jq -r .rps <<<"$out")
-    R[$s.put_p99]=$(jq -r .p99_ms <<<"$out")
-    R[$s.put_err]=$(jq -r .errors <<<"$out")
+    keep "$s.put_rps" higher "$(jq -r .rps <<<"$out")"
+    keep "$s.put_p99" lower "$(jq -r .p99_ms <<<"$out")"
+    keep "$s.put_err" higher "$(jq -r .errors <<<"$out")"
 
     # The key the range workloads read: "00000000", 256 bytes.
     bench --total 1 put --val-size "$VAL_SIZE" --sequential-keys >/dev/null
     for c in l s; do
         out=$(bench --conns 8 --clients 64 --total "$RANGE_TOTAL" \
             range 00000000 --consistency "$c")
-        R[$s.range_${c}_rps]=$(jq -r .rps <<<"$out")
-        R[$s.range_${c}_err]=$(jq -r .errors <<<"$out")
+        keep "$s.range_${c}_rps" higher "$(jq -r .rps <<<"$out")"
+        keep "$s.range_${c}_err" higher "$(jq -r .errors <<<"$out")"
     done
     stop_server
 
     log "$s: resident memory with $MEMORY_KEYS keys"
     start_server "$s" memory || return 0
-    R[$s.rss_idle]=$(rss_kib)
+    keep "$s.rss_idle" lower "$(rss_kib)"
     out=$(bench --conns 10 --clients 100 --total "$MEMORY_KEYS" \
         put --val-size "$VAL_SIZE" --sequential-keys --key-space-size "$MEMORY_KEYS")
-    R[$s.load_err]=$(jq -r .errors <<<"$out")
+    keep "$s.load_err" higher "$(jq -r .errors <<<"$out")"
     sleep 2
-    R[$s.rss]=$(rss_kib)
+    keep "$s.rss" lower "$(rss_kib)"
     stop_server
 }
 
-for s in $SERVERS; do
-    measure "$s"
+for round in $(seq 1 "$ROUNDS"); do
+    for s in $SERVERS; do
+        log "round $round of $ROUNDS"
+        measure "$s"
+    done
 done
 
 # row NAME ETCD RAFTKV higher|lower ERRKEY: one table row, '|' separated.
@@ -169,7 +194,7 @@ row() {
     local name=$1 e=${2:-} r=${3:-} better=$4 ee=${5:-0} re=${6:-0}
     awk -v name="$name" -v e="$e" -v r="$r" -v better="$better" -v ee="$ee" -v re="$re" '
         function cell(v, err) {
-            if (v == "") return "n/a"
+            if (v == "") return err < 0 ? "failed" : "n/a"
             s = sprintf(v >= 100 ? "%.0f" : "%.2f", v)
             if (err != 0) s = s " (" (err < 0 ? "failed" : err " errors") ")"
             return s
@@ -192,6 +217,8 @@ ROWS=$(
         "${R[etcd.put_p99]:-}" "${R[raftkv.put_p99]:-}" lower "${R[etcd.put_err]:-0}" "${R[raftkv.put_err]:-0}"
     row "put latency, 1 client, average (ms)" \
         "${R[etcd.lat_avg]:-}" "${R[raftkv.lat_avg]:-}" lower "${R[etcd.lat_err]:-0}" "${R[raftkv.lat_err]:-0}"
+    row "put latency, 1 client, p50 (ms)" \
+        "${R[etcd.lat_p50]:-}" "${R[raftkv.lat_p50]:-}" lower "${R[etcd.lat_err]:-0}" "${R[raftkv.lat_err]:-0}"
     row "put latency, 1 client, p99 (ms)" \
         "${R[etcd.lat_p99]:-}" "${R[raftkv.lat_p99]:-}" lower "${R[etcd.lat_err]:-0}" "${R[raftkv.lat_err]:-0}"
     row "range 1 key, linearizable, 64 clients (req/s)" \
