@@ -65,18 +65,38 @@ async fn main() -> Result<()> {
     if args.watch {
         watch(client, &prefix, args.count, shutdown).await
     } else {
-        let instance = args.instance.clone().unwrap_or_else(|| common::default_name("worker"));
-        register(client, &format!("{prefix}{instance}"), &args.address, args.ttl, shutdown).await
+        let instance = args
+            .instance
+            .clone()
+            .unwrap_or_else(|| common::default_name("worker"));
+        register(
+            client,
+            &format!("{prefix}{instance}"),
+            &args.address,
+            args.ttl,
+            shutdown,
+        )
+        .await
     }
 }
 
-async fn register(mut client: Client, key: &str, address: &str, ttl: i64, mut shutdown: Shutdown) -> Result<()> {
+async fn register(
+    mut client: Client,
+    key: &str,
+    address: &str,
+    ttl: i64,
+    mut shutdown: Shutdown,
+) -> Result<()> {
     let mut session = Session::new(&client, ttl).await?;
     client
         .put(key, address, Some(PutOptions::new().with_lease(session.lease())))
         .await
         .with_context(|| format!("cannot register {key}"))?;
-    println!("registered {key} = {address} (lease {:x}, ttl {}s)", session.lease(), session.ttl());
+    println!(
+        "registered {key} = {address} (lease {:x}, ttl {}s)",
+        session.lease(),
+        session.ttl()
+    );
 
     tokio::select! {
         () = shutdown.requested() => {}
@@ -94,12 +114,18 @@ async fn watch(mut client: Client, prefix: &str, count: Option<usize>, mut shutd
     let listing = client.get(prefix, Some(GetOptions::new().with_prefix())).await?;
     println!("{} instance(s) under {prefix}", listing.kvs().len());
     for kv in listing.kvs() {
-        println!("  {} at {}", instance_name(kv.key_str()?, prefix), kv.value_str()?);
+        println!(
+            "  {} at {}",
+            instance_name(kv.key_str()?, prefix),
+            kv.value_str()?
+        );
     }
 
     // Everything after the listing's revision is news.
     let revision = listing.header().context("the listing has no header")?.revision();
-    let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1);
     let mut stream = client.watch(prefix, Some(options)).await?;
     println!("watching {prefix} from revision {}", revision + 1);
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use etcd_client::proto::{PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbWatchServer};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api::v3electionpb::election_server::ElectionServer;
 use crate::api::v3lockpb::lock_server::LockServer;
@@ -62,7 +62,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         let server = tonic::transport::Server::builder()
             .accept_http1(true)
             .add_routes(routes(&node, max_msg))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            // Nagle's algorithm would hold each response's trailer until the
+            // client's delayed ACK (about 40 ms a request): off, as in etcd.
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
                 let _ = stop.wait_for(|s| *s).await;
             });
         servers.push(tokio::spawn(server));

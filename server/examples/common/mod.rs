@@ -55,7 +55,10 @@ impl Session {
     /// of its TTL, so that one lost refresh does not lose the lease.
     pub async fn new(client: &Client, ttl: i64) -> Result<Session> {
         let mut client = client.clone();
-        let granted = client.lease_grant(ttl, None).await.context("cannot grant a lease")?;
+        let granted = client
+            .lease_grant(ttl, None)
+            .await
+            .context("cannot grant a lease")?;
         let (lease, ttl) = (granted.id(), granted.ttl());
         let (mut keeper, mut responses) = client
             .lease_keep_alive(lease)
@@ -74,7 +77,12 @@ impl Session {
                 }
             }
         });
-        Ok(Session { client, lease, ttl, keeper })
+        Ok(Session {
+            client,
+            lease,
+            ttl,
+            keeper,
+        })
     }
 
     pub fn lease(&self) -> i64 {

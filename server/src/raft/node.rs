@@ -311,11 +311,9 @@ impl<S: StateMachine> Loop<S> {
 
         let mut light = self.node.advance(ready);
         if let Some(commit) = light.commit_index() {
+            // Persisted with each applied entry (see `apply`): a restart
+            // re-learns any commit index beyond the last applied entry.
             self.status.commit.store(commit, Ordering::Release);
-            let mut batch = WriteBatch::default();
-            self.node.mut_store().commit_to(commit, &mut batch)?;
-            // Durable with the next apply batch; the log entries already are.
-            self.engine.write(batch, false)?;
         }
         self.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
