@@ -15,7 +15,7 @@ deps:
 	@./scripts/deps.sh
 
 build: deps
-	$(CARGO) build --workspace --bins
+	$(CARGO) build --workspace --bins --examples
 
 # One member on 127.0.0.1:2379 (clients) and 127.0.0.1:2380 (peers), data in ./$(DATA_DIR).
 run: build
