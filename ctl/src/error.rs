@@ -18,6 +18,8 @@ pub enum ExitCode {
     BadConnection,
     InvalidInput,
     BadFeature,
+    /// `ExitInterrupted`: a watch the server cancelled.
+    Interrupted,
     BadArgs,
 }
 
@@ -29,6 +31,7 @@ impl ExitCode {
             ExitCode::Panic | ExitCode::BadConnection => 2,
             ExitCode::InvalidInput => 3,
             ExitCode::BadFeature => 4,
+            ExitCode::Interrupted => 5,
             ExitCode::BadArgs => 128,
         }
     }

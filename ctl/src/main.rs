@@ -7,7 +7,9 @@
 //! - `client.rs`: connecting, and running a request under the command
 //!   timeout.
 //! - `command/`: one file per command group (put, get, del, txn and its
-//!   grammar, compaction, lease, endpoint, member).
+//!   grammar, compaction, lease, watch, lock, elect, endpoint, member).
+//! - `concurrency.rs`: clientv3's session, mutex and election recipes over
+//!   KV, Lease and Watch, which `lock` and `elect` stand on.
 //! - `printer.rs` and `printer/`: the simple, json, fields, table and
 //!   protobuf output formats.
 //! - `gofmt.rs`: Go's quoting, durations and numbers, which the output and
@@ -17,6 +19,7 @@
 mod bench;
 mod client;
 mod command;
+mod concurrency;
 mod error;
 mod gofmt;
 mod printer;
@@ -31,12 +34,15 @@ use crate::client::ConnConfig;
 use crate::command::Ctx;
 use crate::command::compaction::CompactionArgs;
 use crate::command::del::DelArgs;
+use crate::command::elect::ElectArgs;
 use crate::command::endpoint::EndpointArgs;
 use crate::command::get::GetArgs;
 use crate::command::lease::LeaseCommand;
+use crate::command::lock::LockArgs;
 use crate::command::member::MemberCommand;
 use crate::command::put::PutArgs;
 use crate::command::txn::TxnArgs;
+use crate::command::watch::WatchArgs;
 use crate::error::{CtlError, ExitCode};
 use crate::gofmt::{parse_duration, quote};
 use crate::printer::{Format, Printer};
@@ -115,6 +121,12 @@ enum Command {
     Txn(TxnArgs),
     /// Compacts the event history in etcd
     Compaction(CompactionArgs),
+    /// Watches events stream on keys or prefixes
+    Watch(WatchArgs),
+    /// Acquires a named lock
+    Lock(LockArgs),
+    /// Observes and participates in leader election
+    Elect(ElectArgs),
     /// Lease related commands
     #[command(subcommand)]
     Lease(LeaseCommand),
@@ -176,6 +188,9 @@ async fn dispatch(cli: Cli) -> Result<(), CtlError> {
         Command::Del(args) => command::del::run(args, &ctx).await,
         Command::Txn(args) => command::txn::run(args, &ctx).await,
         Command::Compaction(args) => command::compaction::run(args, &ctx).await,
+        Command::Watch(args) => command::watch::run(args, &ctx).await,
+        Command::Lock(args) => command::lock::run(args, &ctx).await,
+        Command::Elect(args) => command::elect::run(args, &ctx).await,
         Command::Lease(cmd) => command::lease::run(cmd, &ctx).await,
         Command::Endpoint(args) => command::endpoint::run(args, &ctx).await,
         Command::Member(cmd) => command::member::run(cmd, &ctx).await,

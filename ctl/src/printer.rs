@@ -15,7 +15,7 @@ use std::io::Write;
 use etcd_client::proto::{
     PbDeleteResponse, PbLeaseGrantResponse, PbLeaseKeepAliveResponse, PbLeaseLeasesResponse,
     PbLeaseRevokeResponse, PbLeaseTimeToLiveResponse, PbMemberListResponse, PbPutResponse,
-    PbRangeResponse, PbResponseHeader, PbStatusResponse, PbTxnResponse,
+    PbRangeResponse, PbResponseHeader, PbStatusResponse, PbTxnResponse, PbWatchResponse,
 };
 use prost::Message;
 
@@ -224,6 +224,30 @@ impl Printer {
         Ok(())
     }
 
+    /// One response of a watch, as clientv3 hands it to etcdctl.
+    pub fn watch(&self, w: Out<'_>, r: &PbWatchResponse) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::watch(self, w, r)?,
+            Format::Json => json::print(w, json::watch(r))?,
+            Format::Fields => fields::watch(w, r)?,
+            // etcdctl rebuilds the protobuf response from clientv3's copy,
+            // which keeps neither the watch id nor the cancel reason.
+            Format::Protobuf => {
+                let copy = PbWatchResponse {
+                    header: Some(r.header.unwrap_or_default()),
+                    events: r.events.clone(),
+                    compact_revision: r.compact_revision,
+                    canceled: r.canceled,
+                    created: r.created,
+                    ..Default::default()
+                };
+                w.write_all(&copy.encode_to_vec())?;
+            }
+            Format::Table => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
     pub fn member_list(&self, w: Out<'_>, r: &PbMemberListResponse) -> Result<(), CtlError> {
         match self.format {
             Format::Simple => simple::rows(w, &table::member_list(r).1)?,
@@ -270,6 +294,15 @@ impl Printer {
             }
         }
         Ok(())
+    }
+}
+
+/// mvccpb's `Event_EventType` names.
+fn event_type(t: i32) -> String {
+    match t {
+        0 => "PUT".to_string(),
+        1 => "DELETE".to_string(),
+        other => other.to_string(),
     }
 }
 

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use etcd_client::proto::{
     PbDeleteResponse, PbKeyValue, PbLeaseGrantResponse, PbLeaseKeepAliveResponse,
     PbLeaseLeasesResponse, PbLeaseRevokeResponse, PbLeaseTimeToLiveResponse, PbMemberListResponse,
-    PbPutResponse, PbRangeResponse, PbResponseHeader, PbTxnOpResponse, PbTxnResponse,
+    PbPutResponse, PbRangeResponse, PbResponseHeader, PbTxnOpResponse, PbTxnResponse, PbWatchResponse,
 };
 
 use super::{EpHealth, EpStatus};
@@ -65,6 +65,18 @@ pub fn txn(w: &mut dyn Write, r: &PbTxnResponse) -> io::Result<()> {
             Some(PbTxnOpResponse::ResponseDeleteRange(r)) => del(w, r)?,
             other => writeln!(w, "\"Unknown\" : {}", quote(format!("{other:?}").as_bytes()))?,
         }
+    }
+    Ok(())
+}
+
+pub fn watch(w: &mut dyn Write, r: &PbWatchResponse) -> io::Result<()> {
+    header(w, r.header.as_ref())?;
+    for ev in &r.events {
+        writeln!(w, "\"Type\" : {}", super::event_type(ev.r#type))?;
+        if let Some(prev) = &ev.prev_kv {
+            kv(w, "Prev", prev)?;
+        }
+        kv(w, "", &ev.kv.clone().unwrap_or_default())?;
     }
     Ok(())
 }

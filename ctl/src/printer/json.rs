@@ -11,7 +11,7 @@ use etcd_client::proto::{
     PbDeleteResponse, PbKeyValue, PbLeaseGrantResponse, PbLeaseKeepAliveResponse,
     PbLeaseLeasesResponse, PbLeaseRevokeResponse, PbLeaseTimeToLiveResponse, PbMember,
     PbMemberListResponse, PbPutResponse, PbRangeResponse, PbResponseHeader, PbStatusResponse,
-    PbTxnOpResponse, PbTxnResponse,
+    PbTxnOpResponse, PbTxnResponse, PbWatchResponse,
 };
 
 use super::{EpHealth, EpStatus};
@@ -150,6 +150,31 @@ pub fn txn(r: &PbTxnResponse) -> Json {
         .object("header", header(&r.header))
         .flag("succeeded", r.succeeded)
         .array("responses", responses)
+        .build()
+}
+
+/// `clientv3.WatchResponse`: a Go struct without json tags, so its field
+/// names are capitalised and always printed; the header is a value, and the
+/// events keep mvccpb's tags (the event type as a number).
+pub fn watch(r: &PbWatchResponse) -> Json {
+    let events = if r.events.is_empty() {
+        Json::Null
+    } else {
+        let events = r.events.iter().map(|ev| {
+            Obj::default()
+                .num("type", ev.r#type)
+                .object("kv", ev.kv.as_ref().map(kv))
+                .object("prev_kv", ev.prev_kv.as_ref().map(kv))
+                .build()
+        });
+        Json::Array(events.collect())
+    };
+    Obj::default()
+        .always("Header", header(&Some(r.header.unwrap_or_default())).unwrap_or(Json::Null))
+        .always("Events", events)
+        .always("CompactRevision", int(r.compact_revision))
+        .always("Canceled", Json::Bool(r.canceled))
+        .always("Created", Json::Bool(r.created))
         .build()
 }
 

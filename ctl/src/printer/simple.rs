@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use etcd_client::proto::{
     PbDeleteResponse, PbKeyValue, PbLeaseGrantResponse, PbLeaseKeepAliveResponse,
     PbLeaseLeasesResponse, PbLeaseTimeToLiveResponse, PbPutResponse, PbRangeResponse,
-    PbTxnOpResponse, PbTxnResponse,
+    PbTxnOpResponse, PbTxnResponse, PbWatchResponse,
 };
 
 use super::{EpHealth, Printer};
@@ -60,6 +60,19 @@ pub fn txn(p: &Printer, w: &mut dyn Write, r: &PbTxnResponse) -> io::Result<()> 
             Some(PbTxnOpResponse::ResponseDeleteRange(r)) => del(p, w, r)?,
             other => writeln!(w, "unexpected response {other:?}")?,
         }
+    }
+    Ok(())
+}
+
+/// Each event's type, then its previous key-value if asked for, then its
+/// key-value.
+pub fn watch(p: &Printer, w: &mut dyn Write, r: &PbWatchResponse) -> io::Result<()> {
+    for ev in &r.events {
+        writeln!(w, "{}", super::event_type(ev.r#type))?;
+        if let Some(prev) = &ev.prev_kv {
+            kv(p, w, prev)?;
+        }
+        kv(p, w, &ev.kv.clone().unwrap_or_default())?;
     }
     Ok(())
 }
