@@ -171,38 +171,52 @@ impl Store {
         self.index.read().keys.len()
     }
 
-    fn check_rev(idx: &Index, rev: i64) -> Result<i64> {
-        let at = if rev <= 0 { idx.current } else { rev };
-        if at > idx.current {
-            return Err(MvccError::FutureRev);
-        }
-        if at < idx.compacted {
-            return Err(MvccError::Compacted);
-        }
-        Ok(at)
-    }
-
     /// Reads a range at a revision.
     pub fn range(&self, key: &[u8], end: &RangeEnd, opts: &RangeOptions) -> Result<RangeResult> {
-        let (revs, current) = {
+        self.read(key, end, opts, None, &HashMap::new())
+    }
+
+    /// The one range reader. `latest` is the newest readable revision (None:
+    /// the current one); `staged` holds values a write transaction has not
+    /// written to the engine yet.
+    fn read(
+        &self,
+        key: &[u8],
+        end: &RangeEnd,
+        opts: &RangeOptions,
+        latest: Option<i64>,
+        staged: &HashMap<Revision, KeyValue>,
+    ) -> Result<RangeResult> {
+        let (revs, latest) = {
             let idx = self.index.read();
-            let at = Self::check_rev(&idx, opts.rev)?;
-            (idx.visible(key, end, at), idx.current)
+            let latest = latest.unwrap_or(idx.current);
+            let at = if opts.rev <= 0 { latest } else { opts.rev };
+            if at > latest {
+                return Err(MvccError::FutureRev);
+            }
+            if at < idx.compacted {
+                return Err(MvccError::Compacted);
+            }
+            (idx.visible(key, end, at), latest)
         };
         let count = revs.len();
         if opts.count_only {
-            return Ok(RangeResult { kvs: Vec::new(), count, rev: current });
+            return Ok(RangeResult { kvs: Vec::new(), count, rev: latest });
         }
         let take = if opts.limit == 0 { count } else { opts.limit.min(count) };
         let mut kvs = Vec::with_capacity(take);
         for rev in &revs[..take] {
+            if let Some(kv) = staged.get(rev) {
+                kvs.push(kv.clone());
+                continue;
+            }
             match self.engine.get(Cf::Kv, &rev.to_bytes(false))? {
                 Some(v) => kvs.push(decode(&v)?),
                 // A compaction removed it between the index read and now.
                 None => return Err(MvccError::Compacted),
             }
         }
-        Ok(RangeResult { kvs, count, rev: current })
+        Ok(RangeResult { kvs, count, rev: latest })
     }
 
     /// Changes with main revision in `[from, to]` to keys in the range, in
@@ -305,37 +319,9 @@ impl WriteTxn<'_> {
         !self.changes.is_empty()
     }
 
-    /// A range that sees this transaction's own writes.
+    /// A range that sees this transaction's own writes (its sub-revisions).
     pub fn range(&self, key: &[u8], end: &RangeEnd, opts: &RangeOptions) -> Result<RangeResult> {
-        let at = if opts.rev <= 0 { self.rev() } else { opts.rev };
-        let revs = {
-            let idx = self.store.index.read();
-            if at > self.rev() {
-                return Err(MvccError::FutureRev);
-            }
-            if at < idx.compacted {
-                return Err(MvccError::Compacted);
-            }
-            // Sub-revisions of this transaction are visible to it.
-            idx.visible(key, end, at)
-        };
-        let count = revs.len();
-        if opts.count_only {
-            return Ok(RangeResult { kvs: Vec::new(), count, rev: self.rev() });
-        }
-        let take = if opts.limit == 0 { count } else { opts.limit.min(count) };
-        let mut kvs = Vec::with_capacity(take);
-        for rev in &revs[..take] {
-            if let Some(kv) = self.staged.get(rev) {
-                kvs.push(kv.clone());
-                continue;
-            }
-            match self.store.engine.get(Cf::Kv, &rev.to_bytes(false))? {
-                Some(v) => kvs.push(decode(&v)?),
-                None => return Err(MvccError::Compacted),
-            }
-        }
-        Ok(RangeResult { kvs, count, rev: self.rev() })
+        self.store.read(key, end, opts, Some(self.rev()), &self.staged)
     }
 
     fn next_rev(&mut self) -> Revision {
