@@ -120,6 +120,16 @@ pub fn parse_int(s: &str, base: u32) -> Result<i64, String> {
         .map_err(|_| format!("strconv.ParseInt: parsing {}: value out of range", quote(s.as_bytes())))
 }
 
+/// Go's `strconv.ParseUint(s, base, 64)`, with Go's error text: no sign
+/// is allowed, not even `+`.
+pub fn parse_uint(s: &str, base: u32) -> Result<u64, String> {
+    if s.is_empty() || !s.chars().all(|c| c.is_digit(base)) {
+        return Err(format!("strconv.ParseUint: parsing {}: invalid syntax", quote(s.as_bytes())));
+    }
+    u64::from_str_radix(s, base)
+        .map_err(|_| format!("strconv.ParseUint: parsing {}: value out of range", quote(s.as_bytes())))
+}
+
 /// `parse_int(s, 10)` as a clap value parser, for etcdctl's int64 flags.
 pub fn parse_int10(s: &str) -> Result<i64, String> {
     parse_int(s, 10)
@@ -297,6 +307,19 @@ mod tests {
         assert_eq!(lease_id(0x1234), "0000000000001234");
         assert_eq!(lease_id(0x346aa1fdec46b405), "346aa1fdec46b405");
         assert_eq!(lease_id(-1), "-000000000000001");
+    }
+
+    #[test]
+    fn parse_uint_errors_match_strconv() {
+        assert_eq!(parse_uint("bdae9bbc11dd390d", 16), Ok(0xbdae9bbc11dd390d));
+        assert_eq!(
+            parse_uint("+1", 16),
+            Err(r#"strconv.ParseUint: parsing "+1": invalid syntax"#.to_string())
+        );
+        assert_eq!(
+            parse_uint("ffffffffffffffffff", 16),
+            Err(r#"strconv.ParseUint: parsing "ffffffffffffffffff": value out of range"#.to_string())
+        );
     }
 
     #[test]

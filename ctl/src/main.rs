@@ -7,7 +7,8 @@
 //! - `client.rs`: connecting, and running a request under the command
 //!   timeout.
 //! - `command/`: one file per command group (put, get, del, txn and its
-//!   grammar, compaction, lease, watch, lock, elect, endpoint, member).
+//!   grammar, compaction, lease, watch, lock, elect, endpoint, member,
+//!   move-leader).
 //! - `concurrency.rs`: clientv3's session, mutex and election recipes over
 //!   KV, Lease and Watch, which `lock` and `elect` stand on.
 //! - `printer.rs` and `printer/`: the simple, json, fields, table and
@@ -40,6 +41,7 @@ use crate::command::get::GetArgs;
 use crate::command::lease::LeaseCommand;
 use crate::command::lock::LockArgs;
 use crate::command::member::MemberCommand;
+use crate::command::move_leader::MoveLeaderArgs;
 use crate::command::put::PutArgs;
 use crate::command::txn::TxnArgs;
 use crate::command::watch::WatchArgs;
@@ -135,6 +137,9 @@ enum Command {
     /// Membership related commands
     #[command(subcommand)]
     Member(MemberCommand),
+    /// Transfers leadership to another etcd cluster member.
+    #[command(name = "move-leader")]
+    MoveLeader(MoveLeaderArgs),
     /// Benchmarks a cluster with etcd benchmark's put, range and txn-put workloads
     Bench(bench::BenchArgs),
 }
@@ -194,6 +199,7 @@ async fn dispatch(cli: Cli) -> Result<(), CtlError> {
         Command::Lease(cmd) => command::lease::run(cmd, &ctx).await,
         Command::Endpoint(args) => command::endpoint::run(args, &ctx).await,
         Command::Member(cmd) => command::member::run(cmd, &ctx).await,
+        Command::MoveLeader(args) => command::move_leader::run(args, &ctx).await,
         Command::Bench(args) => bench::run(args, &ctx).await,
     }
 }

@@ -13,13 +13,15 @@ mod table;
 use std::io::Write;
 
 use etcd_client::proto::{
-    PbDeleteResponse, PbLeaseGrantResponse, PbLeaseKeepAliveResponse, PbLeaseLeasesResponse,
-    PbLeaseRevokeResponse, PbLeaseTimeToLiveResponse, PbMemberListResponse, PbPutResponse,
-    PbRangeResponse, PbResponseHeader, PbStatusResponse, PbTxnResponse, PbWatchResponse,
+    PbDeleteResponse, PbHashKvResponse, PbLeaseGrantResponse, PbLeaseKeepAliveResponse,
+    PbLeaseLeasesResponse, PbLeaseRevokeResponse, PbLeaseTimeToLiveResponse, PbMemberAddResponse,
+    PbMemberListResponse, PbMemberPromoteResponse, PbMemberRemoveResponse, PbMemberUpdateResponse,
+    PbMoveLeaderResponse, PbPutResponse, PbRangeResponse, PbResponseHeader, PbStatusResponse,
+    PbTxnResponse, PbWatchResponse,
 };
 use prost::Message;
 
-use crate::error::CtlError;
+use crate::error::{CtlError, ExitCode};
 
 /// `-w/--write-out`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,11 +60,24 @@ impl Format {
     }
 }
 
+/// What etcdctl 3.4 does when a format lacks a method altogether: its
+/// printers embed a nil `printer` interface, and calling through it panics.
+fn nil_printer_panic() -> CtlError {
+    CtlError::new(ExitCode::Panic, "runtime error: invalid memory address or nil pointer dereference")
+}
+
 /// One endpoint's answer to `endpoint status`.
 #[derive(Debug, Clone)]
 pub struct EpStatus {
     pub endpoint: String,
     pub status: PbStatusResponse,
+}
+
+/// One endpoint's answer to `endpoint hashkv`.
+#[derive(Debug, Clone)]
+pub struct EpHashKv {
+    pub endpoint: String,
+    pub hash_kv: PbHashKvResponse,
 }
 
 /// One endpoint's answer to `endpoint health`; `took` is already in Go's
@@ -262,6 +277,80 @@ impl Printer {
         Ok(())
     }
 
+    /// The new member's line; the `ETCD_*` lines that follow it in the
+    /// simple format are `member_add_env`'s.
+    pub fn member_add(&self, w: Out<'_>, r: &PbMemberAddResponse) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::member_add(w, r)?,
+            Format::Json => json::print(w, json::member_add(r))?,
+            Format::Protobuf => w.write_all(&r.encode_to_vec())?,
+            Format::Fields | Format::Table => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    /// The settings a new member starts with, printed by etcdctl's `member
+    /// add` in the simple format only. `initial_cluster` is `name=peer-url`
+    /// for every peer URL of every member.
+    pub fn member_add_env(
+        &self,
+        w: Out<'_>,
+        name: &str,
+        initial_cluster: &[String],
+        peer_urls: &str,
+    ) -> Result<(), CtlError> {
+        if self.format == Format::Simple {
+            simple::member_add_env(w, name, initial_cluster, peer_urls)?;
+        }
+        Ok(())
+    }
+
+    /// `id` is the member asked for: the simple format names it.
+    pub fn member_remove(
+        &self,
+        w: Out<'_>,
+        id: u64,
+        r: &PbMemberRemoveResponse,
+    ) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::member_changed(w, id, "removed from", r.header.as_ref())?,
+            Format::Json => json::print(w, json::members_changed(&r.header, &r.members))?,
+            Format::Protobuf => w.write_all(&r.encode_to_vec())?,
+            Format::Fields | Format::Table => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    pub fn member_update(
+        &self,
+        w: Out<'_>,
+        id: u64,
+        r: &PbMemberUpdateResponse,
+    ) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::member_changed(w, id, "updated in", r.header.as_ref())?,
+            Format::Json => json::print(w, json::members_changed(&r.header, &r.members))?,
+            Format::Protobuf => w.write_all(&r.encode_to_vec())?,
+            Format::Fields | Format::Table => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    /// Only the simple format has a `MemberPromote` method in etcdctl 3.4;
+    /// every other format panics, after the promotion took place.
+    pub fn member_promote(
+        &self,
+        w: Out<'_>,
+        id: u64,
+        r: &PbMemberPromoteResponse,
+    ) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::member_changed(w, id, "promoted in", r.header.as_ref())?,
+            _ => return Err(nil_printer_panic()),
+        }
+        Ok(())
+    }
+
     pub fn endpoint_status(&self, w: Out<'_>, list: &[EpStatus]) -> Result<(), CtlError> {
         match self.format {
             Format::Simple => simple::rows(w, &table::endpoint_status(list).1)?,
@@ -272,6 +361,37 @@ impl Printer {
                 let (header, rows) = table::endpoint_status(list);
                 table::render(w, &header, &rows)?;
             }
+        }
+        Ok(())
+    }
+
+    pub fn endpoint_hashkv(&self, w: Out<'_>, list: &[EpHashKv]) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::rows(w, &table::endpoint_hashkv(list).1)?,
+            Format::Json => json::print(w, json::endpoint_hashkv(list))?,
+            Format::Fields => fields::endpoint_hashkv(w, list)?,
+            Format::Protobuf => return Err(self.format.unsupported()),
+            Format::Table => {
+                let (header, rows) = table::endpoint_hashkv(list);
+                table::render(w, &header, &rows)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `leader` is the member that handed over, `target` the one asked for.
+    pub fn move_leader(
+        &self,
+        w: Out<'_>,
+        leader: u64,
+        target: u64,
+        r: &PbMoveLeaderResponse,
+    ) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::move_leader(w, leader, target)?,
+            Format::Json => json::print(w, json::move_leader(r))?,
+            Format::Protobuf => w.write_all(&r.encode_to_vec())?,
+            Format::Fields | Format::Table => return Err(self.format.unsupported()),
         }
         Ok(())
     }

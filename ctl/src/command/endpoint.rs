@@ -1,5 +1,6 @@
-//! `endpoint status` and `endpoint health`: ask every endpoint on its own
-//! (or, with `--cluster`, every client URL in the member list).
+//! `endpoint status`, `endpoint health` and `endpoint hashkv`: ask every
+//! endpoint on its own (or, with `--cluster`, every client URL in the member
+//! list).
 
 use std::time::Instant;
 
@@ -10,8 +11,8 @@ use futures::stream::FuturesUnordered;
 
 use super::{Ctx, flush};
 use crate::error::{CtlError, ExitCode};
-use crate::gofmt::duration;
-use crate::printer::{EpHealth, EpStatus};
+use crate::gofmt::{duration, parse_int10};
+use crate::printer::{EpHashKv, EpHealth, EpStatus};
 
 #[derive(Args, Debug, Clone)]
 pub struct EndpointArgs {
@@ -25,16 +26,34 @@ pub struct EndpointArgs {
 #[derive(Subcommand, Debug, Clone)]
 pub enum EndpointCommand {
     /// Checks the healthiness of endpoints specified in `--endpoints` flag
-    Health,
+    Health(IgnoredArgs),
     /// Prints out the status of endpoints specified in `--endpoints` flag
-    Status,
+    Status(IgnoredArgs),
+    /// Prints the KV history hash for each endpoint in --endpoints
+    Hashkv(HashKvArgs),
+}
+
+/// Arguments etcdctl accepts and ignores.
+#[derive(Args, Debug, Clone)]
+pub struct IgnoredArgs {
+    args: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct HashKvArgs {
+    /// maximum revision to hash (default: all revisions)
+    #[arg(long, default_value = "0", value_parser = parse_int10, allow_negative_numbers = true)]
+    rev: i64,
+    /// ignored, as etcdctl ignores them
+    args: Vec<String>,
 }
 
 pub async fn run(args: EndpointArgs, ctx: &Ctx) -> Result<(), CtlError> {
     let endpoints = if args.cluster { cluster_endpoints(ctx).await? } else { ctx.conn.endpoints.clone() };
     match args.command {
-        EndpointCommand::Health => health(ctx, endpoints).await,
-        EndpointCommand::Status => status(ctx, endpoints).await,
+        EndpointCommand::Health(_) => health(ctx, endpoints).await,
+        EndpointCommand::Status(_) => status(ctx, endpoints).await,
+        EndpointCommand::Hashkv(hash_args) => hashkv(ctx, endpoints, hash_args.rev).await,
     }
 }
 
@@ -83,6 +102,38 @@ async fn status(ctx: &Ctx, endpoints: Vec<String>) -> Result<(), CtlError> {
         return Err(CtlError::new(ExitCode::Error, ""));
     }
     Ok(())
+}
+
+async fn hashkv(ctx: &Ctx, endpoints: Vec<String>, rev: i64) -> Result<(), CtlError> {
+    let mut list = Vec::new();
+    let mut last_error = None;
+    for ep in endpoints {
+        let result = async {
+            let client = ctx.conn.connect_to(std::slice::from_ref(&ep)).await?;
+            ctx.conn
+                .call(|| {
+                    let mut maintenance = client.maintenance_client();
+                    async move { maintenance.hash_kv(rev).await }
+                })
+                .await
+        }
+        .await;
+        match result {
+            Ok(resp) => list.push(EpHashKv { endpoint: ep, hash_kv: resp.0 }),
+            Err(e) => {
+                eprintln!("Failed to get the hash of endpoint {ep} ({e})");
+                last_error = Some(e);
+            }
+        }
+    }
+    let mut out = ctx.stdout();
+    ctx.printer.endpoint_hashkv(&mut out, &list)?;
+    flush(&mut out)?;
+    // Unlike status, hashkv ends with the last failure's text.
+    match last_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// One endpoint's health as etcdctl judges it: a linearizable read of the

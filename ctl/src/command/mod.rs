@@ -14,6 +14,7 @@ pub mod get;
 pub mod lease;
 pub mod lock;
 pub mod member;
+pub mod move_leader;
 pub mod put;
 pub mod txn;
 pub mod txn_grammar;

@@ -9,7 +9,7 @@ use etcd_client::proto::{
     PbPutResponse, PbRangeResponse, PbResponseHeader, PbTxnOpResponse, PbTxnResponse, PbWatchResponse,
 };
 
-use super::{EpHealth, EpStatus};
+use super::{EpHashKv, EpHealth, EpStatus};
 use crate::gofmt::quote;
 
 fn header(w: &mut dyn Write, h: Option<&PbResponseHeader>) -> io::Result<()> {
@@ -147,6 +147,17 @@ pub fn endpoint_status(w: &mut dyn Write, list: &[EpStatus]) -> io::Result<()> {
         // Go's %v of a []string.
         writeln!(w, "\"Errors\" : [{}]", s.errors.join(" "))?;
         writeln!(w, "\"Endpoint\" : {}", quote(ep.endpoint.as_bytes()))?;
+        writeln!(w)?;
+    }
+    Ok(())
+}
+
+/// Neither the compacted revision nor anything after the hash is printed.
+pub fn endpoint_hashkv(w: &mut dyn Write, list: &[EpHashKv]) -> io::Result<()> {
+    for h in list {
+        header(w, h.hash_kv.header.as_ref())?;
+        writeln!(w, "\"Endpoint\" : {}", quote(h.endpoint.as_bytes()))?;
+        writeln!(w, "\"Hash\" : {}", h.hash_kv.hash)?;
         writeln!(w)?;
     }
     Ok(())

@@ -10,11 +10,12 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use etcd_client::proto::{
     PbDeleteResponse, PbKeyValue, PbLeaseGrantResponse, PbLeaseKeepAliveResponse,
     PbLeaseLeasesResponse, PbLeaseRevokeResponse, PbLeaseTimeToLiveResponse, PbMember,
-    PbMemberListResponse, PbPutResponse, PbRangeResponse, PbResponseHeader, PbStatusResponse,
-    PbTxnOpResponse, PbTxnResponse, PbWatchResponse,
+    PbMemberAddResponse, PbMemberListResponse, PbMoveLeaderResponse, PbPutResponse,
+    PbRangeResponse, PbResponseHeader, PbStatusResponse, PbTxnOpResponse, PbTxnResponse,
+    PbWatchResponse,
 };
 
-use super::{EpHealth, EpStatus};
+use super::{EpHashKv, EpHealth, EpStatus};
 
 /// A JSON value that keeps its fields in the order they were added.
 #[derive(Debug, Clone, PartialEq)]
@@ -195,6 +196,26 @@ pub fn member_list(r: &PbMemberListResponse) -> Json {
         .build()
 }
 
+pub fn member_add(r: &PbMemberAddResponse) -> Json {
+    Obj::default()
+        .object("header", header(&r.header))
+        .object("member", r.member.as_ref().map(member))
+        .array("members", r.members.iter().map(member).collect())
+        .build()
+}
+
+/// The member remove and update responses: a header and the members left.
+pub fn members_changed(h: &Option<PbResponseHeader>, members: &[PbMember]) -> Json {
+    Obj::default()
+        .object("header", header(h))
+        .array("members", members.iter().map(member).collect())
+        .build()
+}
+
+pub fn move_leader(r: &PbMoveLeaderResponse) -> Json {
+    Obj::default().object("header", header(&r.header)).build()
+}
+
 fn status(s: &PbStatusResponse) -> Json {
     Obj::default()
         .object("header", header(&s.header))
@@ -210,24 +231,34 @@ fn status(s: &PbStatusResponse) -> Json {
         .build()
 }
 
-/// `[]epStatus`: a Go slice, so `null` when empty.
-pub fn endpoint_status(list: &[EpStatus]) -> Option<Json> {
-    if list.is_empty() {
-        return None;
-    }
+/// `[]epStatus`, made empty rather than nil: `[]` when no endpoint answered.
+pub fn endpoint_status(list: &[EpStatus]) -> Json {
     let items = list.iter().map(|ep| {
         Obj::default()
             .always("Endpoint", Json::String(ep.endpoint.clone()))
             .always("Status", status(&ep.status))
             .build()
     });
-    Some(Json::Array(items.collect()))
+    Json::Array(items.collect())
 }
 
-pub fn endpoint_health(list: &[EpHealth]) -> Option<Json> {
-    if list.is_empty() {
-        return None;
-    }
+/// `[]epHashKV`, empty rather than nil, like the status list.
+pub fn endpoint_hashkv(list: &[EpHashKv]) -> Json {
+    let items = list.iter().map(|h| {
+        let hash_kv = Obj::default()
+            .object("header", header(&h.hash_kv.header))
+            .num("hash", h.hash_kv.hash)
+            .num("compact_revision", h.hash_kv.compact_revision)
+            .build();
+        Obj::default()
+            .always("Endpoint", Json::String(h.endpoint.clone()))
+            .always("HashKV", hash_kv)
+            .build()
+    });
+    Json::Array(items.collect())
+}
+
+pub fn endpoint_health(list: &[EpHealth]) -> Json {
     let items = list.iter().map(|h| {
         Obj::default()
             .always("endpoint", Json::String(h.endpoint.clone()))
@@ -236,7 +267,7 @@ pub fn endpoint_health(list: &[EpHealth]) -> Option<Json> {
             .string("error", &h.error)
             .build()
     });
-    Some(Json::Array(items.collect()))
+    Json::Array(items.collect())
 }
 
 /// clientv3's lease responses are Go structs embedding `*pb.ResponseHeader`:

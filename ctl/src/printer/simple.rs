@@ -6,12 +6,12 @@ use std::io::{self, Write};
 
 use etcd_client::proto::{
     PbDeleteResponse, PbKeyValue, PbLeaseGrantResponse, PbLeaseKeepAliveResponse,
-    PbLeaseLeasesResponse, PbLeaseTimeToLiveResponse, PbPutResponse, PbRangeResponse,
-    PbTxnOpResponse, PbTxnResponse, PbWatchResponse,
+    PbLeaseLeasesResponse, PbLeaseTimeToLiveResponse, PbMemberAddResponse, PbPutResponse,
+    PbRangeResponse, PbResponseHeader, PbTxnOpResponse, PbTxnResponse, PbWatchResponse,
 };
 
 use super::{EpHealth, Printer};
-use crate::gofmt::{hex_escaped, lease_id};
+use crate::gofmt::{hex_escaped, lease_id, quote};
 
 fn kv(p: &Printer, w: &mut dyn Write, kv: &PbKeyValue) -> io::Result<()> {
     let (key, value) = if p.hex {
@@ -119,6 +119,44 @@ pub fn lease_leases(w: &mut dyn Write, r: &PbLeaseLeasesResponse) -> io::Result<
         writeln!(w, "{}", lease_id(lease.id))?;
     }
     Ok(())
+}
+
+/// Member ids as Go's `%16x`: hex, padded on the left with spaces.
+pub fn member_add(w: &mut dyn Write, r: &PbMemberAddResponse) -> io::Result<()> {
+    let id = r.member.as_ref().map_or(0, |m| m.id);
+    let cluster = r.header.as_ref().map_or(0, |h| h.cluster_id);
+    writeln!(w, "Member {id:16x} added to cluster {cluster:16x}")
+}
+
+/// The lines a new member's configuration can be sourced from, each value
+/// quoted as Go's `%q` does.
+pub fn member_add_env(
+    w: &mut dyn Write,
+    name: &str,
+    initial_cluster: &[String],
+    peer_urls: &str,
+) -> io::Result<()> {
+    writeln!(w)?;
+    writeln!(w, "ETCD_NAME={}", quote(name.as_bytes()))?;
+    writeln!(w, "ETCD_INITIAL_CLUSTER={}", quote(initial_cluster.join(",").as_bytes()))?;
+    writeln!(w, "ETCD_INITIAL_ADVERTISE_PEER_URLS={}", quote(peer_urls.as_bytes()))?;
+    writeln!(w, "ETCD_INITIAL_CLUSTER_STATE=\"existing\"")
+}
+
+/// `Member <id> removed from|updated in|promoted in cluster <id>`.
+pub fn member_changed(
+    w: &mut dyn Write,
+    id: u64,
+    how: &str,
+    header: Option<&PbResponseHeader>,
+) -> io::Result<()> {
+    let cluster = header.map_or(0, |h| h.cluster_id);
+    writeln!(w, "Member {id:16x} {how} cluster {cluster:16x}")
+}
+
+/// Member ids as pkg/types' `ID.String()`: hex without padding.
+pub fn move_leader(w: &mut dyn Write, leader: u64, target: u64) -> io::Result<()> {
+    writeln!(w, "Leadership transferred from {leader:x} to {target:x}")
 }
 
 /// A table's rows, one line each, cells joined by ", ".

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 
 use etcd_client::proto::PbMemberListResponse;
 
-use super::{EpHealth, EpStatus};
+use super::{EpHashKv, EpHealth, EpStatus};
 use crate::gofmt::humanize_bytes;
 
 type Table = (Vec<&'static str>, Vec<Vec<String>>);
@@ -63,6 +63,12 @@ pub fn endpoint_status(list: &[EpStatus]) -> Table {
             ]
         })
         .collect();
+    (header, rows)
+}
+
+pub fn endpoint_hashkv(list: &[EpHashKv]) -> Table {
+    let header = vec!["endpoint", "hash"];
+    let rows = list.iter().map(|h| vec![h.endpoint.clone(), h.hash_kv.hash.to_string()]).collect();
     (header, rows)
 }
 

@@ -7,6 +7,8 @@ use etcd_client::proto::{
     PbTxnResponse,
 };
 
+use crate::error::ExitCode;
+
 use super::*;
 
 const CLUSTER: u64 = 324952591200643719;
@@ -301,9 +303,133 @@ fn lease_revoke_cannot_be_marshalled_as_protobuf() {
     assert_eq!(text(|w| printer(Format::Simple).lease_revoke(w, LEASE, &r)), "lease 346aa1fdec46b405 revoked\n");
     let mut out = Vec::new();
     let err = printer(Format::Protobuf).lease_revoke(&mut out, LEASE, &r).expect_err("unsupported");
-    assert_eq!(err.code, crate::error::ExitCode::BadFeature);
+    assert_eq!(err.code, ExitCode::BadFeature);
     assert_eq!(
         err.message,
         format!("marshal unsupported for type clientv3.LeaseRevokeResponse ({{cluster_id:{CLUSTER} member_id:{MEMBER} revision:3 raft_term:2 }})")
     );
+}
+
+/// A three-member cluster (two of them shown) as etcd 3.4.23 answered a
+/// `member add --learner` sent to its member m2.
+const CLUSTER3: u64 = 17300438976491492131;
+const M2: u64 = 185828541645115251;
+const LEARNER: u64 = 9432302196691171410;
+
+fn cluster_member(id: u64, name: &str, peer: &str, client: &str, is_learner: bool) -> PbMember {
+    PbMember {
+        id,
+        name: name.into(),
+        peer_ur_ls: vec![peer.into()],
+        client_ur_ls: if client.is_empty() { vec![] } else { vec![client.into()] },
+        is_learner,
+    }
+}
+
+fn learner_added() -> PbMemberAddResponse {
+    let learner = cluster_member(LEARNER, "", "http://127.0.0.1:24821", "", true);
+    PbMemberAddResponse {
+        header: Some(PbResponseHeader { cluster_id: CLUSTER3, member_id: M2, revision: 0, raft_term: 2 }),
+        member: Some(learner.clone()),
+        members: vec![
+            cluster_member(M2, "m2", "http://127.0.0.1:23802", "http://127.0.0.1:23792", false),
+            learner,
+        ],
+    }
+}
+
+#[test]
+fn member_add_in_every_format() {
+    let r = learner_added();
+    assert_eq!(
+        text(|w| printer(Format::Simple).member_add(w, &r)),
+        "Member 82e644df97e9f852 added to cluster f017819664191323\n"
+    );
+    assert_eq!(
+        text(|w| printer(Format::Json).member_add(w, &r)),
+        "{\"header\":{\"cluster_id\":17300438976491492131,\"member_id\":185828541645115251,\"raft_term\":2},\"member\":{\"ID\":9432302196691171410,\"peerURLs\":[\"http://127.0.0.1:24821\"],\"isLearner\":true},\"members\":[{\"ID\":185828541645115251,\"name\":\"m2\",\"peerURLs\":[\"http://127.0.0.1:23802\"],\"clientURLs\":[\"http://127.0.0.1:23792\"]},{\"ID\":9432302196691171410,\"peerURLs\":[\"http://127.0.0.1:24821\"],\"isLearner\":true}]}\n"
+    );
+    for format in [Format::Fields, Format::Table] {
+        let err = printer(format).member_add(&mut Vec::new(), &r).expect_err("unsupported");
+        assert_eq!((err.code, err.message), (ExitCode::BadFeature, format!("{} not supported as output format", format.name())));
+    }
+    let conf = ["m2=http://127.0.0.1:23802".to_string(), "new=http://127.0.0.1:24821".to_string()];
+    assert_eq!(
+        text(|w| printer(Format::Simple).member_add_env(w, "new", &conf, "http://127.0.0.1:24821")),
+        "\nETCD_NAME=\"new\"\nETCD_INITIAL_CLUSTER=\"m2=http://127.0.0.1:23802,new=http://127.0.0.1:24821\"\nETCD_INITIAL_ADVERTISE_PEER_URLS=\"http://127.0.0.1:24821\"\nETCD_INITIAL_CLUSTER_STATE=\"existing\"\n"
+    );
+    assert_eq!(text(|w| printer(Format::Json).member_add_env(w, "new", &conf, "")), "");
+}
+
+#[test]
+fn member_ids_pad_with_spaces_in_the_simple_format() {
+    let r = PbMemberRemoveResponse { header: learner_added().header, members: vec![] };
+    assert_eq!(
+        text(|w| printer(Format::Simple).member_remove(w, M2, &r)),
+        "Member  2943212f5e2cf73 removed from cluster f017819664191323\n"
+    );
+    let r = PbMemberUpdateResponse { header: r.header, members: learner_added().members };
+    assert_eq!(
+        text(|w| printer(Format::Simple).member_update(w, LEARNER, &r)),
+        "Member 82e644df97e9f852 updated in cluster f017819664191323\n"
+    );
+    assert!(text(|w| printer(Format::Json).member_update(w, LEARNER, &r)).starts_with("{\"header\":{\"cluster_id\":17300438976491492131,\"member_id\":185828541645115251,\"raft_term\":2},\"members\":[{\"ID\":185828541645115251,"));
+}
+
+#[test]
+fn member_promote_prints_only_in_the_simple_format() {
+    let r = PbMemberPromoteResponse { header: learner_added().header, members: vec![] };
+    assert_eq!(
+        text(|w| printer(Format::Simple).member_promote(w, LEARNER, &r)),
+        "Member 82e644df97e9f852 promoted in cluster f017819664191323\n"
+    );
+    for format in [Format::Json, Format::Fields, Format::Table, Format::Protobuf] {
+        let err = printer(format).member_promote(&mut Vec::new(), LEARNER, &r).expect_err("panics");
+        assert_eq!(err.code, ExitCode::Panic);
+        assert_eq!(err.message, "runtime error: invalid memory address or nil pointer dereference");
+    }
+}
+
+fn hashes() -> Vec<EpHashKv> {
+    let header = PbResponseHeader { cluster_id: CLUSTER3, member_id: M2, revision: 2, raft_term: 12 };
+    vec![EpHashKv {
+        endpoint: "127.0.0.1:23792".into(),
+        hash_kv: PbHashKvResponse { header: Some(header), hash: 3628877040, compact_revision: -1, hash_revision: 0 },
+    }]
+}
+
+#[test]
+fn endpoint_hashkv_in_every_format() {
+    assert_eq!(text(|w| printer(Format::Simple).endpoint_hashkv(w, &hashes())), "127.0.0.1:23792, 3628877040\n");
+    assert_eq!(
+        text(|w| printer(Format::Json).endpoint_hashkv(w, &hashes())),
+        "[{\"Endpoint\":\"127.0.0.1:23792\",\"HashKV\":{\"header\":{\"cluster_id\":17300438976491492131,\"member_id\":185828541645115251,\"revision\":2,\"raft_term\":12},\"hash\":3628877040,\"compact_revision\":-1}}]\n"
+    );
+    assert_eq!(text(|w| printer(Format::Json).endpoint_hashkv(w, &[])), "[]\n");
+    assert_eq!(
+        text(|w| printer(Format::Fields).endpoint_hashkv(w, &hashes())),
+        "\"ClusterID\" : 17300438976491492131\n\"MemberID\" : 185828541645115251\n\"Revision\" : 2\n\"RaftTerm\" : 12\n\"Endpoint\" : \"127.0.0.1:23792\"\n\"Hash\" : 3628877040\n\n"
+    );
+    assert_eq!(
+        text(|w| printer(Format::Table).endpoint_hashkv(w, &hashes())),
+        "\
++-----------------+------------+
+|    ENDPOINT     |    HASH    |
++-----------------+------------+
+| 127.0.0.1:23792 | 3628877040 |
++-----------------+------------+
+"
+    );
+}
+
+#[test]
+fn move_leader_formats() {
+    // etcd 3.4 answers MoveLeader without a header.
+    let r = PbMoveLeaderResponse { header: None };
+    assert_eq!(
+        text(|w| printer(Format::Simple).move_leader(w, 0x3760a4ec3b84f7fa, M2, &r)),
+        "Leadership transferred from 3760a4ec3b84f7fa to 2943212f5e2cf73\n"
+    );
+    assert_eq!(text(|w| printer(Format::Json).move_leader(w, 1, 2, &r)), "{}\n");
+    assert_eq!(text(|w| printer(Format::Protobuf).move_leader(w, 1, 2, &r)), "");
 }
