@@ -52,6 +52,10 @@ pub struct Config {
     /// Number of committed entries between two truncations of the raft log.
     #[arg(long, env = "RAFTKV_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
+    /// Entries kept behind a truncation for slow followers to catch up
+    /// from the log rather than from a snapshot.
+    #[arg(long, env = "RAFTKV_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = 5000)]
+    pub snapshot_catchup_entries: u64,
     /// Time (in milliseconds) of a heartbeat interval.
     #[arg(long, env = "RAFTKV_HEARTBEAT_INTERVAL", default_value_t = 100)]
     pub heartbeat_interval: u64,

@@ -12,7 +12,11 @@
 //! - `watch`: watchers, fed by the applier and from MVCC history.
 //! - `apply`: the state machine, one file per request kind.
 //! - `api`: gRPC/HTTP adapters and the single error -> status table.
-//! - `node`: wiring, propose and linearizable reads; `server`: `run`.
+//! - `membership`: the member registry, replicated through raft.
+//! - `snapshot`: raft snapshots as engine checkpoints, sent and received.
+//! - `peer`: the peer service and transport between members.
+//! - `node`: wiring, bootstrap and join, propose and linearizable reads;
+//!   `server`: `run`.
 //! - `config`: etcd's flags; `compactor`: auto compaction; `error`: the
 //!   errors clients see, with etcd's texts.
 //!
@@ -25,9 +29,12 @@ pub mod compactor;
 pub mod config;
 pub mod error;
 pub mod lease;
+pub mod membership;
 pub mod mvcc;
 pub mod node;
+pub mod peer;
 pub mod raft;
 pub mod server;
+pub mod snapshot;
 pub mod storage;
 pub mod watch;

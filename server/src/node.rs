@@ -11,21 +11,27 @@ use etcd_client::proto::PbResponseHeader as ResponseHeader;
 use prost::Message;
 use sha1::{Digest, Sha1};
 
-use crate::apply::request::{Op, RaftRequest};
+use crate::apply::request::{ConfContext, Op, RaftRequest};
 use crate::apply::{Applier, Response, Waiters};
 use crate::config::{Config, split_urls};
 use crate::error::Error;
 use crate::lease::Lessor;
-use crate::mvcc::{RangeEnd, RangeOptions, Store};
+use crate::membership::{Member, Membership, parse_initial_cluster};
+use crate::mvcc::Store;
+use crate::peer::Learned;
+use crate::peer::transport::{Identity, PeerTransport};
+use crate::raft::log::{BOOTSTRAP_INDEX, RaftLog};
 use crate::raft::{RaftConfig, RaftError, RaftHandle};
+use crate::snapshot::Snapshots;
 use crate::storage::rocks::RocksEngine;
 use crate::storage::{Cf, Engine, StorageError, WriteBatch};
 use crate::watch::WatchHub;
 
 const FORMAT_FILE: &str = "raftkv-format";
 const FORMAT: &str = "raftkv data v1\n";
-const META_MEMBER_ID: &[u8] = b"cluster/member_id";
-const META_CLUSTER_ID: &[u8] = b"cluster/cluster_id";
+/// This member's own records: never sent in, or replaced by, a snapshot.
+const META_MEMBER_ID: &[u8] = b"local/member_id";
+const META_CLUSTER_ID: &[u8] = b"local/cluster_id";
 
 /// Responses that carry etcd's ResponseHeader.
 pub trait WithHeader {
@@ -81,6 +87,10 @@ pub struct Node {
     pub lessor: Arc<Lessor>,
     pub hub: Arc<WatchHub>,
     pub raft: RaftHandle,
+    pub membership: Arc<Membership>,
+    pub learned: Learned,
+    pub snapshots: Arc<Snapshots>,
+    pub election_timeout: Duration,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub request_timeout: Duration,
@@ -151,51 +161,154 @@ fn read_u64(engine: &dyn Engine, key: &[u8]) -> Result<Option<u64>, StorageError
     Ok(engine.get(Cf::Meta, key)?.and_then(|b| b.as_slice().try_into().ok()).map(u64::from_be_bytes))
 }
 
+/// A founding member's first state: its id and the cluster id from the
+/// token and the initial members, the member registry, and a raft log
+/// whose founding conf state holds every initial member as a voter.
+fn bootstrap(cfg: &Config, peer_urls: &[String], engine: &dyn Engine) -> Result<(u64, u64), StartError> {
+    let initial = initial_cluster(cfg, peer_urls)?;
+    let token = &cfg.initial_cluster_token;
+    let members: Vec<Member> = initial
+        .iter()
+        .map(|(name, urls)| Member { id: member_id(urls, token), name: name.clone(), peer_urls: urls.clone(), ..Default::default() })
+        .collect();
+    let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+    let id = member_id(peer_urls, token);
+    let cid = cluster_id(&ids);
+    let mut b = WriteBatch::default();
+    let registry = Membership::default();
+    for m in members {
+        registry.put(m, &mut b);
+    }
+    let cs = raft::eraftpb::ConfState { voters: ids, ..Default::default() };
+    RaftLog::bootstrap(&cs, &mut b)?;
+    crate::apply::bootstrap(BOOTSTRAP_INDEX, &mut b);
+    b.put(Cf::Meta, META_MEMBER_ID, id.to_be_bytes().to_vec());
+    b.put(Cf::Meta, META_CLUSTER_ID, cid.to_be_bytes().to_vec());
+    engine.write(b, true)?;
+    tracing::info!(member_id = %format!("{id:x}"), cluster_id = %format!("{cid:x}"), members = initial.len(), "bootstrapped a new cluster");
+    Ok((id, cid))
+}
+
+/// `--initial-cluster` (by default `NAME=ADVERTISED-PEER-URLS`), checked
+/// against this member's name and advertised peer URLs as etcd checks it.
+fn initial_cluster(cfg: &Config, peer_urls: &[String]) -> Result<Vec<(String, Vec<String>)>, StartError> {
+    let spec = cfg.initial_cluster.clone().unwrap_or_else(|| format!("{}={}", cfg.name, peer_urls.join(&format!(",{}=", cfg.name))));
+    let initial = parse_initial_cluster(&spec).map_err(StartError::Config)?;
+    let Some((_, mine)) = initial.iter().find(|(n, _)| *n == cfg.name) else {
+        return Err(StartError::Config(format!(
+            "couldn't find local name {:?} in the initial cluster configuration (--initial-cluster={spec})",
+            cfg.name
+        )));
+    };
+    let (mut a, mut b) = (mine.clone(), peer_urls.to_vec());
+    a.sort();
+    b.sort();
+    if a != b {
+        return Err(StartError::Config(format!(
+            "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={} (the URLs must be the same)",
+            cfg.name,
+            mine.join(","),
+            peer_urls.join(",")
+        )));
+    }
+    Ok(initial)
+}
+
+/// A member added with `member add` and started with
+/// `--initial-cluster-state existing`: it asks the other members for the
+/// cluster id and finds its own id by its peer URLs. Its state arrives as a
+/// snapshot from the leader.
+async fn join(cfg: &Config, peer_urls: &[String], engine: &dyn Engine, learned: &Learned) -> Result<(u64, u64), StartError> {
+    let initial = initial_cluster(cfg, peer_urls)?;
+    let others: Vec<String> = initial.iter().filter(|(n, _)| *n != cfg.name).flat_map(|(_, u)| u.clone()).collect();
+    if others.is_empty() {
+        return Err(StartError::Config(
+            "--initial-cluster-state existing needs the other members in --initial-cluster".into(),
+        ));
+    }
+    let resp = crate::peer::client::members(&others).await.map_err(StartError::Config)?;
+    let me = resp.members.iter().find(|m| m.peer_urls.iter().any(|u| peer_urls.contains(u))).ok_or_else(|| {
+        StartError::Config(format!(
+            "no member of the existing cluster has peer URLs {}: add this member first (raftkvctl member add {} --peer-urls={})",
+            peer_urls.join(","),
+            cfg.name,
+            peer_urls.join(",")
+        ))
+    })?;
+    let (id, cid) = (me.id, resp.cluster_id);
+    {
+        let mut l = learned.lock();
+        for m in &resp.members {
+            l.insert(m.id, m.peer_urls.clone());
+        }
+    }
+    let mut b = WriteBatch::default();
+    b.put(Cf::Meta, META_MEMBER_ID, id.to_be_bytes().to_vec());
+    b.put(Cf::Meta, META_CLUSTER_ID, cid.to_be_bytes().to_vec());
+    engine.write(b, true)?;
+    tracing::info!(member_id = %format!("{id:x}"), cluster_id = %format!("{cid:x}"), "joining an existing cluster");
+    Ok((id, cid))
+}
+
 impl Node {
-    /// Opens the data dir and starts raft. Returns the node and raft's thread.
-    pub fn start(cfg: &Config) -> Result<(Arc<Node>, std::thread::JoinHandle<()>), StartError> {
+    /// Opens the data dir (bootstrapping a new cluster, or joining an
+    /// existing one, the first time) and starts raft. Returns the node and
+    /// raft's thread.
+    pub async fn start(cfg: &Config) -> Result<(Arc<Node>, std::thread::JoinHandle<()>), StartError> {
         cfg.validate().map_err(StartError::Config)?;
-        let db = prepare_data_dir(Path::new(&cfg.data_dir()))?;
+        let data_dir = PathBuf::from(cfg.data_dir());
+        let db = prepare_data_dir(&data_dir)?;
         let engine: Arc<dyn Engine> = Arc::new(RocksEngine::open(&db)?);
+        let membership = Arc::new(Membership::default());
+        let learned: Learned = Learned::default();
 
         let peer_urls = split_urls(&cfg.initial_advertise_peer_urls);
         let (id, cid) = match (read_u64(engine.as_ref(), META_MEMBER_ID)?, read_u64(engine.as_ref(), META_CLUSTER_ID)?) {
             (Some(id), Some(cid)) => (id, cid),
-            _ => {
-                let id = member_id(&peer_urls, &cfg.initial_cluster_token);
-                let cid = cluster_id(&[id]);
-                let mut b = WriteBatch::default();
-                b.put(Cf::Meta, META_MEMBER_ID, id.to_be_bytes().to_vec());
-                b.put(Cf::Meta, META_CLUSTER_ID, cid.to_be_bytes().to_vec());
-                engine.write(b, true)?;
-                (id, cid)
-            }
+            _ if cfg.initial_cluster_state == "existing" => join(cfg, &peer_urls, engine.as_ref(), &learned).await?,
+            _ => bootstrap(cfg, &peer_urls, engine.as_ref())?,
         };
+        membership.load(engine.as_ref())?;
 
         let store = Arc::new(Store::open(engine.clone()).map_err(|e| StartError::DataDir(format!("cannot load the key-value store: {e}")))?);
         // etcd's minimum TTL: 1.5 election timeouts, in whole seconds.
         let lessor = Arc::new(Lessor::new((cfg.election_timeout * 3 / 2).div_ceil(1000) as i64));
-        let all = store
-            .range(&[0], &RangeEnd::Infinity, &RangeOptions::default())
-            .map_err(|e| StartError::DataDir(format!("cannot load the key-value store: {e}")))?;
-        lessor.load(engine.as_ref(), all.kvs.into_iter().filter(|kv| kv.lease != 0).map(|kv| (kv.key, kv.lease)))?;
+        crate::apply::load_leases(engine.as_ref(), &store, &lessor)?;
         let waiters = Arc::new(Waiters::default());
         let status = Arc::new(crate::raft::RaftStatus::default());
         let header_status = status.clone();
         let header = Box::new(move |revision| ResponseHeader { cluster_id: cid, member_id: id, revision, raft_term: header_status.term() });
         let hub = Arc::new(WatchHub::new(store.clone(), header, cfg.max_request_bytes));
-        let applier = Applier::new(engine.clone(), store.clone(), lessor.clone(), waiters.clone(), hub.clone())?;
+        let snapshots = Arc::new(Snapshots::open(data_dir.join("member").join("snap"), engine.clone())?);
+        let applier = Applier::new(
+            engine.clone(),
+            store.clone(),
+            lessor.clone(),
+            waiters.clone(),
+            hub.clone(),
+            membership.clone(),
+            snapshots.clone(),
+        )?;
         let heartbeat = Duration::from_millis(cfg.heartbeat_interval);
         let raft_cfg = RaftConfig {
             id,
-            initial_voters: vec![id],
             tick: heartbeat,
             election_ticks: (cfg.election_timeout / cfg.heartbeat_interval) as usize,
             heartbeat_ticks: 1,
             snapshot_count: cfg.snapshot_count.max(1),
-            catch_up_entries: 5000,
+            catch_up_entries: cfg.snapshot_catchup_entries,
         };
-        let (raft, thread) = crate::raft::node::start(raft_cfg, engine.clone(), applier, status)?;
+        let handle_cell = Arc::new(std::sync::OnceLock::new());
+        let transport = PeerTransport::new(
+            Identity { id, cluster_id: cid, peer_urls: peer_urls.clone() },
+            membership.clone(),
+            learned.clone(),
+            snapshots.clone(),
+            handle_cell.clone(),
+            tokio::runtime::Handle::current(),
+        );
+        let (raft, thread) = crate::raft::node::start(raft_cfg, engine.clone(), applier, transport, snapshots.clone(), status)?;
+        let _ = handle_cell.set(raft.clone());
         // Ids are unique across restarts: the start time fills the high bits.
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         let node = Node {
@@ -206,6 +319,10 @@ impl Node {
             lessor,
             hub,
             raft,
+            membership,
+            learned,
+            snapshots,
+            election_timeout: Duration::from_millis(cfg.election_timeout),
             max_request_bytes: cfg.max_request_bytes,
             max_txn_ops: cfg.max_txn_ops,
             request_timeout: cfg.request_timeout(),
@@ -248,26 +365,141 @@ impl Node {
         }
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let rx = self.waiters.register(id);
-        let proposed = async {
-            loop {
-                match self.raft.propose(data.clone()).await {
-                    Ok(()) => return Ok(()),
-                    // No leader yet: wait for one, as etcd does, until the deadline.
-                    Err(RaftError::Dropped) => tokio::time::sleep(Duration::from_millis(20)).await,
-                    Err(_) => return Err(Error::Stopped),
+        loop {
+            match self.raft.propose(data.clone()).await {
+                Ok(()) => break,
+                // No leader yet: wait for one, as etcd does, until the deadline.
+                Err(RaftError::Dropped) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(RaftError::Dropped) => {
+                    self.waiters.forget(id);
+                    return Err(Error::NoLeader);
                 }
+                Err(_) => return Err(Error::Stopped),
             }
-        };
-        let outcome = tokio::time::timeout_at(deadline, async {
-            proposed.await?;
-            rx.await.map_err(|_| Error::Stopped)?
-        })
-        .await;
-        match outcome {
-            Ok(result) => result,
-            Err(_) => {
+        }
+        self.outcome(id, rx, deadline).await
+    }
+
+    /// Proposes one membership change and waits for the member list it
+    /// produced.
+    pub async fn change_membership(&self, change: raft::eraftpb::ConfChangeSingle, member: Option<Member>) -> Result<Vec<Member>, Error> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut cc = raft::eraftpb::ConfChangeV2::default();
+        cc.mut_changes().push(change);
+        cc.context = ConfContext { request_id: id, member }.encode_to_vec().into();
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let rx = self.waiters.register(id);
+        loop {
+            match self.raft.propose_conf_change(cc.clone()).await {
+                Ok(()) => break,
+                Err(RaftError::Dropped) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(RaftError::Dropped) => {
+                    self.waiters.forget(id);
+                    return Err(Error::NoLeader);
+                }
+                Err(_) => return Err(Error::Stopped),
+            }
+        }
+        match self.outcome(id, rx, deadline).await? {
+            Response::Members(list) => Ok(list),
+            _ => Err(Error::Internal("unexpected apply result for a membership change".into())),
+        }
+    }
+
+    /// Waits for the state machine's outcome of proposal `id`. If the
+    /// leader changes meanwhile and the proposal is not applied within an
+    /// election timeout, it was most likely lost with the old leader: the
+    /// client hears "leader changed" (Unavailable) and retries, rather than
+    /// waiting out the whole request timeout.
+    async fn outcome(
+        &self,
+        id: u64,
+        rx: tokio::sync::oneshot::Receiver<crate::apply::ApplyResult>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response, Error> {
+        let leader = self.raft.status.leader();
+        let mut changed_at: Option<tokio::time::Instant> = None;
+        tokio::pin!(rx);
+        loop {
+            tokio::select! {
+                r = &mut rx => return r.map_err(|_| Error::Stopped)?,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+            let now = tokio::time::Instant::now();
+            let current = self.raft.status.leader();
+            if current != leader && changed_at.is_none() {
+                changed_at = Some(now);
+            }
+            let failed = if now >= deadline {
+                Some(if current == 0 { Error::NoLeader } else { Error::Timeout })
+            } else if changed_at.is_some_and(|t| now - t > self.election_timeout) {
+                Some(Error::LeaderChanged)
+            } else {
+                None
+            };
+            if let Some(e) = failed {
                 self.waiters.forget(id);
-                Err(if self.raft.status.leader() == 0 { Error::NoLeader } else { Error::Timeout })
+                return Err(e);
+            }
+        }
+    }
+
+    /// The leader's peer URLs (None without a known leader).
+    pub fn leader_peer_urls(&self) -> Option<Vec<String>> {
+        let leader = self.raft.status.leader();
+        if leader == 0 {
+            return None;
+        }
+        match self.membership.get(leader) {
+            Some(m) => Some(m.peer_urls),
+            None => self.learned.lock().get(&leader).cloned(),
+        }
+    }
+
+    /// A peer client to the leader, for the lease calls only it answers.
+    pub fn leader_peer(&self) -> Result<crate::peer::proto::peer_client::PeerClient<tonic::transport::Channel>, Error> {
+        let urls = self.leader_peer_urls().ok_or(Error::NoLeader)?;
+        crate::peer::client::connect(&urls, self.request_timeout).map_err(Error::Internal)
+    }
+
+    /// The leader's client URLs, for requests only the leader can answer.
+    pub fn leader_client_urls(&self) -> Result<Vec<String>, Error> {
+        let leader = self.raft.status.leader();
+        if leader == 0 {
+            return Err(Error::NoLeader);
+        }
+        match self.membership.get(leader) {
+            Some(m) if !m.client_urls.is_empty() => Ok(m.client_urls),
+            _ => Err(Error::NoLeader),
+        }
+    }
+
+    /// Publishes this member's name and client URLs through raft once a
+    /// leader exists, as etcd does at start; retries until it succeeds.
+    pub async fn publish(&self) {
+        let me = Member {
+            id: self.member.id,
+            name: self.member.name.clone(),
+            client_urls: self.member.client_urls.clone(),
+            ..Default::default()
+        };
+        loop {
+            if let Some(m) = self.membership.get(me.id)
+                && m.name == me.name
+                && m.client_urls == me.client_urls
+            {
+                return;
+            }
+            if self.raft.status.removed() {
+                return;
+            }
+            match self.propose(Op::MemberAttributes(me.clone())).await {
+                Ok(_) => tracing::info!(name = %me.name, client_urls = %me.client_urls.join(","), "published this member's attributes"),
+                // Not in the registry yet: a new member before its snapshot.
+                Err(e) => {
+                    tracing::debug!(error = %e, "publishing this member's attributes failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
         }
     }
@@ -295,6 +527,11 @@ impl Node {
 
     pub fn is_leader(&self) -> bool {
         self.raft.status.leader() == self.member.id
+    }
+
+    /// Learners serve Status and serializable reads only.
+    pub fn refuse_learner(&self) -> Result<(), Error> {
+        if self.raft.status.is_learner() { Err(Error::NotSupportedForLearner) } else { Ok(()) }
     }
 
     pub fn stop(&self) {

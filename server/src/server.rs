@@ -14,6 +14,8 @@ use crate::api::v3lockpb::lock_server::LockServer;
 use crate::api::{cluster::ClusterService, election::ElectionService, lock::LockService, http, kv::KvService, lease::LeaseService, maintenance::MaintenanceService, watch::WatchService};
 use crate::config::{Config, split_urls, url_addr};
 use crate::node::{Node, StartError};
+use crate::peer::proto::peer_server::PeerServer;
+use crate::peer::service::PeerService;
 
 /// gRPC allows this much above --max-request-bytes, as etcd does, so that
 /// an oversized request gets etcd's "request is too large".
@@ -37,10 +39,45 @@ fn routes(node: &Arc<Node>, max_msg: usize) -> Routes {
 /// Runs until `shutdown` resolves, then stops gracefully.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
     let auto_compaction = cfg.auto_compaction().map_err(StartError::Config)?;
-    let (node, raft_thread) = Node::start(&cfg)?;
+    let (node, raft_thread) = Node::start(&cfg).await?;
     tracing::info!(name = %cfg.name, member_id = %format!("{:x}", node.member.id), data_dir = %cfg.data_dir(), "raftkv starting");
-    node.wait_ready().await;
+
+    // Peers first: without them there is no leader to wait for.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut peer_servers = Vec::new();
+    for url in split_urls(&cfg.listen_peer_urls) {
+        let addr = url_addr(&url).map_err(StartError::Config)?;
+        let listener = TcpListener::bind(addr).await.map_err(|error| StartError::Listen { url: url.clone(), error })?;
+        tracing::info!(%url, "serving peer traffic");
+        let mut stop = stop_rx.clone();
+        let server = tonic::transport::Server::builder()
+            .add_service(
+                PeerServer::new(PeerService::new(node.clone()))
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20),
+            )
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+        peer_servers.push(tokio::spawn(server));
+    }
+
+    tokio::pin!(shutdown);
+    tokio::select! {
+        _ = node.wait_ready() => {}
+        _ = &mut shutdown => {
+            tracing::info!("stopped before the member was ready");
+            let _ = stop_tx.send(true);
+            node.stop();
+            let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
+            return Ok(());
+        }
+    }
     tracing::info!(revision = node.store.current_revision(), "ready to serve client requests");
+    let publisher = tokio::spawn({
+        let node = node.clone();
+        async move { node.publish().await }
+    });
 
     let mut listeners = Vec::new();
     for url in split_urls(&cfg.listen_client_urls) {
@@ -50,7 +87,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         listeners.push(listener);
     }
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let compactor = tokio::spawn(crate::compactor::run(node.clone(), auto_compaction, stop_rx.clone()));
     let expiry = tokio::spawn(expire_leases(node.clone(), stop_rx.clone()));
     let catch_up = tokio::spawn(node.hub.clone().run_catch_up(stop_rx.clone()));
@@ -70,9 +106,25 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         servers.push(tokio::spawn(server));
     }
 
-    shutdown.await;
-    tracing::info!("shutting down");
+    let removed = {
+        let node = node.clone();
+        async move {
+            while !node.raft.status.removed() {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            // Let the hand-over of leadership and the last messages go out.
+            tokio::time::sleep(node.election_timeout).await;
+        }
+    };
+    tokio::select! {
+        _ = &mut shutdown => tracing::info!("shutting down"),
+        _ = removed => tracing::warn!("this member has been permanently removed from the cluster; shutting down"),
+    }
+    publisher.abort();
     let _ = stop_tx.send(true);
+    for s in peer_servers {
+        let _ = s.await;
+    }
     for s in servers {
         match s.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "client server stopped with an error"),

@@ -31,7 +31,7 @@ fn version(node: &Node, k: &str) -> (i64, i64, i64) {
 async fn back_to_back_puts_count_versions_and_survive_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(&dir.path().join("d"));
-    let (node, thread) = Node::start(&cfg).expect("start");
+    let (node, thread) = Node::start(&cfg).await.expect("start");
     node.wait_ready().await;
     put(&node, "a", "1").await;
     for i in 1..=4 {
@@ -44,7 +44,7 @@ async fn back_to_back_puts_count_versions_and_survive_restart() {
     thread.join().expect("raft thread");
     drop(node);
 
-    let (node, thread) = Node::start(&cfg).expect("restart");
+    let (node, thread) = Node::start(&cfg).await.expect("restart");
     node.wait_ready().await;
     assert_eq!(version(&node, "h"), (3, 6, 4));
     assert_eq!(put(&node, "h", "v5").await, 7);

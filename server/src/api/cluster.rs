@@ -1,22 +1,51 @@
-//! The Cluster service: the member list (membership changes arrive with
-//! clustering).
+//! The Cluster service, with etcd's rules: a member is added as a learner
+//! (or, when the cluster can afford it, as a voter), one learner at a time;
+//! a learner is promoted only once in sync with the leader; a change that
+//! would leave too few started members for a quorum is refused. Changes are
+//! decided by the leader, which knows every member's progress: a follower
+//! forwards them to it.
 
 use std::sync::Arc;
 
 use etcd_client::proto::{
-    PbClusterService, PbMember as Member, PbMemberAddRequest as MemberAddRequest, PbMemberAddResponse as MemberAddResponse,
+    PbClusterService, PbMemberAddRequest as MemberAddRequest, PbMemberAddResponse as MemberAddResponse,
     PbMemberListRequest as MemberListRequest, PbMemberListResponse as MemberListResponse,
     PbMemberPromoteRequest as MemberPromoteRequest, PbMemberPromoteResponse as MemberPromoteResponse,
     PbMemberRemoveRequest as MemberRemoveRequest, PbMemberRemoveResponse as MemberRemoveResponse,
     PbMemberUpdateRequest as MemberUpdateRequest, PbMemberUpdateResponse as MemberUpdateResponse,
 };
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType};
 use tonic::{Request, Response, Status};
 
-use super::Reply;
+use super::{Reply, status};
+use crate::apply::{self, request::Op};
+use crate::error::Error;
+use crate::membership::Member;
 use crate::node::Node;
+use crate::raft::node::Progress;
+
+/// etcd's readiness bar for promotion: a learner whose log has reached 90%
+/// of the leader's.
+const LEARNER_READY_PERCENT: f64 = 0.9;
 
 pub struct ClusterService {
     node: Arc<Node>,
+}
+
+fn pb(list: Vec<Member>) -> Vec<etcd_client::proto::PbMember> {
+    list.iter().map(Member::to_pb).collect()
+}
+
+fn change(kind: ConfChangeType, id: u64) -> ConfChangeSingle {
+    let mut c = ConfChangeSingle::default();
+    c.set_change_type(kind);
+    c.node_id = id;
+    c
+}
+
+/// Voters that the leader has heard from recently (itself included).
+fn started_voters(p: &Progress) -> usize {
+    p.peers.iter().filter(|x| !x.is_learner && x.recent_active).count()
 }
 
 impl ClusterService {
@@ -24,41 +53,170 @@ impl ClusterService {
         Self { node }
     }
 
-    fn members(&self) -> Vec<Member> {
-        let m = &self.node.member;
-        vec![Member {
-            id: m.id,
-            name: m.name.clone(),
-            peer_ur_ls: m.peer_urls.clone(),
-            client_ur_ls: m.client_urls.clone(),
-            is_learner: false,
-        }]
+    /// The leader's client, when this member is not the leader (None when
+    /// it is).
+    async fn forward(&self) -> Result<Option<etcd_client::ClusterClient>, Status> {
+        if self.node.is_leader() {
+            return Ok(None);
+        }
+        let urls = self.node.leader_client_urls().map_err(status)?;
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(std::time::Duration::from_secs(2))
+            .with_timeout(self.node.request_timeout);
+        let client = etcd_client::Client::connect(urls, Some(opts)).await.map_err(|_| status(Error::NoLeader))?;
+        Ok(Some(client.cluster_client()))
+    }
+
+    async fn progress(&self) -> Result<Progress, Status> {
+        let p = self.node.raft.progress().await.map_err(|_| status(Error::Stopped))?;
+        if p.peers.is_empty() {
+            // Lost leadership between the check and the question.
+            return Err(status(Error::LeaderChanged));
+        }
+        Ok(p)
+    }
+
+    async fn apply(&self, kind: ConfChangeType, id: u64, member: Option<Member>) -> Result<Vec<Member>, Status> {
+        self.node.change_membership(change(kind, id), member).await.map_err(status)
     }
 }
 
-fn unimplemented(what: &str) -> Status {
-    Status::unimplemented(format!("raftkv does not implement {what} yet"))
+fn from_client(m: &etcd_client::Member) -> etcd_client::proto::PbMember {
+    etcd_client::proto::PbMember {
+        id: m.id(),
+        name: m.name().to_owned(),
+        peer_ur_ls: m.peer_urls().to_vec(),
+        client_ur_ls: m.client_urls().to_vec(),
+        is_learner: m.is_learner(),
+    }
+}
+
+fn forwarded(e: etcd_client::Error) -> Status {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s,
+        other => status(Error::Internal(other.to_string())),
+    }
 }
 
 #[tonic::async_trait]
 impl PbClusterService for ClusterService {
-    async fn member_add(&self, _req: Request<MemberAddRequest>) -> Reply<MemberAddResponse> {
-        Err(unimplemented("MemberAdd"))
+    async fn member_add(&self, req: Request<MemberAddRequest>) -> Reply<MemberAddResponse> {
+        self.node.refuse_learner().map_err(status)?;
+        let r = req.into_inner();
+        if let Some(mut leader) = self.forward().await? {
+            let opts = r.is_learner.then(|| etcd_client::MemberAddOptions::new().with_is_learner());
+            let resp = leader.member_add(r.peer_ur_ls, opts).await.map_err(forwarded)?;
+            return Ok(Response::new(MemberAddResponse {
+                header: Some(self.node.header(0)),
+                member: resp.member().map(from_client),
+                members: resp.member_list().iter().map(from_client).collect(),
+            }));
+        }
+        let node = &self.node;
+        if r.peer_ur_ls.is_empty() {
+            return Err(Status::invalid_argument("etcdserver: member peer URLs are not provided"));
+        }
+        if node.membership.by_peer_url(&r.peer_ur_ls).is_some() {
+            return Err(status(Error::PeerUrlExists));
+        }
+        let members = node.membership.list();
+        if r.is_learner && members.iter().any(|m| m.is_learner) {
+            return Err(status(Error::TooManyLearners));
+        }
+        let p = self.progress().await?;
+        if !r.is_learner {
+            // etcd's strict reconfiguration check: after the add, the
+            // started voters must still make a quorum.
+            let voters = p.peers.iter().filter(|x| !x.is_learner).count() + 1;
+            if started_voters(&p) < voters / 2 + 1 {
+                return Err(status(Error::UnhealthyCluster));
+            }
+        }
+        // etcd's id for an added member: the peer URLs plus the time.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let id = crate::node::member_id(&r.peer_ur_ls, &format!("{:x}{now}", node.cluster_id));
+        if node.membership.get(id).is_some() || node.membership.is_removed(id) {
+            return Err(status(Error::MemberExists));
+        }
+        let member = Member { id, peer_urls: r.peer_ur_ls.clone(), is_learner: r.is_learner, ..Default::default() };
+        let kind = if r.is_learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
+        let list = self.apply(kind, id, Some(member.clone())).await?;
+        tracing::info!(member = %format!("{id:x}"), peer_urls = %r.peer_ur_ls.join(","), learner = r.is_learner, "added a member");
+        Ok(Response::new(MemberAddResponse { header: Some(node.header(0)), member: Some(member.to_pb()), members: pb(list) }))
     }
 
-    async fn member_remove(&self, _req: Request<MemberRemoveRequest>) -> Reply<MemberRemoveResponse> {
-        Err(unimplemented("MemberRemove"))
+    async fn member_remove(&self, req: Request<MemberRemoveRequest>) -> Reply<MemberRemoveResponse> {
+        self.node.refuse_learner().map_err(status)?;
+        let r = req.into_inner();
+        if let Some(mut leader) = self.forward().await? {
+            let resp = leader.member_remove(r.id).await.map_err(forwarded)?;
+            return Ok(Response::new(MemberRemoveResponse {
+                header: Some(self.node.header(0)),
+                members: resp.members().iter().map(from_client).collect(),
+            }));
+        }
+        let node = &self.node;
+        let target = node.membership.get(r.id).ok_or_else(|| status(Error::MemberNotFound))?;
+        if !target.is_learner {
+            let p = self.progress().await?;
+            let voters = p.peers.iter().filter(|x| !x.is_learner).count() - 1;
+            let active_after = p.peers.iter().filter(|x| !x.is_learner && x.recent_active && x.id != r.id).count();
+            if voters == 0 || active_after < voters / 2 + 1 {
+                return Err(status(Error::NotEnoughStartedMembers));
+            }
+        }
+        let list = self.apply(ConfChangeType::RemoveNode, r.id, None).await?;
+        tracing::info!(member = %format!("{:x}", r.id), "removed a member");
+        Ok(Response::new(MemberRemoveResponse { header: Some(node.header(0)), members: pb(list) }))
     }
 
-    async fn member_update(&self, _req: Request<MemberUpdateRequest>) -> Reply<MemberUpdateResponse> {
-        Err(unimplemented("MemberUpdate"))
+    async fn member_update(&self, req: Request<MemberUpdateRequest>) -> Reply<MemberUpdateResponse> {
+        self.node.refuse_learner().map_err(status)?;
+        let r = req.into_inner();
+        let node = &self.node;
+        if node.membership.get(r.id).is_none() {
+            return Err(status(Error::MemberNotFound));
+        }
+        let update = Member { id: r.id, peer_urls: r.peer_ur_ls, ..Default::default() };
+        match node.propose(Op::MemberPeerUrls(update)).await.map_err(status)? {
+            apply::Response::Members(list) => Ok(Response::new(MemberUpdateResponse { header: Some(node.header(0)), members: pb(list) })),
+            _ => Err(status(Error::Internal("unexpected apply result for a member update".into()))),
+        }
     }
 
     async fn member_list(&self, _req: Request<MemberListRequest>) -> Reply<MemberListResponse> {
-        Ok(Response::new(MemberListResponse { header: Some(self.node.header(0)), members: self.members() }))
+        self.node.refuse_learner().map_err(status)?;
+        // etcd answers from the local registry unless asked to linearize.
+        Ok(Response::new(MemberListResponse { header: Some(self.node.header(0)), members: pb(self.node.membership.list()) }))
     }
 
-    async fn member_promote(&self, _req: Request<MemberPromoteRequest>) -> Reply<MemberPromoteResponse> {
-        Err(unimplemented("MemberPromote"))
+    async fn member_promote(&self, req: Request<MemberPromoteRequest>) -> Reply<MemberPromoteResponse> {
+        self.node.refuse_learner().map_err(status)?;
+        let r = req.into_inner();
+        if let Some(mut leader) = self.forward().await? {
+            let resp = leader.member_promote(r.id).await.map_err(forwarded)?;
+            return Ok(Response::new(MemberPromoteResponse {
+                header: Some(self.node.header(0)),
+                members: resp.members().iter().map(from_client).collect(),
+            }));
+        }
+        let node = &self.node;
+        let target = node.membership.get(r.id).ok_or_else(|| status(Error::MemberNotFound))?;
+        if !target.is_learner {
+            return Err(status(Error::NotLearner));
+        }
+        let p = self.progress().await?;
+        let leader_match = p.peers.iter().find(|x| x.id == node.member.id).map_or(p.last_index, |x| x.matched.max(p.last_index));
+        let learner_match = p.peers.iter().find(|x| x.id == r.id).map_or(0, |x| x.matched);
+        if (learner_match as f64) < (leader_match as f64) * LEARNER_READY_PERCENT {
+            return Err(status(Error::LearnerNotReady));
+        }
+        let voters = p.peers.iter().filter(|x| !x.is_learner).count() + 1;
+        if started_voters(&p) + 1 < voters / 2 + 1 {
+            return Err(status(Error::UnhealthyCluster));
+        }
+        let list = self.apply(ConfChangeType::AddNode, r.id, None).await?;
+        tracing::info!(member = %format!("{:x}", r.id), "promoted a learner");
+        Ok(Response::new(MemberPromoteResponse { header: Some(node.header(0)), members: pb(list) }))
     }
 }

@@ -43,6 +43,7 @@ fn prefix_of(name: &[u8]) -> Vec<u8> {
 #[tonic::async_trait]
 impl Election for ElectionService {
     async fn campaign(&self, req: Request<CampaignRequest>) -> Reply<CampaignResponse> {
+        self.node.refuse_learner().map_err(status)?;
         let r = req.into_inner();
         let prefix = prefix_of(&r.name);
         let mut key = prefix.clone();
@@ -65,6 +66,7 @@ impl Election for ElectionService {
     }
 
     async fn proclaim(&self, req: Request<ProclaimRequest>) -> Reply<ProclaimResponse> {
+        self.node.refuse_learner().map_err(status)?;
         let r = req.into_inner();
         let leader = r.leader.ok_or_else(|| Status::unknown(NOT_LEADER))?;
         let put = PbPutRequest { key: leader.key.clone(), value: r.value, lease: leader.lease, ..Default::default() };
@@ -82,6 +84,7 @@ impl Election for ElectionService {
     }
 
     async fn leader(&self, req: Request<LeaderRequest>) -> Reply<LeaderResponse> {
+        self.node.refuse_learner().map_err(status)?;
         let prefix = prefix_of(&req.into_inner().name);
         match first_created(&self.node, &prefix).await.map_err(status)? {
             (Some(kv), rev) => Ok(Response::new(LeaderResponse { header: Some(self.node.header(rev)), kv: Some(kv) })),
@@ -92,6 +95,7 @@ impl Election for ElectionService {
     type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send + 'static>>;
 
     async fn observe(&self, req: Request<LeaderRequest>) -> Reply<Self::ObserveStream> {
+        self.node.refuse_learner().map_err(status)?;
         let prefix = prefix_of(&req.into_inner().name);
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(observe(self.node.clone(), prefix, tx));
@@ -103,6 +107,7 @@ impl Election for ElectionService {
     }
 
     async fn resign(&self, req: Request<ResignRequest>) -> Reply<ResignResponse> {
+        self.node.refuse_learner().map_err(status)?;
         let leader = req.into_inner().leader.ok_or_else(|| Status::unknown(NOT_LEADER))?;
         let del = PbDeleteRequest { key: leader.key.clone(), ..Default::default() };
         // A stale leader key resigns nothing, without an error (etcd).

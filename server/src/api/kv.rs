@@ -26,6 +26,7 @@ impl KvService {
     }
 
     async fn write(&self, op: Op) -> Result<apply::Response, tonic::Status> {
+        self.node.refuse_learner().map_err(status)?;
         self.node.propose(op).await.map_err(status)
     }
 }
@@ -40,6 +41,7 @@ impl PbKvService for KvService {
         let r = req.into_inner();
         validate::range(&r).map_err(status)?;
         if !r.serializable {
+            self.node.refuse_learner().map_err(status)?;
             self.node.linearizable_read().await.map_err(status)?;
         }
         let resp = range::range(self.node.store.as_ref(), &r).map_err(status)?;
@@ -76,8 +78,8 @@ impl PbKvService for KvService {
     async fn txn(&self, req: Request<TxnRequest>) -> Reply<TxnResponse> {
         let t = req.into_inner();
         validate::txn(&t, self.node.max_txn_ops).map_err(status)?;
-        // Read-only transactions still go through raft, as etcd's do, so
-        // that they are linearizable and see one revision.
+        // Read-only transactions still go through raft, so that they are
+        // linearizable and see one revision.
         match self.write(Op::Txn(t)).await? {
             apply::Response::Txn(resp) => Ok(Response::new(self.node.complete(resp))),
             _ => Err(unexpected("txn")),

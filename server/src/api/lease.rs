@@ -1,5 +1,7 @@
-//! The Lease service: grants and revocations through raft; keep-alives,
-//! TimeToLive and the lease list answered by the leader's lessor.
+//! The Lease service: grants and revocations through raft; keep-alives and
+//! TimeToLive answered by the leader's lessor (a follower forwards them to
+//! the leader over the peer service, as etcd does); the lease list from the
+//! replicated state.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,9 +32,28 @@ impl LeaseService {
     }
 }
 
+fn peer_error(s: Status) -> Error {
+    match s.code() {
+        tonic::Code::FailedPrecondition => Error::LeaderChanged,
+        tonic::Code::DeadlineExceeded => Error::Timeout,
+        _ => Error::NoLeader,
+    }
+}
+
+/// Renews a lease on the leader: the remaining TTL, 0 when unknown.
+async fn renew(node: &Node, id: i64) -> Result<i64, Error> {
+    if node.is_leader() {
+        return Ok(node.lessor.renew(id).unwrap_or(0));
+    }
+    let mut leader = node.leader_peer()?;
+    let r = crate::peer::proto::LeaseRequest { cluster_id: node.cluster_id, id, keys: false };
+    leader.lease_renew(r).await.map(|r| r.into_inner().ttl).map_err(peer_error)
+}
+
 #[tonic::async_trait]
 impl PbLeaseService for LeaseService {
     async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Reply<LeaseGrantResponse> {
+        self.node.refuse_learner().map_err(status)?;
         let mut g = req.into_inner();
         if g.ttl > MAX_TTL {
             return Err(status(Error::LeaseTtlTooLarge));
@@ -48,6 +69,7 @@ impl PbLeaseService for LeaseService {
     }
 
     async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Reply<LeaseRevokeResponse> {
+        self.node.refuse_learner().map_err(status)?;
         match self.node.propose(Op::LeaseRevoke(req.into_inner())).await.map_err(status)? {
             apply::Response::LeaseRevoke(resp) => Ok(Response::new(self.node.complete(resp))),
             _ => Err(status(Error::Internal("unexpected apply result for lease revoke".into()))),
@@ -58,17 +80,34 @@ impl PbLeaseService for LeaseService {
 
     async fn lease_keep_alive(&self, req: Request<Streaming<LeaseKeepAliveRequest>>) -> Reply<Self::LeaseKeepAliveStream> {
         let node = self.node.clone();
-        let out = req.into_inner().map(move |r| {
-            let r = r?;
-            // An unknown lease answers TTL 0, as etcd does.
-            let ttl = node.lessor.renew(r.id).unwrap_or(0);
-            Ok(LeaseKeepAliveResponse { header: Some(node.header(0)), id: r.id, ttl })
+        node.refuse_learner().map_err(status)?;
+        let out = req.into_inner().then(move |r| {
+            let node = node.clone();
+            async move {
+                let r = r?;
+                // An unknown lease answers TTL 0, as etcd does.
+                let ttl = renew(&node, r.id).await.map_err(status)?;
+                Ok(LeaseKeepAliveResponse { header: Some(node.header(0)), id: r.id, ttl })
+            }
         });
         Ok(Response::new(Box::pin(out)))
     }
 
     async fn lease_time_to_live(&self, req: Request<LeaseTimeToLiveRequest>) -> Reply<LeaseTimeToLiveResponse> {
+        self.node.refuse_learner().map_err(status)?;
         let r = req.into_inner();
+        if !self.node.is_leader() {
+            let mut leader = self.node.leader_peer().map_err(status)?;
+            let q = crate::peer::proto::LeaseRequest { cluster_id: self.node.cluster_id, id: r.id, keys: r.keys };
+            let a = leader.lease_time_to_live(q).await.map_err(|s| status(peer_error(s)))?.into_inner();
+            return Ok(Response::new(LeaseTimeToLiveResponse {
+                header: Some(self.node.header(0)),
+                id: r.id,
+                ttl: a.ttl,
+                granted_ttl: a.granted_ttl,
+                keys: a.keys,
+            }));
+        }
         let resp = match self.node.lessor.info(r.id) {
             Some(info) => LeaseTimeToLiveResponse {
                 header: Some(self.node.header(0)),
@@ -83,6 +122,7 @@ impl PbLeaseService for LeaseService {
     }
 
     async fn lease_leases(&self, _req: Request<LeaseLeasesRequest>) -> Reply<LeaseLeasesResponse> {
+        self.node.refuse_learner().map_err(status)?;
         let leases = self.node.lessor.ids().into_iter().map(|id| LeaseStatus { id }).collect();
         Ok(Response::new(LeaseLeasesResponse { header: Some(self.node.header(0)), leases }))
     }

@@ -27,6 +27,7 @@ impl LockService {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Reply<LockResponse> {
+        self.node.refuse_learner().map_err(status)?;
         let r = req.into_inner();
         let mut prefix = r.name;
         prefix.push(b'/');
@@ -38,6 +39,7 @@ impl Lock for LockService {
     }
 
     async fn unlock(&self, req: Request<UnlockRequest>) -> Reply<UnlockResponse> {
+        self.node.refuse_learner().map_err(status)?;
         let del = PbDeleteRequest { key: req.into_inner().key, ..Default::default() };
         match self.node.propose(Op::DeleteRange(del)).await.map_err(status)? {
             apply::Response::DeleteRange(r) => {

@@ -1,5 +1,5 @@
-//! The Maintenance service: Status, Defragment and Alarm; the rest of it
-//! (hashes, snapshots, leadership) arrives with clustering.
+//! The Maintenance service: Status, Defragment, Alarm, Hash and HashKV
+//! (equal on every member at the same revision), MoveLeader (on the leader).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -40,6 +40,7 @@ fn unimplemented(what: &str) -> Status {
 #[tonic::async_trait]
 impl PbMaintenanceService for MaintenanceService {
     async fn alarm(&self, _req: Request<AlarmRequest>) -> Reply<AlarmResponse> {
+        self.node.refuse_learner().map_err(status)?;
         Ok(Response::new(AlarmResponse { header: Some(self.node.header(0)), alarms: Vec::new() }))
     }
 
@@ -57,12 +58,13 @@ impl PbMaintenanceService for MaintenanceService {
             raft_term: s.term(),
             raft_applied_index: s.applied(),
             errors: Vec::new(),
-            is_learner: false,
+            is_learner: s.is_learner(),
             ..Default::default()
         }))
     }
 
     async fn defragment(&self, _req: Request<DefragmentRequest>) -> Reply<DefragmentResponse> {
+        self.node.refuse_learner().map_err(status)?;
         let engine = self.node.engine.clone();
         tokio::task::spawn_blocking(move || engine.compact_cf(Cf::Kv))
             .await
@@ -72,11 +74,24 @@ impl PbMaintenanceService for MaintenanceService {
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Reply<HashResponse> {
-        Err(unimplemented("Hash"))
+        self.node.refuse_learner().map_err(status)?;
+        let store = self.node.store.clone();
+        let (hash, _, _) = tokio::task::spawn_blocking(move || store.hash_kv(0))
+            .await
+            .map_err(|e| status(Error::Internal(e.to_string())))?
+            .map_err(|e| status(e.into()))?;
+        Ok(Response::new(HashResponse { header: Some(self.node.header(0)), hash }))
     }
 
-    async fn hash_kv(&self, _req: Request<HashKvRequest>) -> Reply<HashKvResponse> {
-        Err(unimplemented("HashKV"))
+    async fn hash_kv(&self, req: Request<HashKvRequest>) -> Reply<HashKvResponse> {
+        self.node.refuse_learner().map_err(status)?;
+        let rev = req.into_inner().revision;
+        let store = self.node.store.clone();
+        let (hash, compact_revision, _) = tokio::task::spawn_blocking(move || store.hash_kv(rev))
+            .await
+            .map_err(|e| status(Error::Internal(e.to_string())))?
+            .map_err(|e| status(e.into()))?;
+        Ok(Response::new(HashKvResponse { header: Some(self.node.header(0)), hash, compact_revision, ..Default::default() }))
     }
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send + 'static>>;
@@ -86,11 +101,25 @@ impl PbMaintenanceService for MaintenanceService {
     }
 
     async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Reply<MoveLeaderResponse> {
-        // One member: it is the leader, and moving to itself is a no-op.
-        if req.into_inner().target_id != self.node.member.id {
-            return Err(status(Error::MemberNotFound));
+        let node = &self.node;
+        node.refuse_learner().map_err(status)?;
+        let target = req.into_inner().target_id;
+        if !node.is_leader() {
+            return Err(status(Error::NotLeader));
         }
-        Ok(Response::new(MoveLeaderResponse { header: Some(self.node.header(0)) }))
+        if !node.membership.get(target).is_some_and(|m| !m.is_learner) {
+            return Err(status(Error::BadLeaderTransferee));
+        }
+        let deadline = tokio::time::Instant::now() + node.request_timeout;
+        while node.raft.status.leader() != target {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(status(Error::Timeout));
+            }
+            node.raft.transfer_leader(target);
+            tokio::time::sleep(node.election_timeout / 10).await;
+        }
+        tracing::info!(to = %format!("{target:x}"), "moved leadership");
+        Ok(Response::new(MoveLeaderResponse { header: Some(node.header(0)) }))
     }
 
     async fn downgrade(&self, _req: Request<DowngradeRequest>) -> Reply<DowngradeResponse> {

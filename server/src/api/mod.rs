@@ -26,8 +26,9 @@ pub fn status(e: Error) -> Status {
         Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
         NoSpace | TooManyRequests => Code::ResourceExhausted,
         LeaseNotFound | MemberNotFound => Code::NotFound,
-        LeaseExists | NotLeader => Code::FailedPrecondition,
-        NoLeader | LeaderChanged | Timeout | Stopped | NotSupportedForLearner => Code::Unavailable,
+        LeaseExists | NotLeader | BadLeaderTransferee | MemberExists | PeerUrlExists | NotEnoughStartedMembers | NotLearner
+        | LearnerNotReady | TooManyLearners => Code::FailedPrecondition,
+        NoLeader | LeaderChanged | Timeout | Stopped | NotSupportedForLearner | UnhealthyCluster => Code::Unavailable,
         Corrupt => Code::DataLoss,
         Internal(_) => Code::Internal,
     };

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::Reply;
+use super::{Reply, status};
 use crate::mvcc::RangeEnd;
 use crate::node::Node;
 use crate::watch::{WatchHub, WatchSpec};
@@ -40,6 +40,7 @@ impl PbWatchService for WatchService {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
 
     async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Reply<Self::WatchStream> {
+        self.node.refuse_learner().map_err(status)?;
         let stream = self.streams.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let (node, hub) = (self.node.clone(), self.hub.clone());

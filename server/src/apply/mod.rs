@@ -4,6 +4,7 @@
 
 pub mod delete;
 pub mod lease;
+pub mod member;
 pub mod put;
 pub mod range;
 pub mod request;
@@ -23,11 +24,14 @@ use tokio::sync::oneshot;
 
 use crate::error::Error;
 use crate::lease::Lessor;
-use crate::mvcc::{MvccError, Store};
+use crate::membership::{Member, Membership};
+use crate::mvcc::{MvccError, RangeEnd, RangeOptions, Store};
 use crate::raft::StateMachine;
+use crate::snapshot::Snapshots;
 use crate::storage::{Cf, Engine, StorageError, WriteBatch};
 use crate::watch::WatchHub;
-use request::{Op, RaftRequest};
+use raft::eraftpb::{ConfChangeV2, ConfState, Snapshot};
+use request::{ConfContext, Op, RaftRequest};
 
 const META_APPLIED: &[u8] = b"raft/applied_index";
 
@@ -39,6 +43,8 @@ pub enum Response {
     Compaction(CompactionResponse),
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
+    /// The member list after a membership change.
+    Members(Vec<Member>),
 }
 
 pub type ApplyResult = Result<Response, Error>;
@@ -73,7 +79,22 @@ pub struct Applier {
     lessor: Arc<Lessor>,
     waiters: Arc<Waiters>,
     hub: Arc<WatchHub>,
+    membership: Arc<Membership>,
+    snapshots: Arc<Snapshots>,
     applied: u64,
+}
+
+/// Writes the applied index a founding member starts from.
+pub fn bootstrap(index: u64, batch: &mut WriteBatch) {
+    batch.put(Cf::Meta, META_APPLIED, index.to_be_bytes().to_vec());
+}
+
+/// Loads the leases and the keys attached to them from the store.
+pub fn load_leases(engine: &dyn Engine, store: &Store, lessor: &Lessor) -> Result<(), StorageError> {
+    let all = store
+        .range(&[0], &RangeEnd::Infinity, &RangeOptions::default())
+        .map_err(|e| StorageError::Engine(format!("cannot read the keys attached to leases: {e}")))?;
+    lessor.load(engine, all.kvs.into_iter().filter(|kv| kv.lease != 0).map(|kv| (kv.key, kv.lease)))
 }
 
 /// Reads the applied index persisted with the state.
@@ -88,15 +109,18 @@ pub fn applied_index(engine: &dyn Engine) -> Result<u64, StorageError> {
 }
 
 impl Applier {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         engine: Arc<dyn Engine>,
         store: Arc<Store>,
         lessor: Arc<Lessor>,
         waiters: Arc<Waiters>,
         hub: Arc<WatchHub>,
+        membership: Arc<Membership>,
+        snapshots: Arc<Snapshots>,
     ) -> Result<Self, StorageError> {
         let applied = applied_index(engine.as_ref())?;
-        Ok(Self { engine, store, lessor, waiters, hub, applied })
+        Ok(Self { engine, store, lessor, waiters, hub, membership, snapshots, applied })
     }
 
     /// Runs one request; `progress` is written atomically with its effects.
@@ -121,6 +145,8 @@ impl Applier {
             Op::Txn(t) => txn::apply(&mut txn, &self.lessor, t).map(Response::Txn),
             Op::LeaseGrant(g) => lease::grant(&txn, &self.lessor, g, &mut progress).map(Response::LeaseGrant),
             Op::LeaseRevoke(r) => lease::revoke(&mut txn, &self.lessor, r, &mut progress).map(Response::LeaseRevoke),
+            Op::MemberAttributes(m) => member::attributes(&self.membership, m, &mut progress).map(Response::Members),
+            Op::MemberPeerUrls(m) => member::peer_urls(&self.membership, m, &mut progress).map(Response::Members),
             Op::Compaction(_) => unreachable!("handled above"),
         };
         // A failed request left no change in `txn` (checks run first), but
@@ -158,6 +184,43 @@ impl StateMachine for Applier {
         };
         let result = self.execute(op, progress)?;
         self.waiters.complete(req.id, result);
+        Ok(())
+    }
+
+    fn apply_conf_change(
+        &mut self,
+        index: u64,
+        cc: &ConfChangeV2,
+        outcome: Result<&ConfState, String>,
+        mut progress: WriteBatch,
+    ) -> Result<(), StorageError> {
+        progress.put(Cf::Meta, META_APPLIED, index.to_be_bytes().to_vec());
+        self.applied = index;
+        let ctx = ConfContext::decode(&cc.context[..]).unwrap_or_default();
+        let result = match outcome {
+            Ok(_) => {
+                member::conf_change(&self.membership, cc, ctx.member, &mut progress);
+                Ok(Response::Members(self.membership.list()))
+            }
+            Err(e) => Err(Error::Internal(format!("membership change refused: {e}"))),
+        };
+        self.engine.write(progress, false)?;
+        self.waiters.complete(ctx.request_id, result);
+        Ok(())
+    }
+
+    fn restore(&mut self, snapshot: &Snapshot, mut batch: WriteBatch) -> Result<(), StorageError> {
+        let index = snapshot.get_metadata().index;
+        self.snapshots.load(index, &mut batch)?;
+        batch.put(Cf::Meta, META_APPLIED, index.to_be_bytes().to_vec());
+        self.engine.write(batch, true)?;
+        self.snapshots.discard_incoming(index);
+        self.applied = index;
+        self.store.reload().map_err(|e| StorageError::Engine(format!("reloading the store after a snapshot: {e}")))?;
+        load_leases(self.engine.as_ref(), &self.store, &self.lessor)?;
+        self.membership.load(self.engine.as_ref())?;
+        // Watchers catch up from the new state (or learn it was compacted).
+        self.hub.resync();
         Ok(())
     }
 

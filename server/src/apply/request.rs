@@ -1,6 +1,7 @@
 //! The requests raft carries: etcd's own request messages in an envelope
 //! with the id the proposing member waits on.
 
+use crate::membership::Member;
 use etcd_client::proto::{
     PbCompactionRequest, PbDeleteRequest, PbLeaseGrantRequest, PbLeaseRevokeRequest, PbPutRequest, PbTxnRequest,
 };
@@ -10,7 +11,7 @@ pub struct RaftRequest {
     /// Unique per proposal; the proposer waits for the result under it.
     #[prost(uint64, tag = "1")]
     pub id: u64,
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
     pub op: Option<Op>,
 }
 
@@ -28,4 +29,20 @@ pub enum Op {
     LeaseGrant(PbLeaseGrantRequest),
     #[prost(message, tag = "7")]
     LeaseRevoke(PbLeaseRevokeRequest),
+    /// A member publishes its name and client URLs after it starts.
+    #[prost(message, tag = "8")]
+    MemberAttributes(Member),
+    /// New peer URLs for a member.
+    #[prost(message, tag = "9")]
+    MemberPeerUrls(Member),
+}
+
+/// The context of a membership change: who waits for it, and the member
+/// the registry records.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConfContext {
+    #[prost(uint64, tag = "1")]
+    pub request_id: u64,
+    #[prost(message, optional, tag = "2")]
+    pub member: Option<Member>,
 }

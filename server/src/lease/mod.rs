@@ -57,6 +57,7 @@ impl Lessor {
     /// Loads the persisted leases; `attached` gives (key, lease) of live keys.
     pub fn load(&self, engine: &dyn Engine, attached: impl IntoIterator<Item = (Vec<u8>, i64)>) -> Result<(), StorageError> {
         let mut inner = self.inner.write();
+        *inner = Inner::default();
         let now = Instant::now();
         let mut end = KEY_PREFIX.to_vec();
         if let Some(last) = end.last_mut() {

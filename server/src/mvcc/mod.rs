@@ -8,6 +8,7 @@ pub mod key_index;
 pub mod revision;
 pub mod store;
 
+pub mod crc32c;
 pub use revision::Revision;
 pub use store::{Change, RangeEnd, RangeOptions, RangeResult, Store, WriteTxn};
 

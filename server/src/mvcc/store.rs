@@ -123,6 +123,19 @@ fn read_i64(engine: &dyn Engine, key: &[u8]) -> Result<i64> {
 impl Store {
     /// Opens the store, rebuilding the index from the revisions on disk.
     pub fn open(engine: Arc<dyn Engine>) -> Result<Self> {
+        let idx = Self::load_index(engine.as_ref())?;
+        Ok(Self { engine, index: RwLock::new(idx) })
+    }
+
+    /// Rebuilds the index after the engine's content was replaced (a raft
+    /// snapshot from the leader).
+    pub fn reload(&self) -> Result<()> {
+        let idx = Self::load_index(self.engine.as_ref())?;
+        *self.index.write() = idx;
+        Ok(())
+    }
+
+    fn load_index(engine: &dyn Engine) -> Result<Index> {
         let mut idx = Index { current: 1, ..Default::default() };
         let mut failure = None;
         engine.scan(Cf::Kv, &[], None, &mut |k, v| {
@@ -154,9 +167,34 @@ impl Store {
         if let Some(e) = failure {
             return Err(e);
         }
-        idx.compacted = read_i64(engine.as_ref(), META_COMPACTED_REV)?;
-        idx.current = idx.current.max(read_i64(engine.as_ref(), META_CURRENT_REV)?).max(idx.compacted);
-        Ok(Self { engine, index: RwLock::new(idx) })
+        idx.compacted = read_i64(engine, META_COMPACTED_REV)?;
+        idx.current = idx.current.max(read_i64(engine, META_CURRENT_REV)?).max(idx.compacted);
+        Ok(idx)
+    }
+
+    /// etcd's HashKV: a CRC-32C of every revision (key and value) up to
+    /// `rev` (0 = current) that compaction kept; equal on every member at
+    /// the same revision. Returns (hash, compacted revision, revision).
+    pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64)> {
+        let idx = self.index.read();
+        let rev = if rev <= 0 { idx.current } else { rev };
+        if rev > idx.current {
+            return Err(MvccError::FutureRev);
+        }
+        if rev < idx.compacted {
+            return Err(MvccError::Compacted);
+        }
+        let mut crc = crate::mvcc::crc32c::Crc32c::new();
+        self.engine.scan(Cf::Kv, &[], None, &mut |k, v| match Revision::from_bytes(k) {
+            Some((r, _)) if r.main <= rev => {
+                crc.update(k);
+                crc.update(v);
+                true
+            }
+            Some(_) => false,
+            None => true,
+        })?;
+        Ok((crc.finish(), idx.compacted, rev))
     }
 
     pub fn current_revision(&self) -> i64 {

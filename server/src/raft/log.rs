@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 
 use crate::storage::{Cf, Engine, StorageError, WriteBatch};
@@ -22,12 +23,32 @@ fn entry_key(index: u64) -> Vec<u8> {
     k
 }
 
+fn truncated_value(index: u64, term: u64) -> Vec<u8> {
+    let mut v = index.to_be_bytes().to_vec();
+    v.extend_from_slice(&term.to_be_bytes());
+    v
+}
+
 fn corrupt(detail: impl ToString) -> StorageError {
     StorageError::Corrupt { path: "raft log".into(), detail: detail.to_string() }
 }
 
 fn other(e: impl std::fmt::Display) -> raft::Error {
     raft::Error::Store(RaftStorageError::Other(e.to_string().into()))
+}
+
+/// The index and term a new cluster starts from: every founding member
+/// starts as if it had applied a snapshot at this index, so a member added
+/// later always starts from a snapshot (which carries the member registry
+/// and the conf state) rather than from an empty log.
+pub const BOOTSTRAP_INDEX: u64 = 1;
+pub const BOOTSTRAP_TERM: u64 = 1;
+
+/// Makes a point-in-time copy of the applied state for a raft snapshot.
+pub trait SnapshotSource: Send + Sync {
+    /// Copies the state as applied up to `index` (called on the raft thread,
+    /// so nothing is applied meanwhile); returns the snapshot's data.
+    fn create(&self, index: u64) -> Result<Vec<u8>, StorageError>;
 }
 
 pub struct RaftLog {
@@ -37,6 +58,10 @@ pub struct RaftLog {
     /// Index and term of the last entry removed by truncation (0, 0 if none).
     truncated: (u64, u64),
     last: u64,
+    /// Where snapshots come from, and the applied index they copy.
+    source: Option<(Arc<dyn SnapshotSource>, Arc<std::sync::atomic::AtomicU64>)>,
+    /// The newest snapshot made, reused while the log still follows it.
+    latest: Mutex<Option<Snapshot>>,
 }
 
 impl RaftLog {
@@ -61,7 +86,36 @@ impl RaftLog {
             Some((k, _)) => u64::from_be_bytes(k[1..].try_into().map_err(corrupt)?),
             None => truncated.0,
         };
-        Ok(Self { engine, hs, cs, truncated, last })
+        Ok(Self { engine, hs, cs, truncated, last, source: None, latest: Mutex::new(None) })
+    }
+
+    /// Writes the initial state of a founding member into `batch`: the
+    /// founding conf state, and a log that starts after BOOTSTRAP_INDEX.
+    pub fn bootstrap(cs: &ConfState, batch: &mut WriteBatch) -> Result<(), StorageError> {
+        let hs = HardState { term: BOOTSTRAP_TERM, commit: BOOTSTRAP_INDEX, ..Default::default() };
+        batch.put(Cf::Raft, HARD_STATE, hs.write_to_bytes().map_err(corrupt)?);
+        batch.put(Cf::Raft, CONF_STATE, cs.write_to_bytes().map_err(corrupt)?);
+        batch.put(Cf::Raft, TRUNCATED, truncated_value(BOOTSTRAP_INDEX, BOOTSTRAP_TERM));
+        Ok(())
+    }
+
+    /// Lets raft ask for snapshots of the state applied up to `applied`.
+    pub fn set_snapshot_source(&mut self, source: Arc<dyn SnapshotSource>, applied: Arc<std::sync::atomic::AtomicU64>) {
+        self.source = Some((source, applied));
+    }
+
+    /// Replaces the whole log with a snapshot's position: entries go, the
+    /// log restarts after the snapshot's index, with its conf state.
+    pub fn apply_snapshot(&mut self, meta: &SnapshotMetadata, batch: &mut WriteBatch) -> Result<(), StorageError> {
+        batch.delete_range(Cf::Raft, entry_key(0), entry_key(u64::MAX));
+        batch.put(Cf::Raft, TRUNCATED, truncated_value(meta.index, meta.term));
+        self.truncated = (meta.index, meta.term);
+        self.last = meta.index;
+        let mut hs = self.hs.clone();
+        hs.commit = hs.commit.max(meta.index);
+        hs.term = hs.term.max(meta.term);
+        self.set_hard_state(hs, batch)?;
+        self.set_conf_state(meta.get_conf_state().clone(), batch)
     }
 
     pub fn is_initialized(&self) -> bool {
@@ -124,9 +178,7 @@ impl RaftLog {
         }
         let term = self.entry(index)?.map(|e| e.term).ok_or_else(|| corrupt(format!("entry {index} missing")))?;
         batch.delete_range(Cf::Raft, entry_key(0), entry_key(index + 1));
-        let mut v = index.to_be_bytes().to_vec();
-        v.extend_from_slice(&term.to_be_bytes());
-        batch.put(Cf::Raft, TRUNCATED, v);
+        batch.put(Cf::Raft, TRUNCATED, truncated_value(index, term));
         self.truncated = (index, term);
         Ok(())
     }
@@ -199,9 +251,28 @@ impl raft::Storage for RaftLog {
         Ok(self.last)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Streaming state to another member arrives with clustering.
-        Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable))
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let Some((source, applied)) = &self.source else {
+            return Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable));
+        };
+        let mut latest = self.latest.lock();
+        if let Some(snap) = latest.as_ref() {
+            let index = snap.get_metadata().index;
+            // Still good while the log holds every entry after it.
+            if index >= request_index && index >= self.truncated.0 {
+                return Ok(snap.clone());
+            }
+        }
+        let index = applied.load(std::sync::atomic::Ordering::Acquire);
+        let term = self.term(index)?;
+        let data = source.create(index).map_err(other)?;
+        let mut snap = Snapshot { data: data.into(), ..Default::default() };
+        let meta = snap.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(self.cs.clone());
+        *latest = Some(snap.clone());
+        Ok(snap)
     }
 }
 

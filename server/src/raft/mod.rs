@@ -5,4 +5,4 @@
 pub mod log;
 pub mod node;
 
-pub use node::{RaftConfig, RaftError, RaftHandle, RaftStatus, StateMachine};
+pub use node::{RaftConfig, RaftError, RaftHandle, RaftStatus, StateMachine, Transport};

@@ -8,16 +8,16 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
-use raft::eraftpb::{ConfChangeV2, Entry, EntryType, Message};
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, SnapshotStatus, StateRole};
 use slog::Drain;
 use tokio::sync::oneshot;
 
-use super::log::RaftLog;
+use super::log::{RaftLog, SnapshotSource};
 use crate::storage::{Engine, StorageError, WriteBatch};
 
 /// The application side of raft: it applies committed entries.
@@ -28,15 +28,33 @@ pub trait StateMachine: Send + 'static {
     /// after a crash nothing is applied twice and nothing is lost.
     fn apply(&mut self, index: u64, data: Option<&[u8]>, progress: WriteBatch) -> Result<(), StorageError>;
 
+    /// Applies a configuration change at `index`: `outcome` is the conf
+    /// state it produced, or why raft refused it. `progress` as in `apply`.
+    fn apply_conf_change(
+        &mut self,
+        index: u64,
+        cc: &ConfChangeV2,
+        outcome: Result<&ConfState, String>,
+        progress: WriteBatch,
+    ) -> Result<(), StorageError>;
+
+    /// Replaces the whole state with a snapshot's; `batch` already holds the
+    /// raft log's side and must be written with it, atomically and synced.
+    fn restore(&mut self, snapshot: &Snapshot, batch: WriteBatch) -> Result<(), StorageError>;
+
     /// The index of the last applied entry, as persisted.
     fn applied_index(&self) -> u64;
+}
+
+/// Carries raft messages to the other members. `send` never blocks: a
+/// message that cannot be queued is dropped, and raft sends it again.
+pub trait Transport: Send + 'static {
+    fn send(&mut self, msgs: Vec<Message>);
 }
 
 #[derive(Debug, Clone)]
 pub struct RaftConfig {
     pub id: u64,
-    /// Voters of a new cluster (bootstrap); ignored when the log exists.
-    pub initial_voters: Vec<u64>,
     pub tick: Duration,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
@@ -63,7 +81,11 @@ pub struct RaftStatus {
     pub leader: AtomicU64,
     pub term: AtomicU64,
     pub commit: AtomicU64,
-    pub applied: AtomicU64,
+    pub applied: Arc<AtomicU64>,
+    pub last_index: AtomicU64,
+    pub is_learner: AtomicBool,
+    /// Set once this member has applied its own removal.
+    pub removed: AtomicBool,
 }
 
 impl RaftStatus {
@@ -79,11 +101,39 @@ impl RaftStatus {
     pub fn commit(&self) -> u64 {
         self.commit.load(Ordering::Acquire)
     }
+    pub fn is_learner(&self) -> bool {
+        self.is_learner.load(Ordering::Acquire)
+    }
+    pub fn removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+}
+
+/// What the leader knows of one member's replication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerProgress {
+    pub id: u64,
+    pub matched: u64,
+    pub recent_active: bool,
+    pub is_learner: bool,
+}
+
+/// The leader's view of replication (empty `peers` on a follower).
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub last_index: u64,
+    pub peers: Vec<PeerProgress>,
 }
 
 enum Command {
     Propose(Vec<u8>, oneshot::Sender<Result<(), RaftError>>),
+    ProposeConfChange(ConfChangeV2, oneshot::Sender<Result<(), RaftError>>),
     ReadIndex(oneshot::Sender<u64>),
+    Step(Message),
+    Unreachable(u64),
+    SnapshotDone(u64, bool),
+    TransferLeader(u64),
+    Progress(oneshot::Sender<Progress>),
     Stop,
 }
 
@@ -111,6 +161,39 @@ impl RaftHandle {
         rx.await.map_err(|_| RaftError::Stopped)
     }
 
+    /// Proposes a membership change (forwarded to the leader by raft).
+    pub async fn propose_conf_change(&self, cc: ConfChangeV2) -> Result<(), RaftError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::ProposeConfChange(cc, tx)).map_err(|_| RaftError::Stopped)?;
+        rx.await.map_err(|_| RaftError::Stopped)?
+    }
+
+    /// Hands a message from a peer to raft.
+    pub fn step(&self, msg: Message) {
+        let _ = self.tx.send(Command::Step(msg));
+    }
+
+    /// Tells raft that the last message to `id` did not get through.
+    pub fn report_unreachable(&self, id: u64) {
+        let _ = self.tx.send(Command::Unreachable(id));
+    }
+
+    /// Tells raft how sending a snapshot to `id` ended.
+    pub fn report_snapshot(&self, id: u64, ok: bool) {
+        let _ = self.tx.send(Command::SnapshotDone(id, ok));
+    }
+
+    pub fn transfer_leader(&self, to: u64) {
+        let _ = self.tx.send(Command::TransferLeader(to));
+    }
+
+    /// The leader's replication progress of every member.
+    pub async fn progress(&self) -> Result<Progress, RaftError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Progress(tx)).map_err(|_| RaftError::Stopped)?;
+        rx.await.map_err(|_| RaftError::Stopped)
+    }
+
     pub fn stop(&self) {
         let _ = self.tx.send(Command::Stop);
     }
@@ -121,10 +204,11 @@ struct PendingRead {
     waiters: Vec<oneshot::Sender<u64>>,
 }
 
-struct Loop<S: StateMachine> {
+struct Loop<S: StateMachine, T: Transport> {
     node: RawNode<RaftLog>,
     engine: Arc<dyn Engine>,
     sm: S,
+    transport: T,
     status: Arc<RaftStatus>,
     cfg: RaftConfig,
     read_seq: u64,
@@ -141,20 +225,19 @@ fn slog_logger() -> slog::Logger {
     slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!())
 }
 
-/// Starts the Ready loop on its own thread.
-pub fn start<S: StateMachine>(
+/// Starts the Ready loop on its own thread. A founding member's log must
+/// have been bootstrapped (`RaftLog::bootstrap`) with its state machine's
+/// first state; a joining member starts empty and waits for a snapshot.
+pub fn start<S: StateMachine, T: Transport>(
     cfg: RaftConfig,
     engine: Arc<dyn Engine>,
     sm: S,
+    transport: T,
+    snapshots: Arc<dyn SnapshotSource>,
     status: Arc<RaftStatus>,
 ) -> Result<(RaftHandle, std::thread::JoinHandle<()>), StorageError> {
     let mut log = RaftLog::open(engine.clone())?;
-    if !log.is_initialized() {
-        let mut batch = WriteBatch::default();
-        let cs = raft::eraftpb::ConfState { voters: cfg.initial_voters.clone(), ..Default::default() };
-        log.set_conf_state(cs, &mut batch)?;
-        engine.write(batch, true)?;
-    }
+    log.set_snapshot_source(snapshots, status.applied.clone());
     let applied = sm.applied_index();
     let raft_cfg = raft::Config {
         id: cfg.id,
@@ -168,6 +251,9 @@ pub fn start<S: StateMachine>(
         ..Default::default()
     };
     let sole_voter = log.conf_state().voters == vec![cfg.id];
+    status.is_learner.store(log.conf_state().learners.contains(&cfg.id), Ordering::Release);
+    status.last_index.store(log.last(), Ordering::Release);
+    status.term.store(log.hard_state().term, Ordering::Release);
     let node = RawNode::new(&raft_cfg, log, &slog_logger()).map_err(|e| StorageError::Engine(format!("raft: {e}")))?;
     status.id.store(cfg.id, Ordering::Release);
     status.applied.store(applied, Ordering::Release);
@@ -176,6 +262,7 @@ pub fn start<S: StateMachine>(
         node,
         engine,
         sm,
+        transport,
         status: status.clone(),
         read_seq: 0,
         reads_in_flight: HashMap::new(),
@@ -201,7 +288,7 @@ pub fn start<S: StateMachine>(
     Ok((RaftHandle { tx, status }, thread))
 }
 
-impl<S: StateMachine> Loop<S> {
+impl<S: StateMachine, T: Transport> Loop<S, T> {
     fn run(&mut self, rx: Receiver<Command>) -> Result<(), StorageError> {
         let mut last_tick = Instant::now();
         loop {
@@ -238,7 +325,25 @@ impl<S: StateMachine> Loop<S> {
                 let r = self.node.propose(Vec::new(), data).map_err(|_| RaftError::Dropped);
                 let _ = done.send(r);
             }
+            Command::ProposeConfChange(cc, done) => {
+                let r = self.node.propose_conf_change(Vec::new(), cc).map_err(|_| RaftError::Dropped);
+                let _ = done.send(r);
+            }
             Command::ReadIndex(done) => self.new_reads.push(done),
+            Command::Step(msg) => {
+                if let Err(e) = self.node.step(msg) {
+                    tracing::debug!(error = %e, "raft refused a peer message");
+                }
+            }
+            Command::Unreachable(id) => self.node.report_unreachable(id),
+            Command::SnapshotDone(id, ok) => {
+                let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+                self.node.report_snapshot(id, status);
+            }
+            Command::TransferLeader(to) => self.node.transfer_leader(to),
+            Command::Progress(done) => {
+                let _ = done.send(self.progress());
+            }
             Command::Stop => return false,
         }
         true
@@ -270,9 +375,73 @@ impl<S: StateMachine> Loop<S> {
     }
 
     fn send(&mut self, msgs: Vec<Message>) {
-        // Peers arrive with clustering; a single member has none to send to.
         if !msgs.is_empty() {
-            tracing::trace!(count = msgs.len(), "raft messages without a transport");
+            self.transport.send(msgs);
+        }
+    }
+
+    fn progress(&self) -> Progress {
+        let raft = &self.node.raft;
+        let mut p = Progress { last_index: raft.raft_log.last_index(), peers: Vec::new() };
+        if raft.state != StateRole::Leader {
+            return p;
+        }
+        let learners = raft.prs().conf().learners();
+        for (id, pr) in raft.prs().iter() {
+            p.peers.push(PeerProgress {
+                id: *id,
+                matched: pr.matched,
+                // The leader counts itself as active.
+                recent_active: pr.recent_active || *id == self.cfg.id,
+                is_learner: learners.contains(id),
+            });
+        }
+        p.peers.sort_by_key(|p| p.id);
+        p
+    }
+
+    /// Replaces the state with a snapshot from the leader.
+    fn restore(&mut self, snap: &Snapshot) -> Result<(), StorageError> {
+        let meta = snap.get_metadata();
+        let mut batch = WriteBatch::default();
+        self.node.mut_store().apply_snapshot(meta, &mut batch)?;
+        self.sm.restore(snap, batch)?;
+        self.applied = meta.index;
+        self.last_truncation = meta.index;
+        self.status.applied.store(meta.index, Ordering::Release);
+        self.status.commit.store(self.status.commit().max(meta.index), Ordering::Release);
+        self.note_conf_state(meta.get_conf_state());
+        tracing::info!(index = meta.index, term = meta.term, "applied a snapshot from the leader");
+        Ok(())
+    }
+
+    fn note_conf_state(&self, cs: &ConfState) {
+        let id = self.cfg.id;
+        self.status.is_learner.store(cs.learners.contains(&id), Ordering::Release);
+        if !cs.voters.contains(&id) && !cs.learners.contains(&id) && !(cs.voters.is_empty() && cs.learners.is_empty()) {
+            self.status.removed.store(true, Ordering::Release);
+        }
+    }
+
+    /// A leader that removed itself hands leadership to the most up-to-date
+    /// voter before it goes, so the cluster need not wait for an election.
+    fn hand_over(&mut self) {
+        if self.node.raft.state != StateRole::Leader {
+            return;
+        }
+        let me = self.cfg.id;
+        let voters = self.node.raft.prs().conf().voters().ids();
+        let best = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me && voters.contains(**id))
+            .max_by_key(|(_, pr)| pr.matched)
+            .map(|(id, _)| *id);
+        if let Some(to) = best {
+            tracing::info!(to = %format!("{to:x}"), "removed from the cluster: handing leadership over");
+            self.node.transfer_leader(to);
         }
     }
 
@@ -285,8 +454,14 @@ impl<S: StateMachine> Loop<S> {
         if let Some(ss) = ready.ss() {
             self.status.leader.store(ss.leader_id, Ordering::Release);
             if ss.raft_state == StateRole::Leader {
-                tracing::info!(id = self.cfg.id, "became leader");
+                tracing::info!(id = %format!("{:x}", self.cfg.id), term = self.node.raft.term, "became leader");
+            } else if ss.leader_id != 0 {
+                tracing::info!(leader = %format!("{:x}", ss.leader_id), term = self.node.raft.term, "following a leader");
             }
+        }
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            self.restore(&snap)?;
         }
         self.apply(ready.take_committed_entries())?;
 
@@ -301,6 +476,7 @@ impl<S: StateMachine> Loop<S> {
         if !batch.is_empty() {
             self.engine.write(batch, ready.must_sync())?;
         }
+        self.status.last_index.store(self.node.store().last(), Ordering::Release);
         for rs in ready.take_read_states() {
             let ctx: [u8; 8] = rs.request_ctx.as_slice().try_into().unwrap_or_default();
             if let Some(p) = self.reads_in_flight.remove(&u64::from_be_bytes(ctx)) {
@@ -336,18 +512,34 @@ impl<S: StateMachine> Loop<S> {
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     let bad = |err: protobuf::ProtobufError| StorageError::Engine(format!("conf change: {err}"));
-                    let applied = if e.get_entry_type() == EntryType::EntryConfChange {
+                    let cc: ConfChangeV2 = if e.get_entry_type() == EntryType::EntryConfChange {
                         let cc: raft::eraftpb::ConfChange = protobuf::Message::parse_from_bytes(&e.data).map_err(bad)?;
-                        self.node.apply_conf_change(&cc)
+                        {
+                            let mut v2 = ConfChangeV2::default();
+                            let mut single = raft::eraftpb::ConfChangeSingle::default();
+                            single.set_change_type(cc.get_change_type());
+                            single.node_id = cc.node_id;
+                            v2.mut_changes().push(single);
+                            v2.context = cc.context;
+                            v2
+                        }
                     } else {
-                        let cc: ConfChangeV2 = protobuf::Message::parse_from_bytes(&e.data).map_err(bad)?;
-                        self.node.apply_conf_change(&cc)
+                        protobuf::Message::parse_from_bytes(&e.data).map_err(bad)?
                     };
-                    match applied {
-                        Ok(cs) => self.node.mut_store().set_conf_state(cs, &mut progress)?,
-                        Err(err) => tracing::warn!(error = %err, "conf change rejected"),
+                    match self.node.apply_conf_change(&cc) {
+                        Ok(cs) => {
+                            self.node.mut_store().set_conf_state(cs.clone(), &mut progress)?;
+                            self.sm.apply_conf_change(e.index, &cc, Ok(&cs), progress)?;
+                            self.note_conf_state(&cs);
+                            if self.status.removed() {
+                                self.hand_over();
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "conf change rejected");
+                            self.sm.apply_conf_change(e.index, &cc, Err(err.to_string()), progress)?;
+                        }
                     }
-                    self.sm.apply(e.index, None, progress)?;
                 }
             }
             self.applied = e.index;

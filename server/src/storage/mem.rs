@@ -32,6 +32,10 @@ fn bounds(cf: Cf, start: &[u8], end: Option<&[u8]>) -> (Bound<(Cf, Vec<u8>)>, Bo
 }
 
 impl Engine for MemEngine {
+    fn checkpoint(&self, _dir: &std::path::Path) -> Result<std::sync::Arc<dyn Engine>> {
+        Ok(std::sync::Arc::new(MemEngine { cfs: Mutex::new(self.cfs.lock().clone()) }))
+    }
+
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.cfs.lock().get(&(cf, key.to_vec())).cloned())
     }

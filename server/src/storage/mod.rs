@@ -106,4 +106,9 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Bytes the engine takes on disk (or in memory, for `mem`).
     fn size(&self) -> u64;
+
+    /// A consistent point-in-time copy of every column family, written to
+    /// `dir` (which must not exist yet) and opened: what a lagging member
+    /// is sent as a raft snapshot.
+    fn checkpoint(&self, dir: &std::path::Path) -> Result<std::sync::Arc<dyn Engine>>;
 }

@@ -72,6 +72,15 @@ impl WatchHub {
         }
     }
 
+    /// After the state was replaced by a snapshot, every watcher catches
+    /// up from the store again (or learns its revision was compacted).
+    pub fn resync(&self) {
+        for w in self.watchers.lock().values_mut() {
+            w.synced = false;
+        }
+        self.wake.notify_one();
+    }
+
     pub fn remove(&self, key: WatcherKey) -> bool {
         self.watchers.lock().remove(&key).is_some()
     }

@@ -1,0 +1,238 @@
+//! Sending raft messages: one queue and one task per peer. The raft thread
+//! only pushes onto a bounded queue (a full queue drops the message, and
+//! raft sends again); the task takes everything queued as one batch, so
+//! messages to a busy or slow peer batch up by themselves. A failed send is
+//! reported to raft as unreachable. Snapshots go on a task of their own,
+//! streamed in chunks from the checkpoint raft asked for.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::mpsc;
+use tonic::Code;
+
+use super::Learned;
+use super::client::connect;
+use super::proto::{RaftBatch, SnapshotChunk};
+use crate::membership::Membership;
+use crate::raft::{RaftHandle, Transport};
+use crate::snapshot::Snapshots;
+
+/// Messages queued per peer before new ones are dropped.
+const QUEUE: usize = 4096;
+/// Messages sent in one batch at most.
+const BATCH: usize = 512;
+/// How long one batch may take to be delivered.
+const SEND_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a snapshot transfer may take.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Who this member is, as its peers must see it.
+#[derive(Clone)]
+pub struct Identity {
+    pub id: u64,
+    pub cluster_id: u64,
+    pub peer_urls: Vec<String>,
+}
+
+struct Peer {
+    urls: Vec<String>,
+    tx: mpsc::Sender<Message>,
+}
+
+pub struct PeerTransport {
+    me: Identity,
+    membership: Arc<Membership>,
+    learned: Learned,
+    snapshots: Arc<Snapshots>,
+    /// Set once raft runs; tasks report failures through it.
+    raft: Arc<OnceLock<RaftHandle>>,
+    runtime: tokio::runtime::Handle,
+    peers: HashMap<u64, Peer>,
+}
+
+impl PeerTransport {
+    pub fn new(
+        me: Identity,
+        membership: Arc<Membership>,
+        learned: Learned,
+        snapshots: Arc<Snapshots>,
+        raft: Arc<OnceLock<RaftHandle>>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        Self { me, membership, learned, snapshots, raft, runtime, peers: HashMap::new() }
+    }
+
+    fn urls_of(&self, id: u64) -> Option<Vec<String>> {
+        match self.membership.get(id) {
+            Some(m) if !m.peer_urls.is_empty() => Some(m.peer_urls),
+            _ => self.learned.lock().get(&id).cloned(),
+        }
+    }
+
+    /// The queue to `id`, (re)started when its URLs changed.
+    fn queue(&mut self, id: u64) -> Option<&mpsc::Sender<Message>> {
+        let urls = self.urls_of(id)?;
+        let stale = self.peers.get(&id).is_none_or(|p| p.urls != urls || p.tx.is_closed());
+        if stale {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let task = PeerTask { to: id, urls: urls.clone(), me: self.me.clone(), raft: self.raft.clone() };
+            self.runtime.spawn(task.run(rx));
+            self.peers.insert(id, Peer { urls, tx });
+        }
+        self.peers.get(&id).map(|p| &p.tx)
+    }
+
+    fn send_snapshot(&mut self, msg: Message) {
+        let to = msg.to;
+        let index = msg.get_snapshot().get_metadata().index;
+        let (Some(urls), Some(checkpoint)) = (self.urls_of(to), self.snapshots.get(index)) else {
+            tracing::warn!(to = %format!("{to:x}"), index, "cannot send a snapshot: peer or checkpoint unknown");
+            if let Some(raft) = self.raft.get() {
+                raft.report_snapshot(to, false);
+            }
+            return;
+        };
+        let me = self.me.clone();
+        let raft = self.raft.clone();
+        self.runtime.spawn(async move {
+            let started = Instant::now();
+            let result = send_snapshot(&me, &urls, msg, checkpoint).await;
+            let ok = result.is_ok();
+            match result {
+                Ok(records) => tracing::info!(to = %format!("{to:x}"), index, records, took = ?started.elapsed(), "sent a snapshot"),
+                Err(e) => tracing::warn!(to = %format!("{to:x}"), index, error = %e, "sending a snapshot failed"),
+            }
+            if let Some(raft) = raft.get() {
+                if !ok {
+                    raft.report_unreachable(to);
+                }
+                raft.report_snapshot(to, ok);
+            }
+        });
+    }
+}
+
+impl Transport for PeerTransport {
+    fn send(&mut self, msgs: Vec<Message>) {
+        for msg in msgs {
+            if msg.to == self.me.id {
+                continue;
+            }
+            if msg.get_msg_type() == MessageType::MsgSnapshot {
+                self.send_snapshot(msg);
+                continue;
+            }
+            let to = msg.to;
+            match self.queue(to) {
+                Some(q) => {
+                    if q.try_send(msg).is_err() {
+                        tracing::debug!(to = %format!("{to:x}"), "peer queue full: message dropped");
+                    }
+                }
+                None => tracing::debug!(to = %format!("{to:x}"), "no address for peer: message dropped"),
+            }
+        }
+    }
+}
+
+struct PeerTask {
+    to: u64,
+    urls: Vec<String>,
+    me: Identity,
+    raft: Arc<OnceLock<RaftHandle>>,
+}
+
+impl PeerTask {
+    async fn run(self, mut rx: mpsc::Receiver<Message>) {
+        let mut client = match connect(&self.urls, SEND_TIMEOUT) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(to = %format!("{:x}", self.to), error = %e, "cannot reach peer");
+                return;
+            }
+        };
+        let mut failing_since: Option<Instant> = None;
+        let mut last_report = Instant::now() - Duration::from_secs(60);
+        while let Some(first) = rx.recv().await {
+            let mut queued = vec![first];
+            while queued.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(m) => queued.push(m),
+                    Err(_) => break,
+                }
+            }
+            let messages = queued
+                .iter()
+                .filter_map(|m| m.write_to_bytes().map_err(|e| tracing::error!(error = %e, "cannot encode a raft message")).ok())
+                .collect();
+            let batch = RaftBatch {
+                cluster_id: self.me.cluster_id,
+                from: self.me.id,
+                to: self.to,
+                from_peer_urls: self.me.peer_urls.clone(),
+                messages,
+            };
+            match client.raft(batch).await {
+                Ok(_) => {
+                    if failing_since.take().is_some() {
+                        tracing::info!(peer = %format!("{:x}", self.to), "peer reachable again");
+                    }
+                }
+                Err(status) => {
+                    if let Some(raft) = self.raft.get() {
+                        raft.report_unreachable(self.to);
+                    }
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if last_report.elapsed() > Duration::from_secs(5) {
+                        last_report = Instant::now();
+                        if status.code() == Code::FailedPrecondition {
+                            tracing::error!(peer = %format!("{:x}", self.to), error = %status.message(), "peer refused raft messages");
+                        } else {
+                            tracing::warn!(peer = %format!("{:x}", self.to), error = %status.message(), down_for = ?since.elapsed(), "peer unreachable");
+                        }
+                    }
+                    // Do not spin on a dead peer: what queued meanwhile is
+                    // mostly stale, raft sends what still matters again.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    while rx.try_recv().is_ok() {}
+                }
+            }
+        }
+    }
+}
+
+/// Streams the checkpoint behind `msg` to a peer; returns the records sent.
+async fn send_snapshot(
+    me: &Identity,
+    urls: &[String],
+    msg: Message,
+    checkpoint: Arc<dyn crate::storage::Engine>,
+) -> Result<u64, String> {
+    let mut client = connect(urls, SNAPSHOT_TIMEOUT)?;
+    let header = SnapshotChunk {
+        cluster_id: me.cluster_id,
+        from: me.id,
+        from_peer_urls: me.peer_urls.clone(),
+        message: msg.write_to_bytes().map_err(|e| e.to_string())?,
+        records: Vec::new(),
+    };
+    let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
+    let _ = tx.send(header).await;
+    let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = counted.clone();
+    let producer = tokio::task::spawn_blocking(move || {
+        Snapshots::chunks(checkpoint.as_ref(), |records| {
+            count.fetch_add(records.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            tx.blocking_send(SnapshotChunk { records, ..Default::default() }).is_ok()
+        })
+    });
+    let sent = client.snapshot(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+    let produced = producer.await.map_err(|e| e.to_string())?;
+    produced.map_err(|e| e.to_string())?;
+    sent.map_err(|s| s.message().to_owned())?;
+    Ok(counted.load(std::sync::atomic::Ordering::Relaxed))
+}
