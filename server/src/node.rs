@@ -279,7 +279,7 @@ impl Node {
         let header_status = status.clone();
         let header = Box::new(move |revision| ResponseHeader { cluster_id: cid, member_id: id, revision, raft_term: header_status.term() });
         let hub = Arc::new(WatchHub::new(store.clone(), header, cfg.max_request_bytes));
-        let snapshots = Arc::new(Snapshots::open(data_dir.join("member").join("snap"), engine.clone())?);
+        let snapshots = Arc::new(Snapshots::open(data_dir.join("member").join("raft-snapshots"), engine.clone())?);
         let applier = Applier::new(
             engine.clone(),
             store.clone(),

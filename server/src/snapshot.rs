@@ -7,7 +7,7 @@
 //! state at the applied index. The peer transport then streams the
 //! checkpoint's key-value and meta records in chunks (`chunks`).
 //!
-//! Receiving: the chunks are written to a file under `member/snap` as they
+//! Receiving: the chunks are written to a file under `member/raft-snapshots` as they
 //! arrive (`Incoming`); once complete, the raft message goes to raft, and
 //! when raft hands the snapshot back to be applied, `load` reads the file
 //! into one batch that replaces the state atomically with the raft log's
