@@ -107,7 +107,7 @@ impl PbMaintenanceService for MaintenanceService {
         if !node.is_leader() {
             return Err(status(Error::NotLeader));
         }
-        if !node.membership.get(target).is_some_and(|m| !m.is_learner) {
+        if node.membership.get(target).is_none_or(|m| m.is_learner) {
             return Err(status(Error::BadLeaderTransferee));
         }
         let deadline = tokio::time::Instant::now() + node.request_timeout;

@@ -418,7 +418,9 @@ impl<S: StateMachine, T: Transport> Loop<S, T> {
     fn note_conf_state(&self, cs: &ConfState) {
         let id = self.cfg.id;
         self.status.is_learner.store(cs.learners.contains(&id), Ordering::Release);
-        if !cs.voters.contains(&id) && !cs.learners.contains(&id) && !(cs.voters.is_empty() && cs.learners.is_empty()) {
+        let member = cs.voters.contains(&id) || cs.learners.contains(&id);
+        let joining = cs.voters.is_empty() && cs.learners.is_empty();
+        if !member && !joining {
             self.status.removed.store(true, Ordering::Release);
         }
     }
