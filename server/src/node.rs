@@ -300,14 +300,14 @@ impl Node {
         };
         let handle_cell = Arc::new(std::sync::OnceLock::new());
         let transport = PeerTransport::new(
-            Identity { id, cluster_id: cid, peer_urls: peer_urls.clone() },
+            Identity { id, cluster_id: cid, peer_urls: peer_urls.clone(), status: status.clone() },
             membership.clone(),
             learned.clone(),
             snapshots.clone(),
             handle_cell.clone(),
             tokio::runtime::Handle::current(),
         );
-        let (raft, thread) = crate::raft::node::start(raft_cfg, engine.clone(), applier, transport, snapshots.clone(), status)?;
+        let (raft, thread) = crate::raft::node::start(raft_cfg, engine.clone(), applier, transport, snapshots.clone(), status.clone())?;
         let _ = handle_cell.set(raft.clone());
         // Ids are unique across restarts: the start time fills the high bits.
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;

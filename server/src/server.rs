@@ -65,6 +65,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     tokio::pin!(shutdown);
     tokio::select! {
         _ = node.wait_ready() => {}
+        _ = removed(node.clone()) => {
+            tracing::warn!("this member has been permanently removed from the cluster; shutting down");
+            let _ = stop_tx.send(true);
+            node.stop();
+            let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
+            return Ok(());
+        }
         _ = &mut shutdown => {
             tracing::info!("stopped before the member was ready");
             let _ = stop_tx.send(true);
@@ -106,19 +113,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         servers.push(tokio::spawn(server));
     }
 
-    let removed = {
-        let node = node.clone();
-        async move {
-            while !node.raft.status.removed() {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            // Let the hand-over of leadership and the last messages go out.
-            tokio::time::sleep(node.election_timeout).await;
-        }
-    };
     tokio::select! {
         _ = &mut shutdown => tracing::info!("shutting down"),
-        _ = removed => tracing::warn!("this member has been permanently removed from the cluster; shutting down"),
+        _ = removed(node.clone()) => tracing::warn!("this member has been permanently removed from the cluster; shutting down"),
     }
     publisher.abort();
     let _ = stop_tx.send(true);
@@ -140,6 +137,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Resolves once this member knows it was removed from the cluster, after
+/// leaving time for the hand-over of leadership and the last messages.
+async fn removed(node: Arc<Node>) {
+    while !node.raft.status.removed() {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(node.election_timeout).await;
 }
 
 /// The leader revokes expired leases through raft; a member that becomes

@@ -35,9 +35,7 @@ impl PeerService {
             )));
         }
         if node.membership.is_removed(from) {
-            return Err(Status::failed_precondition(format!(
-                "member {from:x} has been permanently removed from the cluster"
-            )));
+            return Err(Status::failed_precondition(format!("member {from:x} {}", super::transport::REMOVED)));
         }
         if node.membership.get(from).is_none() && !from_urls.is_empty() {
             node.learned.lock().insert(from, from_urls.to_vec());

@@ -36,7 +36,13 @@ pub struct Identity {
     pub id: u64,
     pub cluster_id: u64,
     pub peer_urls: Vec<String>,
+    /// Raised when a peer says this member was removed (while it was down,
+    /// it could not apply its own removal): the server then stops.
+    pub status: Arc<crate::raft::RaftStatus>,
 }
+
+/// What the peer service answers a removed member (see `service`).
+pub const REMOVED: &str = "has been permanently removed from the cluster";
 
 struct Peer {
     urls: Vec<String>,
@@ -189,7 +195,10 @@ impl PeerTask {
                     let since = *failing_since.get_or_insert_with(Instant::now);
                     if last_report.elapsed() > Duration::from_secs(5) {
                         last_report = Instant::now();
-                        if status.code() == Code::FailedPrecondition {
+                        if status.code() == Code::FailedPrecondition && status.message().contains(REMOVED) {
+                            tracing::error!(peer = %format!("{:x}", self.to), "this member {REMOVED}");
+                            self.me.status.removed.store(true, std::sync::atomic::Ordering::Release);
+                        } else if status.code() == Code::FailedPrecondition {
                             tracing::error!(peer = %format!("{:x}", self.to), error = %status.message(), "peer refused raft messages");
                         } else {
                             tracing::warn!(peer = %format!("{:x}", self.to), error = %status.message(), down_for = ?since.elapsed(), "peer unreachable");
