@@ -7,7 +7,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN        := $(TARGET_DIR)/debug
 DATA_DIR   ?= default.raftkv
 
-.PHONY: all deps build run test bench clean-data
+.PHONY: all deps build run test bench bench-cluster clean-data
 
 all: build
 
@@ -30,6 +30,10 @@ test: build
 # raftkv and Debian's etcd side by side on this machine, with ratios.
 bench: build
 	./scripts/bench.sh
+
+# The same for three-member clusters: puts to the leader, ranges to every member.
+bench-cluster: build
+	./scripts/bench-cluster.sh
 
 clean-data:
 	rm -rf $(DATA_DIR)
