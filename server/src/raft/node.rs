@@ -349,9 +349,12 @@ impl<S: StateMachine, T: Transport> Loop<S, T> {
         true
     }
 
-    /// Many waiting reads share one ReadIndex round.
+    /// Many waiting reads share one ReadIndex round, and one round is in
+    /// flight at a time (as etcd's read loop): reads that arrive meanwhile
+    /// wait for the next, so a read storm costs a heartbeat round per
+    /// batch, not per read.
     fn issue_reads(&mut self) {
-        if self.new_reads.is_empty() {
+        if self.new_reads.is_empty() || !self.reads_in_flight.is_empty() {
             return;
         }
         self.read_seq += 1;
