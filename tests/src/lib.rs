@@ -15,14 +15,18 @@
 //! # Layout
 //! - [`binaries`]: where the built `raftkv` / `raftkvctl` and etcd are.
 //! - [`ports`]: free loopback ports.
-//! - [`server`]: [`Server`], one single-member raftkv or etcd process with a
-//!   temporary data dir: start, wait until ready, kill -9, restart, stop.
+//! - [`server`]: [`Server`], one raftkv or etcd process with a temporary
+//!   data dir: start, wait until ready, kill -9, restart, stop; a
+//!   single-member cluster of its own or a member of a larger cluster.
 //! - [`both`]: [`for_both`], run one scenario against real etcd and raftkv
 //!   and require the same observations.
+//! - [`acked`]: writers that record every acknowledged put, the whole
+//!   keyspace read back, and the check that nothing acknowledged is lost.
 //! - [`describe`]: deterministic one-line descriptions of responses and gRPC
 //!   errors, the vocabulary of those observations.
 //! - [`diff`]: a small unified line diff for failure messages.
 
+pub mod acked;
 pub mod binaries;
 pub mod both;
 pub mod describe;

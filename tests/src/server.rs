@@ -1,7 +1,9 @@
-//! One single-member raftkv or etcd process for a test. Both take the same
-//! command line, so a test can run a scenario against either. The process is
-//! a child of the test: its data dir and log live in a temporary directory
-//! that goes away with the [`Server`], and dropping the [`Server`] kills it.
+//! One raftkv or etcd process for a test: a single-member cluster of its own,
+//! or (through [`crate::cluster`]) one member of a larger one. Both take the
+//! same command line, so a test can run a scenario against either. The
+//! process is a child of the test: its data dir and log live in a temporary
+//! directory that goes away with the [`Server`], and dropping the [`Server`]
+//! kills it.
 //!
 //! Readiness is judged through the API (a `Status` call that reports a
 //! leader), never by sleeping or by parsing the log.
@@ -54,13 +56,29 @@ impl Flavor {
     }
 }
 
-/// A running (or stopped) single-member server on loopback ports.
+/// How a member finds its cluster: `--name` and the `--initial-*` flags.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    pub name: String,
+    /// The peer URL the other members dial; in a [`crate::Cluster`] a proxy
+    /// in front of the member's own `--listen-peer-urls`.
+    pub advertise_peer_url: String,
+    /// `name=peer-url,...`, every member of the cluster this one starts in.
+    pub initial_cluster: String,
+    /// `new` for a member bootstrapping a cluster, `existing` for one added
+    /// to a running cluster with MemberAdd.
+    pub state: &'static str,
+    pub token: String,
+}
+
+/// A running (or stopped) server on loopback ports.
 pub struct Server {
     flavor: Flavor,
     program: PathBuf,
     dir: TempDir,
     client_port: u16,
     peer_port: u16,
+    bootstrap: Bootstrap,
     extra_args: Vec<String>,
     child: Option<Child>,
 }
@@ -74,31 +92,65 @@ impl Server {
     /// Like [`Server::start`], with extra command-line flags such as
     /// `["--max-request-bytes", "4096"]`.
     pub async fn start_with(flavor: Flavor, extra_args: &[&str]) -> anyhow::Result<Server> {
+        let peer_port = free_port()?;
+        let name = "e2e";
+        let peer_url = loopback_url(peer_port);
+        let bootstrap = Bootstrap {
+            name: name.to_owned(),
+            advertise_peer_url: peer_url.clone(),
+            initial_cluster: format!("{name}={peer_url}"),
+            state: "new",
+            token: "etcd-cluster".to_owned(),
+        };
+        let mut server = Server::new(flavor, peer_port, bootstrap, extra_args)?;
+        server.spawn()?;
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    /// A member that listens for peers on `peer_port` and starts as
+    /// `bootstrap` says, on a fresh client port and data dir; not started
+    /// yet ([`Server::spawn`]). [`Server::start_with`] is the single-member
+    /// case.
+    pub fn new(
+        flavor: Flavor,
+        peer_port: u16,
+        bootstrap: Bootstrap,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Server> {
         let dir = tempfile::Builder::new()
-            .prefix(&format!("e2e-{}-", flavor.name()))
+            .prefix(&format!("e2e-{}-{}-", flavor.name(), bootstrap.name))
             .tempdir()
             .context("cannot create the server's temporary directory")?;
-        let mut server = Server {
+        Ok(Server {
             flavor,
             program: flavor.program()?,
             dir,
             client_port: free_port()?,
-            peer_port: free_port()?,
+            peer_port,
+            bootstrap,
             extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
             child: None,
-        };
-        server.spawn()?;
-        server.wait_ready().await?;
-        Ok(server)
+        })
     }
 
     pub fn flavor(&self) -> Flavor {
         self.flavor
     }
 
+    /// The member's `--name`.
+    pub fn name(&self) -> &str {
+        &self.bootstrap.name
+    }
+
     /// The client URL, `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        loopback_url(self.client_port)
+    }
+
+    /// The peer URL the other members dial.
+    pub fn peer_url(&self) -> &str {
+        &self.bootstrap.advertise_peer_url
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -125,6 +177,10 @@ impl Server {
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// A new client for this server. Requests time out, so that a test
@@ -157,35 +213,55 @@ impl Server {
 
     /// SIGTERM, the graceful stop, then wait for the process to exit.
     pub async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
-        let mut child = self
-            .child
-            .take()
-            .context("stop: the server is not running")?;
+        self.terminate()?;
+        self.wait_exit().await
+    }
+
+    /// Sends SIGTERM and returns at once; [`Server::wait_exit`] reaps the
+    /// process. A cluster signals every member before waiting for any.
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        let pid = self.pid().context("stop: the server is not running")?;
         // `kill(1)` rather than libc: the workspace forbids unsafe code.
         let sent = Command::new("kill")
-            .args(["-s", "TERM", &child.id().to_string()])
+            .args(["-s", "TERM", &pid.to_string()])
             .status()
             .context("stop: cannot run kill(1)")?;
         if !sent.success() {
-            bail!("stop: kill -s TERM {} failed: {sent}", child.id());
+            bail!("stop: kill -s TERM {pid} failed: {sent}");
         }
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        Ok(())
+    }
+
+    /// Waits for the process to exit after SIGTERM; kills it and fails
+    /// after a timeout.
+    pub async fn wait_exit(&mut self) -> anyhow::Result<ExitStatus> {
+        if let Some(status) = self.exit_within(STOP_TIMEOUT).await? {
+            return Ok(status);
+        }
+        // Killing it is the best we can do; the error below says why.
+        self.kill9()?;
+        bail!(
+            "{} did not exit within {STOP_TIMEOUT:?}; log:\n{}",
+            self.label(),
+            self.log()
+        );
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself (after
+    /// SIGTERM, or removed from its cluster); `None` if it still runs.
+    pub async fn exit_within(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = child
-                .try_wait()
-                .context("stop: cannot wait for the server")?
-            {
-                return Ok(status);
+            let child = self
+                .child
+                .as_mut()
+                .context("the server is not running")?;
+            if let Some(status) = child.try_wait().context("cannot wait for the server")? {
+                self.child = None;
+                return Ok(Some(status));
             }
             if Instant::now() > deadline {
-                // Killing it is the best we can do; the error below says why.
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "{} did not exit within {STOP_TIMEOUT:?} of SIGTERM; log:\n{}",
-                    self.flavor.name(),
-                    self.log()
-                );
+                return Ok(None);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -201,13 +277,17 @@ impl Server {
         self.wait_ready().await
     }
 
+    /// `etcd m0`, naming the process in messages.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.flavor.name(), self.bootstrap.name)
+    }
+
     fn args(&self) -> Vec<String> {
-        let name = "e2e";
         let client_url = self.endpoint();
-        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let b = &self.bootstrap;
         let mut args: Vec<String> = vec![
             "--name".into(),
-            name.into(),
+            b.name.clone(),
             "--data-dir".into(),
             self.data_dir().to_string_lossy().into_owned(),
             "--listen-client-urls".into(),
@@ -215,17 +295,27 @@ impl Server {
             "--advertise-client-urls".into(),
             client_url,
             "--listen-peer-urls".into(),
-            peer_url.clone(),
+            loopback_url(self.peer_port),
             "--initial-advertise-peer-urls".into(),
-            peer_url.clone(),
+            b.advertise_peer_url.clone(),
             "--initial-cluster".into(),
-            format!("{name}={peer_url}"),
+            b.initial_cluster.clone(),
+            "--initial-cluster-state".into(),
+            b.state.into(),
+            "--initial-cluster-token".into(),
+            b.token.clone(),
         ];
         args.extend(self.extra_args.iter().cloned());
         args
     }
 
-    fn spawn(&mut self) -> anyhow::Result<()> {
+    /// Starts the process and returns at once, without waiting for it to
+    /// serve (a cluster member cannot until a quorum runs). The server must
+    /// not be running.
+    pub fn spawn(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("{} is already running", self.label());
+        }
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -288,12 +378,12 @@ impl Server {
         let log = self.log();
         eprintln!(
             "----- {} log ({}) -----\n{log}\n----- end of log -----",
-            self.flavor.name(),
+            self.label(),
             self.log_path().display()
         );
         anyhow::anyhow!(
             "{} at {} {what}; command: {} {}",
-            self.flavor.name(),
+            self.label(),
             self.endpoint(),
             self.program.display(),
             self.args().join(" ")
@@ -311,9 +401,14 @@ impl Drop for Server {
         if std::thread::panicking() {
             eprintln!(
                 "----- {} log, kept for the failing test -----\n{}\n----- end of log -----",
-                self.flavor.name(),
+                self.label(),
                 self.log()
             );
         }
     }
+}
+
+/// `http://127.0.0.1:PORT`.
+pub fn loopback_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
 }

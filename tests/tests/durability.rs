@@ -7,100 +7,36 @@
 //! same test runs against real etcd to prove the test itself. A graceful
 //! stop (SIGTERM) keeps the data too.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use etcd_client::{Client, GetOptions};
 use raftkv_tests::binaries::etcd_available;
-use raftkv_tests::describe;
+use raftkv_tests::{acked, describe};
 use raftkv_tests::{Flavor, Server};
 
 const CLIENTS: usize = 8;
 const ROUNDS: usize = 3;
 const WRITE_FOR: Duration = Duration::from_secs(2);
-/// Keys per page when reading the whole store back.
-const PAGE: i64 = 5000;
-
-/// A put the server acknowledged: key, value, and the header revision.
-struct Ack {
-    key: String,
-    value: String,
-    revision: i64,
-}
-
-/// Sequential puts of distinct keys until the server dies. An error before
-/// the kill is a failure; after it, the end of the stream.
-async fn writer(
-    mut client: Client,
-    round: usize,
-    id: usize,
-    killed: Arc<AtomicBool>,
-) -> anyhow::Result<Vec<Ack>> {
-    let mut acks = Vec::new();
-    for i in 0.. {
-        let key = format!("round{round}/client{id}/{i:08}");
-        let value = i.to_string();
-        match client.put(key.as_str(), value.as_str(), None).await {
-            Ok(resp) => acks.push(Ack {
-                key,
-                value,
-                revision: describe::revision(resp.header()),
-            }),
-            Err(_) if killed.load(Ordering::SeqCst) => break,
-            Err(err) => bail!(
-                "put {key} failed before the server was killed: {}",
-                describe::error(&err)
-            ),
-        }
-    }
-    Ok(acks)
-}
-
-/// Every key with its value and mod revision, read page by page.
-async fn whole_store(
-    client: &mut Client,
-) -> anyhow::Result<(i64, BTreeMap<Vec<u8>, (Vec<u8>, i64)>)> {
-    let mut store = BTreeMap::new();
-    let first = client
-        .get("", Some(GetOptions::new().with_all_keys().with_limit(1)))
-        .await?;
-    let revision = describe::revision(first.header());
-    let mut from = vec![0u8];
-    loop {
-        let options = GetOptions::new()
-            .with_from_key()
-            .with_limit(PAGE)
-            .with_revision(revision);
-        let resp = client.get(from.clone(), Some(options)).await?;
-        for kv in resp.kvs() {
-            store.insert(kv.key().to_vec(), (kv.value().to_vec(), kv.mod_revision()));
-        }
-        match resp.kvs().last() {
-            Some(last) if resp.more() => {
-                from = last.key().to_vec();
-                from.push(0);
-            }
-            _ => break,
-        }
-    }
-    Ok((revision, store))
-}
 
 async fn acknowledged_puts_survive_kill9(
     flavor: Flavor,
     server_args: &[&str],
 ) -> anyhow::Result<()> {
     let mut server = Server::start_with(flavor, server_args).await?;
-    let mut acked: Vec<Ack> = Vec::new();
+    let mut all_acks: Vec<acked::Ack> = Vec::new();
     for round in 0..ROUNDS {
         let killed = Arc::new(AtomicBool::new(false));
         let mut writers = Vec::new();
         for id in 0..CLIENTS {
             let client = server.client().await?;
-            writers.push(tokio::spawn(writer(client, round, id, killed.clone())));
+            writers.push(tokio::spawn(acked::put_until(
+                client,
+                format!("round{round}/client{id}"),
+                killed.clone(),
+                killed.clone(),
+            )));
         }
         tokio::time::sleep(WRITE_FOR).await;
         killed.store(true, Ordering::SeqCst);
@@ -109,7 +45,7 @@ async fn acknowledged_puts_survive_kill9(
         for writer in writers {
             let acks = writer.await.context("a writer task panicked")??;
             round_acks += acks.len();
-            acked.extend(acks);
+            all_acks.extend(acks);
         }
         ensure!(
             round_acks > 0,
@@ -118,32 +54,8 @@ async fn acknowledged_puts_survive_kill9(
 
         server.restart().await?;
         let mut client = server.client().await?;
-        let (revision, store) = whole_store(&mut client).await?;
-
-        for ack in &acked {
-            match store.get(ack.key.as_bytes()) {
-                None => bail!(
-                    "round {round}: acknowledged put {} (revision {}) is lost",
-                    ack.key,
-                    ack.revision
-                ),
-                Some((value, mod_revision)) => {
-                    ensure!(
-                        value == ack.value.as_bytes(),
-                        "round {round}: {} = {:?}, acknowledged {:?}",
-                        ack.key,
-                        describe::bytes(value),
-                        ack.value
-                    );
-                    ensure!(
-                        *mod_revision == ack.revision,
-                        "round {round}: {} has mod_revision {mod_revision}, acknowledged at {}",
-                        ack.key,
-                        ack.revision
-                    );
-                }
-            }
-        }
+        let (revision, store) = acked::whole_store(&mut client, false).await?;
+        acked::all_present(&store, &all_acks).with_context(|| format!("round {round}"))?;
 
         // Each put made its own revision, from 2 on, and nothing else wrote:
         // the mod revisions are exactly 2..=N.
