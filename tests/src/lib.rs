@@ -17,7 +17,14 @@
 //! - [`ports`]: free loopback ports.
 //! - [`server`]: [`Server`], one raftkv or etcd process with a temporary
 //!   data dir: start, wait until ready, kill -9, restart, stop; a
-//!   single-member cluster of its own or a member of a larger cluster.
+//!   single-member cluster of its own or a member of a [`Cluster`].
+//! - [`cluster`]: [`Cluster`], n members of either flavor on loopback,
+//!   peers talking through [`proxy`]; kill -9, restart, stop and start
+//!   all, add (learner) and remove members the way etcd documents it, and
+//!   [`cluster::for_each_flavor`] to prove a scenario on etcd and then hold
+//!   raftkv to it.
+//! - [`proxy`]: a TCP proxy in front of each member's peer port that can
+//!   cut a member off its peers and heal it.
 //! - [`both`]: [`for_both`], run one scenario against real etcd and raftkv
 //!   and require the same observations.
 //! - [`acked`]: writers that record every acknowledged put, the whole
@@ -29,10 +36,13 @@
 pub mod acked;
 pub mod binaries;
 pub mod both;
+pub mod cluster;
 pub mod describe;
 pub mod diff;
 pub mod ports;
+pub mod proxy;
 pub mod server;
 
 pub use both::{for_both, for_both_with, selected_flavors};
+pub use cluster::Cluster;
 pub use server::{Flavor, Server};

@@ -1,0 +1,283 @@
+//! Fault injection between cluster members: a TCP proxy in front of each
+//! member's peer port. Every member advertises its proxy's URL as its peer
+//! URL, so all peer traffic crosses a proxy, and [`Network::cut`] can isolate
+//! one member without touching its process.
+//!
+//! A cut must stop traffic in both directions, whatever the transport. etcd's
+//! rafthttp carries the messages for member B mostly on stream connections
+//! that B itself dials to the sender; dropping only the connections into B
+//! leaves those up (and B's own messages go out over pipeline connections
+//! it dials), so B would not even lag. The proxies therefore tell who dialed
+//! a connection by its source port: the process holding the other end of
+//! the socket, found in `/proc` (loopback connections all come from
+//! 127.0.0.1, so the address says nothing). Linux only, like the rest of the
+//! harness.
+//!
+//! The proxies run on a runtime of their own, so peer traffic keeps flowing
+//! while a test blocks its own thread (running etcdctl, reaping a process).
+//! This module knows ports and process ids, never raft or etcd.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use anyhow::Context;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokio::task::AbortHandle;
+
+/// The proxies of one cluster, one link per member.
+pub struct Network {
+    /// `None` only while dropping.
+    runtime: Option<Runtime>,
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
+    links: Vec<Link>,
+    next_connection: u64,
+}
+
+/// The proxy in front of one member.
+struct Link {
+    /// Where the other members dial (the advertised peer port).
+    listen_port: u16,
+    /// The member process, to recognise the connections it dials.
+    pid: Option<u32>,
+    cut: bool,
+    connections: Vec<Connection>,
+}
+
+/// One forwarded connection, dialed by `source_port` into a link.
+struct Connection {
+    id: u64,
+    source_port: u16,
+    task: AbortHandle,
+}
+
+impl Network {
+    pub fn new() -> anyhow::Result<Network> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("e2e-peer-proxy")
+            .enable_io()
+            .build()
+            .context("cannot start the peer proxies' runtime")?;
+        Ok(Network {
+            runtime: Some(runtime),
+            state: Arc::default(),
+        })
+    }
+
+    /// A proxy forwarding to `target_port` on loopback; returns its index
+    /// (for [`Network::cut`]) and the port it listens on.
+    pub fn add_link(&self, target_port: u16) -> anyhow::Result<(usize, u16)> {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .context("cannot bind a peer proxy")?;
+        listener
+            .set_nonblocking(true)
+            .context("cannot make the peer proxy's listener non-blocking")?;
+        let listen_port = listener
+            .local_addr()
+            .context("peer proxy has no address")?
+            .port();
+        let mut state = lock(&self.state);
+        let index = state.links.len();
+        state.links.push(Link {
+            listen_port,
+            pid: None,
+            cut: false,
+            connections: Vec::new(),
+        });
+        let runtime = self.runtime()?;
+        let listener = {
+            let _entered = runtime.enter();
+            TcpListener::from_std(listener).context("cannot register the peer proxy")?
+        };
+        runtime.spawn(accept_loop(
+            listener,
+            index,
+            target_port,
+            self.state.clone(),
+        ));
+        Ok((index, listen_port))
+    }
+
+    /// Tells the link which process now serves behind it (`None` while the
+    /// member is down), so that a cut also catches what that process dials.
+    pub fn set_pid(&self, link: usize, pid: Option<u32>) {
+        if let Some(link) = lock(&self.state).links.get_mut(link) {
+            link.pid = pid;
+        }
+    }
+
+    /// Isolates the member behind `link`: drops every connection into it and
+    /// every connection its process dialed to another member, and refuses
+    /// both kinds from now on, until [`Network::heal`].
+    pub fn cut(&self, link: usize) {
+        let mut state = lock(&self.state);
+        let Some(cut) = state.links.get_mut(link) else {
+            return;
+        };
+        cut.cut = true;
+        for connection in cut.connections.drain(..) {
+            connection.task.abort();
+        }
+        let pid = cut.pid;
+        for other in &mut state.links {
+            let listen_port = other.listen_port;
+            other.connections.retain(|connection| {
+                let dialed_by_cut = pid.is_some_and(|pid| {
+                    dialed_by(pid, connection.source_port, listen_port)
+                });
+                if dialed_by_cut {
+                    connection.task.abort();
+                }
+                !dialed_by_cut
+            });
+        }
+    }
+
+    /// Lets traffic to and from the member behind `link` through again.
+    pub fn heal(&self, link: usize) {
+        if let Some(link) = lock(&self.state).links.get_mut(link) {
+            link.cut = false;
+        }
+    }
+
+    fn runtime(&self) -> anyhow::Result<&Runtime> {
+        self.runtime
+            .as_ref()
+            .context("the peer proxies are shutting down")
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            // Dropping a runtime blocks, which panics inside the test's
+            // async context; the proxies' tasks hold nothing to flush.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic elsewhere leaves the bookkeeping consistent: every update
+    // is a single push, retain or flag store.
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+async fn accept_loop(listener: TcpListener, index: usize, target_port: u16, state: Arc<Mutex<State>>) {
+    loop {
+        // An accept error (out of descriptors) is transient; the member
+        // sees a refused connection and retries, as with a real network.
+        let Ok((inbound, source)) = listener.accept().await else {
+            continue;
+        };
+        let mut guard = lock(&state);
+        if refused(&guard, index, source) {
+            // Dropping the accepted socket closes it: the dialer sees the
+            // connection end before a byte is forwarded.
+            continue;
+        }
+        let id = guard.next_connection;
+        guard.next_connection += 1;
+        let task = tokio::spawn(forward(inbound, target_port, index, id, state.clone()));
+        // Registered under the same lock as the check, so a cut between
+        // the two cannot miss this connection.
+        guard.links[index].connections.push(Connection {
+            id,
+            source_port: source.port(),
+            task: task.abort_handle(),
+        });
+    }
+}
+
+/// Whether a connection from `source` into link `index` crosses a cut.
+fn refused(state: &State, index: usize, source: SocketAddr) -> bool {
+    let into = &state.links[index];
+    if into.cut {
+        return true;
+    }
+    state.links.iter().any(|link| {
+        link.cut
+            && link
+                .pid
+                .is_some_and(|pid| dialed_by(pid, source.port(), into.listen_port))
+    })
+}
+
+async fn forward(
+    mut inbound: TcpStream,
+    target_port: u16,
+    index: usize,
+    id: u64,
+    state: Arc<Mutex<State>>,
+) {
+    // A member that is down refuses the connection; closing the inbound
+    // side passes that on.
+    if let Ok(mut outbound) = TcpStream::connect((Ipv4Addr::LOCALHOST, target_port)).await {
+        let _ = inbound.set_nodelay(true);
+        let _ = outbound.set_nodelay(true);
+        // Either side closing or failing ends the connection, as it would
+        // end a direct one.
+        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+    }
+    lock(&state).links[index]
+        .connections
+        .retain(|connection| connection.id != id);
+}
+
+/// Whether process `pid` holds the TCP socket with local port `source_port`
+/// connected to `remote_port` on loopback.
+fn dialed_by(pid: u32, source_port: u16, remote_port: u16) -> bool {
+    let inodes = socket_inodes(source_port, remote_port);
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let target = target.to_string_lossy();
+            target
+                .strip_prefix("socket:[")
+                .and_then(|rest| rest.strip_suffix(']'))
+                .and_then(|inode| inode.parse::<u64>().ok())
+                .is_some_and(|inode| inodes.contains(&inode))
+        })
+    })
+}
+
+/// Inodes of the TCP sockets (IPv4 or IPv6) from local port `local_port` to
+/// remote port `remote_port`, from `/proc/net/tcp{,6}`.
+fn socket_inodes(local_port: u16, remote_port: u16) -> HashSet<u64> {
+    let mut inodes = HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        // `sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode`,
+        // addresses as `HEXADDR:HEXPORT`; the first line is the heading.
+        for fields in text.lines().skip(1).map(|l| l.split_whitespace().collect::<Vec<_>>()) {
+            let [_, local, remote, _, _, _, _, _, _, inode, ..] = fields.as_slice() else {
+                continue;
+            };
+            if hex_port(local) == Some(local_port)
+                && hex_port(remote) == Some(remote_port)
+                && let Ok(inode) = inode.parse()
+            {
+                inodes.insert(inode);
+            }
+        }
+    }
+    inodes
+}
+
+fn hex_port(address: &str) -> Option<u16> {
+    let (_, port) = address.rsplit_once(':')?;
+    u16::from_str_radix(port, 16).ok()
+}
