@@ -78,7 +78,10 @@ pub async fn whole_store(client: &mut Client, serializable: bool) -> anyhow::Res
     };
     let mut store = BTreeMap::new();
     let first = client
-        .get("", Some(options(GetOptions::new().with_all_keys().with_limit(1))))
+        .get(
+            "",
+            Some(options(GetOptions::new().with_all_keys().with_limit(1))),
+        )
         .await?;
     let revision = describe::revision(first.header());
     let mut from = vec![0u8];

@@ -194,7 +194,11 @@ impl Cluster {
     /// The running members other than the leader, once all agree on one.
     pub async fn followers(&self) -> anyhow::Result<Vec<usize>> {
         let leader = self.leader().await?;
-        Ok(self.running().into_iter().filter(|&i| i != leader).collect())
+        Ok(self
+            .running()
+            .into_iter()
+            .filter(|&i| i != leader)
+            .collect())
     }
 
     /// One round of Status on every running member: the leader's index if
@@ -319,7 +323,9 @@ impl Cluster {
             .iter()
             .flat_map(|m| {
                 let member_name = if m.id() == new_id { name } else { m.name() };
-                m.peer_urls().iter().map(move |u| format!("{member_name}={u}"))
+                m.peer_urls()
+                    .iter()
+                    .map(move |u| format!("{member_name}={u}"))
             })
             .collect::<Vec<_>>()
             .join(",");
@@ -371,9 +377,11 @@ impl Cluster {
             .find(|&j| j != i)
             .context("no other running member to ask for the removal")?;
         let mut client = self.client(asked).await?;
-        retry_while(UNHEALTHY, AGREE_TIMEOUT, async || Ok(client.member_remove(id).await?))
-            .await
-            .with_context(|| format!("MemberRemove m{i} ({id:x}) asked of m{asked}"))?;
+        retry_while(UNHEALTHY, AGREE_TIMEOUT, async || {
+            Ok(client.member_remove(id).await?)
+        })
+        .await
+        .with_context(|| format!("MemberRemove m{i} ({id:x}) asked of m{asked}"))?;
         self.removed(i).await
     }
 
@@ -385,7 +393,11 @@ impl Cluster {
         let member = &mut self.members[i];
         member.removed = true;
         if member.server.is_running()
-            && member.server.exit_within(ELECTION_TIMEOUT * 5).await?.is_none()
+            && member
+                .server
+                .exit_within(ELECTION_TIMEOUT * 5)
+                .await?
+                .is_none()
         {
             member.server.stop().await?;
         }
@@ -459,7 +471,12 @@ pub async fn retry_while<T>(
     within: Duration,
     attempt: impl AsyncFnMut() -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    retry(within, |err| format!("{err:#}").contains(transient), attempt).await
+    retry(
+        within,
+        |err| format!("{err:#}").contains(transient),
+        attempt,
+    )
+    .await
 }
 
 async fn retry<T>(

@@ -128,9 +128,8 @@ impl Network {
         for other in &mut state.links {
             let listen_port = other.listen_port;
             other.connections.retain(|connection| {
-                let dialed_by_cut = pid.is_some_and(|pid| {
-                    dialed_by(pid, connection.source_port, listen_port)
-                });
+                let dialed_by_cut =
+                    pid.is_some_and(|pid| dialed_by(pid, connection.source_port, listen_port));
                 if dialed_by_cut {
                     connection.task.abort();
                 }
@@ -169,7 +168,12 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-async fn accept_loop(listener: TcpListener, index: usize, target_port: u16, state: Arc<Mutex<State>>) {
+async fn accept_loop(
+    listener: TcpListener,
+    index: usize,
+    target_port: u16,
+    state: Arc<Mutex<State>>,
+) {
     loop {
         // An accept error (out of descriptors) is transient; the member
         // sees a refused connection and retries, as with a real network.
@@ -262,7 +266,11 @@ fn socket_inodes(local_port: u16, remote_port: u16) -> HashSet<u64> {
         };
         // `sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode`,
         // addresses as `HEXADDR:HEXPORT`; the first line is the heading.
-        for fields in text.lines().skip(1).map(|l| l.split_whitespace().collect::<Vec<_>>()) {
+        for fields in text
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        {
             let [_, local, remote, _, _, _, _, _, _, inode, ..] = fields.as_slice() else {
                 continue;
             };

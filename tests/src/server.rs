@@ -252,10 +252,7 @@ impl Server {
     pub async fn exit_within(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
         let deadline = Instant::now() + timeout;
         loop {
-            let child = self
-                .child
-                .as_mut()
-                .context("the server is not running")?;
+            let child = self.child.as_mut().context("the server is not running")?;
             if let Some(status) = child.try_wait().context("cannot wait for the server")? {
                 self.child = None;
                 return Ok(Some(status));

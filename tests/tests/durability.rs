@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use raftkv_tests::binaries::etcd_available;
-use raftkv_tests::{acked, describe};
 use raftkv_tests::{Flavor, Server};
+use raftkv_tests::{acked, describe};
 
 const CLIENTS: usize = 8;
 const ROUNDS: usize = 3;
