@@ -8,93 +8,12 @@
 //! compares with revision numbers masked (they differ by construction).
 //! Skipped, with a message, when /usr/bin/etcd or /usr/bin/etcdctl is absent.
 
-use std::io::Write;
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-const ETCD: &str = "/usr/bin/etcd";
-const ETCDCTL: &str = "/usr/bin/etcdctl";
-const RAFTKVCTL: &str = env!("CARGO_BIN_EXE_raftkvctl");
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-/// A running etcd, killed when dropped.
-struct Etcd {
-    child: Child,
-    endpoint: String,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
-    listener.local_addr().expect("local address").port()
-}
-
-fn start_etcd() -> Etcd {
-    let data = tempfile::tempdir().expect("temp dir for etcd");
-    let (client, peer) = (free_port(), free_port());
-    let client_url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new(ETCD)
-        .args(["--name", "default", "--data-dir"])
-        .arg(data.path())
-        .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("default={peer_url}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start etcd");
-    let etcd = Etcd { child, endpoint: format!("127.0.0.1:{client}"), _data: data };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while run(ETCDCTL, &etcd, &["endpoint", "health"], "").code != 0 {
-        assert!(Instant::now() < deadline, "etcd did not become healthy");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    etcd
-}
-
-#[derive(Debug, PartialEq, Eq)]
-struct Output {
-    stdout: String,
-    stderr: String,
-    code: i32,
-}
-
-fn run(tool: &str, etcd: &Etcd, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(tool)
-        .env_clear()
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &etcd.endpoint])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the command-line tool");
-    if let Some(mut input) = child.stdin.take() {
-        input.write_all(stdin.as_bytes()).expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("wait for the tool");
-    // clientv3 logs its retries as JSON on stderr; they carry timestamps.
-    let stderr = String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .filter(|l| !l.starts_with("{\"level\":"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    Output {
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr,
-        code: out.status.code().unwrap_or(-1),
-    }
-}
+use common::{ETCDCTL, Etcd, Output, RAFTKVCTL, available, mask_fields, run, start_etcd};
 
 /// Replaces revisions, cluster ids and timings with `N`.
 fn mask(text: &str) -> String {
@@ -114,27 +33,6 @@ fn mask(text: &str) -> String {
         "\"took\":\"",
     ];
     mask_fields(text, &FIELDS)
-}
-
-/// Replaces the digits after each of `fields` with `N`.
-fn mask_fields(text: &str, fields: &[&str]) -> String {
-    let mut out = text.to_string();
-    for field in fields {
-        let mut result = String::new();
-        let mut rest = out.as_str();
-        while let Some(pos) = rest.find(field) {
-            result.push_str(&rest[..pos + field.len()]);
-            rest = &rest[pos + field.len()..];
-            let value_len = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == 'µ')).unwrap_or(rest.len());
-            if value_len > 0 {
-                result.push('N');
-            }
-            rest = &rest[value_len..];
-        }
-        result.push_str(rest);
-        out = result;
-    }
-    out
 }
 
 fn assert_same_read(etcd: &Etcd, args: &[&str], stdin: &str) {
@@ -162,14 +60,6 @@ fn assert_same_write(etcd: &Etcd, state: &[(&str, &str)], args: &[&str], stdin: 
     let got = run(RAFTKVCTL, etcd, args, stdin);
     let masked = |o: Output| Output { stdout: mask(&o.stdout), stderr: o.stderr, code: o.code };
     assert_eq!(masked(got), masked(expected), "raftkvctl {args:?} differs from etcdctl");
-}
-
-fn available() -> bool {
-    if Path::new(ETCD).exists() && Path::new(ETCDCTL).exists() {
-        return true;
-    }
-    eprintln!("skipping: {ETCD} or {ETCDCTL} is not installed");
-    false
 }
 
 #[test]

@@ -6,14 +6,14 @@
 //! Every wait is bounded and every child is killed when dropped. Skipped,
 //! with a message, when /usr/bin/etcd or /usr/bin/etcdctl is absent.
 
-use std::net::TcpListener;
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ETCD: &str = "/usr/bin/etcd";
-const ETCDCTL: &str = "/usr/bin/etcdctl";
-const RAFTKVCTL: &str = env!("CARGO_BIN_EXE_raftkvctl");
+use common::{ETCDCTL, Etcd, RAFTKVCTL, available, start_etcd};
+
 const WAIT: Duration = Duration::from_secs(15);
 
 /// A child process killed when dropped.
@@ -48,49 +48,6 @@ impl Proc {
     fn running(&mut self) -> bool {
         self.0.try_wait().expect("try_wait").is_none()
     }
-}
-
-struct Etcd {
-    _proc: Proc,
-    endpoint: String,
-    _data: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
-    listener.local_addr().expect("local address").port()
-}
-
-fn available() -> bool {
-    if Path::new(ETCD).exists() && Path::new(ETCDCTL).exists() {
-        return true;
-    }
-    eprintln!("skipping: {ETCD} or {ETCDCTL} is not installed");
-    false
-}
-
-fn start_etcd() -> Etcd {
-    let data = tempfile::tempdir().expect("temp dir for etcd");
-    let (client, peer) = (free_port(), free_port());
-    let client_url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new(ETCD)
-        .args(["--name", "default", "--data-dir"])
-        .arg(data.path())
-        .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("default={peer_url}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start etcd");
-    let etcd = Etcd { _proc: Proc(child), endpoint: format!("127.0.0.1:{client}"), _data: data };
-    let deadline = Instant::now() + WAIT;
-    while ctl(ETCDCTL, &etcd, &["endpoint", "health"]) != 0 {
-        assert!(Instant::now() < deadline, "etcd did not become healthy");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    etcd
 }
 
 fn command(tool: &str, etcd: &Etcd, args: &[&str]) -> Command {
