@@ -7,6 +7,8 @@
 //! updated or promoted.
 
 use clap::{Args, Subcommand};
+use etcd_client::proto::{PbMember, PbResponseHeader};
+use etcd_client::{Client, MemberAddOptions};
 
 use super::{Ctx, flush};
 use crate::error::CtlError;
@@ -100,7 +102,7 @@ fn member_name(args: &[String]) -> Result<&str, CtlError> {
 async fn add(args: AddArgs, ctx: &Ctx) -> Result<(), CtlError> {
     let name = member_name(&args.args)?;
     let urls = peer_urls(&args.peer_urls)?;
-    let options = args.learner.then(|| etcd_client::MemberAddOptions::new().with_is_learner());
+    let options = args.learner.then(|| MemberAddOptions::new().with_is_learner());
     let client = ctx.conn.connect().await?;
     let resp = ctx
         .conn
@@ -131,31 +133,24 @@ async fn add(args: AddArgs, ctx: &Ctx) -> Result<(), CtlError> {
     flush(&mut out)
 }
 
-fn member_id_of(header: &Option<etcd_client::proto::PbResponseHeader>) -> u64 {
+fn member_id_of(header: &Option<PbResponseHeader>) -> u64 {
     header.as_ref().map_or(0, |h| h.member_id)
 }
 
 /// The member list as the member that answered `member add` sees it, as
 /// etcdctl gets it: another member may not have applied the change yet,
 /// so after an answer from one, a quorum read picks the member to wait for.
-async fn members_seen_by(
-    client: &etcd_client::Client,
-    ctx: &Ctx,
-    mut member: u64,
-) -> Result<Vec<etcd_client::proto::PbMember>, CtlError> {
-    let deadline = tokio::time::Instant::now() + ctx.conn.command_timeout;
-    let list = || async {
-        ctx.conn
-            .call(|| {
-                let mut cluster = client.cluster_client();
-                async move { cluster.member_list().await }
-            })
-            .await
-            .map(|r| r.0)
-    };
+async fn members_seen_by(client: &Client, ctx: &Ctx, mut member: u64) -> Result<Vec<PbMember>, CtlError> {
     let search = async {
         loop {
-            let resp = list().await?;
+            let resp = ctx
+                .conn
+                .call(|| {
+                    let mut cluster = client.cluster_client();
+                    async move { cluster.member_list().await }
+                })
+                .await?
+                .0;
             if member_id_of(&resp.header) == member {
                 return Ok(resp.members);
             }
@@ -171,7 +166,8 @@ async fn members_seen_by(
             member = member_id_of(&got.0.header);
         }
     };
-    tokio::time::timeout_at(deadline, search).await.map_err(|_| CtlError::deadline_exceeded())?
+    // One command timeout for the whole search, as etcdctl has one context.
+    tokio::time::timeout(ctx.conn.command_timeout, search).await.map_err(|_| CtlError::deadline_exceeded())?
 }
 
 async fn remove(args: IdArgs, ctx: &Ctx) -> Result<(), CtlError> {
