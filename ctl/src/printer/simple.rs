@@ -1,6 +1,7 @@
 //! The `simple` format: keys and values on their own lines, `OK` for a put,
 //! the deleted count for a delete, comma-joined rows for cluster commands,
-//! one sentence per lease answer with the lease id in hex.
+//! one sentence per lease answer, membership change or leader transfer,
+//! with lease and member ids in hex.
 
 use std::io::{self, Write};
 
