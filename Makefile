@@ -7,7 +7,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN        := $(TARGET_DIR)/debug
 DATA_DIR   ?= default.raftkv
 
-.PHONY: all deps build run test bench bench-cluster clean-data
+.PHONY: all deps build run cluster test bench bench-cluster clean-data
 
 all: build
 
@@ -22,6 +22,11 @@ run: build
 	$(BIN)/raftkv --name default --data-dir $(DATA_DIR) \
 	  --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
 	  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380
+
+# Three members on loopback as in etcd's Procfile (clients 2379, 22379, 32379;
+# peers 2380, 22380, 32380), data in ./cluster.raftkv; Ctrl-C stops them.
+cluster: build
+	./scripts/cluster.sh
 
 # Every test: unit, property, and end-to-end over the real binaries and real etcd.
 test: build
