@@ -20,6 +20,7 @@
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
@@ -61,7 +62,7 @@ impl Network {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("e2e-peer-proxy")
-            .enable_io()
+            .enable_all()
             .build()
             .context("cannot start the peer proxies' runtime")?;
         Ok(Network {
@@ -178,6 +179,7 @@ async fn accept_loop(
         // An accept error (out of descriptors) is transient; the member
         // sees a refused connection and retries, as with a real network.
         let Ok((inbound, source)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         let mut guard = lock(&state);
