@@ -281,6 +281,7 @@ impl Node {
         let hub = Arc::new(WatchHub::new(store.clone(), header, cfg.max_request_bytes));
         let snapshots = Arc::new(Snapshots::open(data_dir.join("member").join("raft-snapshots"), engine.clone())?);
         let applier = Applier::new(
+            id,
             engine.clone(),
             store.clone(),
             lessor.clone(),
@@ -359,7 +360,7 @@ impl Node {
     /// Puts a write through raft and waits for its outcome.
     pub async fn propose(&self, op: Op) -> Result<Response, Error> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let data = RaftRequest { id, op: Some(op) }.encode_to_vec();
+        let data = RaftRequest { id, op: Some(op), proposer: self.member.id }.encode_to_vec();
         if data.len() > self.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }
@@ -386,7 +387,7 @@ impl Node {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut cc = raft::eraftpb::ConfChangeV2::default();
         cc.mut_changes().push(change);
-        cc.context = ConfContext { request_id: id, member }.encode_to_vec().into();
+        cc.context = ConfContext { request_id: id, member, proposer: self.member.id }.encode_to_vec().into();
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let rx = self.waiters.register(id);
         loop {

@@ -74,6 +74,8 @@ impl Waiters {
 }
 
 pub struct Applier {
+    /// This member: it answers only the proposals it made.
+    me: u64,
     engine: Arc<dyn Engine>,
     store: Arc<Store>,
     lessor: Arc<Lessor>,
@@ -111,6 +113,7 @@ pub fn applied_index(engine: &dyn Engine) -> Result<u64, StorageError> {
 impl Applier {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        me: u64,
         engine: Arc<dyn Engine>,
         store: Arc<Store>,
         lessor: Arc<Lessor>,
@@ -120,7 +123,7 @@ impl Applier {
         snapshots: Arc<Snapshots>,
     ) -> Result<Self, StorageError> {
         let applied = applied_index(engine.as_ref())?;
-        Ok(Self { engine, store, lessor, waiters, hub, membership, snapshots, applied })
+        Ok(Self { me, engine, store, lessor, waiters, hub, membership, snapshots, applied })
     }
 
     /// Runs one request; `progress` is written atomically with its effects.
@@ -183,7 +186,9 @@ impl StateMachine for Applier {
             return self.engine.write(progress, false);
         };
         let result = self.execute(op, progress)?;
-        self.waiters.complete(req.id, result);
+        if req.proposer == self.me {
+            self.waiters.complete(req.id, result);
+        }
         Ok(())
     }
 
@@ -205,7 +210,9 @@ impl StateMachine for Applier {
             Err(e) => Err(Error::Internal(format!("membership change refused: {e}"))),
         };
         self.engine.write(progress, false)?;
-        self.waiters.complete(ctx.request_id, result);
+        if ctx.proposer == self.me {
+            self.waiters.complete(ctx.request_id, result);
+        }
         Ok(())
     }
 
@@ -226,5 +233,47 @@ impl StateMachine for Applier {
 
     fn applied_index(&self) -> u64 {
         self.applied
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::mem::MemEngine;
+    use etcd_client::proto::PbPutRequest;
+
+    fn put(proposer: u64, id: u64, key: &str) -> Vec<u8> {
+        let op = Op::Put(PbPutRequest { key: key.into(), value: b"v".to_vec(), ..Default::default() });
+        RaftRequest { id, op: Some(op), proposer }.encode_to_vec()
+    }
+
+    #[test]
+    fn only_the_proposing_member_hears_the_outcome_of_its_request_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        let store = Arc::new(Store::open(engine.clone()).expect("store"));
+        let hub = Arc::new(WatchHub::new(store.clone(), Box::new(|revision| PbResponseHeader { revision, ..Default::default() }), 1 << 20));
+        let waiters = Arc::new(Waiters::default());
+        let snapshots = Arc::new(Snapshots::open(dir.path().join("snap"), engine.clone()).expect("snapshots"));
+        let mut applier = Applier::new(
+            1,
+            engine,
+            store,
+            Arc::new(Lessor::new(1)),
+            waiters.clone(),
+            hub,
+            Arc::new(Membership::default()),
+            snapshots,
+        )
+        .expect("applier");
+        let mut mine = waiters.register(7);
+        // Another member's request with the same id must not answer ours.
+        applier.apply(2, Some(&put(2, 7, "theirs")), WriteBatch::default()).expect("apply");
+        assert!(mine.try_recv().is_err(), "answered with another member's outcome");
+        applier.apply(3, Some(&put(1, 7, "mine")), WriteBatch::default()).expect("apply");
+        match mine.try_recv().expect("answered").expect("ok") {
+            Response::Put(p) => assert_eq!(p.header.expect("header").revision, 3),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }

@@ -13,6 +13,10 @@ pub struct RaftRequest {
     pub id: u64,
     #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
     pub op: Option<Op>,
+    /// The member that proposed it: only that member has a waiter for
+    /// `id` (ids are unique per member, not across members).
+    #[prost(uint64, tag = "10")]
+    pub proposer: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
@@ -45,4 +49,7 @@ pub struct ConfContext {
     pub request_id: u64,
     #[prost(message, optional, tag = "2")]
     pub member: Option<Member>,
+    /// The member that proposed it (see `RaftRequest::proposer`).
+    #[prost(uint64, tag = "3")]
+    pub proposer: u64,
 }
