@@ -405,6 +405,39 @@ impl Cluster {
         self.leader().await.map(drop)
     }
 
+    /// A process of another cluster posing as a founding member of this
+    /// one: `--initial-cluster-state new` with its own `token`, and an
+    /// `--initial-cluster` naming every member of this cluster plus itself
+    /// as `name`, on fresh ports with the cluster's other flags. Started and
+    /// not waited for (it never has a quorum); dropping it kills it.
+    pub fn spawn_stranger(&self, name: &str, token: &str) -> anyhow::Result<Server> {
+        let peer_port = free_port()?;
+        let peer_url = loopback_url(peer_port);
+        let mut initial_cluster: Vec<String> = self
+            .members()
+            .into_iter()
+            .map(|i| {
+                format!(
+                    "{}={}",
+                    self.members[i].name(),
+                    self.members[i].server.peer_url()
+                )
+            })
+            .collect();
+        initial_cluster.push(format!("{name}={peer_url}"));
+        let bootstrap = Bootstrap {
+            name: name.to_owned(),
+            advertise_peer_url: peer_url,
+            initial_cluster: initial_cluster.join(","),
+            state: "new",
+            token: token.to_owned(),
+        };
+        let args: Vec<&str> = self.extra_args.iter().map(String::as_str).collect();
+        let mut server = Server::new(self.flavor, peer_port, bootstrap, &args)?;
+        server.spawn()?;
+        Ok(server)
+    }
+
     /// The last `lines` lines of every member's log, for error messages.
     pub fn log_tails(&self, lines: usize) -> String {
         self.members
@@ -514,8 +547,19 @@ pub async fn for_each_flavor(
     extra_args: &[&str],
     scenario: impl AsyncFn(&mut Cluster) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    for_each_flavor_with(n, |_| extra_args.to_vec(), scenario).await
+}
+
+/// [`for_each_flavor`] with flags chosen per flavor: where raftkv always
+/// does what etcd 3.4 leaves to a flag (`--pre-vote`), the etcd cluster
+/// gets the flag, so that both run the same raft.
+pub async fn for_each_flavor_with<'a>(
+    n: usize,
+    extra_args: impl Fn(Flavor) -> Vec<&'a str>,
+    scenario: impl AsyncFn(&mut Cluster) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     for flavor in selected_flavors()? {
-        let mut cluster = Cluster::start(flavor, n, extra_args)
+        let mut cluster = Cluster::start(flavor, n, &extra_args(flavor))
             .await
             .with_context(|| format!("cannot start a {n}-member {} cluster", flavor.name()))?;
         scenario(&mut cluster).await.with_context(|| {

@@ -20,9 +20,9 @@
 //!   single-member cluster of its own or a member of a [`Cluster`].
 //! - [`cluster`]: [`Cluster`], n members of either flavor on loopback,
 //!   peers talking through [`proxy`]; kill -9, restart, stop and start
-//!   all, add (learner) and remove members the way etcd documents it, and
-//!   [`cluster::for_each_flavor`] to prove a scenario on etcd and then hold
-//!   raftkv to it.
+//!   all, add (learner) and remove members the way etcd documents it, a
+//!   stranger process of another cluster, and [`cluster::for_each_flavor`]
+//!   to prove a scenario on etcd and then hold raftkv to it.
 //! - [`proxy`]: a TCP proxy in front of each member's peer port that can
 //!   cut a member off its peers and heal it.
 //! - [`both`]: [`for_both`], run one scenario against real etcd and raftkv
