@@ -89,6 +89,7 @@ pub struct Node {
     pub raft: RaftHandle,
     pub membership: Arc<Membership>,
     pub learned: Learned,
+    pub peer_health: crate::peer::PeerHealth,
     pub snapshots: Arc<Snapshots>,
     pub election_timeout: Duration,
     pub max_request_bytes: usize,
@@ -300,8 +301,9 @@ impl Node {
             catch_up_entries: cfg.snapshot_catchup_entries,
         };
         let handle_cell = Arc::new(std::sync::OnceLock::new());
+        let peer_health = crate::peer::PeerHealth::default();
         let transport = PeerTransport::new(
-            Identity { id, cluster_id: cid, peer_urls: peer_urls.clone(), status: status.clone() },
+            Identity { id, cluster_id: cid, peer_urls: peer_urls.clone(), status: status.clone(), health: peer_health.clone() },
             membership.clone(),
             learned.clone(),
             snapshots.clone(),
@@ -322,6 +324,7 @@ impl Node {
             raft,
             membership,
             learned,
+            peer_health,
             snapshots,
             election_timeout: Duration::from_millis(cfg.election_timeout),
             max_request_bytes: cfg.max_request_bytes,

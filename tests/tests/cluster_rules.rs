@@ -180,9 +180,6 @@ async fn removal_leaving_too_few_started_voters_is_refused(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "raftkv: counts a voter added a moment ago and never started as started (raft marks a new \
-            peer recently active) and removes a started voter, losing the quorum; etcd refuses, and \
-            with code Unknown where raftkv's refusal is FailedPrecondition"]
 async fn removing_a_voter_is_refused_while_too_few_voters_would_be_started() -> anyhow::Result<()> {
     for_each_flavor(2, &[], removal_leaving_too_few_started_voters_is_refused).await
 }
@@ -247,8 +244,6 @@ async fn live_voter_stays_while_another_is_down(cluster: &mut Cluster) -> anyhow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "raftkv: answers FailedPrecondition: not enough started members where etcd answers \
-            Unavailable: unhealthy cluster (a killed member is still started for etcd)"]
 async fn a_live_voter_is_not_removed_while_another_is_down_but_the_dead_one_is()
 -> anyhow::Result<()> {
     for_each_flavor(3, &[], live_voter_stays_while_another_is_down).await

@@ -6,6 +6,7 @@
 //! forwards them to it.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use etcd_client::proto::{
     PbClusterService, PbMemberAddRequest as MemberAddRequest, PbMemberAddResponse as MemberAddResponse,
@@ -43,9 +44,13 @@ fn change(kind: ConfChangeType, id: u64) -> ConfChangeSingle {
     c
 }
 
-/// Voters that the leader has heard from recently (itself included).
-fn started_voters(p: &Progress) -> usize {
-    p.peers.iter().filter(|x| !x.is_learner && x.recent_active).count()
+/// etcd's HealthInterval: how long a peer must have been reachable to
+/// count as connected for a membership change.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// etcd's "started": the member has published its name.
+fn started(m: &Member) -> bool {
+    !m.name.is_empty()
 }
 
 impl ClusterService {
@@ -65,6 +70,23 @@ impl ClusterService {
             .with_timeout(self.node.request_timeout);
         let client = etcd_client::Client::connect(urls, Some(opts)).await.map_err(|_| status(Error::NoLeader))?;
         Ok(Some(client.cluster_client()))
+    }
+
+    fn voters(&self) -> Vec<Member> {
+        self.node.membership.list().into_iter().filter(|m| !m.is_learner).collect()
+    }
+
+    /// Whether `id` has been reachable since `since` (this member always is).
+    fn connected_since(&self, id: u64, since: Option<Instant>) -> bool {
+        if id == self.node.member.id {
+            return true;
+        }
+        let Some(since) = since else { return false };
+        self.node.peer_health.lock().get(&id).copied().flatten().is_some_and(|t| t <= since)
+    }
+
+    fn health_horizon() -> Option<Instant> {
+        Instant::now().checked_sub(HEALTH_INTERVAL)
     }
 
     async fn progress(&self) -> Result<Progress, Status> {
@@ -123,14 +145,16 @@ impl PbClusterService for ClusterService {
         if r.is_learner && members.iter().any(|m| m.is_learner) {
             return Err(status(Error::TooManyLearners));
         }
-        let p = self.progress().await?;
-        if !r.is_learner {
-            // etcd's strict reconfiguration check: after the add, the
-            // started voters must still make a quorum.
-            let voters = p.peers.iter().filter(|x| !x.is_learner).count() + 1;
-            if started_voters(&p) < voters / 2 + 1 {
-                return Err(status(Error::UnhealthyCluster));
-            }
+        // etcd's strict reconfiguration checks: a new voter must leave
+        // enough started voters for a quorum, and every voter must have been
+        // reachable for a while.
+        let voters = self.voters();
+        if !r.is_learner && voters.iter().filter(|m| started(m)).count() < (voters.len() + 1) / 2 + 1 {
+            return Err(status(Error::NotEnoughStartedMembers));
+        }
+        let horizon = Self::health_horizon();
+        if !voters.iter().all(|m| self.connected_since(m.id, horizon)) {
+            return Err(status(Error::UnhealthyCluster));
         }
         // etcd's id for an added member: the peer URLs plus the time.
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
@@ -158,11 +182,22 @@ impl PbClusterService for ClusterService {
         let node = &self.node;
         let target = node.membership.get(r.id).ok_or_else(|| status(Error::MemberNotFound))?;
         if !target.is_learner {
-            let p = self.progress().await?;
-            let voters = p.peers.iter().filter(|x| !x.is_learner).count() - 1;
-            let active_after = p.peers.iter().filter(|x| !x.is_learner && x.recent_active && x.id != r.id).count();
-            if voters == 0 || active_after < voters / 2 + 1 {
+            // etcd's checks: the voters left must hold a quorum of started
+            // members; a member that is down may always go; otherwise the
+            // voters still reachable without it must make a quorum.
+            let voters = self.voters();
+            let remaining = voters.len() - 1;
+            let started_after = voters.iter().filter(|m| m.id != r.id && started(m)).count();
+            if started_after < remaining / 2 + 1 {
                 return Err(status(Error::NotEnoughStartedMembers));
+            }
+            let down = r.id != node.member.id && node.peer_health.lock().get(&r.id).copied().flatten().is_none();
+            if !down {
+                let horizon = Self::health_horizon();
+                let active = voters.iter().filter(|m| self.connected_since(m.id, horizon)).count();
+                if active.saturating_sub(1) < 1 + (voters.len() - 1) / 2 {
+                    return Err(status(Error::UnhealthyCluster));
+                }
             }
         }
         let list = self.apply(ConfChangeType::RemoveNode, r.id, None).await?;
@@ -211,9 +246,10 @@ impl PbClusterService for ClusterService {
         if (learner_match as f64) < (leader_match as f64) * LEARNER_READY_PERCENT {
             return Err(status(Error::LearnerNotReady));
         }
-        let voters = p.peers.iter().filter(|x| !x.is_learner).count() + 1;
-        if started_voters(&p) + 1 < voters / 2 + 1 {
-            return Err(status(Error::UnhealthyCluster));
+        // The promoted learner counts as a started member of the future quorum.
+        let voters = self.voters();
+        if voters.iter().filter(|m| started(m)).count() + 1 < (voters.len() + 1) / 2 + 1 {
+            return Err(status(Error::NotEnoughStartedMembers));
         }
         let list = self.apply(ConfChangeType::AddNode, r.id, None).await?;
         tracing::info!(member = %format!("{:x}", r.id), "promoted a learner");

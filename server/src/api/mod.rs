@@ -26,10 +26,12 @@ pub fn status(e: Error) -> Status {
         Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
         NoSpace | TooManyRequests => Code::ResourceExhausted,
         LeaseNotFound | MemberNotFound => Code::NotFound,
-        LeaseExists | NotLeader | BadLeaderTransferee | MemberExists | PeerUrlExists | NotEnoughStartedMembers | NotLearner
+        LeaseExists | NotLeader | BadLeaderTransferee | MemberExists | PeerUrlExists | NotLearner
         | LearnerNotReady | TooManyLearners => Code::FailedPrecondition,
         NoLeader | LeaderChanged | Timeout | Stopped | NotSupportedForLearner | UnhealthyCluster => Code::Unavailable,
         Corrupt => Code::DataLoss,
+        // etcd 3.4 has no gRPC status for it: clients see Unknown.
+        NotEnoughStartedMembers => Code::Unknown,
         Internal(_) => Code::Internal,
     };
     Status::new(code, e.to_string())

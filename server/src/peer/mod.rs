@@ -18,3 +18,7 @@ pub mod proto {
 /// the cluster's members when joining, and senders of raft messages (a new
 /// member must answer the leader before a snapshot gives it the registry).
 pub type Learned = std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<u64, Vec<String>>>>;
+
+/// Since when each peer has been reachable (None while sends fail): etcd's
+/// `ActiveSince`, which its membership checks use.
+pub type PeerHealth = std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<u64, Option<std::time::Instant>>>>;

@@ -14,7 +14,7 @@ use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
 use tonic::Code;
 
-use super::Learned;
+use super::{Learned, PeerHealth};
 use super::client::connect;
 use super::proto::{RaftBatch, SnapshotChunk};
 use crate::membership::Membership;
@@ -39,6 +39,7 @@ pub struct Identity {
     /// Raised when a peer says this member was removed (while it was down,
     /// it could not apply its own removal): the server then stops.
     pub status: Arc<crate::raft::RaftStatus>,
+    pub health: PeerHealth,
 }
 
 /// What the peer service answers a removed member (see `service`).
@@ -182,7 +183,17 @@ impl PeerTask {
                 from_peer_urls: self.me.peer_urls.clone(),
                 messages,
             };
-            match client.raft(batch).await {
+            let sent = client.raft(batch).await;
+            {
+                let mut health = self.me.health.lock();
+                let since = health.entry(self.to).or_insert(None);
+                match (&sent, *since) {
+                    (Ok(_), None) => *since = Some(Instant::now()),
+                    (Err(_), _) => *since = None,
+                    _ => {}
+                }
+            }
+            match sent {
                 Ok(_) => {
                     if failing_since.take().is_some() {
                         tracing::info!(peer = %format!("{:x}", self.to), "peer reachable again");
