@@ -71,6 +71,8 @@ struct Inner {
 #[derive(Default)]
 pub struct Membership {
     inner: RwLock<Inner>,
+    /// Bumped on every change, so readers can cache what they derive.
+    version: std::sync::atomic::AtomicU64,
 }
 
 impl Membership {
@@ -100,7 +102,17 @@ impl Membership {
             true
         })?;
         *self.inner.write() = Inner { members, removed };
+        self.changed();
         Ok(())
+    }
+
+    /// Changes whenever the registry does.
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.version.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Every member, by id.
@@ -126,6 +138,7 @@ impl Membership {
     pub fn put(&self, m: Member, batch: &mut WriteBatch) {
         batch.put(Cf::Meta, key(MEMBER_PREFIX, m.id), m.encode_to_vec());
         self.inner.write().members.insert(m.id, m);
+        self.changed();
     }
 
     /// Removes a member for good: its id is never accepted again.
@@ -135,6 +148,8 @@ impl Membership {
         let mut inner = self.inner.write();
         inner.members.remove(&id);
         inner.removed.insert(id);
+        drop(inner);
+        self.changed();
     }
 }
 

@@ -162,6 +162,12 @@ fn read_u64(engine: &dyn Engine, key: &[u8]) -> Result<Option<u64>, StorageError
     Ok(engine.get(Cf::Meta, key)?.and_then(|b| b.as_slice().try_into().ok()).map(u64::from_be_bytes))
 }
 
+/// What `Node::submit` hands to raft.
+enum Proposal {
+    Entry(Vec<u8>),
+    ConfChange(raft::eraftpb::ConfChangeV2),
+}
+
 /// A founding member's first state: its id and the cluster id from the
 /// token and the initial members, the member registry, and a raft log
 /// whose founding conf state holds every initial member as a voter.
@@ -367,21 +373,7 @@ impl Node {
         if data.len() > self.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }
-        let deadline = tokio::time::Instant::now() + self.request_timeout;
-        let rx = self.waiters.register(id);
-        loop {
-            match self.raft.propose(data.clone()).await {
-                Ok(()) => break,
-                // No leader yet: wait for one, as etcd does, until the deadline.
-                Err(RaftError::Dropped) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
-                Err(RaftError::Dropped) => {
-                    self.waiters.forget(id);
-                    return Err(Error::NoLeader);
-                }
-                Err(_) => return Err(Error::Stopped),
-            }
-        }
-        self.outcome(id, rx, deadline).await
+        self.submit(id, Proposal::Entry(data)).await
     }
 
     /// Proposes one membership change and waits for the member list it
@@ -391,10 +383,24 @@ impl Node {
         let mut cc = raft::eraftpb::ConfChangeV2::default();
         cc.mut_changes().push(change);
         cc.context = ConfContext { request_id: id, member, proposer: self.member.id }.encode_to_vec().into();
+        match self.submit(id, Proposal::ConfChange(cc)).await? {
+            Response::Members(list) => Ok(list),
+            _ => Err(Error::Internal("unexpected apply result for a membership change".into())),
+        }
+    }
+
+    /// Hands proposal `id` to raft, retrying while there is no leader (as
+    /// etcd waits for one) until the request deadline, then waits for its
+    /// outcome.
+    async fn submit(&self, id: u64, proposal: Proposal) -> Result<Response, Error> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let rx = self.waiters.register(id);
         loop {
-            match self.raft.propose_conf_change(cc.clone()).await {
+            let handed = match &proposal {
+                Proposal::Entry(data) => self.raft.propose(data.clone()).await,
+                Proposal::ConfChange(cc) => self.raft.propose_conf_change(cc.clone()).await,
+            };
+            match handed {
                 Ok(()) => break,
                 Err(RaftError::Dropped) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
                 Err(RaftError::Dropped) => {
@@ -404,10 +410,7 @@ impl Node {
                 Err(_) => return Err(Error::Stopped),
             }
         }
-        match self.outcome(id, rx, deadline).await? {
-            Response::Members(list) => Ok(list),
-            _ => Err(Error::Internal("unexpected apply result for a membership change".into())),
-        }
+        self.outcome(id, rx, deadline).await
     }
 
     /// Waits for the state machine's outcome of proposal `id`. If the

@@ -48,6 +48,11 @@ fn change(kind: ConfChangeType, id: u64) -> ConfChangeSingle {
 /// count as connected for a membership change.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The majority of `n` voters.
+fn quorum(n: usize) -> usize {
+    n / 2 + 1
+}
+
 /// etcd's "started": the member has published its name.
 fn started(m: &Member) -> bool {
     !m.name.is_empty()
@@ -149,7 +154,7 @@ impl PbClusterService for ClusterService {
         // enough started voters for a quorum, and every voter must have been
         // reachable for a while.
         let voters = self.voters();
-        if !r.is_learner && voters.iter().filter(|m| started(m)).count() < (voters.len() + 1) / 2 + 1 {
+        if !r.is_learner && voters.iter().filter(|m| started(m)).count() < quorum(voters.len() + 1) {
             return Err(status(Error::NotEnoughStartedMembers));
         }
         let horizon = Self::health_horizon();
@@ -188,14 +193,14 @@ impl PbClusterService for ClusterService {
             let voters = self.voters();
             let remaining = voters.len() - 1;
             let started_after = voters.iter().filter(|m| m.id != r.id && started(m)).count();
-            if started_after < remaining / 2 + 1 {
+            if started_after < quorum(remaining) {
                 return Err(status(Error::NotEnoughStartedMembers));
             }
             let down = r.id != node.member.id && node.peer_health.lock().get(&r.id).copied().flatten().is_none();
             if !down {
                 let horizon = Self::health_horizon();
                 let active = voters.iter().filter(|m| self.connected_since(m.id, horizon)).count();
-                if active.saturating_sub(1) < 1 + (voters.len() - 1) / 2 {
+                if active.saturating_sub(1) < quorum(voters.len() - 1) {
                     return Err(status(Error::UnhealthyCluster));
                 }
             }
@@ -248,7 +253,7 @@ impl PbClusterService for ClusterService {
         }
         // The promoted learner counts as a started member of the future quorum.
         let voters = self.voters();
-        if voters.iter().filter(|m| started(m)).count() + 1 < (voters.len() + 1) / 2 + 1 {
+        if voters.iter().filter(|m| started(m)).count() + 1 < quorum(voters.len() + 1) {
             return Err(status(Error::NotEnoughStartedMembers));
         }
         let list = self.apply(ConfChangeType::AddNode, r.id, None).await?;

@@ -59,6 +59,8 @@ pub struct PeerTransport {
     raft: Arc<OnceLock<RaftHandle>>,
     runtime: tokio::runtime::Handle,
     peers: HashMap<u64, Peer>,
+    /// The registry version the queues' URLs were checked against.
+    checked: u64,
 }
 
 impl PeerTransport {
@@ -70,7 +72,7 @@ impl PeerTransport {
         raft: Arc<OnceLock<RaftHandle>>,
         runtime: tokio::runtime::Handle,
     ) -> Self {
-        Self { me, membership, learned, snapshots, raft, runtime, peers: HashMap::new() }
+        Self { me, membership, learned, snapshots, raft, runtime, peers: HashMap::new(), checked: 0 }
     }
 
     fn urls_of(&self, id: u64) -> Option<Vec<String>> {
@@ -80,11 +82,24 @@ impl PeerTransport {
         }
     }
 
-    /// The queue to `id`, (re)started when its URLs changed.
+    /// Drops the queues whose peer's URLs changed since the registry was
+    /// last looked at (they restart on the next message).
+    fn recheck_urls(&mut self) {
+        let version = self.membership.version();
+        if version == self.checked {
+            return;
+        }
+        self.checked = version;
+        let stale: Vec<u64> = self.peers.iter().filter(|(id, p)| self.urls_of(**id).as_ref() != Some(&p.urls)).map(|(id, _)| *id).collect();
+        for id in stale {
+            self.peers.remove(&id);
+        }
+    }
+
+    /// The queue to `id`, started on first use (or after its task ended).
     fn queue(&mut self, id: u64) -> Option<&mpsc::Sender<Message>> {
-        let urls = self.urls_of(id)?;
-        let stale = self.peers.get(&id).is_none_or(|p| p.urls != urls || p.tx.is_closed());
-        if stale {
+        if self.peers.get(&id).is_none_or(|p| p.tx.is_closed()) {
+            let urls = self.urls_of(id)?;
             let (tx, rx) = mpsc::channel(QUEUE);
             let task = PeerTask { to: id, urls: urls.clone(), me: self.me.clone(), raft: self.raft.clone() };
             self.runtime.spawn(task.run(rx));
@@ -125,6 +140,7 @@ impl PeerTransport {
 
 impl Transport for PeerTransport {
     fn send(&mut self, msgs: Vec<Message>) {
+        self.recheck_urls();
         for msg in msgs {
             if msg.to == self.me.id {
                 continue;

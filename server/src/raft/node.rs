@@ -82,7 +82,6 @@ pub struct RaftStatus {
     pub term: AtomicU64,
     pub commit: AtomicU64,
     pub applied: Arc<AtomicU64>,
-    pub last_index: AtomicU64,
     pub is_learner: AtomicBool,
     /// Set once this member has applied its own removal.
     pub removed: AtomicBool,
@@ -114,8 +113,6 @@ impl RaftStatus {
 pub struct PeerProgress {
     pub id: u64,
     pub matched: u64,
-    pub recent_active: bool,
-    pub is_learner: bool,
 }
 
 /// The leader's view of replication (empty `peers` on a follower).
@@ -252,7 +249,6 @@ pub fn start<S: StateMachine, T: Transport>(
     };
     let sole_voter = log.conf_state().voters == vec![cfg.id];
     status.is_learner.store(log.conf_state().learners.contains(&cfg.id), Ordering::Release);
-    status.last_index.store(log.last(), Ordering::Release);
     status.term.store(log.hard_state().term, Ordering::Release);
     let node = RawNode::new(&raft_cfg, log, &slog_logger()).map_err(|e| StorageError::Engine(format!("raft: {e}")))?;
     status.id.store(cfg.id, Ordering::Release);
@@ -389,14 +385,10 @@ impl<S: StateMachine, T: Transport> Loop<S, T> {
         if raft.state != StateRole::Leader {
             return p;
         }
-        let learners = raft.prs().conf().learners();
         for (id, pr) in raft.prs().iter() {
             p.peers.push(PeerProgress {
                 id: *id,
                 matched: pr.matched,
-                // The leader counts itself as active.
-                recent_active: pr.recent_active || *id == self.cfg.id,
-                is_learner: learners.contains(id),
             });
         }
         p.peers.sort_by_key(|p| p.id);
@@ -481,7 +473,6 @@ impl<S: StateMachine, T: Transport> Loop<S, T> {
         if !batch.is_empty() {
             self.engine.write(batch, ready.must_sync())?;
         }
-        self.status.last_index.store(self.node.store().last(), Ordering::Release);
         for rs in ready.take_read_states() {
             let ctx: [u8; 8] = rs.request_ctx.as_slice().try_into().unwrap_or_default();
             if let Some(p) = self.reads_in_flight.remove(&u64::from_be_bytes(ctx)) {
