@@ -62,6 +62,14 @@ pub struct Config {
     /// Time (in milliseconds) for an election to timeout.
     #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
+    /// Checkpoint leases' remaining TTLs through raft, so they survive a
+    /// leader change and a restart (etcd 3.4 defaults to false; raftkv, like
+    /// etcd 3.6, to true).
+    #[arg(long, env = "RAFTKV_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub experimental_enable_lease_checkpoint: bool,
+    /// How often the leader checkpoints leases' remaining TTLs.
+    #[arg(long, env = "RAFTKV_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub experimental_lease_checkpoint_interval: Duration,
     /// Log level: trace, debug, info, warn, error.
     #[arg(long, env = "RAFTKV_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -111,6 +119,12 @@ impl Config {
         self.auto_compaction()?;
         Ok(())
     }
+}
+
+/// A Go-style duration ("5m", "1s", "500ms"), as etcd's flags take.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
+    if d.is_zero() { Err(format!("invalid duration {s:?}: must be positive")) } else { Ok(d) }
 }
 
 /// Splits a comma-separated URL list.

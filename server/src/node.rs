@@ -11,7 +11,7 @@ use etcd_client::proto::PbResponseHeader as ResponseHeader;
 use prost::Message;
 use sha1::{Digest, Sha1};
 
-use crate::apply::request::{ConfContext, Op, RaftRequest};
+use crate::apply::request::{ConfContext, LeaseCheckpoint, LeaseCheckpointRequest, Op, RaftRequest};
 use crate::apply::{Applier, Response, Waiters};
 use crate::config::{Config, split_urls};
 use crate::error::Error;
@@ -340,6 +340,21 @@ impl Node {
             next_id: AtomicU64::new(now << 22),
         };
         Ok((Arc::new(node), thread))
+    }
+
+    /// Renews a lease on this member, the leader: its TTL, 0 when unknown.
+    /// A checkpointed lease first has its checkpoint cleared through raft
+    /// (as etcd does), so a new leader cannot count from the older one.
+    pub async fn renew_lease(&self, id: i64) -> Result<i64, Error> {
+        match self.lessor.renew(id) {
+            None => Ok(0),
+            Some(r) if !r.clear_checkpoint => Ok(r.ttl),
+            Some(r) => {
+                let checkpoints = vec![LeaseCheckpoint { id, remaining_ttl: 0 }];
+                self.propose(Op::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints })).await?;
+                Ok(r.ttl)
+            }
+        }
     }
 
     /// A fresh lease id: positive, unique across restarts and members.

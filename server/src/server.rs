@@ -96,6 +96,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
 
     let compactor = tokio::spawn(crate::compactor::run(node.clone(), auto_compaction, stop_rx.clone()));
     let expiry = tokio::spawn(expire_leases(node.clone(), stop_rx.clone()));
+    let checkpoints = cfg
+        .experimental_enable_lease_checkpoint
+        .then(|| tokio::spawn(checkpoint_leases(node.clone(), cfg.experimental_lease_checkpoint_interval, stop_rx.clone())));
     let catch_up = tokio::spawn(node.hub.clone().run_catch_up(stop_rx.clone()));
     let progress = tokio::spawn(notify_progress(node.clone(), stop_rx.clone()));
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
@@ -131,6 +134,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     }
     let _ = compactor.await;
     let _ = expiry.await;
+    if let Some(c) = checkpoints {
+        let _ = c.await;
+    }
     let _ = catch_up.await;
     let _ = progress.await;
     node.stop();
@@ -149,7 +155,8 @@ async fn removed(node: Arc<Node>) {
 }
 
 /// The leader revokes expired leases through raft; a member that becomes
-/// leader first gives every lease its full TTL again.
+/// leader first gives every lease its checkpointed remaining TTL (or its
+/// full TTL), plus an election timeout, as etcd does.
 async fn expire_leases(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut was_leader = false;
     loop {
@@ -159,7 +166,7 @@ async fn expire_leases(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<b
         }
         let leader = node.is_leader();
         if leader && !was_leader {
-            node.lessor.promote();
+            node.lessor.promote(node.election_timeout);
         }
         was_leader = leader;
         if !leader {
@@ -170,6 +177,33 @@ async fn expire_leases(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<b
             match node.propose(crate::apply::request::Op::LeaseRevoke(revoke)).await {
                 Ok(_) | Err(crate::error::Error::LeaseNotFound) => tracing::info!(lease = %format!("{id:x}"), "lease expired"),
                 Err(e) => tracing::warn!(lease = %format!("{id:x}"), error = %e, "revoking an expired lease failed"),
+            }
+        }
+    }
+}
+
+/// etcd's maxLeaseCheckpointBatchSize.
+const MAX_CHECKPOINT_BATCH: usize = 1000;
+
+/// The leader checkpoints the remaining TTL of every lease with more than
+/// an interval left, through raft, once per interval (etcd's lease
+/// checkpointing), so that a new leader counts from it.
+async fn checkpoint_leases(node: Arc<Node>, interval: std::time::Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use crate::apply::request::{LeaseCheckpoint, LeaseCheckpointRequest, Op};
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if !node.is_leader() {
+            continue;
+        }
+        let due = node.lessor.due_checkpoints(interval);
+        for batch in due.chunks(MAX_CHECKPOINT_BATCH) {
+            let checkpoints = batch.iter().map(|&(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl }).collect();
+            if let Err(e) = node.propose(Op::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints })).await {
+                tracing::warn!(error = %e, "checkpointing leases failed");
+                break;
             }
         }
     }

@@ -107,7 +107,9 @@ impl Example {
             match self.next_line(left)? {
                 Some(line) if wanted(&line) => return Ok(line),
                 Some(_) => {}
-                None => return Err(self.failure(&format!("did not print {what} within {timeout:?}"))),
+                None => {
+                    return Err(self.failure(&format!("did not print {what} within {timeout:?}")));
+                }
             }
         }
     }
@@ -171,7 +173,11 @@ impl Example {
     }
 
     fn failure(&self, what: &str) -> anyhow::Error {
-        let transcript = self.transcript.lock().map(|t| t.join("\n")).unwrap_or_default();
+        let transcript = self
+            .transcript
+            .lock()
+            .map(|t| t.join("\n"))
+            .unwrap_or_default();
         anyhow::anyhow!("{} {what}; its output:\n{transcript}", self.label)
     }
 }
@@ -252,7 +258,9 @@ async fn the_registry_watcher_sees_a_killed_worker_depart_within_its_ttl() -> an
             "120s",
         ],
     )?;
-    watcher.expect_line("`watching`", START, |l| l.starts_with("watching services/web/"))?;
+    watcher.expect_line("`watching`", START, |l| {
+        l.starts_with("watching services/web/")
+    })?;
 
     let mut worker = Example::start(
         "service_registry",
@@ -290,7 +298,8 @@ async fn the_registry_watcher_sees_a_killed_worker_depart_within_its_ttl() -> an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_the_leader_is_killed_the_other_replica_takes_over_and_resumes() -> anyhow::Result<()> {
+async fn when_the_leader_is_killed_the_other_replica_takes_over_and_resumes() -> anyhow::Result<()>
+{
     let server = Server::start(Flavor::Raftkv).await?;
     let args = |name: &'static str| {
         [
@@ -348,7 +357,15 @@ async fn two_queue_consumers_take_each_of_twenty_items_exactly_once() -> anyhow:
         "distributed_queue",
         "producer",
         &server,
-        &["--queue", "q", "produce", "--count", "20", "--interval", "20ms"],
+        &[
+            "--queue",
+            "q",
+            "produce",
+            "--count",
+            "20",
+            "--interval",
+            "20ms",
+        ],
     )?;
     producer.expect_success(FINISH)?;
 

@@ -25,14 +25,21 @@ async fn a_second_locker_waits_until_the_first_unlocks() -> anyhow::Result<()> {
     for_both(|mut c: Client| async move {
         let mut seen = Vec::new();
         let (l1, l2) = (lease(&mut c).await?, lease(&mut c).await?);
-        let first = c.lock("job", Some(LockOptions::new().with_lease(l1))).await?;
+        let first = c
+            .lock("job", Some(LockOptions::new().with_lease(l1)))
+            .await?;
         seen.push(format!("first holds {}", suffix_free(first.key())));
         let mut c2 = c.clone();
-        let second = tokio::spawn(async move { c2.lock("job", Some(LockOptions::new().with_lease(l2))).await });
+        let second = tokio::spawn(async move {
+            c2.lock("job", Some(LockOptions::new().with_lease(l2)))
+                .await
+        });
         tokio::time::sleep(Duration::from_millis(500)).await;
         seen.push(format!("second waiting: {}", !second.is_finished()));
         c.unlock(first.key()).await?;
-        let got = tokio::time::timeout(Duration::from_secs(10), second).await.context("second never got the lock")???;
+        let got = tokio::time::timeout(Duration::from_secs(10), second)
+            .await
+            .context("second never got the lock")???;
         seen.push(format!("second holds {}", suffix_free(got.key())));
         Ok(seen)
     })
@@ -50,7 +57,9 @@ async fn ten_clients_counting_under_the_lock_lose_no_update() -> anyhow::Result<
             tasks.push(tokio::spawn(async move {
                 let l = lease(&mut c).await?;
                 for _ in 0..ROUNDS {
-                    let held = c.lock("counter-lock", Some(LockOptions::new().with_lease(l))).await?;
+                    let held = c
+                        .lock("counter-lock", Some(LockOptions::new().with_lease(l)))
+                        .await?;
                     let n: u64 = match c.get("counter", None).await?.kvs().first() {
                         Some(kv) => kv.value_str()?.parse()?,
                         None => 0,
@@ -65,7 +74,12 @@ async fn ten_clients_counting_under_the_lock_lose_no_update() -> anyhow::Result<
             t.await??;
         }
         let mut c = c.clone();
-        let total = c.get("counter", None).await?.kvs().first().map(|kv| kv.value_str().unwrap_or_default().to_string());
+        let total = c
+            .get("counter", None)
+            .await?
+            .kvs()
+            .first()
+            .map(|kv| kv.value_str().unwrap_or_default().to_string());
         Ok(total)
     })
     .await
@@ -75,31 +89,74 @@ async fn ten_clients_counting_under_the_lock_lose_no_update() -> anyhow::Result<
 async fn campaign_proclaim_observe_resign() -> anyhow::Result<()> {
     for_both(|mut c: Client| async move {
         let mut seen = Vec::new();
-        seen.push(format!("leader before any campaign: {}", describe::outcome(&c.leader("e").await, |_| "a leader".into())));
+        seen.push(format!(
+            "leader before any campaign: {}",
+            describe::outcome(&c.leader("e").await, |_| "a leader".into())
+        ));
         let (l1, l2) = (lease(&mut c).await?, lease(&mut c).await?);
         let a = c.campaign("e", "a", l1).await?;
         let a_key = a.leader().context("leader key")?.clone();
         let mut observer = c.observe("e").await?;
         let first = observer.message().await?.context("observe")?;
-        seen.push(format!("observed {:?}", first.kv().map(|kv| kv.value_str().unwrap_or_default().to_string())));
+        seen.push(format!(
+            "observed {:?}",
+            first
+                .kv()
+                .map(|kv| kv.value_str().unwrap_or_default().to_string())
+        ));
         let mut c2 = c.clone();
         let b = tokio::spawn(async move { c2.campaign("e", "b", l2).await });
         tokio::time::sleep(Duration::from_millis(500)).await;
         seen.push(format!("b waiting: {}", !b.is_finished()));
-        c.proclaim("a2", Some(ProclaimOptions::new().with_leader(a_key.clone()))).await?;
+        c.proclaim(
+            "a2",
+            Some(ProclaimOptions::new().with_leader(a_key.clone())),
+        )
+        .await?;
         let second = observer.message().await?.context("observe")?;
-        seen.push(format!("observed {:?}", second.kv().map(|kv| kv.value_str().unwrap_or_default().to_string())));
+        seen.push(format!(
+            "observed {:?}",
+            second
+                .kv()
+                .map(|kv| kv.value_str().unwrap_or_default().to_string())
+        ));
         let leader = c.leader("e").await?;
-        seen.push(format!("leader {:?}", leader.kv().map(|kv| kv.value_str().unwrap_or_default().to_string())));
-        c.resign(Some(ResignOptions::new().with_leader(a_key.clone()))).await?;
-        let b = tokio::time::timeout(Duration::from_secs(10), b).await.context("b never won")???;
-        seen.push(format!("b won with rev > a's: {}", b.leader().map_or(0, |k| k.rev()) > a_key.rev()));
+        seen.push(format!(
+            "leader {:?}",
+            leader
+                .kv()
+                .map(|kv| kv.value_str().unwrap_or_default().to_string())
+        ));
+        c.resign(Some(ResignOptions::new().with_leader(a_key.clone())))
+            .await?;
+        let b = tokio::time::timeout(Duration::from_secs(10), b)
+            .await
+            .context("b never won")???;
+        seen.push(format!(
+            "b won with rev > a's: {}",
+            b.leader().map_or(0, |k| k.rev()) > a_key.rev()
+        ));
         let third = observer.message().await?.context("observe")?;
-        seen.push(format!("observed {:?}", third.kv().map(|kv| kv.value_str().unwrap_or_default().to_string())));
-        let stale = c.proclaim("x", Some(ProclaimOptions::new().with_leader(a_key.clone()))).await;
-        seen.push(format!("stale proclaim: {}", describe::outcome(&stale, |_| "ok".into())));
-        let stale_resign = c.resign(Some(ResignOptions::new().with_leader(a_key))).await;
-        seen.push(format!("stale resign: {}", describe::outcome(&stale_resign, |_| "ok".into())));
+        seen.push(format!(
+            "observed {:?}",
+            third
+                .kv()
+                .map(|kv| kv.value_str().unwrap_or_default().to_string())
+        ));
+        let stale = c
+            .proclaim("x", Some(ProclaimOptions::new().with_leader(a_key.clone())))
+            .await;
+        seen.push(format!(
+            "stale proclaim: {}",
+            describe::outcome(&stale, |_| "ok".into())
+        ));
+        let stale_resign = c
+            .resign(Some(ResignOptions::new().with_leader(a_key)))
+            .await;
+        seen.push(format!(
+            "stale resign: {}",
+            describe::outcome(&stale_resign, |_| "ok".into())
+        ));
         Ok(seen)
     })
     .await

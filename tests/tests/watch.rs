@@ -21,9 +21,19 @@ fn event(e: &etcd_client::Event) -> String {
             kv.version()
         )
     });
-    let prev = e.prev_kv().map(|kv| format!(" prev={}", String::from_utf8_lossy(kv.value())));
-    let kind = if e.event_type() == EventType::Put { "PUT" } else { "DELETE" };
-    format!("{kind} {}{}", kv.unwrap_or_default(), prev.unwrap_or_default())
+    let prev = e
+        .prev_kv()
+        .map(|kv| format!(" prev={}", String::from_utf8_lossy(kv.value())));
+    let kind = if e.event_type() == EventType::Put {
+        "PUT"
+    } else {
+        "DELETE"
+    };
+    format!(
+        "{kind} {}{}",
+        kv.unwrap_or_default(),
+        prev.unwrap_or_default()
+    )
 }
 
 /// One deterministic line per response.
@@ -73,13 +83,37 @@ async fn events_from_now_and_from_history_with_filters_and_prev_kv() -> anyhow::
         let mut seen = Vec::new();
         c.put("w/a", "1", None).await?;
         c.put("w/b", "1", None).await?;
-        let mut now = c.watch("w/", Some(WatchOptions::new().with_prefix().with_prev_key())).await?;
+        let mut now = c
+            .watch(
+                "w/",
+                Some(WatchOptions::new().with_prefix().with_prev_key()),
+            )
+            .await?;
         seen.push(next(&mut now).await?);
-        let mut history = c.watch("w/", Some(WatchOptions::new().with_prefix().with_start_revision(2))).await?;
+        let mut history = c
+            .watch(
+                "w/",
+                Some(WatchOptions::new().with_prefix().with_start_revision(2)),
+            )
+            .await?;
         let created = next(&mut history).await?;
-        seen.push(created.split(" rev=").next().unwrap_or_default().to_string());
+        seen.push(
+            created
+                .split(" rev=")
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        );
         let mut no_put = c
-            .watch("w/", Some(WatchOptions::new().with_prefix().with_start_revision(1).with_filters([WatchFilterType::NoPut])))
+            .watch(
+                "w/",
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(1)
+                        .with_filters([WatchFilterType::NoPut]),
+                ),
+            )
             .await?;
         seen.push(next(&mut no_put).await?);
         c.put("w/a", "2", None).await?;
@@ -103,13 +137,18 @@ async fn cancel_progress_compaction_and_watch_ids() -> anyhow::Result<()> {
             c.put("k", format!("{i}"), None).await?;
         }
         c.compact(4, None).await?;
-        let mut compacted = c.watch("k", Some(WatchOptions::new().with_start_revision(2))).await?;
+        let mut compacted = c
+            .watch("k", Some(WatchOptions::new().with_start_revision(2)))
+            .await?;
         seen.push(next(&mut compacted).await?);
         seen.push(next(&mut compacted).await?);
 
-        let mut w = c.watch("k", Some(WatchOptions::new().with_watch_id(7))).await?;
+        let mut w = c
+            .watch("k", Some(WatchOptions::new().with_watch_id(7)))
+            .await?;
         seen.push(next(&mut w).await?);
-        w.watch("k", Some(WatchOptions::new().with_watch_id(7))).await?;
+        w.watch("k", Some(WatchOptions::new().with_watch_id(7)))
+            .await?;
         seen.push(next(&mut w).await?);
         w.watch("j", None).await?;
         seen.push(next(&mut w).await?);
@@ -136,14 +175,22 @@ async fn many_watchers_see_every_event_once_in_order() -> anyhow::Result<()> {
     let mut streams = Vec::new();
     for _ in 0..WATCHERS {
         let mut c = server.client().await?;
-        let mut s = c.watch("burst/", Some(WatchOptions::new().with_prefix())).await?;
+        let mut s = c
+            .watch("burst/", Some(WatchOptions::new().with_prefix()))
+            .await?;
         s.message().await?.context("created")?;
         streams.push(s);
     }
     let mut writer = server.client().await?;
-    let first = writer.put("burst/0", "0", None).await?.header().map_or(0, |h| h.revision());
+    let first = writer
+        .put("burst/0", "0", None)
+        .await?
+        .header()
+        .map_or(0, |h| h.revision());
     for i in 1..WRITES {
-        writer.put(format!("burst/{}", i % 7), format!("{i}"), None).await?;
+        writer
+            .put(format!("burst/{}", i % 7), format!("{i}"), None)
+            .await?;
     }
     for (n, s) in streams.iter_mut().enumerate() {
         let mut expect = first;

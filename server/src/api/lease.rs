@@ -43,7 +43,7 @@ fn peer_error(s: Status) -> Error {
 /// Renews a lease on the leader: the remaining TTL, 0 when unknown.
 async fn renew(node: &Node, id: i64) -> Result<i64, Error> {
     if node.is_leader() {
-        return Ok(node.lessor.renew(id).unwrap_or(0));
+        return node.renew_lease(id).await;
     }
     let mut leader = node.leader_peer()?;
     let r = crate::peer::proto::LeaseRequest { cluster_id: node.cluster_id, id, keys: false };

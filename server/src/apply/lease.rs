@@ -1,5 +1,6 @@
-//! LeaseGrant and LeaseRevoke, as etcd applies them: a grant records the
-//! lease; a revoke deletes its keys in one revision, then forgets it.
+//! LeaseGrant, LeaseRevoke and LeaseCheckpoint, as etcd applies them: a
+//! grant records the lease; a revoke deletes its keys in one revision, then
+//! forgets it; a checkpoint records remaining TTLs (no revision).
 
 use etcd_client::proto::{
     PbLeaseGrantRequest as LeaseGrantRequest, PbLeaseGrantResponse as LeaseGrantResponse,
@@ -10,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::lease::Lessor;
 use crate::mvcc::{RangeEnd, WriteTxn};
 use crate::storage::WriteBatch;
+use super::request::LeaseCheckpointRequest;
 
 pub fn grant(txn: &WriteTxn<'_>, lessor: &Lessor, g: LeaseGrantRequest, batch: &mut WriteBatch) -> Result<LeaseGrantResponse> {
     if !lessor.grant(g.id, g.ttl, batch) {
@@ -30,4 +32,11 @@ pub fn revoke(txn: &mut WriteTxn<'_>, lessor: &Lessor, r: LeaseRevokeRequest, ba
     }
     lessor.revoke(r.id, batch);
     Ok(LeaseRevokeResponse { header: Some(PbResponseHeader { revision: txn.rev(), ..Default::default() }) })
+}
+
+pub fn checkpoint(txn: &WriteTxn<'_>, lessor: &Lessor, c: LeaseCheckpointRequest, batch: &mut WriteBatch) -> Result<PbResponseHeader> {
+    for cp in c.checkpoints {
+        lessor.checkpoint(cp.id, cp.remaining_ttl, batch);
+    }
+    Ok(PbResponseHeader { revision: txn.rev(), ..Default::default() })
 }

@@ -45,6 +45,7 @@ pub enum Response {
     LeaseRevoke(LeaseRevokeResponse),
     /// The member list after a membership change.
     Members(Vec<Member>),
+    LeaseCheckpoint(PbResponseHeader),
 }
 
 pub type ApplyResult = Result<Response, Error>;
@@ -150,6 +151,7 @@ impl Applier {
             Op::LeaseRevoke(r) => lease::revoke(&mut txn, &self.lessor, r, &mut progress).map(Response::LeaseRevoke),
             Op::MemberAttributes(m) => member::attributes(&self.membership, m, &mut progress).map(Response::Members),
             Op::MemberPeerUrls(m) => member::peer_urls(&self.membership, m, &mut progress).map(Response::Members),
+            Op::LeaseCheckpoint(c) => lease::checkpoint(&txn, &self.lessor, c, &mut progress).map(Response::LeaseCheckpoint),
             Op::Compaction(_) => unreachable!("handled above"),
         };
         // A failed request left no change in `txn` (checks run first), but

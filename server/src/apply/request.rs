@@ -11,7 +11,7 @@ pub struct RaftRequest {
     /// Unique per proposal; the proposer waits for the result under it.
     #[prost(uint64, tag = "1")]
     pub id: u64,
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 11")]
     pub op: Option<Op>,
     /// The member that proposed it: only that member has a waiter for
     /// `id` (ids are unique per member, not across members).
@@ -39,6 +39,25 @@ pub enum Op {
     /// New peer URLs for a member.
     #[prost(message, tag = "9")]
     MemberPeerUrls(Member),
+    /// The leader's checkpoint of leases' remaining TTLs (etcd's
+    /// LeaseCheckpointRequest).
+    #[prost(message, tag = "11")]
+    LeaseCheckpoint(LeaseCheckpointRequest),
+}
+
+/// etcd's LeaseCheckpointRequest (etcd-client does not export it).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseCheckpointRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub checkpoints: Vec<LeaseCheckpoint>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseCheckpoint {
+    #[prost(int64, tag = "1")]
+    pub id: i64,
+    #[prost(int64, tag = "2")]
+    pub remaining_ttl: i64,
 }
 
 /// The context of a membership change: who waits for it, and the member

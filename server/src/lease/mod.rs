@@ -1,8 +1,11 @@
 //! Leases: which exist, their TTLs, the keys attached to each, and when
-//! each expires. Grants and revocations are applied through raft (the apply
-//! layer persists them); expiry times live only in memory and are counted
-//! from when this member became able to decide (a restart or a new leader
-//! gives every lease its full TTL again, as etcd does without checkpoints).
+//! each expires. Grants, revocations and checkpoints are applied through
+//! raft (the apply layer persists them); expiry times live only in memory
+//! and are counted from when this member became able to decide. As in etcd,
+//! the leader checkpoints the remaining TTL of long leases through raft, and
+//! a new leader (or a restarted one) counts from the last checkpoint, so a
+//! lease's remaining time survives a leader change; a lease never expires
+//! early, since a checkpoint is rounded up and a renewal clears it.
 //! It must not write keys itself: revoking a lease's keys is the applier's.
 
 use std::collections::{BTreeSet, HashMap};
@@ -19,6 +22,9 @@ const KEY_PREFIX: &[u8] = b"lease/";
 #[derive(Debug, Clone)]
 struct Lease {
     ttl: i64,
+    /// The remaining TTL last checkpointed through raft; 0 when none (the
+    /// lease was renewed since, or never checkpointed).
+    remaining: i64,
     keys: BTreeSet<Vec<u8>>,
     expiry: Instant,
 }
@@ -64,8 +70,9 @@ impl Lessor {
             *last += 1;
         }
         engine.scan(Cf::Meta, KEY_PREFIX, Some(&end), &mut |k, v| {
-            if let (Ok(id), Ok(ttl)) = (k[KEY_PREFIX.len()..].try_into().map(i64::from_be_bytes), v.try_into().map(i64::from_be_bytes)) {
-                inner.leases.insert(id, Lease { ttl, keys: BTreeSet::new(), expiry: now + secs(ttl) });
+            if let (Ok(id), Some((ttl, remaining))) = (k[KEY_PREFIX.len()..].try_into().map(i64::from_be_bytes), decode(v)) {
+                let l = Lease { ttl, remaining, keys: BTreeSet::new(), expiry: now };
+                inner.leases.insert(id, Lease { expiry: now + secs(l.time_left()), ..l });
             }
             true
         })?;
@@ -94,9 +101,39 @@ impl Lessor {
         if inner.leases.contains_key(&id) {
             return false;
         }
-        batch.put(Cf::Meta, lease_key(id), ttl.to_be_bytes().to_vec());
-        inner.leases.insert(id, Lease { ttl, keys: BTreeSet::new(), expiry: Instant::now() + secs(ttl) });
+        batch.put(Cf::Meta, lease_key(id), encode(ttl, 0));
+        inner.leases.insert(id, Lease { ttl, remaining: 0, keys: BTreeSet::new(), expiry: Instant::now() + secs(ttl) });
         true
+    }
+
+    /// Records a checkpoint of a lease's remaining TTL (applied through
+    /// raft; 0 clears it). The expiry is left alone: it takes effect when a
+    /// member starts deciding. Unknown leases are skipped.
+    pub fn checkpoint(&self, id: i64, remaining: i64, batch: &mut WriteBatch) {
+        let mut inner = self.inner.write();
+        if let Some(l) = inner.leases.get_mut(&id) {
+            l.remaining = remaining.max(0);
+            batch.put(Cf::Meta, lease_key(id), encode(l.ttl, l.remaining));
+        }
+    }
+
+    /// The leases the leader checkpoints now: every lease with more than
+    /// `interval` left (as etcd: shorter ones expire before the next
+    /// checkpoint would matter), with its remaining TTL rounded up.
+    pub fn due_checkpoints(&self, interval: Duration) -> Vec<(i64, i64)> {
+        let now = Instant::now();
+        let mut due: Vec<(i64, i64)> = self
+            .inner
+            .read()
+            .leases
+            .iter()
+            .filter_map(|(id, l)| {
+                let left = l.expiry.saturating_duration_since(now);
+                (left > interval).then(|| (*id, round_up(left)))
+            })
+            .collect();
+        due.sort_unstable();
+        due
     }
 
     /// The keys a revocation must delete, or None for an unknown lease.
@@ -131,20 +168,21 @@ impl Lessor {
         }
     }
 
-    /// Renews a lease for its full TTL; returns the TTL, None if unknown.
-    pub fn renew(&self, id: i64) -> Option<i64> {
+    /// Renews a lease for its full TTL: the TTL, and whether a checkpoint
+    /// must be cleared through raft first (else a new leader would count
+    /// from the older, shorter checkpoint); None if unknown.
+    pub fn renew(&self, id: i64) -> Option<Renewal> {
         let mut inner = self.inner.write();
         let l = inner.leases.get_mut(&id)?;
         l.expiry = Instant::now() + secs(l.ttl);
-        Some(l.ttl)
+        Some(Renewal { ttl: l.ttl, clear_checkpoint: l.remaining > 0 })
     }
 
     pub fn info(&self, id: i64) -> Option<LeaseInfo> {
         let inner = self.inner.read();
         let l = inner.leases.get(&id)?;
-        let left = l.expiry.saturating_duration_since(Instant::now());
         // etcd rounds the remaining time up to whole seconds.
-        let remaining = left.as_secs() as i64 + i64::from(left.subsec_nanos() > 0);
+        let remaining = round_up(l.expiry.saturating_duration_since(Instant::now()));
         Some(LeaseInfo { ttl: l.ttl, remaining, keys: l.keys.iter().cloned().collect() })
     }
 
@@ -154,17 +192,57 @@ impl Lessor {
         self.inner.read().leases.iter().filter(|(_, l)| l.expiry <= now).map(|(id, _)| *id).collect()
     }
 
-    /// Gives every lease its full TTL again (this member starts deciding).
-    pub fn promote(&self) {
+    /// This member starts deciding: every lease gets its checkpointed
+    /// remaining TTL, or its full TTL when it has none, plus `extend` (etcd
+    /// extends by an election timeout, the time clients need to find the
+    /// new leader with their keep-alives).
+    pub fn promote(&self, extend: Duration) {
         let now = Instant::now();
         for l in self.inner.write().leases.values_mut() {
-            l.expiry = now + secs(l.ttl);
+            l.expiry = now + extend + secs(l.time_left());
         }
+    }
+}
+
+/// The outcome of a renewal on the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewal {
+    pub ttl: i64,
+    pub clear_checkpoint: bool,
+}
+
+impl Lease {
+    /// Seconds a member that starts deciding now gives this lease.
+    fn time_left(&self) -> i64 {
+        if self.remaining > 0 { self.remaining.min(self.ttl) } else { self.ttl }
     }
 }
 
 fn secs(ttl: i64) -> Duration {
     Duration::from_secs(ttl.max(0) as u64)
+}
+
+fn round_up(d: Duration) -> i64 {
+    d.as_secs() as i64 + i64::from(d.subsec_nanos() > 0)
+}
+
+/// A lease record: the granted TTL, then the checkpointed remaining TTL
+/// (absent in records written before checkpoints, read as 0).
+fn encode(ttl: i64, remaining: i64) -> Vec<u8> {
+    let mut v = ttl.to_be_bytes().to_vec();
+    if remaining > 0 {
+        v.extend_from_slice(&remaining.to_be_bytes());
+    }
+    v
+}
+
+fn decode(v: &[u8]) -> Option<(i64, i64)> {
+    let ttl = i64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+    let remaining = match v.get(8..) {
+        Some([]) | None => 0,
+        Some(r) => i64::from_be_bytes(r.try_into().ok()?),
+    };
+    Some((ttl, remaining))
 }
 
 #[cfg(test)]
@@ -193,5 +271,36 @@ mod tests {
         assert_eq!(reloaded.ids(), vec![7, 8]);
         assert_eq!(reloaded.info(7).map(|i| (i.ttl, i.keys)), Some((60, vec![b"j".to_vec()])));
         assert!(reloaded.expired().is_empty());
+    }
+
+    #[test]
+    fn a_checkpoint_survives_a_reload_and_a_promotion_and_a_renewal_clears_it() {
+        let engine = MemEngine::new();
+        let l = Lessor::new(2);
+        let mut b = WriteBatch::default();
+        assert!(l.grant(7, 60, &mut b));
+        assert!(l.grant(8, 60, &mut b));
+        l.checkpoint(7, 20, &mut b);
+        l.checkpoint(99, 20, &mut b);
+        engine.write(b, true).expect("write");
+        // The leader's own expiry is not shortened by a checkpoint.
+        assert_eq!(l.info(7).map(|i| i.remaining), Some(60));
+
+        let follower = Lessor::new(2);
+        follower.load(&engine, []).expect("load");
+        assert_eq!(follower.info(7).map(|i| i.remaining), Some(20), "a restarted member counts from the checkpoint");
+        assert_eq!(follower.info(8).map(|i| i.remaining), Some(60));
+        follower.promote(Duration::ZERO);
+        assert_eq!(follower.info(7).map(|i| i.remaining), Some(20), "a new leader counts from the checkpoint");
+        assert_eq!(follower.renew(7), Some(Renewal { ttl: 60, clear_checkpoint: true }));
+        assert_eq!(follower.renew(8), Some(Renewal { ttl: 60, clear_checkpoint: false }));
+        let mut b = WriteBatch::default();
+        follower.checkpoint(7, 0, &mut b);
+        engine.write(b, true).expect("write");
+        follower.promote(Duration::ZERO);
+        assert_eq!(follower.info(7).map(|i| i.remaining), Some(60), "a cleared checkpoint gives the full TTL");
+
+        assert_eq!(follower.due_checkpoints(Duration::from_secs(30)), vec![(7, 60), (8, 60)]);
+        assert!(follower.due_checkpoints(Duration::from_secs(60)).is_empty(), "leases with less than an interval left are not checkpointed");
     }
 }

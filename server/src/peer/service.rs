@@ -110,7 +110,8 @@ impl Peer for PeerService {
     async fn lease_renew(&self, req: Request<LeaseRequest>) -> Result<Response<LeaseRenewResponse>, Status> {
         let r = req.into_inner();
         self.lease_leader(r.cluster_id)?;
-        Ok(Response::new(LeaseRenewResponse { ttl: self.node.lessor.renew(r.id).unwrap_or(0) }))
+        let ttl = self.node.renew_lease(r.id).await.map_err(crate::api::status)?;
+        Ok(Response::new(LeaseRenewResponse { ttl }))
     }
 
     async fn lease_time_to_live(&self, req: Request<LeaseRequest>) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
