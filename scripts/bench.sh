@@ -35,6 +35,11 @@ PUT_TOTAL=$((50000 / SCALE))
 LATENCY_TOTAL=$((2000 / SCALE))
 RANGE_TOTAL=$((50000 / SCALE))
 MEMORY_KEYS=$((100000 / SCALE))
+WATCHERS=1000
+WATCH_PUTS=$((1000 / SCALE))
+WATCH_PACED_PUTS=$((500 / SCALE))
+LEASE_TOTAL=$((50000 / SCALE))
+LOCK_TOTAL=$((2000 / SCALE))
 VAL_SIZE=256
 KEY_SPACE=100000
 
@@ -91,6 +96,28 @@ measure() {
     done
     stop_servers
 
+    log "$s: watch, lease keep-alive and lock"
+    start_server "$s" coordination || return 0
+    # Every put reaches all $WATCHERS watchers: deliveries per second, and
+    # latency from a put's sending to each watcher's event.
+    out=$(bench "$ENDPOINT" --conns 10 --clients 10 --total "$WATCH_PUTS" \
+        watch --watchers "$WATCHERS" --streams 100)
+    keep "$s.watch_rps" higher "$(jq -r .rps <<<"$out")"
+    keep "$s.watch_p99" lower "$(jq -r .p99_ms <<<"$out")"
+    keep "$s.watch_err" higher "$(jq -r .errors <<<"$out")"
+    out=$(bench "$ENDPOINT" --conns 10 --clients 10 --total "$WATCH_PACED_PUTS" \
+        watch --watchers "$WATCHERS" --streams 100 --put-rate 100)
+    keep "$s.watchlat_p50" lower "$(jq -r .p50_ms <<<"$out")"
+    keep "$s.watchlat_p99" lower "$(jq -r .p99_ms <<<"$out")"
+    keep "$s.watchlat_err" higher "$(jq -r .errors <<<"$out")"
+    out=$(bench "$ENDPOINT" --conns 10 --clients 100 --total "$LEASE_TOTAL" lease-keepalive)
+    keep "$s.lease_rps" higher "$(jq -r .rps <<<"$out")"
+    keep "$s.lease_err" higher "$(jq -r .errors <<<"$out")"
+    out=$(bench "$ENDPOINT" --conns 2 --clients 10 --total "$LOCK_TOTAL" lock)
+    keep "$s.lock_rps" higher "$(jq -r .rps <<<"$out")"
+    keep "$s.lock_err" higher "$(jq -r .errors <<<"$out")"
+    stop_servers
+
     log "$s: resident memory with $MEMORY_KEYS keys"
     start_server "$s" memory || return 0
     keep "$s.rss_idle" lower "$(rss_kib)"
@@ -115,6 +142,12 @@ print_table "$(
     result_row "put latency, 1 client, p99 (ms)" lat_p99 lower lat_err
     result_row "range 1 key, linearizable, 64 clients (req/s)" range_l_rps higher range_l_err
     result_row "range 1 key, serializable, 64 clients (req/s)" range_s_rps higher range_s_err
+    result_row "watch: deliveries to ${WATCHERS} watchers, 10 putters (events/s)" watch_rps higher watch_err
+    result_row "watch: delivery p99, 10 putters (ms)" watch_p99 lower watch_err
+    result_row "watch: delivery p50, 100 puts/s (ms)" watchlat_p50 lower watchlat_err
+    result_row "watch: delivery p99, 100 puts/s (ms)" watchlat_p99 lower watchlat_err
+    result_row "lease keep-alive, 100 clients (req/s)" lease_rps higher lease_err
+    result_row "lock + unlock, 10 clients on one lock (req/s)" lock_rps higher lock_err
     row "RSS idle, fresh member (MiB)" \
         "$(mib "${R[etcd.rss_idle]:-}")" "$(mib "${R[raftkv.rss_idle]:-}")" lower
     row "RSS after ${MEMORY_KEYS} keys x ${VAL_SIZE} B (MiB)" \

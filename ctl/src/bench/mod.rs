@@ -2,15 +2,21 @@
 //! `tools/benchmark`, so figures for raftkv and etcd come from the same tool.
 //!
 //! Layout: this file holds the flags shared by every workload and the runner
-//! (connections, client tasks, progress bar); `put.rs`, `range.rs` and
-//! `txn.rs` each describe one workload's requests; `report.rs` turns the
-//! measured latencies into etcd's summary or a JSON line. A workload knows
-//! nothing of timing or reporting, and the runner nothing of request shapes.
+//! (connections, client tasks, progress bar); `put.rs`, `range.rs`,
+//! `txn.rs`, `lease.rs` and `lock.rs` each describe one workload's requests
+//! (and what a client keeps between them); `watch.rs` drives watchers and
+//! the puts they see, timing deliveries rather than requests; `report.rs`
+//! turns the measured latencies into etcd's summary or a JSON line. A
+//! workload knows nothing of timing or reporting, and the runner nothing of
+//! request shapes.
 
+mod lease;
+mod lock;
 mod put;
 mod range;
 mod report;
 mod txn;
+mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use etcd_client::{Client, ConnectOptions, GetOptions, KvClient};
+use etcd_client::{Client, ConnectOptions, GetOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::client::ConnConfig;
@@ -56,14 +62,31 @@ pub enum BenchWorkload {
     Range(range::RangeArgs),
     /// Txns made of --txn-ops puts each (etcd's txn-put).
     Txn(txn::TxnArgs),
+    /// Keep-alives of one lease per client, each answered before the next
+    /// (etcd's lease-keepalive).
+    LeaseKeepalive(lease::LeaseArgs),
+    /// Lock then unlock, through the Lock service, each client with its own
+    /// lease; clients share --names locks.
+    Lock(lock::LockArgs),
+    /// Watchers on a prefix and puts under it: --total is the number of
+    /// puts, and every watcher's every event is a timed delivery, from the
+    /// put's sending to the event's arrival (etcd's watch-latency).
+    Watch(watch::WatchArgs),
 }
 
 /// One kind of request, issued `total` times by all clients together.
 pub(crate) trait Workload: Send + Sync + 'static {
+    /// What one client keeps between requests: a lease, a keep-alive stream.
+    type Session: Send + 'static;
+
+    /// Opens a client's session, before the clock starts.
+    fn open(&self, client: &mut Client) -> impl Future<Output = Result<Self::Session, etcd_client::Error>> + Send;
+
     /// Issues request number `seq` (0-based, unique over the whole run).
     fn request(
         &self,
-        kv: &mut KvClient,
+        client: &mut Client,
+        session: &mut Self::Session,
         seq: u64,
     ) -> impl Future<Output = Result<(), etcd_client::Error>> + Send;
 }
@@ -106,6 +129,9 @@ async fn bench(args: &BenchArgs, conn: &ConnConfig) -> anyhow::Result<Report> {
         BenchWorkload::Put(w) => drive("put", args, conn, w.workload()?).await,
         BenchWorkload::Range(w) => drive("range", args, conn, w.workload()).await,
         BenchWorkload::Txn(w) => drive("txn", args, conn, w.workload()?).await,
+        BenchWorkload::LeaseKeepalive(w) => drive("lease-keepalive", args, conn, w.workload()).await,
+        BenchWorkload::Lock(w) => drive("lock", args, conn, w.workload()?).await,
+        BenchWorkload::Watch(w) => watch::drive(args, conn, w).await,
     }
 }
 
@@ -120,13 +146,19 @@ async fn drive<W: Workload>(
     let conns = connect(args.conns, conn).await?;
     let workload = Arc::new(workload);
     let next = Arc::new(AtomicU64::new(0));
-    let bar = progress_bar(args.total);
     let total = args.total;
+    let mut clients = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        let mut client = conns[i % conns.len()].clone();
+        let session = workload.open(&mut client).await.context("opening a client's session")?;
+        clients.push((client, session));
+    }
+    let bar = progress_bar(args.total);
 
     let started = Instant::now();
-    let tasks: Vec<_> = (0..args.clients)
-        .map(|i| {
-            let mut kv = conns[i % conns.len()].clone();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|(mut client, mut session)| {
             let (workload, next, bar) = (workload.clone(), next.clone(), bar.clone());
             tokio::spawn(async move {
                 let mut stats = Stats::new();
@@ -136,7 +168,7 @@ async fn drive<W: Workload>(
                         break;
                     }
                     let sent = Instant::now();
-                    match workload.request(&mut kv, seq).await {
+                    match workload.request(&mut client, &mut session, seq).await {
                         Ok(()) => stats.record_ok(sent.elapsed()),
                         Err(e) => stats.record_err(&e),
                     }
@@ -157,7 +189,7 @@ async fn drive<W: Workload>(
 
 /// One `etcd_client::Client` (one HTTP/2 connection) per `--conns`, each
 /// checked with a serializable read so that dialing is not timed.
-async fn connect(count: usize, conn: &ConnConfig) -> anyhow::Result<Vec<KvClient>> {
+pub(crate) async fn connect(count: usize, conn: &ConnConfig) -> anyhow::Result<Vec<Client>> {
     let mut options = ConnectOptions::default().with_connect_timeout(conn.dial_timeout);
     if let Some((user, password)) = &conn.user {
         options = options.with_user(user.clone(), password.clone());
@@ -168,18 +200,19 @@ async fn connect(count: usize, conn: &ConnConfig) -> anyhow::Result<Vec<KvClient
         let client = Client::connect([endpoint], Some(options.clone()))
             .await
             .with_context(|| format!("connecting to {endpoint}"))?;
-        let mut kv = client.kv_client();
+        let mut client = client;
         let probe = GetOptions::new().with_serializable().with_count_only();
-        kv.get("raftkvctl-bench-probe", Some(probe))
+        client
+            .get("raftkvctl-bench-probe", Some(probe))
             .await
             .with_context(|| format!("probing {endpoint}"))?;
-        conns.push(kv);
+        conns.push(client);
     }
     Ok(conns)
 }
 
 /// Drawn on stderr, and hidden by indicatif when stderr is not a terminal.
-fn progress_bar(total: u64) -> ProgressBar {
+pub(crate) fn progress_bar(total: u64) -> ProgressBar {
     let bar = ProgressBar::new(total);
     if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}") {
         bar.set_style(style);

@@ -3,7 +3,7 @@
 //! the same random value of `--val-size` bytes.
 
 use anyhow::bail;
-use etcd_client::KvClient;
+use etcd_client::Client;
 use rand::Rng as _;
 
 use super::{Workload, key_bytes, random_value};
@@ -68,8 +68,14 @@ impl Put {
 }
 
 impl Workload for Put {
-    async fn request(&self, kv: &mut KvClient, seq: u64) -> Result<(), etcd_client::Error> {
-        kv.put(self.key(seq), self.value.clone(), None).await.map(drop)
+    type Session = ();
+
+    async fn open(&self, _client: &mut Client) -> Result<(), etcd_client::Error> {
+        Ok(())
+    }
+
+    async fn request(&self, client: &mut Client, _: &mut (), seq: u64) -> Result<(), etcd_client::Error> {
+        client.put(self.key(seq), self.value.clone(), None).await.map(drop)
     }
 }
 

@@ -2,7 +2,7 @@
 //! or [KEY, END) when END is given, linearizably (`l`, through the leader's
 //! read index) or serializably (`s`, from the member's local state).
 
-use etcd_client::{GetOptions, KvClient};
+use etcd_client::{Client, GetOptions};
 
 use super::Workload;
 
@@ -39,7 +39,13 @@ pub(super) struct Range {
 }
 
 impl Workload for Range {
-    async fn request(&self, kv: &mut KvClient, _seq: u64) -> Result<(), etcd_client::Error> {
-        kv.get(self.key.clone(), Some(self.options.clone())).await.map(drop)
+    type Session = ();
+
+    async fn open(&self, _client: &mut Client) -> Result<(), etcd_client::Error> {
+        Ok(())
+    }
+
+    async fn request(&self, client: &mut Client, _: &mut (), _seq: u64) -> Result<(), etcd_client::Error> {
+        client.get(self.key.clone(), Some(self.options.clone())).await.map(drop)
     }
 }

@@ -50,6 +50,13 @@ impl Stats {
         *self.errors.entry(text).or_default() += 1;
     }
 
+    /// Tallies `count` failures under `text`.
+    pub fn record_errors(&mut self, text: &str, count: u64) {
+        if count > 0 {
+            *self.errors.entry(text.to_owned()).or_default() += count;
+        }
+    }
+
     /// Folds another task's stats into these.
     pub fn merge(&mut self, other: &Stats) {
         // Both histograms share the same bounds, so adding cannot go out of range.

@@ -3,7 +3,7 @@
 //! As in etcd, txn number `seq` writes keys `seq * ops + j` modulo the key
 //! space, so the key space must hold at least one txn's keys.
 
-use etcd_client::{KvClient, Txn, TxnOp};
+use etcd_client::{Client, Txn, TxnOp};
 
 use super::put::check_key_space;
 use super::{Workload, key_bytes, random_value};
@@ -61,7 +61,13 @@ impl TxnPut {
 }
 
 impl Workload for TxnPut {
-    async fn request(&self, kv: &mut KvClient, seq: u64) -> Result<(), etcd_client::Error> {
-        kv.txn(self.txn(seq)).await.map(drop)
+    type Session = ();
+
+    async fn open(&self, _client: &mut Client) -> Result<(), etcd_client::Error> {
+        Ok(())
+    }
+
+    async fn request(&self, client: &mut Client, _: &mut (), seq: u64) -> Result<(), etcd_client::Error> {
+        client.txn(self.txn(seq)).await.map(drop)
     }
 }

@@ -197,51 +197,76 @@ impl WatchHub {
         }
     }
 
+    /// One round of catch-up, as etcd's syncWatchers: one read of history
+    /// from the oldest revision an unsynced watcher needs, shared by all of
+    /// them, made without holding the watcher set (the applier publishes new
+    /// revisions to synced watchers meanwhile, so writes never wait for it).
     fn catch_up(&self) {
-        let mut watchers = self.watchers.lock();
-        let current = self.store.current_revision();
         let compacted = self.store.compacted_revision();
+        let current = self.store.current_revision();
+        let from = {
+            let mut watchers = self.watchers.lock();
+            let mut from: Option<i64> = None;
+            watchers.retain(|(_, id), w| {
+                if w.synced {
+                    return true;
+                }
+                if w.tx.is_closed() {
+                    return false;
+                }
+                if w.next_rev < compacted {
+                    // etcd sends this one with a zero header revision.
+                    let r = WatchResponse {
+                        header: Some((self.header)(0)),
+                        watch_id: *id,
+                        compact_revision: compacted,
+                        canceled: true,
+                        ..Default::default()
+                    };
+                    // Retry next round if the stream is full; the watcher ends once told.
+                    return w.tx.try_send(r).is_err();
+                }
+                if w.next_rev > current {
+                    w.synced = true;
+                    return true;
+                }
+                from = Some(from.map_or(w.next_rev, |f| f.min(w.next_rev)));
+                true
+            });
+            from
+        };
+        let Some(from) = from else { return };
+        let (changes, read_through) = match self.store.changes(from, current, &[], &RangeEnd::Infinity, CATCH_UP_BATCH) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "watch catch-up read failed");
+                self.wake.notify_one();
+                return;
+            }
+        };
+
+        let mut watchers = self.watchers.lock();
+        // Revisions published since the read are not in it: a watcher is
+        // synced only if the read reached what is current now.
+        let now = self.store.current_revision();
         let mut behind = false;
-        watchers.retain(|(_, id), w| {
+        for ((_, id), w) in watchers.iter_mut() {
             if w.synced {
-                return true;
+                continue;
             }
-            if w.tx.is_closed() {
-                return false;
+            // Added during the read, from a revision older than it covers.
+            if w.next_rev < from || w.next_rev > read_through {
+                behind |= w.next_rev <= now;
+                continue;
             }
-            if w.next_rev < compacted {
-                // etcd sends this one with a zero header revision.
-                let r = WatchResponse {
-                    header: Some((self.header)(0)),
-                    watch_id: *id,
-                    compact_revision: compacted,
-                    canceled: true,
-                    ..Default::default()
-                };
-                // Retry next round if the stream is full; the watcher ends once told.
-                return w.tx.try_send(r).is_err();
-            }
-            if w.next_rev > current {
-                w.synced = true;
-                return true;
-            }
-            let (changes, read_through) =
-                match self.store.changes(w.next_rev, current, &w.spec.key, &w.spec.end, CATCH_UP_BATCH) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "watch catch-up read failed");
-                        behind = true;
-                        return true;
-                    }
-                };
-            let events = self.to_events(w, &changes);
+            let first = changes.partition_point(|(rev, _)| *rev < w.next_rev);
+            let events = self.to_events(w, &changes[first..]);
             if events.is_empty() || self.send(*id, w, read_through, events) {
                 w.next_rev = read_through + 1;
-                w.synced = read_through >= current;
+                w.synced = read_through >= now;
             }
             behind |= !w.synced;
-            true
-        });
+        }
         if behind {
             self.wake.notify_one();
         }
