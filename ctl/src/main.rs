@@ -140,7 +140,7 @@ enum Command {
     /// Transfers leadership to another etcd cluster member.
     #[command(name = "move-leader")]
     MoveLeader(MoveLeaderArgs),
-    /// Benchmarks a cluster with etcd benchmark's put, range and txn-put workloads
+    /// Benchmarks a cluster: put, range, txn-put, lease-keepalive, lock and watch workloads
     Bench(bench::BenchArgs),
 }
 
