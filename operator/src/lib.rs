@@ -1,0 +1,13 @@
+//! raftkv's Kubernetes operator: the `KvCluster` resource and the code that
+//! turns one into a running raftkv cluster on a StatefulSet.
+//!
+//! # Layout
+//! - [`crd`]: the `KvCluster` spec and status, and the CRD `crdgen` writes.
+//! - [`resources`]: pure builders of the owned objects (Services,
+//!   StatefulSet, PodDisruptionBudget, bootstrap ConfigMap).
+//! - [`render`]: the CRD and a manifest's objects as YAML (`crdgen`,
+//!   `raftkv-operator render`).
+
+pub mod crd;
+pub mod render;
+pub mod resources;
