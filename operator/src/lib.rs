@@ -5,9 +5,12 @@
 //! - [`crd`]: the `KvCluster` spec and status, and the CRD `crdgen` writes.
 //! - [`resources`]: pure builders of the owned objects (Services,
 //!   StatefulSet, PodDisruptionBudget, bootstrap ConfigMap).
+//! - [`planner`]: the membership planner, pure: observation in, the one next
+//!   step out.
 //! - [`render`]: the CRD and a manifest's objects as YAML (`crdgen`,
 //!   `raftkv-operator render`).
 
 pub mod crd;
+pub mod planner;
 pub mod render;
 pub mod resources;
