@@ -164,26 +164,27 @@ pub trait MembershipApi: Send + Sync {
 impl MembershipApi for Membership {
     /// MemberList, then every member's Status on its client URLs.
     async fn observe(&self) -> Result<Report, MembershipError> {
-        let (_, list) = self.any_member().await?;
-        let cluster_id = list.header().map_or(0, |h| h.cluster_id());
-        let statuses = join_all(
-            list.members()
-                .iter()
-                .map(|m| status_of(m.client_urls().to_vec())),
-        )
-        .await;
-        // The leader is the one most answering members name.
-        let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
-        for s in statuses.iter().flatten() {
-            if s.leader != 0 {
-                *votes.entry(s.leader).or_default() += 1;
+        let (_, mut list) = self.any_member().await?;
+        let mut statuses = statuses_of(&list).await;
+        // A follower may not have applied the latest membership change yet;
+        // the leader committed it. Its list is the one to plan from.
+        if let Some(leader) = leader_of(&list, &statuses)
+            && let Some(from_leader) =
+                member_list_at(list.members().iter().find(|m| m.id() == leader)).await
+        {
+            let shape = |l: &etcd_client::MemberListResponse| -> Vec<(u64, bool)> {
+                l.members()
+                    .iter()
+                    .map(|m| (m.id(), m.is_learner()))
+                    .collect()
+            };
+            if shape(&from_leader) != shape(&list) {
+                list = from_leader;
+                statuses = statuses_of(&list).await;
             }
         }
-        let leader = votes
-            .iter()
-            .max_by_key(|&(_, n)| *n)
-            .map(|(&id, _)| id)
-            .filter(|id| list.members().iter().any(|m| m.id() == *id));
+        let cluster_id = list.header().map_or(0, |h| h.cluster_id());
+        let leader = leader_of(&list, &statuses);
         let leader_index = leader
             .and_then(|l| list.members().iter().position(|m| m.id() == l))
             .and_then(|i| statuses[i].as_ref())
@@ -319,6 +320,47 @@ async fn status_of(urls: Vec<String>) -> Option<StatusObs> {
                 version: s.version().to_owned(),
                 db_size: s.db_size(),
             });
+        }
+    }
+    None
+}
+
+/// Every member's Status, in MemberList order.
+async fn statuses_of(list: &etcd_client::MemberListResponse) -> Vec<Option<StatusObs>> {
+    join_all(
+        list.members()
+            .iter()
+            .map(|m| status_of(m.client_urls().to_vec())),
+    )
+    .await
+}
+
+/// The leader most answering members name, if it is a member.
+fn leader_of(
+    list: &etcd_client::MemberListResponse,
+    statuses: &[Option<StatusObs>],
+) -> Option<u64> {
+    let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
+    for s in statuses.iter().flatten() {
+        if s.leader != 0 {
+            *votes.entry(s.leader).or_default() += 1;
+        }
+    }
+    votes
+        .iter()
+        .max_by_key(|&(_, n)| *n)
+        .map(|(&id, _)| id)
+        .filter(|id| list.members().iter().any(|m| m.id() == *id))
+}
+
+/// MemberList asked of one member.
+async fn member_list_at(
+    member: Option<&etcd_client::Member>,
+) -> Option<etcd_client::MemberListResponse> {
+    for url in member?.client_urls() {
+        let attempt = async { connect(url).await?.member_list().await };
+        if let Ok(Ok(list)) = tokio::time::timeout(CALL_TIMEOUT, attempt).await {
+            return Some(list);
         }
     }
     None

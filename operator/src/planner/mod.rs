@@ -178,6 +178,11 @@ pub enum Wait {
     },
     /// No healthy voter to hand leadership to.
     NoLeaderTarget,
+    /// Scale-out to an ordinal whose volume a removed member left (kept by
+    /// `reclaimPolicy: Retain`): it must be deleted first.
+    RetainedVolume {
+        ordinal: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -429,6 +434,13 @@ impl<'a, N: Naming> View<'a, N> {
             // Not added yet: the user may have changed their mind.
             if self.obs.desired.replicas <= ordinal {
                 return self.finished();
+            }
+            // A volume kept (reclaimPolicy Retain) from a member removed
+            // earlier holds that member's identity: a pod started on it
+            // would be the removed member, refused by the others. Kept for
+            // an administrator, so the administrator deletes it.
+            if self.obs.volumes.contains(&ordinal) && self.sts_replicas() <= ordinal {
+                return Plan::wait(Some(op.clone()), Wait::RetainedVolume { ordinal });
             }
             return self.add_learner(op, ordinal);
         };

@@ -220,6 +220,23 @@ fn a_promoted_healthy_member_ends_the_operation_and_the_next_one_starts() {
 }
 
 #[test]
+fn scale_out_onto_a_retained_volume_waits_for_an_administrator() {
+    let mut obs = healthy(3, 4);
+    obs.volumes.insert(3);
+    let p = plan(&obs, &TestNaming);
+    assert_eq!(p.next, Next::Wait(Wait::RetainedVolume { ordinal: 3 }));
+    assert_eq!(
+        p.operation,
+        Some(op_at(OperationKind::ScaleOut, 3, Step::AddLearner))
+    );
+    obs.volumes.remove(&3);
+    assert!(matches!(
+        next(&obs),
+        Next::Act(Action::AddLearner { ordinal: 3, .. })
+    ));
+}
+
+#[test]
 fn never_two_learners() {
     // A learner nobody recorded blocks every new operation.
     let mut obs = healthy(3, 5);
