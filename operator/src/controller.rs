@@ -189,19 +189,22 @@ async fn apply<M: MembershipApi>(kvc: &KvCluster, ctx: &Context<M>) -> Result<Ac
         (None, None) => Some(Bootstrap::founding(&names)),
         (None, Some(_)) => None,
     };
-    ssa(client, ns, &resources::peer_service(kvc)).await?;
-    ssa(client, ns, &resources::client_service(kvc)).await?;
-    if let Some(bootstrap) = &bootstrap {
-        ssa(client, ns, &resources::configmap(kvc, bootstrap)).await?;
-    }
-    ssa(client, ns, &resources::pdb(kvc)).await?;
+    // Paused: nothing changes, status still reports.
     let sts_replicas = sts_replicas.unwrap_or(1);
-    ssa(
-        client,
-        ns,
-        &resources::statefulset(kvc, sts_replicas as i32),
-    )
-    .await?;
+    if !kvc.spec.paused {
+        ssa(client, ns, &resources::peer_service(kvc)).await?;
+        ssa(client, ns, &resources::client_service(kvc)).await?;
+        if let Some(bootstrap) = &bootstrap {
+            ssa(client, ns, &resources::configmap(kvc, bootstrap)).await?;
+        }
+        ssa(client, ns, &resources::pdb(kvc)).await?;
+        ssa(
+            client,
+            ns,
+            &resources::statefulset(kvc, sts_replicas as i32),
+        )
+        .await?;
+    }
 
     // The next step.
     let claim_uids = status::claims_by_ordinal(&names, &claims);

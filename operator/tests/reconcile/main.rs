@@ -647,6 +647,38 @@ async fn an_operator_restarted_mid_step_resumes_without_repeating_it() {
 }
 
 #[tokio::test]
+async fn a_paused_cluster_is_reported_but_not_changed() {
+    within(async {
+        let h = Harness::new(3);
+        h.converge().await;
+        h.edit(|k| {
+            k["spec"]["paused"] = json!(true);
+            k["spec"]["replicas"] = json!(5);
+            k["spec"]["version"] = json!("0.2.0");
+        });
+        let before = h.log().len();
+        for _ in 0..5 {
+            h.reconcile().await.expect("reconcile");
+            tick(&h.api, &h.etcd);
+        }
+        let log = h.log()[before..].to_vec();
+        let writes: Vec<&String> = log
+            .iter()
+            .filter(|l| {
+                (l.starts_with("PATCH") && !l.contains("/status"))
+                    || l.starts_with("DELETE")
+                    || l.starts_with("etcd")
+            })
+            .collect();
+        assert!(writes.is_empty(), "{writes:#?}");
+        let status = h.kvc().status.expect("status");
+        assert_eq!(status.phase, raftkv_operator::crd::Phase::Paused);
+        assert_eq!(status.ready_replicas, 3);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn deletion_runs_cleanup_then_releases_the_finalizer() {
     within(async {
         let h = Harness::new(1);
