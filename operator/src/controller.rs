@@ -175,7 +175,13 @@ async fn apply<M: MembershipApi>(kvc: &KvCluster, ctx: &Context<M>) -> Result<Ac
             .collect(),
     );
     let report = match sts {
-        Some(_) => membership.observe().await.ok(),
+        Some(_) => match membership.observe().await {
+            Ok(report) => Some(report),
+            Err(e) => {
+                tracing::info!(namespace = ns, name = %names.cluster, error = %e, "cluster not reachable");
+                None
+            }
+        },
         None => None,
     };
 
