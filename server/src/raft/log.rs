@@ -251,15 +251,20 @@ impl raft::Storage for RaftLog {
         Ok(self.last)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let Some((source, applied)) = &self.source else {
             return Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable));
         };
         let mut latest = self.latest.lock();
         if let Some(snap) = latest.as_ref() {
             let index = snap.get_metadata().index;
-            // Still good while the log holds every entry after it.
-            if index >= request_index && index >= self.truncated.0 {
+            // Still good while the log holds every entry after it, and only
+            // for a member its configuration names: raft refuses to restore
+            // a snapshot taken before the receiver was added, so a member
+            // added after it would be sent it forever.
+            let cs = snap.get_metadata().get_conf_state();
+            let names_to = cs.voters.contains(&to) || cs.learners.contains(&to) || cs.learners_next.contains(&to);
+            if index >= request_index && index >= self.truncated.0 && names_to {
                 return Ok(snap.clone());
             }
         }
@@ -300,6 +305,43 @@ mod tests {
         assert_eq!(log.term(2).expect("term"), 2);
         assert_eq!(log.hard_state().commit, 2);
         assert_eq!(log.entries(1, 3, None, GetEntriesContext::empty(false)).expect("entries").len(), 2);
+    }
+
+    struct CountingSource(std::sync::atomic::AtomicU64);
+
+    impl SnapshotSource for CountingSource {
+        fn create(&self, _index: u64) -> Result<Vec<u8>, StorageError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn a_cached_snapshot_is_not_sent_to_a_member_added_after_it() {
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        let mut log = RaftLog::open(engine.clone()).expect("open");
+        let source = Arc::new(CountingSource(Default::default()));
+        let applied = Arc::new(std::sync::atomic::AtomicU64::new(2));
+        log.set_snapshot_source(source.clone(), applied.clone());
+        let mut b = WriteBatch::default();
+        log.append(&[entry(1, 1), entry(2, 1), entry(3, 1)], &mut b).expect("append");
+        log.set_conf_state(ConfState { voters: vec![1, 2, 3], learners: vec![4], ..Default::default() }, &mut b)
+            .expect("conf state");
+        engine.write(b, true).expect("write");
+        let mut b = WriteBatch::default();
+        let first = log.snapshot(0, 4).expect("snapshot for learner 4");
+        assert_eq!(first.get_metadata().get_conf_state().learners, vec![4]);
+        // Reused for a member it names.
+        log.snapshot(0, 4).expect("again");
+        assert_eq!(source.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Member 5 was added after it: a new snapshot that names 5.
+        applied.store(3, std::sync::atomic::Ordering::SeqCst);
+        log.set_conf_state(ConfState { voters: vec![1, 2, 3, 4], learners: vec![5], ..Default::default() }, &mut b)
+            .expect("conf state");
+        let second = log.snapshot(0, 5).expect("snapshot for learner 5");
+        assert_eq!(second.get_metadata().get_conf_state().learners, vec![5]);
+        assert_eq!(second.get_metadata().index, 3);
+        assert_eq!(source.0.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]

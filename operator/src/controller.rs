@@ -1,0 +1,523 @@
+//! The reconciler: for each `KvCluster`, read the owned objects and the
+//! cluster, apply the owned objects (server-side apply), ask the planner for
+//! the one next step, record the operation in status, take the step, write
+//! status, publish events on transitions. Everything it decides is in
+//! [`crate::planner`] and [`crate::status`]; this file is the thin layer
+//! that talks to the API server, kept thin so that the mocked-API scenarios
+//! cover it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::crd::{KvCluster, KvClusterStatus, ReclaimPolicy};
+use crate::members::{
+    MembershipApi, StepError, WorkloadError, Workloads, execute, initial_cluster,
+};
+use crate::metrics::{ClusterLabels, Metrics};
+use crate::planner::{Desired, Next, Observed, plan};
+use crate::resources::{self, Bootstrap, InitialClusterState, MANAGER, Names};
+use crate::status::{self, StatusInput};
+
+pub const FINALIZER: &str = "raftkv.io/cleanup";
+
+/// Requeue after a step, to take the next one.
+const AFTER_STEP: Duration = Duration::from_secs(1);
+/// Requeue while waiting for the cluster (a pod starting, a learner catching up).
+const WHILE_WAITING: Duration = Duration::from_secs(5);
+/// Requeue of a settled cluster, to notice failures no Kubernetes event tells of.
+const WHEN_IDLE: Duration = Duration::from_secs(60);
+/// Requeue after a failed reconciliation.
+const AFTER_ERROR: Duration = Duration::from_secs(10);
+
+/// What every reconciliation shares. `connect` reaches a cluster's members
+/// through the given client URLs.
+pub struct Context<M> {
+    pub client: kube::Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub connect: Box<dyn Fn(Vec<String>) -> M + Send + Sync>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("membership step: {0}")]
+    Step(#[from] StepError),
+    #[error("cannot encode an object: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// The `error` label of the failure metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
+                _ => "finalizer",
+            },
+            Error::Step(_) => "step",
+            Error::Encode(_) => "encode",
+        }
+    }
+}
+
+fn labels(kvc: &KvCluster) -> ClusterLabels {
+    ClusterLabels {
+        namespace: kvc.namespace().unwrap_or_default(),
+        name: kvc.name_any(),
+    }
+}
+
+/// One reconciliation, through the finalizer.
+pub async fn reconcile<M: MembershipApi + 'static>(
+    kvc: Arc<KvCluster>,
+    ctx: Arc<Context<M>>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    let cluster = labels(&kvc);
+    let api: Api<KvCluster> = Api::namespaced(ctx.client.clone(), &cluster.namespace);
+    let step_ctx = ctx.clone();
+    let outcome = finalizer(&api, FINALIZER, kvc, |event| async move {
+        match event {
+            Finalizer::Apply(kvc) => apply(&kvc, &step_ctx).await,
+            Finalizer::Cleanup(kvc) => cleanup(&kvc, &step_ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(&cluster, started.elapsed());
+    outcome
+}
+
+/// Counts the failure and tries again later.
+pub fn error_policy<M>(kvc: Arc<KvCluster>, error: &Error, ctx: Arc<Context<M>>) -> Action {
+    tracing::warn!(namespace = %kvc.namespace().unwrap_or_default(), name = %kvc.name_any(), %error, "reconcile failed");
+    ctx.metrics.failed(&labels(&kvc), error.metric_label());
+    Action::requeue(AFTER_ERROR)
+}
+
+async fn ssa<K>(client: &kube::Client, namespace: &str, obj: &K) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await?;
+    Ok(())
+}
+
+fn selector(names: &Names) -> String {
+    names
+        .selector_labels()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn apply<M: MembershipApi>(kvc: &KvCluster, ctx: &Context<M>) -> Result<Action, Error> {
+    let client = &ctx.client;
+    let names = Names::of(kvc);
+    let ns = names.namespace.as_str();
+    let previous = kvc.status.clone().unwrap_or_default();
+
+    // What is there.
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .get_opt(&names.statefulset())
+        .await?;
+    let by_label = ListParams::default().labels(&selector(&names));
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&by_label)
+        .await?
+        .items;
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .list(&by_label)
+        .await?
+        .items;
+    let sts_replicas = sts
+        .as_ref()
+        .and_then(|s| s.spec.as_ref()?.replicas)
+        .map(|r| r.max(0) as u32);
+    let update_revision = sts
+        .as_ref()
+        .and_then(|s| s.status.as_ref()?.update_revision.clone());
+    let membership = (ctx.connect)(
+        (0..sts_replicas.unwrap_or(1).max(1))
+            .map(|o| names.client_url(o))
+            .collect(),
+    );
+    let report = match sts {
+        Some(_) => match membership.observe().await {
+            Ok(report) => Some(report),
+            Err(e) => {
+                tracing::info!(namespace = ns, name = %names.cluster, error = %e, "cluster not reachable");
+                None
+            }
+        },
+        None => None,
+    };
+
+    // The owned objects. Ordinal 0 founds the cluster alone; once the
+    // cluster answered, any member started joins the member list.
+    let bootstrap = match (&report, &previous.cluster_id) {
+        (Some(r), _) => Some(Bootstrap {
+            state: InitialClusterState::Existing,
+            initial_cluster: initial_cluster(&r.cluster, &names),
+        }),
+        (None, None) => Some(Bootstrap::founding(&names)),
+        (None, Some(_)) => None,
+    };
+    // Paused: nothing changes, status still reports.
+    let sts_replicas = sts_replicas.unwrap_or(1);
+    if !kvc.spec.paused {
+        ssa(client, ns, &resources::peer_service(kvc)).await?;
+        ssa(client, ns, &resources::client_service(kvc)).await?;
+        if let Some(bootstrap) = &bootstrap {
+            ssa(client, ns, &resources::configmap(kvc, bootstrap)).await?;
+        }
+        ssa(client, ns, &resources::pdb(kvc)).await?;
+        ssa(
+            client,
+            ns,
+            &resources::statefulset(kvc, sts_replicas as i32),
+        )
+        .await?;
+    }
+
+    // The next step.
+    let claim_uids = status::claims_by_ordinal(&names, &claims);
+    let replaced = report
+        .as_ref()
+        .map(|r| status::replaced_volumes(&names, r, &previous.members, &claim_uids))
+        .unwrap_or_default();
+    let pod_obs = status::pod_observations(&names, &pods, update_revision.as_deref(), &replaced);
+    let observed = Observed {
+        desired: Desired {
+            replicas: kvc.spec.replicas.max(1) as u32,
+            paused: kvc.spec.paused,
+            delete_volumes: kvc.spec.storage.reclaim_policy == ReclaimPolicy::Delete,
+        },
+        operation: previous.operation.clone(),
+        statefulset_replicas: Some(sts_replicas),
+        pods: pod_obs.clone(),
+        volumes: claim_uids.keys().copied().collect(),
+        cluster: report.as_ref().map(|r| r.cluster.clone()),
+    };
+    let mut plan = plan(&observed, &names);
+    let status_api: Api<KvCluster> = Api::namespaced(client.clone(), ns);
+
+    // The operation is recorded before its step is taken.
+    if plan.operation != previous.operation {
+        let recorded = KvClusterStatus {
+            operation: plan.operation.clone(),
+            ..previous.clone()
+        };
+        patch_status(&status_api, kvc, &recorded).await?;
+    }
+    let mut step = Ok(());
+    if let (Next::Act(action), Some(report)) = (&plan.next, &report) {
+        tracing::info!(namespace = ns, name = %names.cluster, ?action, "membership step");
+        let mut workloads = KubeWorkloads {
+            client: client.clone(),
+            kvc,
+            names: &names,
+        };
+        step = execute(action, &membership, &mut workloads, &report.cluster, &names).await;
+        if step.is_ok() {
+            ctx.metrics.step(&labels(kvc), step_name(action));
+            plan.operation = plan.after.clone();
+        }
+    }
+
+    let next = status::next_status(&StatusInput {
+        names: &names,
+        previous: &previous,
+        generation: kvc.metadata.generation,
+        paused: kvc.spec.paused,
+        report: report.as_ref(),
+        claims: &claim_uids,
+        pods: &pod_obs,
+        plan: &plan,
+        now: Time(k8s_openapi::jiff::Timestamp::now()),
+    });
+    ctx.metrics.sizes(
+        &labels(kvc),
+        i64::from(next.replicas),
+        i64::from(next.ready_replicas),
+    );
+    patch_status(&status_api, kvc, &next).await?;
+    publish_transitions(ctx, kvc, &previous, &next).await;
+
+    match step {
+        Err(e) if e.is_transient() => {
+            tracing::info!(namespace = ns, name = %names.cluster, error = %e, "step refused for now");
+            Ok(Action::requeue(WHILE_WAITING))
+        }
+        Err(e) => Err(e.into()),
+        Ok(()) => Ok(Action::requeue(match plan.next {
+            Next::Act(_) => AFTER_STEP,
+            Next::Wait(_) => WHILE_WAITING,
+            Next::Idle => WHEN_IDLE,
+        })),
+    }
+}
+
+fn step_name(action: &crate::planner::Action) -> &'static str {
+    use crate::planner::Action as A;
+    match action {
+        A::AddLearner { .. } => "AddLearner",
+        A::Promote { .. } => "Promote",
+        A::MoveLeader { .. } => "MoveLeader",
+        A::RemoveMember { .. } => "RemoveMember",
+        A::ScaleStatefulSet { .. } => "ScaleStatefulSet",
+        A::DeleteVolume { .. } => "DeleteVolume",
+        A::RestartPod { .. } => "RestartPod",
+        A::ReplaceVolume { .. } => "ReplaceVolume",
+    }
+}
+
+/// Status through server-side apply on the status subresource: fields the
+/// operator no longer sets (a finished operation) go away.
+async fn patch_status(
+    api: &Api<KvCluster>,
+    kvc: &KvCluster,
+    status: &KvClusterStatus,
+) -> Result<(), Error> {
+    let body = serde_json::json!({
+        "apiVersion": "raftkv.io/v1alpha1",
+        "kind": "KvCluster",
+        "status": status,
+    });
+    api.patch_status(
+        &kvc.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Events only when something changed: an operation started or finished,
+/// the cluster became degraded or recovered.
+async fn publish_transitions<M>(
+    ctx: &Context<M>,
+    kvc: &KvCluster,
+    before: &KvClusterStatus,
+    after: &KvClusterStatus,
+) {
+    let mut events = Vec::new();
+    match (&before.operation, &after.operation) {
+        (None, Some(op)) => events.push((
+            EventType::Normal,
+            format!("{:?}Started", op.kind),
+            format!("ordinal {}", op.ordinal),
+        )),
+        (Some(op), None) => events.push((
+            EventType::Normal,
+            format!("{:?}Finished", op.kind),
+            format!("ordinal {}", op.ordinal),
+        )),
+        (Some(a), Some(b)) if a.kind != b.kind || a.ordinal != b.ordinal => events.push((
+            EventType::Normal,
+            format!("{:?}Started", b.kind),
+            format!("ordinal {}", b.ordinal),
+        )),
+        _ => {}
+    }
+    let degraded = |s: &KvClusterStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .map(|c| (c.status == "True", c.reason.clone()))
+    };
+    match (degraded(before), degraded(after)) {
+        (Some((false, _)) | None, Some((true, reason))) => {
+            events.push((EventType::Warning, reason, "the cluster is degraded".into()))
+        }
+        (Some((true, _)), Some((false, _))) => events.push((
+            EventType::Normal,
+            "Recovered".into(),
+            "every member answers".into(),
+        )),
+        _ => {}
+    }
+    let reference = kvc.object_ref(&());
+    for (type_, reason, note) in events {
+        let event = KubeEvent {
+            type_,
+            reason,
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %e, "cannot publish an event");
+        }
+    }
+}
+
+/// Deletion: the owned objects go with their owner (garbage collection),
+/// the volumes as `reclaimPolicy` told the StatefulSet.
+async fn cleanup<M>(kvc: &KvCluster, ctx: &Context<M>) -> Result<Action, Error> {
+    let event = KubeEvent {
+        type_: EventType::Normal,
+        reason: "Deleting".into(),
+        note: Some(format!("volumes: {:?}", kvc.spec.storage.reclaim_policy)),
+        action: "Delete".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &kvc.object_ref(&())).await {
+        tracing::warn!(error = %e, "cannot publish an event");
+    }
+    Ok(Action::await_change())
+}
+
+/// The StatefulSet side of the steps.
+struct KubeWorkloads<'a> {
+    client: kube::Client,
+    kvc: &'a KvCluster,
+    names: &'a Names,
+}
+
+fn ignore_not_found<T>(result: Result<T, kube::Error>) -> Result<(), WorkloadError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(Box::new(e)),
+    }
+}
+
+impl Workloads for KubeWorkloads<'_> {
+    async fn scale(
+        &mut self,
+        replicas: u32,
+        initial_cluster: &[(String, String)],
+    ) -> Result<(), WorkloadError> {
+        let ns = self.names.namespace.as_str();
+        let bootstrap = Bootstrap {
+            state: InitialClusterState::Existing,
+            initial_cluster: initial_cluster.to_vec(),
+        };
+        ssa(
+            &self.client,
+            ns,
+            &resources::configmap(self.kvc, &bootstrap),
+        )
+        .await
+        .map_err(Box::new)?;
+        ssa(
+            &self.client,
+            ns,
+            &resources::statefulset(self.kvc, replicas as i32),
+        )
+        .await
+        .map_err(Box::new)?;
+        Ok(())
+    }
+
+    async fn restart_pod(&mut self, ordinal: u32) -> Result<(), WorkloadError> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.names.namespace);
+        ignore_not_found(
+            pods.delete(&self.names.member(ordinal), &DeleteParams::default())
+                .await,
+        )
+    }
+
+    async fn delete_volume(&mut self, ordinal: u32) -> Result<(), WorkloadError> {
+        let claims: Api<PersistentVolumeClaim> =
+            Api::namespaced(self.client.clone(), &self.names.namespace);
+        ignore_not_found(
+            claims
+                .delete(&self.names.claim(ordinal), &DeleteParams::default())
+                .await,
+        )
+    }
+
+    async fn replace_volume(&mut self, ordinal: u32) -> Result<(), WorkloadError> {
+        // The claim is protected while the pod uses it: deleted first, it goes
+        // with the pod, and the StatefulSet makes a fresh one.
+        self.delete_volume(ordinal).await?;
+        self.restart_pod(ordinal).await
+    }
+}
+
+/// Runs the controller over `namespaces` (every namespace when empty) until
+/// `shutdown` fires.
+pub async fn run<M: MembershipApi + 'static>(
+    ctx: Arc<Context<M>>,
+    namespaces: Vec<String>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let client = ctx.client.clone();
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.into_iter().map(Some).collect()
+    };
+    let controllers = scopes.into_iter().map(|ns| {
+        let ns = ns.as_deref();
+        let (kvcs, statefulsets, services, pdbs, configmaps) = (
+            scoped::<KvCluster>(&client, ns),
+            scoped::<StatefulSet>(&client, ns),
+            scoped::<Service>(&client, ns),
+            scoped::<PodDisruptionBudget>(&client, ns),
+            scoped::<ConfigMap>(&client, ns),
+        );
+        let mut stop = shutdown.clone();
+        let ctx = ctx.clone();
+        Controller::new(kvcs, watcher::Config::default())
+            .owns(statefulsets, watcher::Config::default())
+            .owns(services, watcher::Config::default())
+            .owns(pdbs, watcher::Config::default())
+            .owns(configmaps, watcher::Config::default())
+            .graceful_shutdown_on(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            })
+            .run(reconcile, error_policy, ctx)
+            .for_each(|outcome| async move {
+                if let Err(e) = outcome {
+                    tracing::debug!(error = %e, "reconcile");
+                }
+            })
+    });
+    futures::future::join_all(controllers).await;
+}
+
+/// An API over one namespace, or all of them.
+fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}

@@ -1,0 +1,492 @@
+//! The `KvCluster` custom resource (`raftkv.io/v1alpha1`): what a user asks
+//! for (spec) and what the operator reports (status), including the
+//! membership operation in flight. The CRD in `crds/` is generated from these
+//! types by `crdgen`; nothing here talks to Kubernetes or to raftkv.
+
+use k8s_openapi::api::core::v1::{
+    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The API group of every raftkv resource.
+pub const GROUP: &str = "raftkv.io";
+
+/// A raftkv cluster: members on a StatefulSet, grown, shrunk, healed and
+/// upgraded one membership step at a time.
+// Several printer columns share a type; clippy takes that for a repeated
+// attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "raftkv.io",
+    version = "v1alpha1",
+    kind = "KvCluster",
+    plural = "kvclusters",
+    shortname = "kvc",
+    namespaced,
+    doc = "A raftkv cluster: members on a StatefulSet, scaled, healed and upgraded one membership step at a time",
+    status = "KvClusterStatus",
+    derive = "PartialEq",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".spec.replicas",
+        description = "Members asked for"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Healthy voting members"
+    ),
+    printcolumn(
+        name = "Version",
+        type_ = "string",
+        json_path = ".status.version",
+        description = "raftkv version the members run"
+    ),
+    printcolumn(
+        name = "Leader",
+        type_ = "string",
+        json_path = ".status.leader",
+        description = "The raft leader"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct KvClusterSpec {
+    /// Voting members. Odd sizes tolerate as many failures as the next even
+    /// size and are cheaper: 1, 3, 5, 7 or 9 are the usual choices.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 9))]
+    pub replicas: i32,
+    /// raftkv version, e.g. `0.1.0` or `v0.2.0-rc.1`; names the image tag
+    /// unless `image` is set.
+    #[schemars(regex(pattern = r"^v?[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$"))]
+    pub version: String,
+    /// A full image reference to run instead of `raftkv/raftkv:<version>`
+    /// (a mirror, a digest); `version` still says what it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub storage: Storage,
+    /// Requests and limits of the raftkv container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// What the members' pods get besides raftkv itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodTemplate>,
+    /// TLS for clients and peers. Declared only: members do not use it yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+    /// raftkv server flags. Declared only: members do not use them yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerSettings>,
+    /// While true the operator changes nothing (it still reports status).
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_replicas() -> i32 {
+    3
+}
+
+/// Each member's persistent volume.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.size == oldSelf.size",
+        "message": "storage.size cannot change: a StatefulSet's volume claim templates are immutable"
+    },
+    {
+        "rule": "has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",
+        "message": "storage.storageClassName cannot change: a StatefulSet's volume claim templates are immutable"
+    }
+]))]
+pub struct Storage {
+    /// Requested size of each member's volume.
+    #[serde(default = "default_size")]
+    #[schemars(schema_with = "quantity_schema")]
+    pub size: Quantity,
+    /// The StorageClass of the volumes; the cluster's default if unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// What happens to a member's volume when scale-in removes the member.
+    #[serde(default)]
+    pub reclaim_policy: ReclaimPolicy,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            size: default_size(),
+            storage_class_name: None,
+            reclaim_policy: ReclaimPolicy::default(),
+        }
+    }
+}
+
+fn default_size() -> Quantity {
+    Quantity("8Gi".to_owned())
+}
+
+/// Kubernetes' own quantity syntax (`8Gi`, `500M`, `1e9`), as a string.
+fn quantity_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "pattern": r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+    })
+}
+
+fn optional_quantity_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = quantity_schema(generator);
+    schema.insert("nullable".to_owned(), true.into());
+    schema
+}
+
+/// `Delete` removes a member's volume once scale-in removed the member;
+/// `Retain` (the default) keeps it for an administrator to inspect or
+/// delete.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ReclaimPolicy {
+    Delete,
+    #[default]
+    Retain,
+}
+
+/// Pod settings for scheduling and bookkeeping.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplate {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+/// TLS material: Secrets holding `tls.crt`, `tls.key` and `ca.crt`, or a
+/// cert-manager issuer to request them from.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.certManager) || (!has(self.clientSecretName) && !has(self.peerSecretName))",
+    "message": "either Secrets or a cert-manager issuer, not both"
+}]))]
+pub struct Tls {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_secret_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_manager: Option<CertManagerIssuer>,
+}
+
+/// A cert-manager `Issuer` or `ClusterIssuer`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertManagerIssuer {
+    pub name: String,
+    /// `Issuer` (the default) or `ClusterIssuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// raftkv's server flags (etcd's names).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerSettings {
+    /// Backend size at which the NOSPACE alarm goes off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_quantity_schema")]
+    pub quota_backend_bytes: Option<Quantity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub snapshot_count: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub heartbeat_interval_ms: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub election_timeout_ms: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_compaction: Option<AutoCompaction>,
+}
+
+/// `--auto-compaction-mode` and `--auto-compaction-retention`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoCompaction {
+    pub mode: CompactionMode,
+    /// A duration (`30m`, `2h`) in periodic mode, a revision count in
+    /// revision mode.
+    pub retention: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum CompactionMode {
+    Periodic,
+    Revision,
+}
+
+/// What the operator last observed and what it is doing.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KvClusterStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub phase: Phase,
+    /// Members in the cluster (voters and learners).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Voting members that answer and have a leader.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// The version every member runs, once they all run the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The raft cluster id, in hex as etcdctl prints it.
+    #[serde(default, rename = "clusterID", skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// The leader's member name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The membership operation in flight, written before each of its steps
+    /// is taken so that a restarted operator resumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    #[default]
+    Creating,
+    Running,
+    Scaling,
+    Healing,
+    Upgrading,
+    Degraded,
+    Paused,
+}
+
+/// One raft member as the operator last saw it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    pub name: String,
+    /// Member id in hex.
+    pub id: String,
+    #[serde(rename = "peerURL")]
+    pub peer_url: String,
+    #[serde(default)]
+    pub is_leader: bool,
+    #[serde(default)]
+    pub is_learner: bool,
+    #[serde(default)]
+    pub healthy: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_size: Option<i64>,
+    /// UID of the PersistentVolumeClaim this member was seen on first: a
+    /// claim with another UID means the member lost its data.
+    #[serde(default, rename = "volumeUID", skip_serializing_if = "Option::is_none")]
+    pub volume_uid: Option<String>,
+}
+
+/// A membership change, one member at a time.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    pub kind: OperationKind,
+    /// StatefulSet ordinal of the member concerned.
+    pub ordinal: i32,
+    /// The step being taken or awaited.
+    pub step: Step,
+    /// For a replacement: the id (hex) of the member being replaced, so
+    /// that a resumed replacement tells the old member from its successor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum OperationKind {
+    /// Add ordinal `n` as a learner, start its pod, promote it.
+    ScaleOut,
+    /// Move leadership off ordinal `n-1`, remove it, stop its pod, reclaim
+    /// its volume.
+    ScaleIn,
+    /// A member whose volume was replaced: remove it, give it a fresh
+    /// volume, add it again as a learner, promote it.
+    Replace,
+    /// Restart one member on the StatefulSet's current template (leadership
+    /// moved off it first).
+    Upgrade,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Step {
+    AddLearner,
+    StartPod,
+    Promote,
+    MoveLeader,
+    RemoveMember,
+    StopPod,
+    DeleteVolume,
+    RestartPod,
+    WaitHealthy,
+}
+
+impl KvClusterSpec {
+    /// The image the members run.
+    pub fn image(&self) -> String {
+        match &self.image {
+            Some(image) => image.clone(),
+            None => format!("raftkv/raftkv:{}", self.version),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    fn crd_json() -> serde_json::Value {
+        serde_json::to_value(KvCluster::crd()).expect("the CRD serializes")
+    }
+
+    #[test]
+    fn crd_names_group_kind_short_name_and_scope() {
+        let crd = KvCluster::crd();
+        assert_eq!(crd.metadata.name.as_deref(), Some("kvclusters.raftkv.io"));
+        assert_eq!(crd.spec.group, GROUP);
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(crd.spec.names.short_names, Some(vec!["kvc".to_owned()]));
+    }
+
+    #[test]
+    fn crd_has_status_and_scale_subresources() {
+        let crd = crd_json();
+        let sub = &crd["spec"]["versions"][0]["subresources"];
+        assert!(sub["status"].is_object());
+        assert_eq!(sub["scale"]["specReplicasPath"], ".spec.replicas");
+        assert_eq!(sub["scale"]["statusReplicasPath"], ".status.replicas");
+    }
+
+    #[test]
+    fn crd_prints_replicas_ready_version_leader_age() {
+        let crd = crd_json();
+        let columns: Vec<&str> = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+            .as_array()
+            .expect("printer columns")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        for name in ["Replicas", "Ready", "Version", "Leader", "Age"] {
+            assert!(columns.contains(&name), "{name} missing from {columns:?}");
+        }
+    }
+
+    #[test]
+    fn schema_bounds_replicas_and_checks_version_and_quantities() {
+        let crd = crd_json();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(spec["properties"]["replicas"]["minimum"], 1.0);
+        assert_eq!(spec["properties"]["replicas"]["maximum"], 9.0);
+        let version = regex::Regex::new(
+            spec["properties"]["version"]["pattern"]
+                .as_str()
+                .expect("version pattern"),
+        )
+        .expect("the version pattern compiles");
+        assert!(version.is_match("0.1.0") && version.is_match("v1.2.3-rc.1"));
+        assert!(!version.is_match("latest") && !version.is_match("1.2"));
+        let quantity = regex::Regex::new(
+            spec["properties"]["storage"]["properties"]["size"]["pattern"]
+                .as_str()
+                .expect("size pattern"),
+        )
+        .expect("the quantity pattern compiles");
+        assert!(quantity.is_match("8Gi") && quantity.is_match("500M") && quantity.is_match("1e9"));
+        assert!(!quantity.is_match("eight gigs"));
+        let size = &spec["properties"]["storage"]["properties"]["size"];
+        assert_eq!(size["type"], "string");
+        assert!(size["pattern"].is_string());
+        assert_eq!(spec["required"], serde_json::json!(["version"]));
+    }
+
+    #[test]
+    fn storage_class_and_size_are_immutable_by_cel() {
+        let crd = crd_json();
+        let storage = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["storage"];
+        let rules: Vec<&str> = storage["x-kubernetes-validations"]
+            .as_array()
+            .expect("CEL rules on storage")
+            .iter()
+            .filter_map(|r| r["rule"].as_str())
+            .collect();
+        assert!(
+            rules
+                .iter()
+                .any(|r| r.contains("self.storageClassName == oldSelf.storageClassName"))
+        );
+        assert!(
+            rules
+                .iter()
+                .any(|r| r.contains("self.size == oldSelf.size"))
+        );
+    }
+
+    #[test]
+    fn spec_defaults_fill_in_a_minimal_manifest() {
+        let spec: KvClusterSpec =
+            serde_json::from_value(serde_json::json!({"version": "0.1.0"})).expect("minimal spec");
+        assert_eq!(spec.replicas, 3);
+        assert_eq!(spec.storage.size, Quantity("8Gi".into()));
+        assert_eq!(spec.storage.reclaim_policy, ReclaimPolicy::Retain);
+        assert!(!spec.paused);
+        assert_eq!(spec.image(), "raftkv/raftkv:0.1.0");
+    }
+}

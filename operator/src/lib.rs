@@ -1,0 +1,28 @@
+//! raftkv's Kubernetes operator: the `KvCluster` resource and the code that
+//! turns one into a running raftkv cluster on a StatefulSet.
+//!
+//! # Layout
+//! - [`crd`]: the `KvCluster` spec and status, and the CRD `crdgen` writes.
+//! - [`resources`]: pure builders of the owned objects (Services,
+//!   StatefulSet, PodDisruptionBudget, bootstrap ConfigMap).
+//! - [`planner`]: the membership planner, pure: observation in, the one next
+//!   step out.
+//! - [`members`]: the membership executor over the etcd API (MemberAdd,
+//!   MemberPromote, MemberRemove, MoveLeader, Status) and the [`members::Workloads`]
+//!   seam for the StatefulSet side of each step.
+//! - [`status`]: pure translations of pods, claims and the cluster report into
+//!   the planner's observation and the `KvCluster` status (conditions, phase).
+//! - [`controller`]: the reconciler over the API server (finalizer,
+//!   server-side apply, status, events) and [`controller::run`].
+//! - [`metrics`]: the Prometheus metrics behind `/metrics`.
+//! - [`render`]: the CRD and a manifest's objects as YAML (`crdgen`,
+//!   `raftkv-operator render`).
+
+pub mod controller;
+pub mod crd;
+pub mod members;
+pub mod metrics;
+pub mod planner;
+pub mod render;
+pub mod resources;
+pub mod status;

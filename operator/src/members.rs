@@ -1,0 +1,525 @@
+//! The membership executor: the etcd Cluster and Maintenance calls that
+//! carry out the planner's membership steps (MemberAdd as learner,
+//! MemberPromote, MemberRemove, MoveLeader), and the observation the planner
+//! decides from (MemberList, then each member's Status). It speaks only the
+//! etcd v3 API, like any client, and never links the server.
+//!
+//! Each call is idempotent as etcd answers it: a repeated add finds its peer
+//! URL taken, a repeated promote finds a voter, a repeated remove finds no
+//! member; those answers count as done, so that a step retried after a lost
+//! reply does not fail. The planner already avoids repeats by observing
+//! first; this is the second line.
+//!
+//! The steps that are not membership (the StatefulSet, pods, volumes) go to
+//! a [`Workloads`]: the controller's is Kubernetes, the end-to-end test's is
+//! local processes.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, MemberAddOptions};
+use futures::future::join_all;
+
+use crate::planner::{Action, ClusterObs, MemberObs, Naming};
+
+/// How long to wait for one member to connect and answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// A learner may be promoted once its applied index reaches this share of
+/// the leader's index, as etcd and raftkv require (90%).
+const IN_SYNC_PERCENT: u64 = 90;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("no member answered at {endpoints}: {last}")]
+    Unreachable { endpoints: String, last: String },
+    #[error("the cluster has no leader")]
+    NoLeader,
+    #[error("{0}")]
+    Malformed(&'static str),
+    #[error("{call}: {source}")]
+    Call {
+        call: &'static str,
+        #[source]
+        source: etcd_client::Error,
+    },
+}
+
+impl MembershipError {
+    /// Refusals that pass with time: etcd's strict reconfiguration check
+    /// right after a change or a start, a learner still catching up, an
+    /// election under way, a member not answering yet.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            MembershipError::Unreachable { .. } | MembershipError::NoLeader => true,
+            MembershipError::Malformed(_) => false,
+            MembershipError::Call { source, .. } => {
+                let text = source.to_string();
+                [
+                    "unhealthy cluster",
+                    "in sync with leader",
+                    "not enough started members",
+                    "no leader",
+                    "leader changed",
+                    "timed out",
+                    "transport error",
+                    "Unavailable",
+                ]
+                .iter()
+                .any(|t| text.contains(t))
+            }
+        }
+    }
+}
+
+/// A member's details that the planner does not need and status reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberDetail {
+    pub client_urls: Vec<String>,
+    pub version: Option<String>,
+    pub db_size: Option<i64>,
+    pub applied_index: u64,
+}
+
+/// One observation of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub cluster: ClusterObs,
+    pub cluster_id: u64,
+    pub details: BTreeMap<u64, MemberDetail>,
+}
+
+/// The cluster, reached through `seeds` (client URLs of members expected
+/// to be in it).
+#[derive(Debug, Clone)]
+pub struct Membership {
+    seeds: Vec<String>,
+}
+
+async fn connect(endpoint: &str) -> Result<Client, etcd_client::Error> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(CALL_TIMEOUT)
+        .with_timeout(CALL_TIMEOUT);
+    Client::connect([endpoint], Some(options)).await
+}
+
+fn call(call: &'static str) -> impl FnOnce(etcd_client::Error) -> MembershipError {
+    move |source| MembershipError::Call { call, source }
+}
+
+/// etcd's answer to a call that already happened.
+fn already(err: &etcd_client::Error, text: &str) -> bool {
+    err.to_string().contains(text)
+}
+
+impl Membership {
+    pub fn new(seeds: Vec<String>) -> Membership {
+        Membership { seeds }
+    }
+
+    /// A client of the first seed that answers MemberList, and the answer.
+    async fn any_member(
+        &self,
+    ) -> Result<(Client, etcd_client::MemberListResponse), MembershipError> {
+        let mut last = String::from("no endpoints");
+        for seed in &self.seeds {
+            let attempt = async {
+                let mut client = connect(seed).await?;
+                let list = client.member_list().await?;
+                Ok::<_, etcd_client::Error>((client, list))
+            };
+            match tokio::time::timeout(CALL_TIMEOUT, attempt).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(err)) => last = format!("{seed}: {err}"),
+                Err(_) => last = format!("{seed}: timed out"),
+            }
+        }
+        Err(MembershipError::Unreachable {
+            endpoints: self.seeds.join(","),
+            last,
+        })
+    }
+}
+
+/// The etcd side of the membership steps, and the observation: a trait so
+/// that the controller's tests can put a fake cluster behind it.
+pub trait MembershipApi: Send + Sync {
+    /// MemberList, then every member's Status on its client URLs.
+    fn observe(&self) -> impl Future<Output = Result<Report, MembershipError>> + Send;
+    /// MemberAdd as a learner; the new member's id.
+    fn add_learner(
+        &self,
+        peer_url: &str,
+    ) -> impl Future<Output = Result<u64, MembershipError>> + Send;
+    fn promote(&self, id: u64) -> impl Future<Output = Result<(), MembershipError>> + Send;
+    fn remove(&self, id: u64) -> impl Future<Output = Result<(), MembershipError>> + Send;
+    /// Maintenance.MoveLeader, sent to the leader as etcd requires.
+    fn move_leader(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> impl Future<Output = Result<(), MembershipError>> + Send;
+}
+
+impl MembershipApi for Membership {
+    /// MemberList, then every member's Status on its client URLs.
+    async fn observe(&self) -> Result<Report, MembershipError> {
+        let (_, mut list) = self.any_member().await?;
+        let mut statuses = statuses_of(&list).await;
+        // A follower may not have applied the latest membership change yet;
+        // the leader committed it. Its list is the one to plan from.
+        if let Some(leader) = leader_of(&list, &statuses)
+            && let Some(from_leader) =
+                member_list_at(list.members().iter().find(|m| m.id() == leader)).await
+        {
+            let shape = |l: &etcd_client::MemberListResponse| -> Vec<(u64, bool)> {
+                l.members()
+                    .iter()
+                    .map(|m| (m.id(), m.is_learner()))
+                    .collect()
+            };
+            if shape(&from_leader) != shape(&list) {
+                list = from_leader;
+                statuses = statuses_of(&list).await;
+            }
+        }
+        let cluster_id = list.header().map_or(0, |h| h.cluster_id());
+        let leader = leader_of(&list, &statuses);
+        let leader_index = leader
+            .and_then(|l| list.members().iter().position(|m| m.id() == l))
+            .and_then(|i| statuses[i].as_ref())
+            .map(|s| s.raft_index);
+        let mut members = Vec::new();
+        let mut details = BTreeMap::new();
+        for (m, status) in list.members().iter().zip(&statuses) {
+            let in_sync = !m.is_learner()
+                || match (status, leader_index) {
+                    (Some(s), Some(index)) => s.applied_index * 100 >= index * IN_SYNC_PERCENT,
+                    _ => false,
+                };
+            members.push(MemberObs {
+                id: m.id(),
+                name: m.name().to_owned(),
+                peer_urls: m.peer_urls().to_vec(),
+                is_learner: m.is_learner(),
+                healthy: status.is_some(),
+                in_sync,
+            });
+            details.insert(
+                m.id(),
+                MemberDetail {
+                    client_urls: m.client_urls().to_vec(),
+                    version: status.as_ref().map(|s| s.version.clone()),
+                    db_size: status.as_ref().map(|s| s.db_size),
+                    applied_index: status.as_ref().map_or(0, |s| s.applied_index),
+                },
+            );
+        }
+        Ok(Report {
+            cluster: ClusterObs { members, leader },
+            cluster_id,
+            details,
+        })
+    }
+
+    /// MemberAdd as a learner; the new member's id.
+    async fn add_learner(&self, peer_url: &str) -> Result<u64, MembershipError> {
+        let (mut client, list) = self.any_member().await?;
+        if let Some(m) = list
+            .members()
+            .iter()
+            .find(|m| m.peer_urls().iter().any(|u| u == peer_url))
+        {
+            return Ok(m.id());
+        }
+        let added = client
+            .member_add(
+                [peer_url.to_owned()],
+                Some(MemberAddOptions::new().with_is_learner()),
+            )
+            .await
+            .map_err(call("MemberAdd"))?;
+        added
+            .member()
+            .map(|m| m.id())
+            .ok_or(MembershipError::Malformed(
+                "MemberAdd answered without the new member",
+            ))
+    }
+
+    async fn promote(&self, id: u64) -> Result<(), MembershipError> {
+        let (mut client, _) = self.any_member().await?;
+        match client.member_promote(id).await {
+            Ok(_) => Ok(()),
+            Err(err)
+                if already(&err, "can only promote a learner member")
+                    && !already(&err, "in sync") =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(call("MemberPromote")(err)),
+        }
+    }
+
+    async fn remove(&self, id: u64) -> Result<(), MembershipError> {
+        let (mut client, _) = self.any_member().await?;
+        match client.member_remove(id).await {
+            Ok(_) => Ok(()),
+            Err(err) if already(&err, "member not found") => Ok(()),
+            Err(err) => Err(call("MemberRemove")(err)),
+        }
+    }
+
+    /// Maintenance.MoveLeader, sent to the leader as etcd requires.
+    async fn move_leader(&self, from: u64, to: u64) -> Result<(), MembershipError> {
+        let (_, list) = self.any_member().await?;
+        let leader = list
+            .members()
+            .iter()
+            .find(|m| m.id() == from)
+            .ok_or(MembershipError::NoLeader)?;
+        let mut last = None;
+        for url in leader.client_urls() {
+            match connect(url).await {
+                Ok(mut client) => match client.move_leader(to).await {
+                    Ok(_) => return Ok(()),
+                    Err(err) => last = Some(err),
+                },
+                Err(err) => last = Some(err),
+            }
+        }
+        match last {
+            Some(err) => Err(call("MoveLeader")(err)),
+            None => Err(MembershipError::NoLeader),
+        }
+    }
+}
+
+/// What one member's Status said.
+struct StatusObs {
+    leader: u64,
+    raft_index: u64,
+    applied_index: u64,
+    version: String,
+    db_size: i64,
+}
+
+/// Status on the first of `urls` that answers; None if none does (a
+/// learner that has not started has no client URLs yet).
+async fn status_of(urls: Vec<String>) -> Option<StatusObs> {
+    for url in urls {
+        let attempt = async {
+            let mut client = connect(&url).await?;
+            client.status().await
+        };
+        if let Ok(Ok(s)) = tokio::time::timeout(CALL_TIMEOUT, attempt).await {
+            return Some(StatusObs {
+                leader: s.leader(),
+                raft_index: s.raft_index(),
+                applied_index: s.raft_applied_index(),
+                version: s.version().to_owned(),
+                db_size: s.db_size(),
+            });
+        }
+    }
+    None
+}
+
+/// Every member's Status, in MemberList order.
+async fn statuses_of(list: &etcd_client::MemberListResponse) -> Vec<Option<StatusObs>> {
+    join_all(
+        list.members()
+            .iter()
+            .map(|m| status_of(m.client_urls().to_vec())),
+    )
+    .await
+}
+
+/// The leader most answering members name, if it is a member.
+fn leader_of(
+    list: &etcd_client::MemberListResponse,
+    statuses: &[Option<StatusObs>],
+) -> Option<u64> {
+    let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
+    for s in statuses.iter().flatten() {
+        if s.leader != 0 {
+            *votes.entry(s.leader).or_default() += 1;
+        }
+    }
+    votes
+        .iter()
+        .max_by_key(|&(_, n)| *n)
+        .map(|(&id, _)| id)
+        .filter(|id| list.members().iter().any(|m| m.id() == *id))
+}
+
+/// MemberList asked of one member.
+async fn member_list_at(
+    member: Option<&etcd_client::Member>,
+) -> Option<etcd_client::MemberListResponse> {
+    for url in member?.client_urls() {
+        let attempt = async { connect(url).await?.member_list().await };
+        if let Ok(Ok(list)) = tokio::time::timeout(CALL_TIMEOUT, attempt).await {
+            return Some(list);
+        }
+    }
+    None
+}
+
+/// `--initial-cluster` for a member started now: every member under its
+/// name (ours by ordinal, since a member that has not started yet has none).
+pub fn initial_cluster(cluster: &ClusterObs, naming: &impl Naming) -> Vec<(String, String)> {
+    cluster
+        .members
+        .iter()
+        .flat_map(|m| {
+            let ordinal = m.peer_urls.iter().find_map(|u| naming.ordinal_of(u));
+            let name = ordinal.map_or_else(|| m.name.clone(), |o| naming.member_name(o));
+            m.peer_urls.iter().map(move |u| (name.clone(), u.clone()))
+        })
+        .collect()
+}
+
+/// Workload errors are the implementation's own.
+pub type WorkloadError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The non-membership side of the steps. The futures are not required to be
+/// `Send` here: the controller's implementation is, and the compiler checks
+/// that where the controller needs it; the end-to-end test's is not.
+pub trait Workloads {
+    /// Sets the number of member pods; a pod started now joins with
+    /// `initial_cluster` and `--initial-cluster-state existing`.
+    fn scale(
+        &mut self,
+        replicas: u32,
+        initial_cluster: &[(String, String)],
+    ) -> impl Future<Output = Result<(), WorkloadError>>;
+    /// Restarts a member's pod on the current template, keeping its volume.
+    fn restart_pod(&mut self, ordinal: u32) -> impl Future<Output = Result<(), WorkloadError>>;
+    /// Deletes a removed member's volume.
+    fn delete_volume(&mut self, ordinal: u32) -> impl Future<Output = Result<(), WorkloadError>>;
+    /// Deletes a member's volume and pod so it starts again empty.
+    fn replace_volume(&mut self, ordinal: u32) -> impl Future<Output = Result<(), WorkloadError>>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
+    #[error("{0}")]
+    Workloads(WorkloadError),
+}
+
+impl StepError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StepError::Membership(e) if e.is_transient())
+    }
+}
+
+/// Carries out one planned step. `cluster` is the observation it was
+/// planned from.
+pub async fn execute(
+    action: &Action,
+    membership: &impl MembershipApi,
+    workloads: &mut impl Workloads,
+    cluster: &ClusterObs,
+    naming: &impl Naming,
+) -> Result<(), StepError> {
+    match action {
+        Action::AddLearner { peer_url, .. } => membership.add_learner(peer_url).await.map(drop)?,
+        Action::Promote { id, .. } => membership.promote(*id).await?,
+        Action::MoveLeader { from, to } => membership.move_leader(*from, *to).await?,
+        Action::RemoveMember { id, .. } => membership.remove(*id).await?,
+        Action::ScaleStatefulSet { replicas } => workloads
+            .scale(*replicas, &initial_cluster(cluster, naming))
+            .await
+            .map_err(StepError::Workloads)?,
+        Action::RestartPod { ordinal } => workloads
+            .restart_pod(*ordinal)
+            .await
+            .map_err(StepError::Workloads)?,
+        Action::DeleteVolume { ordinal } => workloads
+            .delete_volume(*ordinal)
+            .await
+            .map_err(StepError::Workloads)?,
+        Action::ReplaceVolume { ordinal } => workloads
+            .replace_volume(*ordinal)
+            .await
+            .map_err(StepError::Workloads)?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Names;
+
+    impl Naming for Names {
+        fn member_name(&self, ordinal: u32) -> String {
+            format!("demo-{ordinal}")
+        }
+        fn peer_url(&self, ordinal: u32) -> String {
+            format!("http://demo-{ordinal}:2380")
+        }
+        fn ordinal_of(&self, peer_url: &str) -> Option<u32> {
+            peer_url
+                .strip_prefix("http://demo-")?
+                .strip_suffix(":2380")?
+                .parse()
+                .ok()
+        }
+    }
+
+    fn member(id: u64, name: &str, url: &str, is_learner: bool) -> MemberObs {
+        MemberObs {
+            id,
+            name: name.to_owned(),
+            peer_urls: vec![url.to_owned()],
+            is_learner,
+            healthy: true,
+            in_sync: true,
+        }
+    }
+
+    #[test]
+    fn initial_cluster_names_a_member_that_has_not_started_by_its_ordinal() {
+        let cluster = ClusterObs {
+            members: vec![
+                member(1, "demo-0", "http://demo-0:2380", false),
+                member(2, "", "http://demo-1:2380", true),
+                member(3, "manual", "http://elsewhere:2380", false),
+            ],
+            leader: Some(1),
+        };
+        assert_eq!(
+            initial_cluster(&cluster, &Names),
+            vec![
+                ("demo-0".to_owned(), "http://demo-0:2380".to_owned()),
+                ("demo-1".to_owned(), "http://demo-1:2380".to_owned()),
+                ("manual".to_owned(), "http://elsewhere:2380".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn refusals_that_pass_with_time_are_transient() {
+        let status = |msg: &str| MembershipError::Call {
+            call: "MemberAdd",
+            source: etcd_client::Error::InvalidArgs(msg.to_owned()),
+        };
+        assert!(status("etcdserver: unhealthy cluster").is_transient());
+        assert!(
+            status("etcdserver: can only promote a learner member which is in sync with leader")
+                .is_transient()
+        );
+        assert!(
+            status("etcdserver: re-configuration failed due to not enough started members")
+                .is_transient()
+        );
+        assert!(!status("etcdserver: Peer URLs already exists").is_transient());
+        assert!(!status("etcdserver: too many learner members in cluster").is_transient());
+        assert!(MembershipError::NoLeader.is_transient());
+    }
+}

@@ -1,0 +1,410 @@
+//! The members' StatefulSet. Its replicas are the planner's to decide (one
+//! member at a time, after the matching MemberAdd or MemberRemove), never
+//! `spec.replicas` directly; pods restart only when the operator deletes
+//! them (`OnDelete`), so an upgrade rolls in the order the planner picks,
+//! the leader last.
+//!
+//! Every pod runs the same command line; what differs per member is its pod
+//! name, which Kubernetes substitutes for `$(POD_NAME)` in the arguments,
+//! and, on the first start only, the bootstrap ConfigMap.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, VolumeMount,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{CLIENT_PORT, DATA_DIR, Names, PEER_PORT, VOLUME_MOUNT, VOLUME_NAME, metadata};
+use crate::crd::{KvCluster, ReclaimPolicy};
+
+/// How long a member may take to start serving: it listens for clients only
+/// once the cluster has a leader, which after a full restart waits for a
+/// majority of pods to be scheduled. Ten minutes, not a liveness kill loop.
+const STARTUP_PROBE_PERIOD: i32 = 5;
+const STARTUP_PROBE_FAILURES: i32 = 120;
+
+/// The StatefulSet with `replicas` pods.
+pub fn statefulset(kvc: &KvCluster, replicas: i32) -> StatefulSet {
+    let names = Names::of(kvc);
+    let spec = &kvc.spec;
+    let template = spec.pod_template.clone().unwrap_or_default();
+    let mut pod_labels = template.labels.clone();
+    pod_labels.extend(names.labels());
+    let annotations = (!template.annotations.is_empty()).then(|| template.annotations.clone());
+    let policy = match spec.storage.reclaim_policy {
+        ReclaimPolicy::Delete => "Delete",
+        ReclaimPolicy::Retain => "Retain",
+    };
+    StatefulSet {
+        metadata: metadata(kvc, names.statefulset()),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(names.peer_service()),
+            selector: LabelSelector {
+                match_labels: Some(names.selector_labels()),
+                ..LabelSelector::default()
+            },
+            // Parallel: after a full restart pod 0 cannot become ready without
+            // a quorum, so OrderedReady would never start pods 1 and 2.
+            pod_management_policy: Some("Parallel".to_owned()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".to_owned()),
+                rolling_update: None,
+            }),
+            // Scale-in reclaims volumes itself, after the member left raft;
+            // deleting the KvCluster follows the reclaim policy.
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some(policy.to_owned()),
+                    when_scaled: Some("Retain".to_owned()),
+                },
+            ),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations,
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container(kvc, &names)],
+                    affinity: Some(
+                        template
+                            .affinity
+                            .clone()
+                            .unwrap_or_else(|| spread_over_nodes(&names)),
+                    ),
+                    node_selector: (!template.node_selector.is_empty())
+                        .then(|| template.node_selector.clone()),
+                    tolerations: (!template.tolerations.is_empty())
+                        .then(|| template.tolerations.clone()),
+                    topology_spread_constraints: (!template.topology_spread_constraints.is_empty())
+                        .then(|| template.topology_spread_constraints.clone()),
+                    priority_class_name: template.priority_class_name.clone(),
+                    // No preStop hook: a member never removes itself, a
+                    // restart or drain must not change membership.
+                    termination_grace_period_seconds: Some(30),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some(VOLUME_NAME.to_owned()),
+                    labels: Some(names.labels()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+                    storage_class_name: spec.storage.storage_class_name.clone(),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([(
+                            "storage".to_owned(),
+                            spec.storage.size.clone(),
+                        )])),
+                        limits: None,
+                    }),
+                    ..PersistentVolumeClaimSpec::default()
+                }),
+                status: None,
+            }]),
+            ..StatefulSetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn container(kvc: &KvCluster, names: &Names) -> Container {
+    let host = format!(
+        "$(POD_NAME).{}.{}.svc",
+        names.peer_service(),
+        names.namespace
+    );
+    let args = vec![
+        "--name=$(POD_NAME)".to_owned(),
+        format!("--data-dir={DATA_DIR}"),
+        format!("--listen-client-urls=http://0.0.0.0:{CLIENT_PORT}"),
+        format!("--advertise-client-urls=http://{host}:{CLIENT_PORT}"),
+        format!("--listen-peer-urls=http://0.0.0.0:{PEER_PORT}"),
+        format!("--initial-advertise-peer-urls=http://{host}:{PEER_PORT}"),
+    ];
+    let http_get = |path: &str| HTTPGetAction {
+        path: Some(path.to_owned()),
+        port: IntOrString::String("client".to_owned()),
+        ..HTTPGetAction::default()
+    };
+    Container {
+        name: "raftkv".to_owned(),
+        image: Some(kvc.spec.image()),
+        args: Some(args),
+        env: Some(vec![EnvVar {
+            name: "POD_NAME".to_owned(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".to_owned(),
+                    api_version: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+            value: None,
+        }]),
+        // --initial-cluster, --initial-cluster-state, --initial-cluster-token
+        env_from: Some(vec![EnvFromSource {
+            config_map_ref: Some(ConfigMapEnvSource {
+                name: names.configmap(),
+                optional: Some(false),
+            }),
+            ..EnvFromSource::default()
+        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("client".to_owned()),
+                container_port: CLIENT_PORT,
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("peer".to_owned()),
+                container_port: PEER_PORT,
+                ..ContainerPort::default()
+            },
+        ]),
+        // Ready = has a leader and answers a linearizable read round.
+        readiness_probe: Some(Probe {
+            http_get: Some(http_get("/health")),
+            period_seconds: Some(5),
+            timeout_seconds: Some(3),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        }),
+        // Alive = the process serves HTTP. /health is false without a leader,
+        // and killing every member of a cluster that lost its leader would
+        // turn a blip into an outage, so liveness does not ask for one.
+        liveness_probe: Some(Probe {
+            http_get: Some(http_get("/version")),
+            period_seconds: Some(10),
+            timeout_seconds: Some(5),
+            failure_threshold: Some(6),
+            ..Probe::default()
+        }),
+        startup_probe: Some(Probe {
+            http_get: Some(http_get("/version")),
+            period_seconds: Some(STARTUP_PROBE_PERIOD),
+            failure_threshold: Some(STARTUP_PROBE_FAILURES),
+            ..Probe::default()
+        }),
+        resources: kvc.spec.resources.clone(),
+        volume_mounts: Some(vec![VolumeMount {
+            name: VOLUME_NAME.to_owned(),
+            mount_path: VOLUME_MOUNT.to_owned(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    }
+}
+
+/// Without an affinity of the user's, prefer one member per node.
+fn spread_over_nodes(names: &Names) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(names.selector_labels()),
+                            ..LabelSelector::default()
+                        }),
+                        topology_key: "kubernetes.io/hostname".to_owned(),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::PodTemplate;
+    use crate::resources::tests::kvcluster;
+    use k8s_openapi::api::core::v1::Toleration;
+
+    fn pod_spec(sts: &StatefulSet) -> PodSpec {
+        sts.spec
+            .clone()
+            .and_then(|s| s.template.spec)
+            .expect("pod spec")
+    }
+
+    fn args(sts: &StatefulSet) -> Vec<String> {
+        pod_spec(sts).containers[0].args.clone().unwrap_or_default()
+    }
+
+    #[test]
+    fn members_advertise_their_stable_dns_names() {
+        let sts = statefulset(&kvcluster("demo", 3), 1);
+        let args = args(&sts);
+        for expected in [
+            "--name=$(POD_NAME)",
+            "--data-dir=/var/lib/raftkv/data",
+            "--listen-client-urls=http://0.0.0.0:2379",
+            "--advertise-client-urls=http://$(POD_NAME).demo-peer.prod.svc:2379",
+            "--listen-peer-urls=http://0.0.0.0:2380",
+            "--initial-advertise-peer-urls=http://$(POD_NAME).demo-peer.prod.svc:2380",
+        ] {
+            assert!(
+                args.contains(&expected.to_owned()),
+                "{expected} missing from {args:?}"
+            );
+        }
+        // Pod demo-2 advertises exactly what Names says its peer URL is.
+        let names = Names::of(&kvcluster("demo", 3));
+        let advertised =
+            "http://$(POD_NAME).demo-peer.prod.svc:2380".replace("$(POD_NAME)", &names.member(2));
+        assert_eq!(advertised, names.peer_url(2));
+        let spec = sts.spec.expect("spec");
+        assert_eq!(spec.service_name.as_deref(), Some("demo-peer"));
+        assert_eq!(spec.replicas, Some(1));
+    }
+
+    #[test]
+    fn the_initial_cluster_comes_from_the_bootstrap_configmap() {
+        let sts = statefulset(&kvcluster("demo", 3), 3);
+        let container = &pod_spec(&sts).containers[0];
+        let from = container.env_from.clone().unwrap_or_default();
+        assert_eq!(
+            from[0].config_map_ref.as_ref().map(|c| c.name.as_str()),
+            Some("demo-bootstrap")
+        );
+        assert!(
+            !args(&sts)
+                .iter()
+                .any(|a| a.starts_with("--initial-cluster"))
+        );
+        let pod_name = &container.env.as_ref().expect("env")[0];
+        assert_eq!(pod_name.name, "POD_NAME");
+    }
+
+    #[test]
+    fn readiness_asks_health_and_liveness_does_not_need_a_leader() {
+        let sts = statefulset(&kvcluster("demo", 3), 3);
+        let container = &pod_spec(&sts).containers[0];
+        let path = |p: &Option<Probe>| {
+            p.as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.clone())
+        };
+        assert_eq!(path(&container.readiness_probe).as_deref(), Some("/health"));
+        assert_eq!(path(&container.liveness_probe).as_deref(), Some("/version"));
+        assert_eq!(path(&container.startup_probe).as_deref(), Some("/version"));
+        assert!(
+            pod_spec(&sts).containers[0].lifecycle.is_none(),
+            "no preStop self-removal"
+        );
+    }
+
+    #[test]
+    fn pods_start_in_parallel_and_restart_only_when_deleted() {
+        let spec = statefulset(&kvcluster("demo", 3), 3).spec.expect("spec");
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+        assert_eq!(
+            spec.update_strategy.and_then(|u| u.type_).as_deref(),
+            Some("OnDelete")
+        );
+        let retention = spec
+            .persistent_volume_claim_retention_policy
+            .expect("retention");
+        assert_eq!(retention.when_scaled.as_deref(), Some("Retain"));
+        assert_eq!(retention.when_deleted.as_deref(), Some("Retain"));
+    }
+
+    #[test]
+    fn storage_and_pod_template_reach_the_pods() {
+        let mut kvc = kvcluster("demo", 3);
+        kvc.spec.storage.storage_class_name = Some("fast".to_owned());
+        kvc.spec.storage.reclaim_policy = ReclaimPolicy::Delete;
+        kvc.spec.image = Some("registry.local/raftkv@sha256:abc".to_owned());
+        kvc.spec.pod_template = Some(PodTemplate {
+            labels: BTreeMap::from([("team".to_owned(), "storage".to_owned())]),
+            node_selector: BTreeMap::from([("disk".to_owned(), "ssd".to_owned())]),
+            tolerations: vec![Toleration {
+                key: Some("dedicated".to_owned()),
+                ..Toleration::default()
+            }],
+            priority_class_name: Some("critical".to_owned()),
+            ..PodTemplate::default()
+        });
+        let sts = statefulset(&kvc, 3);
+        let spec = sts.spec.clone().expect("spec");
+        let claim = &spec.volume_claim_templates.expect("claims")[0];
+        let claim_spec = claim.spec.clone().expect("claim spec");
+        assert_eq!(claim_spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            claim_spec
+                .resources
+                .and_then(|r| r.requests)
+                .and_then(|r| r.get("storage").cloned())
+                .map(|q| q.0),
+            Some("8Gi".to_owned())
+        );
+        assert_eq!(
+            spec.persistent_volume_claim_retention_policy
+                .and_then(|p| p.when_deleted)
+                .as_deref(),
+            Some("Delete")
+        );
+        let pod = pod_spec(&sts);
+        assert_eq!(
+            pod.containers[0].image.as_deref(),
+            Some("registry.local/raftkv@sha256:abc")
+        );
+        assert_eq!(pod.priority_class_name.as_deref(), Some("critical"));
+        assert_eq!(
+            pod.node_selector
+                .and_then(|n| n.get("disk").cloned())
+                .as_deref(),
+            Some("ssd")
+        );
+        assert_eq!(pod.tolerations.map(|t| t.len()), Some(1));
+        let labels = spec
+            .template
+            .metadata
+            .and_then(|m| m.labels)
+            .expect("pod labels");
+        assert_eq!(labels.get("team").map(String::as_str), Some("storage"));
+        // The user's labels never reach the immutable selector.
+        assert!(
+            !spec
+                .selector
+                .match_labels
+                .expect("selector")
+                .contains_key("team")
+        );
+    }
+
+    #[test]
+    fn members_prefer_distinct_nodes_unless_told_otherwise() {
+        let pod = pod_spec(&statefulset(&kvcluster("demo", 3), 3));
+        let anti = pod
+            .affinity
+            .and_then(|a| a.pod_anti_affinity)
+            .expect("anti-affinity");
+        let term = &anti
+            .preferred_during_scheduling_ignored_during_execution
+            .expect("preferred")[0];
+        assert_eq!(
+            term.pod_affinity_term.topology_key,
+            "kubernetes.io/hostname"
+        );
+    }
+}
