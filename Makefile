@@ -7,12 +7,18 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN        := $(TARGET_DIR)/debug
 DATA_DIR   ?= default.raftkv
 
-.PHONY: all deps build run cluster test bench bench-cluster clean-data
+.PHONY: all deps pydeps build run cluster test bench bench-cluster clean-data
+
+# The chart tests' Python packages (Helm 4's engine, Kubernetes' schemas).
+VENV       ?= .venv
 
 all: build
 
 deps:
 	@./scripts/deps.sh
+
+pydeps:
+	@./scripts/pydeps.sh $(VENV) charts/tests/requirements.txt
 
 build: deps
 	$(CARGO) build --workspace --bins --examples
@@ -28,9 +34,11 @@ run: build
 cluster: build
 	./scripts/cluster.sh
 
-# Every test: unit, property, and end-to-end over the real binaries and real etcd.
-test: build
+# Every test: unit, property, and end-to-end over the real binaries and real
+# etcd; then the Helm chart, CRD and examples, offline (charts/tests).
+test: build pydeps
 	$(CARGO) test --workspace
+	RAFTKV_OPERATOR=$(BIN)/raftkv-operator $(VENV)/bin/python -m unittest discover -s charts/tests -v
 
 # raftkv and Debian's etcd side by side on this machine, with ratios.
 bench: build

@@ -8,15 +8,22 @@
   (kubernetes-validate, strict: unknown fields are errors); a rendered
   KvCluster against the generated CRD's own schema;
 - bad values refused by values.schema.json, with the offending key named;
+- the RBAC rules exactly `raftkv-operator rbac` (the list the operator's
+  reconcile scenarios hold to the calls it makes), cluster-wide and per
+  watched namespace;
 - the chart's CRD identical to the generated crds/;
-- the examples/ KvClusters valid against the generated CRD schema.
+- the examples/ KvClusters valid against the generated CRD schema, and
+  what `raftkv-operator render` makes of each valid against Kubernetes'.
 
 Run by `make test` (from the Makefile's virtualenv); by hand:
     .venv/bin/python -m unittest discover -s charts/tests -v
 """
 
 import copy
+import json
+import os
 import pathlib
+import subprocess
 import unittest
 
 import helm_python as helm
@@ -28,6 +35,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "raftkv-operator"
 CRD = ROOT / "crds" / "kvcluster.yaml"
 EXAMPLES = ROOT / "examples"
+# Built by `make test` first; the Makefile says where.
+OPERATOR = os.environ.get("RAFTKV_OPERATOR") or str(ROOT / "target" / "debug" / "raftkv-operator")
 # The chart's kubeVersion floor, which is the operator's k8s-openapi feature.
 KUBE_VERSION = "1.33.0"
 
@@ -191,6 +200,24 @@ class ChartTest(unittest.TestCase):
                     with self.assertRaises(helm.HelmError):
                         chart.render(values, name="rk", namespace="ops")
 
+    def test_rbac_grants_exactly_what_the_operator_needs(self):
+        want = json.loads(subprocess.run([OPERATOR, "rbac"], check=True, capture_output=True, text=True).stdout)
+        for values, kind, count in (({}, "ClusterRole", 1), (NON_DEFAULT, "Role", 2)):
+            with self.subTest(kind=kind):
+                _, objects = render(values)
+                roles = [r for r in by_kind(objects, kind) if not r["metadata"]["name"].endswith("-leader-election")]
+                self.assertEqual(len(roles), count)
+                for role in roles:
+                    self.assertEqual(role["rules"], want["rules"])
+                (election,) = [r for r in by_kind(objects, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+                self.assertEqual(election["metadata"]["namespace"], "ops", "the Lease lives in the release's namespace")
+                self.assertEqual(election["rules"], want["leaderElection"])
+                bindings = by_kind(objects, kind + "Binding") + by_kind(objects, "RoleBinding")
+                self.assertTrue(bindings)
+                for binding in bindings:
+                    (subject,) = binding["subjects"]
+                    self.assertEqual((subject["kind"], subject["namespace"]), ("ServiceAccount", "ops"))
+
     def test_the_chart_carries_the_generated_crd(self):
         self.assertEqual((CHART / "crds" / "kvcluster.yaml").read_text(), CRD.read_text(), "run: cp crds/kvcluster.yaml charts/raftkv-operator/crds/")
 
@@ -211,6 +238,16 @@ class ExamplesTest(unittest.TestCase):
                 jsonschema.validate(doc, schema)
                 # Its metadata, through a kind Kubernetes' schemas know.
                 kubernetes_validate.validate({k: v for k, v in doc.items() if k != "spec"} | {"apiVersion": "v1", "kind": "ConfigMap"}, KUBE_VERSION, strict=True)
+
+    def test_the_objects_the_operator_renders_are_valid_kubernetes(self):
+        for path in sorted(EXAMPLES.glob("*.yaml")):
+            with self.subTest(example=path.name):
+                out = subprocess.run([OPERATOR, "render", "-f", str(path)], check=True, capture_output=True, text=True).stdout
+                docs = [d for d in yaml.safe_load_all(out) if d]
+                kinds = sorted(d["kind"] for d in docs)
+                self.assertEqual(kinds, ["ConfigMap", "PodDisruptionBudget", "Service", "Service", "StatefulSet"])
+                for doc in docs:
+                    kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
 
     def test_the_schema_refuses_bad_kvclusters(self):
         schema = crd_schema()

@@ -17,12 +17,15 @@
 //! - [`metrics`]: the Prometheus metrics behind `/metrics`.
 //! - [`render`]: the CRD and a manifest's objects as YAML (`crdgen`,
 //!   `raftkv-operator render`).
+//! - [`rbac`]: the permissions it needs, which the chart and
+//!   `deploy/operator.yaml` grant (`raftkv-operator rbac`).
 
 pub mod controller;
 pub mod crd;
 pub mod members;
 pub mod metrics;
 pub mod planner;
+pub mod rbac;
 pub mod render;
 pub mod resources;
 pub mod status;

@@ -58,11 +58,18 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
+    /// Print the RBAC rules the operator needs, as JSON: `rules` in every
+    /// watched namespace, `leaderElection` in its own.
+    Rbac,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Rbac => {
+            println!("{:#}", raftkv_operator::rbac::to_json());
+            Ok(())
+        }
         Command::Render { file } => {
             let yaml = if file.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?

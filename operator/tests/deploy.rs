@@ -1,10 +1,11 @@
 //! `operator/deploy/operator.yaml`: valid Kubernetes objects (read back
-//! into the k8s-openapi types unchanged), and a ClusterRole that grants
-//! every call the operator makes.
+//! into the k8s-openapi types unchanged), and RBAC that grants exactly
+//! `raftkv_operator::rbac` (which the reconcile scenarios hold to the calls
+//! the operator makes).
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -36,6 +37,8 @@ fn the_deploy_manifest_is_valid_kubernetes() {
         [
             "ServiceAccount",
             "ClusterRole",
+            "Role",
+            "RoleBinding",
             "ClusterRoleBinding",
             "Deployment"
         ]
@@ -45,6 +48,8 @@ fn the_deploy_manifest_is_valid_kubernetes() {
             Some("ServiceAccount") => drop(round_trips::<ServiceAccount>(&doc)),
             Some("ClusterRole") => drop(round_trips::<ClusterRole>(&doc)),
             Some("ClusterRoleBinding") => drop(round_trips::<ClusterRoleBinding>(&doc)),
+            Some("Role") => drop(round_trips::<Role>(&doc)),
+            Some("RoleBinding") => drop(round_trips::<RoleBinding>(&doc)),
             Some("Deployment") => {
                 let deployment = round_trips::<Deployment>(&doc);
                 let env: Vec<String> = deployment
@@ -70,50 +75,15 @@ fn the_deploy_manifest_is_valid_kubernetes() {
 }
 
 #[test]
-fn the_cluster_role_grants_every_call_the_operator_makes() {
-    let role: ClusterRole = docs()
-        .iter()
-        .find(|d| d["kind"] == "ClusterRole")
-        .map(round_trips)
-        .expect("a ClusterRole");
-    let rules = role.rules.unwrap_or_default();
-    let allows = |group: &str, resource: &str, verb: &str| {
-        rules.iter().any(|r| {
-            r.api_groups.iter().flatten().any(|g| g == group)
-                && r.resources.iter().flatten().any(|x| x == resource)
-                && r.verbs.iter().any(|v| v == verb)
-        })
+fn the_roles_grant_exactly_what_the_operator_needs() {
+    let rbac = raftkv_operator::rbac::to_json();
+    let rules_of = |kind: &str| {
+        docs()
+            .into_iter()
+            .find(|d| d["kind"] == kind)
+            .map(|d| d["rules"].clone())
+            .unwrap_or_else(|| panic!("no {kind}"))
     };
-    // (group, resource, verb) of every call in controller.rs, the
-    // finalizer, the event recorder and the lease manager.
-    let calls = [
-        ("raftkv.io", "kvclusters", "watch"),
-        ("raftkv.io", "kvclusters", "list"),
-        ("raftkv.io", "kvclusters", "patch"),
-        ("raftkv.io", "kvclusters/status", "patch"),
-        ("apps", "statefulsets", "get"),
-        ("apps", "statefulsets", "watch"),
-        ("apps", "statefulsets", "patch"),
-        ("", "services", "patch"),
-        ("", "services", "watch"),
-        ("", "configmaps", "patch"),
-        ("", "configmaps", "watch"),
-        ("policy", "poddisruptionbudgets", "patch"),
-        ("policy", "poddisruptionbudgets", "watch"),
-        ("", "pods", "list"),
-        ("", "pods", "delete"),
-        ("", "persistentvolumeclaims", "list"),
-        ("", "persistentvolumeclaims", "delete"),
-        ("events.k8s.io", "events", "create"),
-        ("events.k8s.io", "events", "patch"),
-        ("coordination.k8s.io", "leases", "get"),
-        ("coordination.k8s.io", "leases", "create"),
-        ("coordination.k8s.io", "leases", "patch"),
-    ];
-    for (group, resource, verb) in calls {
-        assert!(
-            allows(group, resource, verb),
-            "the ClusterRole does not allow {verb} {resource} in {group:?}"
-        );
-    }
+    assert_eq!(rules_of("ClusterRole"), rbac["rules"], "the ClusterRole is not raftkv_operator::rbac::RULES");
+    assert_eq!(rules_of("Role"), rbac["leaderElection"], "the Role is not raftkv_operator::rbac::LEADER_ELECTION");
 }

@@ -4,7 +4,7 @@
 //! request and failures on demand. The StatefulSet controller and the
 //! kubelet are played by [`World::tick`] in `main.rs`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use http::{Request, Response, StatusCode};
@@ -34,6 +34,44 @@ const COLLECTIONS: &[&str] = &[
     "configmaps",
     "events",
 ];
+
+/// (group, resource, verb) of every request any fake API in this test
+/// process answered: what the operator's code really calls.
+pub static CALLS: Mutex<BTreeSet<(String, String, String)>> = Mutex::new(BTreeSet::new());
+
+/// The RBAC view of a request: API group, resource (with its subresource),
+/// verb; as the API server's authorizer sees it.
+pub fn rbac_attributes(method: &str, path: &str, query: &str) -> (String, String, String) {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => ("?", &[][..]),
+    };
+    let rest = match rest {
+        ["namespaces", _ns, rest @ ..] => rest,
+        rest => rest,
+    };
+    let (resource, named) = match rest {
+        [resource] => (resource.to_string(), false),
+        [resource, _name] => (resource.to_string(), true),
+        [resource, _name, sub, ..] => (format!("{resource}/{sub}"), true),
+        _ => (String::from("?"), false),
+    };
+    let watch = query.split('&').any(|q| q == "watch=true" || q == "watch=1");
+    let verb = match (method, named) {
+        ("GET", true) => "get",
+        ("GET", false) if watch => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => "?",
+    };
+    (group.to_owned(), resource, verb.to_owned())
+}
 
 fn status(code: StatusCode, reason: &str) -> (StatusCode, Value) {
     (
@@ -97,6 +135,14 @@ impl FakeApi {
     fn serve(&self, parts: &http::request::Parts, body: &[u8]) -> (StatusCode, Value) {
         let method = parts.method.as_str().to_owned();
         let path = parts.uri.path().to_owned();
+        // RBAC, as the chart grants it: a call it does not allow is refused
+        // as a real API server would refuse it.
+        let (group, resource, verb) = rbac_attributes(&method, &path, parts.uri.query().unwrap_or_default());
+        if !raftkv_operator::rbac::allows(&group, &resource, &verb) {
+            self.state().log.push(format!("{method} {path} -> 403"));
+            return status(StatusCode::FORBIDDEN, "Forbidden");
+        }
+        CALLS.lock().unwrap_or_else(PoisonError::into_inner).insert((group, resource, verb));
         let mut state = self.state();
         if let Some(f) = state
             .failures

@@ -715,3 +715,48 @@ async fn the_error_policy_counts_the_failure_and_requeues() {
     })
     .await;
 }
+
+/// The RBAC rules (`raftkv_operator::rbac`, which the chart grants) are
+/// exactly what the operator uses: the fake API refuses any call they do
+/// not allow (so every scenario above also proves they cover its calls),
+/// and after every scenario has run, each granted verb was either called
+/// or is the controller's list and watch of a kind it watches.
+#[test]
+fn the_rbac_rules_grant_exactly_the_calls_the_operator_makes() {
+    create_founds_with_ordinal_zero_and_grows_one_learner_at_a_time();
+    scale_three_to_five_and_back_moves_leadership_first_and_reclaims_volumes();
+    an_upgrade_restarts_one_member_at_a_time_the_leader_last();
+    a_member_that_lost_its_volume_is_removed_and_joins_again_as_a_new_member();
+    an_operator_restarted_mid_step_resumes_without_repeating_it();
+    a_paused_cluster_is_reported_but_not_changed();
+    deletion_runs_cleanup_then_releases_the_finalizer();
+    the_error_policy_counts_the_failure_and_requeues();
+
+    let mut used: std::collections::BTreeSet<(String, String, String)> =
+        fake_api::CALLS.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    for (group, resource) in raftkv_operator::rbac::WATCHED {
+        for verb in ["list", "watch"] {
+            used.insert((group.to_string(), resource.to_string(), verb.to_owned()));
+        }
+    }
+    let granted: std::collections::BTreeSet<(String, String, String)> = raftkv_operator::rbac::grants()
+        .into_iter()
+        .map(|(g, r, v)| (g.to_owned(), r.to_owned(), v.to_owned()))
+        .collect();
+    let unused: Vec<_> = granted.difference(&used).collect();
+    assert!(unused.is_empty(), "granted but never used: {unused:?}");
+    let refused: Vec<_> = used.difference(&granted).collect();
+    assert!(refused.is_empty(), "used but not granted: {refused:?}");
+}
+
+#[test]
+fn requests_map_to_rbac_attributes_as_the_api_server_sees_them() {
+    use fake_api::rbac_attributes as attrs;
+    let t = |g: &str, r: &str, v: &str| (g.to_owned(), r.to_owned(), v.to_owned());
+    assert_eq!(attrs("GET", "/api/v1/namespaces/prod/pods", ""), t("", "pods", "list"));
+    assert_eq!(attrs("GET", "/apis/apps/v1/statefulsets", "watch=true&resourceVersion=1"), t("apps", "statefulsets", "watch"));
+    assert_eq!(attrs("GET", "/apis/apps/v1/namespaces/prod/statefulsets/demo", ""), t("apps", "statefulsets", "get"));
+    assert_eq!(attrs("PATCH", "/apis/raftkv.io/v1alpha1/namespaces/prod/kvclusters/demo/status", ""), t("raftkv.io", "kvclusters/status", "patch"));
+    assert_eq!(attrs("DELETE", "/api/v1/namespaces/prod/persistentvolumeclaims/data-demo-4", ""), t("", "persistentvolumeclaims", "delete"));
+    assert_eq!(attrs("POST", "/apis/events.k8s.io/v1/namespaces/prod/events", ""), t("events.k8s.io", "events", "create"));
+}
