@@ -192,11 +192,13 @@ impl MembershipApi for Membership {
         let mut members = Vec::new();
         let mut details = BTreeMap::new();
         for (m, status) in list.members().iter().zip(&statuses) {
-            let in_sync = !m.is_learner()
-                || match (status, leader_index) {
-                    (Some(s), Some(index)) => s.applied_index * 100 >= index * IN_SYNC_PERCENT,
-                    _ => false,
-                };
+            // Learners must be in sync to be promoted; a restarted voter is
+            // given time to catch up before the next member restarts.
+            let in_sync = match (status, leader_index) {
+                (Some(s), Some(index)) => s.applied_index * 100 >= index * IN_SYNC_PERCENT,
+                (Some(_), None) => !m.is_learner(),
+                (None, _) => false,
+            };
             members.push(MemberObs {
                 id: m.id(),
                 name: m.name().to_owned(),
