@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use etcd_client::{Client, ConnectOptions, MemberAddOptions};
 use futures::future::join_all;
 
@@ -53,23 +54,37 @@ impl MembershipError {
         match self {
             MembershipError::Unreachable { .. } | MembershipError::NoLeader => true,
             MembershipError::Malformed(_) => false,
-            MembershipError::Call { source, .. } => {
-                let text = source.to_string();
-                [
-                    "unhealthy cluster",
-                    "in sync with leader",
-                    "not enough started members",
-                    "no leader",
-                    "leader changed",
-                    "timed out",
-                    "transport error",
-                    "Unavailable",
-                ]
-                .iter()
-                .any(|t| text.contains(t))
-            }
+            MembershipError::Call { source, .. } => transient(source),
         }
     }
+}
+
+/// etcd's refusals that pass with time, by their text.
+fn transient(err: &etcd_client::Error) -> bool {
+    let text = err.to_string();
+    [
+        "unhealthy cluster",
+        "in sync with leader",
+        "not enough started members",
+        "no leader",
+        "leader changed",
+        "timed out",
+        "transport error",
+        "Unavailable",
+    ]
+    .iter()
+    .any(|t| text.contains(t))
+}
+
+/// etcd refuses a membership change for a few seconds after the previous one
+/// (its strict reconfiguration check: every voter connected for 5 s); a call
+/// retries such refusals that long before the step is given up and planned
+/// again.
+fn briefly() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(5)
 }
 
 /// A member's details that the planner does not need and status reports.
@@ -192,11 +207,13 @@ impl MembershipApi for Membership {
         let mut members = Vec::new();
         let mut details = BTreeMap::new();
         for (m, status) in list.members().iter().zip(&statuses) {
-            let in_sync = !m.is_learner()
-                || match (status, leader_index) {
-                    (Some(s), Some(index)) => s.applied_index * 100 >= index * IN_SYNC_PERCENT,
-                    _ => false,
-                };
+            // Learners must be in sync to be promoted; a restarted voter is
+            // given time to catch up before the next member restarts.
+            let in_sync = match (status, leader_index) {
+                (Some(s), Some(index)) => s.applied_index * 100 >= index * IN_SYNC_PERCENT,
+                (Some(_), None) => !m.is_learner(),
+                (None, _) => false,
+            };
             members.push(MemberObs {
                 id: m.id(),
                 name: m.name().to_owned(),
@@ -232,24 +249,42 @@ impl MembershipApi for Membership {
         {
             return Ok(m.id());
         }
-        let added = client
-            .member_add(
-                [peer_url.to_owned()],
-                Some(MemberAddOptions::new().with_is_learner()),
-            )
-            .await
-            .map_err(call("MemberAdd"))?;
-        added
-            .member()
-            .map(|m| m.id())
-            .ok_or(MembershipError::Malformed(
-                "MemberAdd answered without the new member",
-            ))
+        let add = || {
+            let mut client = client.clone();
+            let url = peer_url.to_owned();
+            async move {
+                client
+                    .member_add([url], Some(MemberAddOptions::new().with_is_learner()))
+                    .await
+            }
+        };
+        match add.retry(briefly()).when(transient).await {
+            Ok(added) => added
+                .member()
+                .map(|m| m.id())
+                .ok_or(MembershipError::Malformed(
+                    "MemberAdd answered without the new member",
+                )),
+            // An earlier attempt went through after all.
+            Err(err) if already(&err, "Peer URLs already exists") => {
+                let list = client.member_list().await.map_err(call("MemberList"))?;
+                list.members()
+                    .iter()
+                    .find(|m| m.peer_urls().iter().any(|u| u == peer_url))
+                    .map(|m| m.id())
+                    .ok_or_else(|| call("MemberAdd")(err))
+            }
+            Err(err) => Err(call("MemberAdd")(err)),
+        }
     }
 
     async fn promote(&self, id: u64) -> Result<(), MembershipError> {
-        let (mut client, _) = self.any_member().await?;
-        match client.member_promote(id).await {
+        let (client, _) = self.any_member().await?;
+        let promote = || {
+            let mut client = client.clone();
+            async move { client.member_promote(id).await }
+        };
+        match promote.retry(briefly()).when(transient).await {
             Ok(_) => Ok(()),
             Err(err)
                 if already(&err, "can only promote a learner member")
@@ -262,8 +297,12 @@ impl MembershipApi for Membership {
     }
 
     async fn remove(&self, id: u64) -> Result<(), MembershipError> {
-        let (mut client, _) = self.any_member().await?;
-        match client.member_remove(id).await {
+        let (client, _) = self.any_member().await?;
+        let remove = || {
+            let mut client = client.clone();
+            async move { client.member_remove(id).await }
+        };
+        match remove.retry(briefly()).when(transient).await {
             Ok(_) => Ok(()),
             Err(err) if already(&err, "member not found") => Ok(()),
             Err(err) => Err(call("MemberRemove")(err)),

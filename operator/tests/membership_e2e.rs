@@ -5,7 +5,9 @@
 //! (`--initial-cluster-state existing` for joiners, as the pods get it from
 //! the bootstrap ConfigMap). Clients write through every founding member
 //! the whole time; every acknowledged write must be on every member at the
-//! end.
+//! end. A second scenario rolls a template change over a real cluster: each
+//! member restarted once (kill -9 and start on its data, as a deleted pod
+//! comes back), the leader last after leadership moved off it.
 //!
 //! Needs the server binary: `cargo build -p raftkv --bin raftkv` first (the
 //! harness finds it next to the test executable).
@@ -60,6 +62,8 @@ struct Processes<'a> {
     cluster: &'a mut Cluster,
     joining: BTreeMap<u32, Joining>,
     replicas: u32,
+    /// While rolling, the ordinals already restarted (on the "new template").
+    rolled: Option<BTreeSet<u32>>,
 }
 
 impl Workloads for Processes<'_> {
@@ -94,8 +98,14 @@ impl Workloads for Processes<'_> {
         Ok(())
     }
 
-    async fn restart_pod(&mut self, _: u32) -> Result<(), WorkloadError> {
-        Err("restarts are not part of this scenario".into())
+    /// The pod deleted and started again by the StatefulSet: the process
+    /// killed and restarted on its data.
+    async fn restart_pod(&mut self, ordinal: u32) -> Result<(), WorkloadError> {
+        let rolled = self.rolled.as_mut().ok_or("no rolling restart under way")?;
+        rolled.insert(ordinal);
+        self.cluster.kill9(ordinal as usize)?;
+        self.cluster.restart(ordinal as usize).await?;
+        Ok(())
     }
 
     async fn delete_volume(&mut self, _: u32) -> Result<(), WorkloadError> {
@@ -135,7 +145,7 @@ async fn converge(
                     (
                         o,
                         PodObs {
-                            up_to_date: true,
+                            up_to_date: processes.rolled.as_ref().is_none_or(|r| r.contains(&o)),
                             ..PodObs::default()
                         },
                     )
@@ -226,6 +236,7 @@ async fn scenario(cluster: &mut Cluster) -> anyhow::Result<()> {
         cluster,
         joining,
         replicas: 3,
+        rolled: None,
     };
     let out = converge(5, &mut operation, &membership, &mut processes, &naming)
         .await
@@ -318,6 +329,108 @@ async fn scenario(cluster: &mut Cluster) -> anyhow::Result<()> {
         acks.len()
     );
     ensure!(during_growth > 0 && during_shrink > 0, "writers stalled");
+    let cluster = &*processes.cluster;
+    for i in 0..3 {
+        let mut client = cluster.client(i).await?;
+        eventually(CATCH_UP, async || {
+            let (_, store) = acked::whole_store(&mut client, true).await?;
+            acked::all_present(&store, &acks)
+        })
+        .await
+        .with_context(|| format!("m{i} does not hold every acknowledged put"))?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_membership_rolls_a_real_cluster_leader_last_under_writes() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(Flavor::Raftkv, 3, &[]).await?;
+    let outcome = rolling(&mut cluster).await;
+    outcome.with_context(|| format!("end of each member's log:\n{}", cluster.log_tails(30)))
+}
+
+/// A template change: every member restarted once, followers from the top,
+/// the leader last after leadership moved off it, writes going on.
+async fn rolling(cluster: &mut Cluster) -> anyhow::Result<()> {
+    let naming = Loopback {
+        peer_urls: (0..3)
+            .map(|i| cluster.member(i).server().peer_url().to_owned())
+            .collect(),
+    };
+    let membership = Membership::new(cluster.endpoints());
+    let leader = membership
+        .observe()
+        .await?
+        .cluster
+        .leader
+        .context("a leader")?;
+    let leader_ordinal = membership
+        .observe()
+        .await?
+        .cluster
+        .members
+        .iter()
+        .find(|m| m.id == leader)
+        .and_then(|m| naming.ordinal_of(&m.peer_urls[0]))
+        .context("the leader's ordinal")?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let fault = Arc::new(AtomicBool::new(true));
+    let mut writers = Vec::new();
+    for i in 0..3 {
+        let writer = acked::put_until(
+            cluster.client(i).await?,
+            format!("w{i}"),
+            stop.clone(),
+            fault.clone(),
+        );
+        writers.push(tokio::spawn(writer));
+    }
+
+    let mut operation = None;
+    let mut processes = Processes {
+        cluster,
+        joining: BTreeMap::new(),
+        replicas: 3,
+        rolled: Some(BTreeSet::new()),
+    };
+    let steps = converge(3, &mut operation, &membership, &mut processes, &naming)
+        .await
+        .context("rolling restart")?;
+    ensure!(operation.is_none(), "an operation left over: {operation:?}");
+    let restarts: Vec<u32> = steps
+        .iter()
+        .filter_map(|a| match a {
+            Action::RestartPod { ordinal } => Some(*ordinal),
+            _ => None,
+        })
+        .collect();
+    ensure!(restarts.len() == 3, "{steps:?}");
+    ensure!(
+        restarts.last() == Some(&leader_ordinal),
+        "the leader m{leader_ordinal} not last: {steps:?}"
+    );
+    let moved = steps
+        .iter()
+        .position(|a| matches!(a, Action::MoveLeader { from, .. } if *from == leader));
+    let last_restart = steps
+        .iter()
+        .rposition(|a| matches!(a, Action::RestartPod { .. }));
+    ensure!(
+        moved.is_some() && moved < last_restart,
+        "leadership not moved first: {steps:?}"
+    );
+
+    stop.store(true, Ordering::SeqCst);
+    let mut acks: Vec<Ack> = Vec::new();
+    for writer in writers {
+        acks.extend(writer.await.context("a writer panicked")??);
+    }
+    eprintln!(
+        "{} acknowledged puts during the rolling restart",
+        acks.len()
+    );
+    ensure!(!acks.is_empty(), "writers stalled");
     let cluster = &*processes.cluster;
     for i in 0..3 {
         let mut client = cluster.client(i).await?;

@@ -85,8 +85,8 @@ pub struct MemberObs {
     pub is_learner: bool,
     /// It answered Status.
     pub healthy: bool,
-    /// A learner whose applied index is close enough to the leader's to be
-    /// promoted (always true for voters).
+    /// Its applied index is close enough to the leader's: a learner may be
+    /// promoted, a restarted voter has caught up.
     pub in_sync: bool,
 }
 
@@ -577,7 +577,7 @@ impl<'a, N: Naming> View<'a, N> {
         };
         let up_to_date = self.obs.pods.get(&ordinal).is_some_and(|p| p.up_to_date);
         if up_to_date {
-            if !m.healthy || self.leader.is_none() {
+            if !m.healthy || !m.in_sync || self.leader.is_none() {
                 return Plan::wait(
                     Some(Self::with_step(op, Step::WaitHealthy)),
                     Wait::MemberRecovering { ordinal },

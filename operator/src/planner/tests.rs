@@ -390,6 +390,15 @@ fn an_operator_restarted_mid_step_resumes_and_does_not_repeat() {
         next(&restarted),
         Next::Wait(Wait::MemberRecovering { ordinal: 2 })
     );
+    // Answering is not enough: it must have caught up before the next one.
+    members(&mut restarted)[2] = MemberObs {
+        in_sync: false,
+        ..voter(2)
+    };
+    assert_eq!(
+        next(&restarted),
+        Next::Wait(Wait::MemberRecovering { ordinal: 2 })
+    );
 
     let mut readded = healthy(3, 3);
     let mut replace = op_at(OperationKind::Replace, 1, Step::AddLearner);
