@@ -34,6 +34,7 @@ use raftkv_tests::cluster::{
     ELECTION_TIMEOUT, Member, UNHEALTHY, eventually, for_each_flavor, retry_while,
 };
 use raftkv_tests::proxy::Network;
+use raftkv_tests::server::Flavor;
 use raftkv_tests::{Cluster, describe};
 use regex::Regex;
 
@@ -66,20 +67,33 @@ async fn leader_kill9_loses_no_acknowledged_write(cluster: &mut Cluster) -> anyh
     fault.store(true, Ordering::SeqCst);
     let killed_at = Instant::now();
     cluster.kill9(old)?;
+    // raftkv is held to 3 election timeouts. etcd, the reference for the
+    // scenario's behaviour, only gets a note past it: on this loaded 2-core
+    // machine it has been seen to take 3.01 s with 5 members.
     let bound = ELECTION_TIMEOUT * 3;
+    let give_up = match cluster.flavor() {
+        Flavor::Raftkv => bound,
+        Flavor::Etcd => ELECTION_TIMEOUT * 10,
+    };
     let (new, elected_after) = loop {
         let agreed = cluster.agreed_leader().await;
         let elapsed = killed_at.elapsed();
         match agreed {
             Ok(new) if new != old => break (new, elapsed),
-            _ if elapsed > bound => bail!(
+            _ if elapsed > give_up => bail!(
                 "no new leader on all survivors {elapsed:?} after killing leader m{old} \
-                 (bound {bound:?}); last: {}",
+                 (bound {give_up:?}); last: {}",
                 agreed.map_or_else(|e| format!("{e:#}"), |l| format!("still m{l}"))
             ),
             _ => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     };
+    if elected_after > bound {
+        eprintln!(
+            "note: {} took {elected_after:?} to elect a new leader, over the {bound:?} raftkv is held to",
+            cluster.flavor().name()
+        );
+    }
     let elected_at = killed_at + elected_after;
     eprintln!(
         "{}: m{new} leads {elected_after:?} after m{old} was killed",

@@ -32,7 +32,10 @@ use raftkv_tests::server::Flavor;
 /// raftkv every second.
 fn checkpoint_flags(flavor: Flavor) -> Vec<&'static str> {
     match flavor {
-        Flavor::Etcd => vec!["--logger=zap", "--experimental-enable-lease-checkpoint=true"],
+        Flavor::Etcd => vec![
+            "--logger=zap",
+            "--experimental-enable-lease-checkpoint=true",
+        ],
         Flavor::Raftkv => vec![
             "--experimental-enable-lease-checkpoint=true",
             "--experimental-lease-checkpoint-interval=1s",
