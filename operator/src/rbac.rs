@@ -24,24 +24,56 @@ fn one_group<S: serde::Serializer>(group: &&'static str, s: S) -> Result<S::Ok, 
 /// In every watched namespace (cluster-wide without `WATCH_NAMESPACE`).
 pub const RULES: &[Rule] = &[
     // The controller's watch; the finalizer's JSON patches.
-    Rule { api_groups: "raftkv.io", resources: &["kvclusters"], verbs: &["list", "watch", "patch"] },
+    Rule {
+        api_groups: "raftkv.io",
+        resources: &["kvclusters"],
+        verbs: &["list", "watch", "patch"],
+    },
     // Status, by server-side apply.
-    Rule { api_groups: "raftkv.io", resources: &["kvclusters/status"], verbs: &["patch"] },
+    Rule {
+        api_groups: "raftkv.io",
+        resources: &["kvclusters/status"],
+        verbs: &["patch"],
+    },
     // Owned objects: watched by the controller, applied server-side; the
     // StatefulSet is also read for its observed state.
-    Rule { api_groups: "apps", resources: &["statefulsets"], verbs: &["get", "list", "watch", "patch"] },
-    Rule { api_groups: "", resources: &["services", "configmaps"], verbs: &["list", "watch", "patch"] },
-    Rule { api_groups: "policy", resources: &["poddisruptionbudgets"], verbs: &["list", "watch", "patch"] },
+    Rule {
+        api_groups: "apps",
+        resources: &["statefulsets"],
+        verbs: &["get", "list", "watch", "patch"],
+    },
+    Rule {
+        api_groups: "",
+        resources: &["services", "configmaps"],
+        verbs: &["list", "watch", "patch"],
+    },
+    Rule {
+        api_groups: "policy",
+        resources: &["poddisruptionbudgets"],
+        verbs: &["list", "watch", "patch"],
+    },
     // Members' pods and volumes: observed; deleted to restart (upgrade) or
     // to replace a member, and a removed member's volume per reclaimPolicy.
-    Rule { api_groups: "", resources: &["pods", "persistentvolumeclaims"], verbs: &["list", "delete"] },
+    Rule {
+        api_groups: "",
+        resources: &["pods", "persistentvolumeclaims"],
+        verbs: &["list", "delete"],
+    },
     // kube-runtime's event recorder (a repeated event is patched).
-    Rule { api_groups: "events.k8s.io", resources: &["events"], verbs: &["create", "patch"] },
+    Rule {
+        api_groups: "events.k8s.io",
+        resources: &["events"],
+        verbs: &["create", "patch"],
+    },
 ];
 
 /// In the operator's own namespace: the leader-election Lease
 /// (kube-lease-manager reads, creates and patches it).
-pub const LEADER_ELECTION: Rule = Rule { api_groups: "coordination.k8s.io", resources: &["leases"], verbs: &["get", "create", "patch"] };
+pub const LEADER_ELECTION: Rule = Rule {
+    api_groups: "coordination.k8s.io",
+    resources: &["leases"],
+    verbs: &["get", "create", "patch"],
+};
 
 /// The kinds the controller lists and watches (the KvClusters and what it
 /// owns): (group, resource).
@@ -55,7 +87,9 @@ pub const WATCHED: &[(&str, &str)] = &[
 
 /// Whether the namespaced rules allow `verb` on `resource` of `group`.
 pub fn allows(group: &str, resource: &str, verb: &str) -> bool {
-    RULES.iter().any(|r| r.api_groups == group && r.resources.contains(&resource) && r.verbs.contains(&verb))
+    RULES.iter().any(|r| {
+        r.api_groups == group && r.resources.contains(&resource) && r.verbs.contains(&verb)
+    })
 }
 
 /// Every (group, resource, verb) the namespaced rules grant.
@@ -84,14 +118,23 @@ mod tests {
     #[test]
     fn the_watched_kinds_may_be_listed_and_watched() {
         for (group, resource) in WATCHED {
-            assert!(allows(group, resource, "list") && allows(group, resource, "watch"), "{group}/{resource}");
+            assert!(
+                allows(group, resource, "list") && allows(group, resource, "watch"),
+                "{group}/{resource}"
+            );
         }
     }
 
     #[test]
     fn rules_serialize_as_kubernetes_policy_rules() {
         let json = to_json();
-        assert_eq!(json["rules"][0], serde_json::json!({"apiGroups": ["raftkv.io"], "resources": ["kvclusters"], "verbs": ["list", "watch", "patch"]}));
-        assert_eq!(json["leaderElection"][0]["verbs"], serde_json::json!(["get", "create", "patch"]));
+        assert_eq!(
+            json["rules"][0],
+            serde_json::json!({"apiGroups": ["raftkv.io"], "resources": ["kvclusters"], "verbs": ["list", "watch", "patch"]})
+        );
+        assert_eq!(
+            json["leaderElection"][0]["verbs"],
+            serde_json::json!(["get", "create", "patch"])
+        );
     }
 }

@@ -84,6 +84,14 @@ fn the_roles_grant_exactly_what_the_operator_needs() {
             .map(|d| d["rules"].clone())
             .unwrap_or_else(|| panic!("no {kind}"))
     };
-    assert_eq!(rules_of("ClusterRole"), rbac["rules"], "the ClusterRole is not raftkv_operator::rbac::RULES");
-    assert_eq!(rules_of("Role"), rbac["leaderElection"], "the Role is not raftkv_operator::rbac::LEADER_ELECTION");
+    assert_eq!(
+        rules_of("ClusterRole"),
+        rbac["rules"],
+        "the ClusterRole is not raftkv_operator::rbac::RULES"
+    );
+    assert_eq!(
+        rules_of("Role"),
+        rbac["leaderElection"],
+        "the Role is not raftkv_operator::rbac::LEADER_ELECTION"
+    );
 }

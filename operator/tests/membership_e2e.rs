@@ -191,6 +191,42 @@ async fn converge(
     bail!("not converged to {desired} members within {CONVERGE:?}; last: {last}")
 }
 
+/// One writer per founding member putting distinct keys until stopped.
+/// Membership changes may fail a put in flight (leader moved): only what
+/// was acknowledged counts.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<Ack>>>>,
+}
+
+impl Writers {
+    async fn start(cluster: &Cluster) -> anyhow::Result<Writers> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let fault = Arc::new(AtomicBool::new(true));
+        let mut tasks = Vec::new();
+        for i in 0..3 {
+            let writer = acked::put_until(
+                cluster.client(i).await?,
+                format!("w{i}"),
+                stop.clone(),
+                fault.clone(),
+            );
+            tasks.push(tokio::spawn(writer));
+        }
+        Ok(Writers { stop, tasks })
+    }
+
+    /// Stops the writers; what they had acknowledged.
+    async fn stop(self) -> anyhow::Result<Vec<Ack>> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut acks = Vec::new();
+        for task in self.tasks {
+            acks.extend(task.await.context("a writer panicked")??);
+        }
+        Ok(acks)
+    }
+}
+
 fn count(steps: &[Action], what: fn(&Action) -> bool) -> usize {
     steps.iter().filter(|a| what(a)).count()
 }
@@ -215,20 +251,7 @@ async fn scenario(cluster: &mut Cluster) -> anyhow::Result<()> {
     let naming = Loopback { peer_urls };
     let membership = Membership::new(cluster.endpoints());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    // Membership changes may fail a put in flight (leader moved): only what
-    // was acknowledged counts.
-    let fault = Arc::new(AtomicBool::new(true));
-    let mut writers = Vec::new();
-    for i in 0..3 {
-        let writer = acked::put_until(
-            cluster.client(i).await?,
-            format!("w{i}"),
-            stop.clone(),
-            fault.clone(),
-        );
-        writers.push(tokio::spawn(writer));
-    }
+    let writers = Writers::start(cluster).await?;
     let started = Instant::now();
 
     let mut operation = None;
@@ -314,11 +337,7 @@ async fn scenario(cluster: &mut Cluster) -> anyhow::Result<()> {
     // Writes went on the whole time, then nothing acknowledged is missing on
     // any member.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::SeqCst);
-    let mut acks: Vec<Ack> = Vec::new();
-    for writer in writers {
-        acks.extend(writer.await.context("a writer panicked")??);
-    }
+    let acks = writers.stop().await?;
     let during_growth = acks
         .iter()
         .filter(|a| a.at > started && a.at < grown_at)
@@ -374,18 +393,7 @@ async fn rolling(cluster: &mut Cluster) -> anyhow::Result<()> {
         .and_then(|m| naming.ordinal_of(&m.peer_urls[0]))
         .context("the leader's ordinal")?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let fault = Arc::new(AtomicBool::new(true));
-    let mut writers = Vec::new();
-    for i in 0..3 {
-        let writer = acked::put_until(
-            cluster.client(i).await?,
-            format!("w{i}"),
-            stop.clone(),
-            fault.clone(),
-        );
-        writers.push(tokio::spawn(writer));
-    }
+    let writers = Writers::start(cluster).await?;
 
     let mut operation = None;
     let mut processes = Processes {
@@ -421,11 +429,7 @@ async fn rolling(cluster: &mut Cluster) -> anyhow::Result<()> {
         "leadership not moved first: {steps:?}"
     );
 
-    stop.store(true, Ordering::SeqCst);
-    let mut acks: Vec<Ack> = Vec::new();
-    for writer in writers {
-        acks.extend(writer.await.context("a writer panicked")??);
-    }
+    let acks = writers.stop().await?;
     eprintln!(
         "{} acknowledged puts during the rolling restart",
         acks.len()

@@ -228,14 +228,11 @@ async fn watch_stream(
             return seen;
         }
     }
-    let mut done = vec![false; from.len()];
     let mut target = last.subscribe();
     loop {
         let end = *target.borrow_and_update();
-        for (i, s) in seen.iter().enumerate() {
-            done[i] = end > 0 && s.last().map_or(from[i] > end, |e| e.0 >= end);
-        }
-        if done.iter().all(|d| *d) {
+        let reached = |(s, from): (&Vec<Seen>, &i64)| s.last().map_or(*from > end, |e| e.0 >= end);
+        if end > 0 && seen.iter().zip(&from).all(reached) {
             return seen;
         }
         tokio::select! {

@@ -58,7 +58,9 @@ pub fn rbac_attributes(method: &str, path: &str, query: &str) -> (String, String
         [resource, _name, sub, ..] => (format!("{resource}/{sub}"), true),
         _ => (String::from("?"), false),
     };
-    let watch = query.split('&').any(|q| q == "watch=true" || q == "watch=1");
+    let watch = query
+        .split('&')
+        .any(|q| q == "watch=true" || q == "watch=1");
     let verb = match (method, named) {
         ("GET", true) => "get",
         ("GET", false) if watch => "watch",
@@ -137,12 +139,16 @@ impl FakeApi {
         let path = parts.uri.path().to_owned();
         // RBAC, as the chart grants it: a call it does not allow is refused
         // as a real API server would refuse it.
-        let (group, resource, verb) = rbac_attributes(&method, &path, parts.uri.query().unwrap_or_default());
+        let (group, resource, verb) =
+            rbac_attributes(&method, &path, parts.uri.query().unwrap_or_default());
         if !raftkv_operator::rbac::allows(&group, &resource, &verb) {
             self.state().log.push(format!("{method} {path} -> 403"));
             return status(StatusCode::FORBIDDEN, "Forbidden");
         }
-        CALLS.lock().unwrap_or_else(PoisonError::into_inner).insert((group, resource, verb));
+        CALLS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((group, resource, verb));
         let mut state = self.state();
         if let Some(f) = state
             .failures

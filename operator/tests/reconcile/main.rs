@@ -732,17 +732,20 @@ fn the_rbac_rules_grant_exactly_the_calls_the_operator_makes() {
     deletion_runs_cleanup_then_releases_the_finalizer();
     the_error_policy_counts_the_failure_and_requeues();
 
-    let mut used: std::collections::BTreeSet<(String, String, String)> =
-        fake_api::CALLS.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let mut used: std::collections::BTreeSet<(String, String, String)> = fake_api::CALLS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     for (group, resource) in raftkv_operator::rbac::WATCHED {
         for verb in ["list", "watch"] {
             used.insert((group.to_string(), resource.to_string(), verb.to_owned()));
         }
     }
-    let granted: std::collections::BTreeSet<(String, String, String)> = raftkv_operator::rbac::grants()
-        .into_iter()
-        .map(|(g, r, v)| (g.to_owned(), r.to_owned(), v.to_owned()))
-        .collect();
+    let granted: std::collections::BTreeSet<(String, String, String)> =
+        raftkv_operator::rbac::grants()
+            .into_iter()
+            .map(|(g, r, v)| (g.to_owned(), r.to_owned(), v.to_owned()))
+            .collect();
     let unused: Vec<_> = granted.difference(&used).collect();
     assert!(unused.is_empty(), "granted but never used: {unused:?}");
     let refused: Vec<_> = used.difference(&granted).collect();
@@ -753,10 +756,40 @@ fn the_rbac_rules_grant_exactly_the_calls_the_operator_makes() {
 fn requests_map_to_rbac_attributes_as_the_api_server_sees_them() {
     use fake_api::rbac_attributes as attrs;
     let t = |g: &str, r: &str, v: &str| (g.to_owned(), r.to_owned(), v.to_owned());
-    assert_eq!(attrs("GET", "/api/v1/namespaces/prod/pods", ""), t("", "pods", "list"));
-    assert_eq!(attrs("GET", "/apis/apps/v1/statefulsets", "watch=true&resourceVersion=1"), t("apps", "statefulsets", "watch"));
-    assert_eq!(attrs("GET", "/apis/apps/v1/namespaces/prod/statefulsets/demo", ""), t("apps", "statefulsets", "get"));
-    assert_eq!(attrs("PATCH", "/apis/raftkv.io/v1alpha1/namespaces/prod/kvclusters/demo/status", ""), t("raftkv.io", "kvclusters/status", "patch"));
-    assert_eq!(attrs("DELETE", "/api/v1/namespaces/prod/persistentvolumeclaims/data-demo-4", ""), t("", "persistentvolumeclaims", "delete"));
-    assert_eq!(attrs("POST", "/apis/events.k8s.io/v1/namespaces/prod/events", ""), t("events.k8s.io", "events", "create"));
+    assert_eq!(
+        attrs("GET", "/api/v1/namespaces/prod/pods", ""),
+        t("", "pods", "list")
+    );
+    assert_eq!(
+        attrs(
+            "GET",
+            "/apis/apps/v1/statefulsets",
+            "watch=true&resourceVersion=1"
+        ),
+        t("apps", "statefulsets", "watch")
+    );
+    assert_eq!(
+        attrs("GET", "/apis/apps/v1/namespaces/prod/statefulsets/demo", ""),
+        t("apps", "statefulsets", "get")
+    );
+    assert_eq!(
+        attrs(
+            "PATCH",
+            "/apis/raftkv.io/v1alpha1/namespaces/prod/kvclusters/demo/status",
+            ""
+        ),
+        t("raftkv.io", "kvclusters/status", "patch")
+    );
+    assert_eq!(
+        attrs(
+            "DELETE",
+            "/api/v1/namespaces/prod/persistentvolumeclaims/data-demo-4",
+            ""
+        ),
+        t("", "persistentvolumeclaims", "delete")
+    );
+    assert_eq!(
+        attrs("POST", "/apis/events.k8s.io/v1/namespaces/prod/events", ""),
+        t("events.k8s.io", "events", "create")
+    );
 }

@@ -71,8 +71,9 @@ impl Lessor {
         }
         engine.scan(Cf::Meta, KEY_PREFIX, Some(&end), &mut |k, v| {
             if let (Ok(id), Some((ttl, remaining))) = (k[KEY_PREFIX.len()..].try_into().map(i64::from_be_bytes), decode(v)) {
-                let l = Lease { ttl, remaining, keys: BTreeSet::new(), expiry: now };
-                inner.leases.insert(id, Lease { expiry: now + secs(l.time_left()), ..l });
+                let mut l = Lease { ttl, remaining, keys: BTreeSet::new(), expiry: now };
+                l.expiry = now + secs(l.time_left());
+                inner.leases.insert(id, l);
             }
             true
         })?;
