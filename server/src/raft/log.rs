@@ -2,6 +2,7 @@
 //! the conf state and the index/term where the log was last truncated.
 //! Callers batch the writes this type prepares and decide when to sync.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -15,6 +16,13 @@ const ENTRY_PREFIX: u8 = b'e';
 const HARD_STATE: &[u8] = b"hs";
 const CONF_STATE: &[u8] = b"cs";
 const TRUNCATED: &[u8] = b"truncated";
+
+/// The newest entries are kept in memory too, up to this many and this many
+/// bytes of data: raft reads each entry back right after persisting it (to
+/// apply it, and to send it to followers), and a read from the engine costs
+/// more than the rest of the apply.
+const CACHE_ENTRIES: usize = 1024;
+const CACHE_BYTES: usize = 8 << 20;
 
 fn entry_key(index: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
@@ -58,6 +66,9 @@ pub struct RaftLog {
     /// Index and term of the last entry removed by truncation (0, 0 if none).
     truncated: (u64, u64),
     last: u64,
+    /// The newest entries, contiguous and ending at `last` when not empty.
+    cache: VecDeque<Entry>,
+    cache_bytes: usize,
     /// Where snapshots come from, and the applied index they copy.
     source: Option<(Arc<dyn SnapshotSource>, Arc<std::sync::atomic::AtomicU64>)>,
     /// The newest snapshot made, reused while the log still follows it.
@@ -86,7 +97,7 @@ impl RaftLog {
             Some((k, _)) => u64::from_be_bytes(k[1..].try_into().map_err(corrupt)?),
             None => truncated.0,
         };
-        Ok(Self { engine, hs, cs, truncated, last, source: None, latest: Mutex::new(None) })
+        Ok(Self { engine, hs, cs, truncated, last, cache: VecDeque::new(), cache_bytes: 0, source: None, latest: Mutex::new(None) })
     }
 
     /// Writes the initial state of a founding member into `batch`: the
@@ -111,6 +122,8 @@ impl RaftLog {
         batch.put(Cf::Raft, TRUNCATED, truncated_value(meta.index, meta.term));
         self.truncated = (meta.index, meta.term);
         self.last = meta.index;
+        self.cache.clear();
+        self.cache_bytes = 0;
         let mut hs = self.hs.clone();
         hs.commit = hs.commit.max(meta.index);
         hs.term = hs.term.max(meta.term);
@@ -149,7 +162,42 @@ impl RaftLog {
             batch.delete_range(Cf::Raft, entry_key(new_last + 1), entry_key(self.last + 1));
         }
         self.last = new_last;
+        self.cache_entries(entries);
         Ok(())
+    }
+
+    fn cache_entries(&mut self, entries: &[Entry]) {
+        let first = entries[0].index;
+        match self.cache.front().map(|e| e.index) {
+            // Replaces a suffix of the cache, or follows it.
+            Some(front) if first > front && first <= front + self.cache.len() as u64 => {
+                while self.cache.back().is_some_and(|e| e.index >= first) {
+                    let gone = self.cache.pop_back().map_or(0, |e| e.data.len());
+                    self.cache_bytes -= gone;
+                }
+            }
+            _ => {
+                self.cache.clear();
+                self.cache_bytes = 0;
+            }
+        }
+        for e in entries {
+            self.cache_bytes += e.data.len();
+            self.cache.push_back(e.clone());
+        }
+        while self.cache.len() > CACHE_ENTRIES || (self.cache_bytes > CACHE_BYTES && self.cache.len() > 1) {
+            let gone = self.cache.pop_front().map_or(0, |e| e.data.len());
+            self.cache_bytes -= gone;
+        }
+    }
+
+    /// The cached entries in `[low, high)`, if the cache holds all of them.
+    fn cached(&self, low: u64, high: u64) -> Option<Vec<Entry>> {
+        let front = self.cache.front()?.index;
+        if low < front || high > front + self.cache.len() as u64 {
+            return None;
+        }
+        Some(self.cache.range((low - front) as usize..(high - front) as usize).cloned().collect())
     }
 
     pub fn set_hard_state(&mut self, hs: HardState, batch: &mut WriteBatch) -> Result<(), StorageError> {
@@ -176,10 +224,17 @@ impl RaftLog {
         if index <= self.truncated.0 || index > self.last {
             return Ok(());
         }
-        let term = self.entry(index)?.map(|e| e.term).ok_or_else(|| corrupt(format!("entry {index} missing")))?;
+        let term = match self.cached(index, index + 1) {
+            Some(e) => e[0].term,
+            None => self.entry(index)?.map(|e| e.term).ok_or_else(|| corrupt(format!("entry {index} missing")))?,
+        };
         batch.delete_range(Cf::Raft, entry_key(0), entry_key(index + 1));
         batch.put(Cf::Raft, TRUNCATED, truncated_value(index, term));
         self.truncated = (index, term);
+        while self.cache.front().is_some_and(|e| e.index <= index) {
+            let gone = self.cache.pop_front().map_or(0, |e| e.data.len());
+            self.cache_bytes -= gone;
+        }
         Ok(())
     }
 
@@ -202,6 +257,10 @@ impl raft::Storage for RaftLog {
         }
         if high > self.last + 1 {
             return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        if let Some(mut entries) = self.cached(low, high) {
+            raft::util::limit_size(&mut entries, max_size.into());
+            return Ok(entries);
         }
         let mut entries = Vec::with_capacity((high - low) as usize);
         let mut failure = None;
@@ -236,6 +295,11 @@ impl raft::Storage for RaftLog {
         }
         if idx > self.last {
             return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        if let Some(front) = self.cache.front().map(|e| e.index)
+            && idx >= front
+        {
+            return Ok(self.cache[(idx - front) as usize].term);
         }
         match self.entry(idx).map_err(other)? {
             Some(e) => Ok(e.term),
@@ -305,6 +369,45 @@ mod tests {
         assert_eq!(log.term(2).expect("term"), 2);
         assert_eq!(log.hard_state().commit, 2);
         assert_eq!(log.entries(1, 3, None, GetEntriesContext::empty(false)).expect("entries").len(), 2);
+    }
+
+    fn terms(log: &RaftLog, low: u64, high: u64) -> Vec<u64> {
+        log.entries(low, high, None, GetEntriesContext::empty(false)).expect("entries").iter().map(|e| e.term).collect()
+    }
+
+    #[test]
+    fn the_entry_cache_agrees_with_the_engine() {
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        let mut log = RaftLog::open(engine.clone()).expect("open");
+        let mut b = WriteBatch::default();
+        let many: Vec<Entry> = (1..=CACHE_ENTRIES as u64 + 500).map(|i| entry(i, 1)).collect();
+        log.append(&many, &mut b).expect("append");
+        // A conflicting suffix replaces the cached one; a follower may be
+        // sent entries that are partly cached, partly not.
+        log.append(&[entry(1400, 2), entry(1401, 2)], &mut b).expect("append");
+        log.append(&[entry(1402, 3)], &mut b).expect("append");
+        engine.write(b, true).expect("write");
+        assert_eq!(log.last(), 1402);
+        let reopened = RaftLog::open(engine.clone()).expect("reopen");
+        for (low, high) in [(1, 1403), (1395, 1403), (1400, 1402), (1402, 1403), (300, 400)] {
+            assert_eq!(terms(&log, low, high), terms(&reopened, low, high), "entries [{low}, {high})");
+        }
+        assert_eq!(terms(&log, 1398, 1403), vec![1, 1, 2, 2, 3]);
+        for idx in [1, 5, 1399, 1400, 1402] {
+            assert_eq!(log.term(idx).expect("term"), reopened.term(idx).expect("term"), "term of {idx}");
+        }
+        assert!(matches!(log.term(1403), Err(raft::Error::Store(RaftStorageError::Unavailable))));
+
+        // Truncation drops cached entries too.
+        let mut b = WriteBatch::default();
+        log.truncate(1400, &mut b).expect("truncate");
+        engine.write(b, true).expect("write");
+        assert!(matches!(
+            log.entries(1400, 1402, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(RaftStorageError::Compacted))
+        ));
+        assert_eq!(terms(&log, 1401, 1403), vec![2, 3]);
+        assert_eq!(log.term(1400).expect("term at the truncation point"), 2);
     }
 
     struct CountingSource(std::sync::atomic::AtomicU64);
