@@ -409,23 +409,31 @@ impl Node {
     /// outcome.
     async fn submit(&self, id: u64, proposal: Proposal) -> Result<Response, Error> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
-        let rx = self.waiters.register(id);
         loop {
+            let rx = self.waiters.register(id);
             let handed = match &proposal {
-                Proposal::Entry(data) => self.raft.propose(data.clone()).await,
-                Proposal::ConfChange(cc) => self.raft.propose_conf_change(cc.clone()).await,
-            };
-            match handed {
-                Ok(()) => break,
-                Err(RaftError::Dropped) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
-                Err(RaftError::Dropped) => {
-                    self.waiters.forget(id);
-                    return Err(Error::NoLeader);
+                Proposal::Entry(data) => {
+                    let waiters = self.waiters.clone();
+                    self.raft.propose(data.clone(), Box::new(move || waiters.refused(id)))
                 }
-                Err(_) => return Err(Error::Stopped),
+                Proposal::ConfChange(cc) => match self.raft.propose_conf_change(cc.clone()).await {
+                    Err(RaftError::Dropped) => {
+                        self.waiters.refused(id);
+                        Ok(())
+                    }
+                    other => other,
+                },
+            };
+            if handed.is_err() {
+                self.waiters.forget(id);
+                return Err(Error::Stopped);
+            }
+            match self.outcome(id, rx, deadline).await? {
+                Some(result) => return result,
+                None if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                None => return Err(Error::NoLeader),
             }
         }
-        self.outcome(id, rx, deadline).await
     }
 
     /// Waits for the state machine's outcome of proposal `id`. If the
@@ -436,15 +444,15 @@ impl Node {
     async fn outcome(
         &self,
         id: u64,
-        rx: tokio::sync::oneshot::Receiver<crate::apply::ApplyResult>,
+        rx: tokio::sync::oneshot::Receiver<crate::apply::Outcome>,
         deadline: tokio::time::Instant,
-    ) -> Result<Response, Error> {
+    ) -> Result<crate::apply::Outcome, Error> {
         let leader = self.raft.status.leader();
         let mut changed_at: Option<tokio::time::Instant> = None;
         tokio::pin!(rx);
         loop {
             tokio::select! {
-                r = &mut rx => return r.map_err(|_| Error::Stopped)?,
+                r = &mut rx => return r.map_err(|_| Error::Stopped),
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
             let now = tokio::time::Instant::now();

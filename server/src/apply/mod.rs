@@ -50,14 +50,19 @@ pub enum Response {
 
 pub type ApplyResult = Result<Response, Error>;
 
+/// What a proposer hears: the outcome of its request once applied, or None
+/// when raft refused the proposal (no leader yet, or a leadership transfer
+/// under way), so it never entered the log.
+pub type Outcome = Option<ApplyResult>;
+
 /// Proposers waiting for the outcome of their request, by request id.
 #[derive(Default)]
 pub struct Waiters {
-    waiting: Mutex<HashMap<u64, oneshot::Sender<ApplyResult>>>,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
 }
 
 impl Waiters {
-    pub fn register(&self, id: u64) -> oneshot::Receiver<ApplyResult> {
+    pub fn register(&self, id: u64) -> oneshot::Receiver<Outcome> {
         let (tx, rx) = oneshot::channel();
         self.waiting.lock().insert(id, tx);
         rx
@@ -67,9 +72,16 @@ impl Waiters {
         self.waiting.lock().remove(&id);
     }
 
+    /// Raft refused proposal `id`: it will never be applied.
+    pub fn refused(&self, id: u64) {
+        if let Some(tx) = self.waiting.lock().remove(&id) {
+            let _ = tx.send(None);
+        }
+    }
+
     fn complete(&self, id: u64, result: ApplyResult) {
         if let Some(tx) = self.waiting.lock().remove(&id) {
-            let _ = tx.send(result);
+            let _ = tx.send(Some(result));
         }
     }
 }
@@ -273,7 +285,7 @@ mod tests {
         applier.apply(2, Some(&put(2, 7, "theirs")), WriteBatch::default()).expect("apply");
         assert!(mine.try_recv().is_err(), "answered with another member's outcome");
         applier.apply(3, Some(&put(1, 7, "mine")), WriteBatch::default()).expect("apply");
-        match mine.try_recv().expect("answered").expect("ok") {
+        match mine.try_recv().expect("answered").expect("applied").expect("ok") {
             Response::Put(p) => assert_eq!(p.header.expect("header").revision, 3),
             other => panic!("unexpected {other:?}"),
         }

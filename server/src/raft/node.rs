@@ -123,7 +123,8 @@ pub struct Progress {
 }
 
 enum Command {
-    Propose(Vec<u8>, oneshot::Sender<Result<(), RaftError>>),
+    /// An entry, and what to do if raft refuses it.
+    Propose(Vec<u8>, Box<dyn FnOnce() + Send>),
     ProposeConfChange(ConfChangeV2, oneshot::Sender<Result<(), RaftError>>),
     ReadIndex(oneshot::Sender<u64>),
     Step(Message),
@@ -142,12 +143,12 @@ pub struct RaftHandle {
 }
 
 impl RaftHandle {
-    /// Hands `data` to raft. Ok means it is in the leader's log, not that it
-    /// is committed: the state machine reports the outcome.
-    pub async fn propose(&self, data: Vec<u8>) -> Result<(), RaftError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Propose(data, tx)).map_err(|_| RaftError::Stopped)?;
-        rx.await.map_err(|_| RaftError::Stopped)?
+    /// Hands `data` to raft without waiting: the state machine reports the
+    /// outcome, and the Ready loop calls `refused` if raft refuses it (no
+    /// leader, or a leadership transfer). Not waiting for raft to take it
+    /// saves a wake-up of the proposer per write.
+    pub fn propose(&self, data: Vec<u8>, refused: Box<dyn FnOnce() + Send>) -> Result<(), RaftError> {
+        self.tx.send(Command::Propose(data, refused)).map_err(|_| RaftError::Stopped)
     }
 
     /// Waits until this member has applied everything committed when the
@@ -317,9 +318,10 @@ impl<S: StateMachine, T: Transport> Loop<S, T> {
     /// False when the loop must stop.
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Propose(data, done) => {
-                let r = self.node.propose(Vec::new(), data).map_err(|_| RaftError::Dropped);
-                let _ = done.send(r);
+            Command::Propose(data, refused) => {
+                if self.node.propose(Vec::new(), data).is_err() {
+                    refused();
+                }
             }
             Command::ProposeConfChange(cc, done) => {
                 let r = self.node.propose_conf_change(Vec::new(), cc).map_err(|_| RaftError::Dropped);
