@@ -254,6 +254,30 @@ async fn watch_stream(
     }
 }
 
+/// What each surviving member says of the last revision: its current
+/// revision and the mod revision of the last key written, read locally.
+async fn member_revisions(cluster: &Cluster, killed: usize, end: i64) -> String {
+    let mut out = Vec::new();
+    for m in cluster.members().into_iter().filter(|m| *m != killed) {
+        let said = match cluster.client(m).await {
+            Ok(mut c) => match c
+                .get("w/end", Some(GetOptions::new().with_serializable()))
+                .await
+            {
+                Ok(r) => format!(
+                    "current revision {}, w/end at {:?}",
+                    r.header().map_or(0, |h| h.revision()),
+                    r.kvs().first().map(|kv| kv.mod_revision())
+                ),
+                Err(e) => format!("error {e}"),
+            },
+            Err(e) => format!("error {e}"),
+        };
+        out.push(format!("m{m}: {said}"));
+    }
+    format!("the writer saw w/end at {end}; {}", out.join("; "))
+}
+
 async fn watchers_across_a_leader_kill(cluster: &mut Cluster) -> anyhow::Result<()> {
     let flavor = cluster.flavor().name();
     let old = cluster.leader().await?;
@@ -336,9 +360,13 @@ async fn watchers_across_a_leader_kill(cluster: &mut Cluster) -> anyhow::Result<
     last.send_replace(end);
     let mut all: Vec<Vec<Seen>> = Vec::new();
     for (member, stream) in streams {
-        let mut seen = tokio::time::timeout(Duration::from_secs(60), stream)
-            .await
-            .context("a watch stream did not reach the last revision")??;
+        let mut seen = match tokio::time::timeout(Duration::from_secs(60), stream).await {
+            Ok(seen) => seen?,
+            Err(_) => bail!(
+                "a watch stream on m{member} did not reach revision {end}; {}",
+                member_revisions(cluster, old, end).await
+            ),
+        };
         if member == old || seen.iter().any(|s| s.last().map(|e| e.0) != Some(end)) {
             let from: Vec<i64> = seen
                 .iter()
