@@ -161,7 +161,7 @@ impl Snapshots {
 impl SnapshotSource for Snapshots {
     fn create(&self, index: u64) -> Result<Vec<u8>, StorageError> {
         let mut made = self.made.lock();
-        if !made.contains_key(&index) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = made.entry(index) {
             let dir = self.checkpoint_dir(index);
             if dir.exists() {
                 std::fs::remove_dir_all(&dir).map_err(|e| io("clean", &dir, e))?;
@@ -169,7 +169,7 @@ impl SnapshotSource for Snapshots {
             let started = std::time::Instant::now();
             let cp = self.engine.checkpoint(&dir)?;
             tracing::info!(index, took = ?started.elapsed(), "made a checkpoint to send as a raft snapshot");
-            made.insert(index, cp);
+            slot.insert(cp);
             while made.len() > KEEP {
                 if let Some((&old, _)) = made.iter().next() {
                     made.remove(&old);

@@ -89,23 +89,20 @@ impl PbWatchService for WatchService {
                         }
                         hub.add((stream, id), spec, tx.clone());
                     }
-                    Some(RequestUnion::CancelRequest(c)) => {
-                        if hub.remove((stream, c.watch_id)) {
-                            let r = WatchResponse { header, watch_id: c.watch_id, canceled: true, ..Default::default() };
-                            if tx.send(r).await.is_err() {
-                                break;
-                            }
+                    Some(RequestUnion::CancelRequest(c)) if hub.remove((stream, c.watch_id)) => {
+                        let r = WatchResponse { header, watch_id: c.watch_id, canceled: true, ..Default::default() };
+                        if tx.send(r).await.is_err() {
+                            break;
                         }
                     }
-                    Some(RequestUnion::ProgressRequest(_)) => {
-                        // Only when nothing older is still on its way.
-                        if hub.stream_synced(stream) {
-                            let r = WatchResponse { header, watch_id: -1, ..Default::default() };
-                            if tx.send(r).await.is_err() {
-                                break;
-                            }
+                    // Only when nothing older is still on its way.
+                    Some(RequestUnion::ProgressRequest(_)) if hub.stream_synced(stream) => {
+                        let r = WatchResponse { header, watch_id: -1, ..Default::default() };
+                        if tx.send(r).await.is_err() {
+                            break;
                         }
                     }
+                    Some(RequestUnion::CancelRequest(_)) | Some(RequestUnion::ProgressRequest(_)) => {}
                     None => {}
                 }
             }

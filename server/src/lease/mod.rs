@@ -156,16 +156,16 @@ impl Lessor {
     /// Keeps the key -> lease map in step with a write to `key`.
     pub fn attach(&self, key: &[u8], lease: i64) {
         let mut inner = self.inner.write();
-        if let Some(old) = inner.key_lease.remove(key) {
-            if let Some(l) = inner.leases.get_mut(&old) {
-                l.keys.remove(key);
-            }
+        if let Some(old) = inner.key_lease.remove(key)
+            && let Some(l) = inner.leases.get_mut(&old)
+        {
+            l.keys.remove(key);
         }
-        if lease != 0 {
-            if let Some(l) = inner.leases.get_mut(&lease) {
-                l.keys.insert(key.to_vec());
-                inner.key_lease.insert(key.to_vec(), lease);
-            }
+        if lease != 0
+            && let Some(l) = inner.leases.get_mut(&lease)
+        {
+            l.keys.insert(key.to_vec());
+            inner.key_lease.insert(key.to_vec(), lease);
         }
     }
 

@@ -84,8 +84,11 @@ struct Index {
     compacted: i64,
 }
 
+/// The lower and upper bound of a key range, for BTreeMap::range.
+type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
 impl Index {
-    fn bounds<'a>(key: &'a [u8], end: &'a RangeEnd) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+    fn bounds<'a>(key: &'a [u8], end: &'a RangeEnd) -> Option<KeyBounds<'a>> {
         match end {
             RangeEnd::Single => Some((Bound::Included(key), Bound::Included(key))),
             RangeEnd::Infinity => Some((Bound::Included(key), Bound::Unbounded)),
@@ -322,10 +325,10 @@ impl Store {
         let mut batch = WriteBatch::default();
         let end = Revision::start_of(rev + 1);
         self.engine.scan(Cf::Kv, &[], Some(&end), &mut |k, _| {
-            if let Some((r, _)) = Revision::from_bytes(k) {
-                if !keep.contains(&r) {
-                    batch.delete(Cf::Kv, k.to_vec());
-                }
+            if let Some((r, _)) = Revision::from_bytes(k)
+                && !keep.contains(&r)
+            {
+                batch.delete(Cf::Kv, k.to_vec());
             }
             true
         })?;

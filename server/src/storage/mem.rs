@@ -7,9 +7,12 @@ use parking_lot::Mutex;
 
 use super::{Cf, Engine, Result, WriteBatch, WriteOp};
 
+/// A key in one column family.
+type CfKey = (Cf, Vec<u8>);
+
 #[derive(Default)]
 pub struct MemEngine {
-    cfs: Mutex<BTreeMap<(Cf, Vec<u8>), Vec<u8>>>,
+    cfs: Mutex<BTreeMap<CfKey, Vec<u8>>>,
 }
 
 impl MemEngine {
@@ -18,7 +21,7 @@ impl MemEngine {
     }
 }
 
-fn bounds(cf: Cf, start: &[u8], end: Option<&[u8]>) -> (Bound<(Cf, Vec<u8>)>, Bound<(Cf, Vec<u8>)>) {
+fn bounds(cf: Cf, start: &[u8], end: Option<&[u8]>) -> (Bound<CfKey>, Bound<CfKey>) {
     let lo = Bound::Included((cf, start.to_vec()));
     let hi = match end {
         Some(e) => Bound::Excluded((cf, e.to_vec())),

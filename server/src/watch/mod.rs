@@ -111,7 +111,7 @@ impl WatchHub {
         changes
             .iter()
             .filter(|(_, c)| w.spec.end.contains(&w.spec.key, &c.kv.key))
-            .filter(|(_, c)| !(c.deleted && w.spec.no_delete) && !(!c.deleted && w.spec.no_put))
+            .filter(|(_, c)| if c.deleted { !w.spec.no_delete } else { !w.spec.no_put })
             .map(|(rev, c)| Event {
                 r#type: if c.deleted { EVENT_DELETE } else { EVENT_PUT },
                 kv: Some(c.kv.clone()),
@@ -129,7 +129,7 @@ impl WatchHub {
     /// asked for fragments; false when the stream is full or gone.
     fn send(&self, id: i64, w: &Watcher, rev: i64, events: Vec<Event>) -> bool {
         let header = Some((self.header)(rev));
-        let whole = WatchResponse { header: header.clone(), watch_id: id, events, ..Default::default() };
+        let whole = WatchResponse { header, watch_id: id, events, ..Default::default() };
         if !w.spec.fragment || prost::Message::encoded_len(&whole) <= self.max_response_bytes {
             return w.tx.try_send(whole).is_ok();
         }
@@ -151,7 +151,7 @@ impl WatchHub {
         }
         let last = parts.len() - 1;
         parts.into_iter().enumerate().all(|(i, events)| {
-            let r = WatchResponse { header: header.clone(), watch_id: id, events, fragment: i < last, ..Default::default() };
+            let r = WatchResponse { header, watch_id: id, events, fragment: i < last, ..Default::default() };
             w.tx.try_send(r).is_ok()
         })
     }
