@@ -169,6 +169,13 @@ impl WatchHub {
             if !w.synced || w.next_rev > rev {
                 return !w.tx.is_closed();
             }
+            if w.next_rev < rev {
+                // A revision this watcher has not seen: never skip it, let
+                // catch-up send it from history.
+                w.synced = false;
+                fell_behind = true;
+                return !w.tx.is_closed();
+            }
             let events = self.to_events(w, &changes);
             if events.is_empty() || self.send(*id, w, rev, events) {
                 w.next_rev = rev + 1;
@@ -202,10 +209,15 @@ impl WatchHub {
     /// them, made without holding the watcher set (the applier publishes new
     /// revisions to synced watchers meanwhile, so writes never wait for it).
     fn catch_up(&self) {
-        let compacted = self.store.compacted_revision();
-        let current = self.store.current_revision();
-        let from = {
+        let (from, current) = {
             let mut watchers = self.watchers.lock();
+            // Read under the lock, as `notify` runs under it after the
+            // revision is current: a watcher that fell back in `notify`
+            // for revision R must not be found "ahead" of a current
+            // revision read before R was published (it would be marked
+            // synced and R never sent).
+            let compacted = self.store.compacted_revision();
+            let current = self.store.current_revision();
             let mut from: Option<i64> = None;
             watchers.retain(|(_, id), w| {
                 if w.synced {
@@ -233,7 +245,7 @@ impl WatchHub {
                 from = Some(from.map_or(w.next_rev, |f| f.min(w.next_rev)));
                 true
             });
-            from
+            (from, current)
         };
         let Some(from) = from else { return };
         let (changes, read_through) = match self.store.changes(from, current, &[], &RangeEnd::Infinity, CATCH_UP_BATCH) {
@@ -282,5 +294,83 @@ impl WatchHub {
                 let _ = w.tx.try_send(WatchResponse { header: Some((self.header)(rev)), watch_id: *id, ..Default::default() });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::WriteBatch;
+    use crate::storage::mem::MemEngine;
+
+    fn hub() -> (Arc<Store>, WatchHub) {
+        let store = Arc::new(Store::open(Arc::new(MemEngine::new())).expect("store"));
+        let hub = WatchHub::new(store.clone(), Box::new(|revision| PbResponseHeader { revision, ..Default::default() }), 1 << 20);
+        (store, hub)
+    }
+
+    fn put(store: &Store, hub: &WatchHub, key: &str) -> i64 {
+        let mut txn = store.write();
+        txn.put(key.as_bytes(), b"v".to_vec(), 0);
+        let changes = txn.commit(WriteBatch::default()).expect("commit");
+        let rev = changes[0].kv.mod_revision;
+        hub.notify(rev, &changes);
+        rev
+    }
+
+    fn spec(key: &str) -> WatchSpec {
+        WatchSpec {
+            key: key.as_bytes().to_vec(),
+            end: RangeEnd::from_request(&[0]),
+            start_rev: 0,
+            no_put: false,
+            no_delete: false,
+            prev_kv: false,
+            progress_notify: false,
+            fragment: false,
+        }
+    }
+
+    fn revisions(rx: &mut mpsc::Receiver<WatchResponse>) -> Vec<i64> {
+        let mut revs = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            revs.extend(r.events.iter().filter_map(|e| e.kv.as_ref()).map(|kv| kv.mod_revision));
+        }
+        revs
+    }
+
+    #[test]
+    fn a_watcher_whose_stream_was_full_gets_every_revision_once_in_order() {
+        let (store, hub) = hub();
+        let (tx, mut rx) = mpsc::channel(2);
+        hub.add((1, 0), spec("a"), tx);
+        let written: Vec<i64> = (0..5).map(|i| put(&store, &hub, &format!("k{i}"))).collect();
+        // Two fitted; the rest fell back to catch-up, which sends them once
+        // the stream has room, however many rounds that takes.
+        let mut seen = revisions(&mut rx);
+        for _ in 0..10 {
+            hub.catch_up();
+            seen.extend(revisions(&mut rx));
+        }
+        written.iter().for_each(|r| assert!(seen.contains(r), "revision {r} never sent: {seen:?}"));
+        assert_eq!(seen, written);
+        // Synced again: the next revision comes straight from notify.
+        let next = put(&store, &hub, "k5");
+        assert_eq!(revisions(&mut rx), vec![next]);
+    }
+
+    #[test]
+    fn a_synced_watcher_that_missed_a_revision_gets_it_from_history() {
+        let (store, hub) = hub();
+        let (tx, mut rx) = mpsc::channel(16);
+        hub.add((1, 0), spec("a"), tx);
+        // A revision published while the watcher was not looking (what a
+        // catch-up round that read a stale current revision used to leave).
+        let mut txn = store.write();
+        txn.put(b"k0", b"v".to_vec(), 0);
+        let missed = txn.commit(WriteBatch::default()).expect("commit")[0].kv.mod_revision;
+        let next = put(&store, &hub, "k1");
+        hub.catch_up();
+        assert_eq!(revisions(&mut rx), vec![missed, next]);
     }
 }
