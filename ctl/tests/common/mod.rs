@@ -9,7 +9,6 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,9 +29,10 @@ pub fn available() -> bool {
     false
 }
 
+/// A free loopback port outside the kernel's ephemeral range (see
+/// raftkv_tests::ports), never handed out twice by this process.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
-    listener.local_addr().expect("local address").port()
+    raftkv_tests::ports::free_port().expect("a free loopback port")
 }
 
 pub fn loopback_url() -> String {
