@@ -21,7 +21,7 @@ use crate::mvcc::Store;
 use crate::peer::Learned;
 use crate::peer::transport::{Identity, PeerTransport};
 use crate::raft::log::{BOOTSTRAP_INDEX, RaftLog};
-use crate::raft::{RaftConfig, RaftError, RaftHandle};
+use crate::raft::{RaftConfig, RaftHandle};
 use crate::snapshot::Snapshots;
 use crate::storage::rocks::RocksEngine;
 use crate::storage::{Cf, Engine, StorageError, WriteBatch};
@@ -411,18 +411,11 @@ impl Node {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         loop {
             let rx = self.waiters.register(id);
+            let waiters = self.waiters.clone();
+            let refused = Box::new(move || waiters.refused(id));
             let handed = match &proposal {
-                Proposal::Entry(data) => {
-                    let waiters = self.waiters.clone();
-                    self.raft.propose(data.clone(), Box::new(move || waiters.refused(id)))
-                }
-                Proposal::ConfChange(cc) => match self.raft.propose_conf_change(cc.clone()).await {
-                    Err(RaftError::Dropped) => {
-                        self.waiters.refused(id);
-                        Ok(())
-                    }
-                    other => other,
-                },
+                Proposal::Entry(data) => self.raft.propose(data.clone(), refused),
+                Proposal::ConfChange(cc) => self.raft.propose_conf_change(cc.clone(), refused),
             };
             if handed.is_err() {
                 self.waiters.forget(id);

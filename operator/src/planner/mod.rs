@@ -499,17 +499,27 @@ impl<'a, N: Naming> View<'a, N> {
         )
     }
 
+    /// What must come first before member `m` at `ordinal` is removed or
+    /// restarted: a fit cluster, and leadership moved off it. None when it
+    /// can go now.
+    fn before_taking_down(&self, op: &Operation, m: &MemberObs, ordinal: u32) -> Option<Plan> {
+        if let Some(wait) = self.unfit() {
+            return Some(Plan::wait(Some(op.clone()), wait));
+        }
+        if self.is_leader(m) && self.voters() > 1 {
+            let step = Some(Self::with_step(op, Step::MoveLeader));
+            return Some(match self.leader_target(ordinal) {
+                Some(to) => Plan::act(step, Action::MoveLeader { from: m.id, to }),
+                None => Plan::wait(step, Wait::NoLeaderTarget),
+            });
+        }
+        None
+    }
+
     fn scale_in(&self, op: &Operation, ordinal: u32) -> Plan {
         if let Some(m) = self.by_ordinal.get(&ordinal) {
-            if let Some(wait) = self.unfit() {
-                return Plan::wait(Some(op.clone()), wait);
-            }
-            if self.is_leader(m) && self.voters() > 1 {
-                let step = Some(Self::with_step(op, Step::MoveLeader));
-                return match self.leader_target(ordinal) {
-                    Some(to) => Plan::act(step, Action::MoveLeader { from: m.id, to }),
-                    None => Plan::wait(step, Wait::NoLeaderTarget),
-                };
+            if let Some(plan) = self.before_taking_down(op, m, ordinal) {
+                return plan;
             }
             // Every member is healthy, so the voters left are a quorum.
             return Plan::act(
@@ -585,15 +595,8 @@ impl<'a, N: Naming> View<'a, N> {
             }
             return self.finished();
         }
-        if let Some(wait) = self.unfit() {
-            return Plan::wait(Some(op.clone()), wait);
-        }
-        if self.is_leader(m) && self.voters() > 1 {
-            let step = Some(Self::with_step(op, Step::MoveLeader));
-            return match self.leader_target(ordinal) {
-                Some(to) => Plan::act(step, Action::MoveLeader { from: m.id, to }),
-                None => Plan::wait(step, Wait::NoLeaderTarget),
-            };
+        if let Some(plan) = self.before_taking_down(op, m, ordinal) {
+            return plan;
         }
         Plan::act(
             Some(Self::with_step(op, Step::RestartPod)),

@@ -52,6 +52,79 @@ fn other(e: impl std::fmt::Display) -> raft::Error {
 pub const BOOTSTRAP_INDEX: u64 = 1;
 pub const BOOTSTRAP_TERM: u64 = 1;
 
+/// The newest raft entries, contiguous, at most CACHE_ENTRIES of them and
+/// CACHE_BYTES of data (one entry even if larger).
+#[derive(Default)]
+struct EntryCache {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
+
+impl EntryCache {
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    fn first(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.index)
+    }
+
+    /// Entries appended to the log: they replace a suffix of the cache or
+    /// follow it; anything else starts the cache anew.
+    fn append(&mut self, new: &[Entry]) {
+        let Some(at) = new.first().map(|e| e.index) else { return };
+        match self.first() {
+            Some(first) if at > first && at <= first + self.entries.len() as u64 => {
+                while self.entries.back().is_some_and(|e| e.index >= at) {
+                    self.pop_back();
+                }
+            }
+            _ => self.clear(),
+        }
+        for e in new {
+            self.bytes += e.data.len();
+            self.entries.push_back(e.clone());
+        }
+        while self.entries.len() > CACHE_ENTRIES || (self.bytes > CACHE_BYTES && self.entries.len() > 1) {
+            self.pop_front();
+        }
+    }
+
+    /// Drops the entries up to and including `index`.
+    fn compact_to(&mut self, index: u64) {
+        while self.first().is_some_and(|first| first <= index) {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
+            self.bytes -= e.data.len();
+        }
+    }
+
+    fn pop_back(&mut self) {
+        if let Some(e) = self.entries.pop_back() {
+            self.bytes -= e.data.len();
+        }
+    }
+
+    /// The entries in `[low, high)`, if the cache holds all of them.
+    fn get(&self, low: u64, high: u64) -> Option<Vec<Entry>> {
+        let first = self.first()?;
+        if low < first || high > first + self.entries.len() as u64 {
+            return None;
+        }
+        Some(self.entries.range((low - first) as usize..(high - first) as usize).cloned().collect())
+    }
+
+    fn term(&self, index: u64) -> Option<u64> {
+        let first = self.first()?;
+        self.entries.get(index.checked_sub(first)? as usize).map(|e| e.term)
+    }
+}
+
 /// Makes a point-in-time copy of the applied state for a raft snapshot.
 pub trait SnapshotSource: Send + Sync {
     /// Copies the state as applied up to `index` (called on the raft thread,
@@ -67,8 +140,7 @@ pub struct RaftLog {
     truncated: (u64, u64),
     last: u64,
     /// The newest entries, contiguous and ending at `last` when not empty.
-    cache: VecDeque<Entry>,
-    cache_bytes: usize,
+    cache: EntryCache,
     /// Where snapshots come from, and the applied index they copy.
     source: Option<(Arc<dyn SnapshotSource>, Arc<std::sync::atomic::AtomicU64>)>,
     /// The newest snapshot made, reused while the log still follows it.
@@ -97,7 +169,7 @@ impl RaftLog {
             Some((k, _)) => u64::from_be_bytes(k[1..].try_into().map_err(corrupt)?),
             None => truncated.0,
         };
-        Ok(Self { engine, hs, cs, truncated, last, cache: VecDeque::new(), cache_bytes: 0, source: None, latest: Mutex::new(None) })
+        Ok(Self { engine, hs, cs, truncated, last, cache: EntryCache::default(), source: None, latest: Mutex::new(None) })
     }
 
     /// Writes the initial state of a founding member into `batch`: the
@@ -123,7 +195,6 @@ impl RaftLog {
         self.truncated = (meta.index, meta.term);
         self.last = meta.index;
         self.cache.clear();
-        self.cache_bytes = 0;
         let mut hs = self.hs.clone();
         hs.commit = hs.commit.max(meta.index);
         hs.term = hs.term.max(meta.term);
@@ -162,42 +233,8 @@ impl RaftLog {
             batch.delete_range(Cf::Raft, entry_key(new_last + 1), entry_key(self.last + 1));
         }
         self.last = new_last;
-        self.cache_entries(entries);
+        self.cache.append(entries);
         Ok(())
-    }
-
-    fn cache_entries(&mut self, entries: &[Entry]) {
-        let first = entries[0].index;
-        match self.cache.front().map(|e| e.index) {
-            // Replaces a suffix of the cache, or follows it.
-            Some(front) if first > front && first <= front + self.cache.len() as u64 => {
-                while self.cache.back().is_some_and(|e| e.index >= first) {
-                    let gone = self.cache.pop_back().map_or(0, |e| e.data.len());
-                    self.cache_bytes -= gone;
-                }
-            }
-            _ => {
-                self.cache.clear();
-                self.cache_bytes = 0;
-            }
-        }
-        for e in entries {
-            self.cache_bytes += e.data.len();
-            self.cache.push_back(e.clone());
-        }
-        while self.cache.len() > CACHE_ENTRIES || (self.cache_bytes > CACHE_BYTES && self.cache.len() > 1) {
-            let gone = self.cache.pop_front().map_or(0, |e| e.data.len());
-            self.cache_bytes -= gone;
-        }
-    }
-
-    /// The cached entries in `[low, high)`, if the cache holds all of them.
-    fn cached(&self, low: u64, high: u64) -> Option<Vec<Entry>> {
-        let front = self.cache.front()?.index;
-        if low < front || high > front + self.cache.len() as u64 {
-            return None;
-        }
-        Some(self.cache.range((low - front) as usize..(high - front) as usize).cloned().collect())
     }
 
     pub fn set_hard_state(&mut self, hs: HardState, batch: &mut WriteBatch) -> Result<(), StorageError> {
@@ -224,17 +261,14 @@ impl RaftLog {
         if index <= self.truncated.0 || index > self.last {
             return Ok(());
         }
-        let term = match self.cached(index, index + 1) {
-            Some(e) => e[0].term,
+        let term = match self.cache.term(index) {
+            Some(term) => term,
             None => self.entry(index)?.map(|e| e.term).ok_or_else(|| corrupt(format!("entry {index} missing")))?,
         };
         batch.delete_range(Cf::Raft, entry_key(0), entry_key(index + 1));
         batch.put(Cf::Raft, TRUNCATED, truncated_value(index, term));
         self.truncated = (index, term);
-        while self.cache.front().is_some_and(|e| e.index <= index) {
-            let gone = self.cache.pop_front().map_or(0, |e| e.data.len());
-            self.cache_bytes -= gone;
-        }
+        self.cache.compact_to(index);
         Ok(())
     }
 
@@ -258,7 +292,7 @@ impl raft::Storage for RaftLog {
         if high > self.last + 1 {
             return Err(raft::Error::Store(RaftStorageError::Unavailable));
         }
-        if let Some(mut entries) = self.cached(low, high) {
+        if let Some(mut entries) = self.cache.get(low, high) {
             raft::util::limit_size(&mut entries, max_size.into());
             return Ok(entries);
         }
@@ -296,10 +330,8 @@ impl raft::Storage for RaftLog {
         if idx > self.last {
             return Err(raft::Error::Store(RaftStorageError::Unavailable));
         }
-        if let Some(front) = self.cache.front().map(|e| e.index)
-            && idx >= front
-        {
-            return Ok(self.cache[(idx - front) as usize].term);
+        if let Some(term) = self.cache.term(idx) {
+            return Ok(term);
         }
         match self.entry(idx).map_err(other)? {
             Some(e) => Ok(e.term),

@@ -66,8 +66,6 @@ pub struct RaftConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RaftError {
-    #[error("proposal dropped: no leader")]
-    Dropped,
     #[error("raft loop stopped")]
     Stopped,
     #[error("read index timed out")]
@@ -125,7 +123,8 @@ pub struct Progress {
 enum Command {
     /// An entry, and what to do if raft refuses it.
     Propose(Vec<u8>, Box<dyn FnOnce() + Send>),
-    ProposeConfChange(ConfChangeV2, oneshot::Sender<Result<(), RaftError>>),
+    /// A membership change, and what to do if raft refuses it.
+    ProposeConfChange(ConfChangeV2, Box<dyn FnOnce() + Send>),
     ReadIndex(oneshot::Sender<u64>),
     Step(Message),
     Unreachable(u64),
@@ -159,11 +158,10 @@ impl RaftHandle {
         rx.await.map_err(|_| RaftError::Stopped)
     }
 
-    /// Proposes a membership change (forwarded to the leader by raft).
-    pub async fn propose_conf_change(&self, cc: ConfChangeV2) -> Result<(), RaftError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::ProposeConfChange(cc, tx)).map_err(|_| RaftError::Stopped)?;
-        rx.await.map_err(|_| RaftError::Stopped)?
+    /// Proposes a membership change (forwarded to the leader by raft), as
+    /// `propose` does an entry.
+    pub fn propose_conf_change(&self, cc: ConfChangeV2, refused: Box<dyn FnOnce() + Send>) -> Result<(), RaftError> {
+        self.tx.send(Command::ProposeConfChange(cc, refused)).map_err(|_| RaftError::Stopped)
     }
 
     /// Hands a message from a peer to raft.
@@ -323,9 +321,10 @@ impl<S: StateMachine, T: Transport> Loop<S, T> {
                     refused();
                 }
             }
-            Command::ProposeConfChange(cc, done) => {
-                let r = self.node.propose_conf_change(Vec::new(), cc).map_err(|_| RaftError::Dropped);
-                let _ = done.send(r);
+            Command::ProposeConfChange(cc, refused) => {
+                if self.node.propose_conf_change(Vec::new(), cc).is_err() {
+                    refused();
+                }
             }
             Command::ReadIndex(done) => self.new_reads.push(done),
             Command::Step(msg) => {
