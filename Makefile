@@ -7,7 +7,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN        := $(TARGET_DIR)/debug
 DATA_DIR   ?= default.raftkv
 
-.PHONY: all deps pydeps build run cluster test bench bench-cluster clean-data
+.PHONY: all deps doctor pydeps build run cluster test bench bench-cluster clean-data
 
 # The chart tests' Python packages (Helm 4's engine, Kubernetes' schemas).
 VENV       ?= .venv
@@ -16,6 +16,10 @@ all: build
 
 deps:
 	@./scripts/deps.sh
+
+# One line per prerequisite: found (version, path) or missing (what to install).
+doctor:
+	@./scripts/deps.sh --doctor
 
 pydeps:
 	@./scripts/pydeps.sh $(VENV) charts/tests/requirements.txt

@@ -1,36 +1,156 @@
 #!/usr/bin/env bash
-# Installs what building and testing raftkv needs, with apt-get when it can;
-# otherwise says exactly what to install. Idempotent and quiet when all is there.
+# What building and testing raftkv needs, checked by what the build really
+# uses, and installed with apt-get when it can be; otherwise named.
+#
+#   scripts/deps.sh                  check; install what is missing; fail naming what is still missing
+#   scripts/deps.sh --doctor         one line per prerequisite: found (version, path) or missing (package)
+#   scripts/deps.sh --find-libclang [ROOT...]
+#                                    print the libclang that bindgen would load from ROOTs (default: the
+#                                    directories clang-sys searches); exit 1 when there is none
+#
+# Idempotent and quiet when everything is there.
 set -euo pipefail
 
-missing=()
-command -v cargo >/dev/null || { echo "deps: cargo is missing: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
-command -v protoc >/dev/null || missing+=(protobuf-compiler)
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 && [ -z "${LIBCLANG_PATH:-}" ]; then
-  missing+=(libclang-dev clang)
-fi
-command -v etcd >/dev/null || missing+=(etcd-server)
-command -v etcdctl >/dev/null || missing+=(etcd-client)
+# The oldest etcd the compatibility tests and `make bench` run beside raftkv.
+ETCD_MIN=3.4
 
-[ ${#missing[@]} -eq 0 ] && exit 0
+# --- libclang, as clang-sys (bindgen's loader, used by librocksdb-sys) looks for it ---
+# clang-sys loads libclang.so, libclang-N.so, libclang.so.N or libclang-N.so.N from
+# LIBCLANG_PATH, `llvm-config --libdir` or the usual library directories. libclang-cpp.so.N
+# (the C++ library, present on machines with only LLVM's runtime) is not it.
+libclang_roots() {
+  if [ -n "${LIBCLANG_PATH:-}" ]; then echo "$LIBCLANG_PATH"; return; fi
+  if command -v llvm-config >/dev/null 2>&1; then llvm-config --libdir 2>/dev/null || true; fi
+  local d
+  for d in /usr/lib /usr/lib64 /usr/local/lib /usr/local/lib64 /usr/lib/*-linux-gnu /usr/lib/llvm-*/lib /usr/lib64/llvm; do
+    [ -d "$d" ] && echo "$d"
+  done
+}
 
-echo "deps: installing ${missing[*]}" >&2
-sudo=""
-if [ "$(id -u)" != 0 ]; then
-  if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo -n"; fi
-fi
-if command -v apt-get >/dev/null && { [ "$(id -u)" = 0 ] || [ -n "$sudo" ]; }; then
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-  exit 0
-fi
-cat >&2 <<MSG
-deps: cannot install packages here (no apt-get, or not root and no sudo).
-Install these yourself, then run make again:
-  ${missing[*]}
-  (Debian/Ubuntu package names: protobuf-compiler gives protoc; libclang-dev and clang
-   let the RocksDB bindings build; etcd-server and etcd-client give the real etcd 3.4
-   and etcdctl that the compatibility tests and 'make bench' run beside raftkv.)
-MSG
-exit 1
+# Prints the first libclang found in the given roots (not recursive), or returns 1.
+find_libclang() {
+  local root f base
+  for root in "$@"; do
+    [ -d "$root" ] || continue
+    for f in "$root"/libclang.so "$root"/libclang-*.so "$root"/libclang.so.* "$root"/libclang-*.so.*; do
+      [ -e "$f" ] || continue
+      base=${f##*/}
+      # libclang-N... only with N a version number: excludes libclang-cpp.so.N.
+      case "$base" in libclang-[0-9]*|libclang.so|libclang.so.*) ;; *) continue ;; esac
+      echo "$f"
+      return 0
+    done
+  done
+  return 1
+}
+
+# --- versions ---
+# "3.4.30" >= "3.4"?
+version_at_least() {
+  [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]
+}
+etcd_version()    { etcd --version 2>/dev/null | sed -n 's/^etcd Version: *//p' | head -n1; }
+etcdctl_version() { etcdctl version 2>/dev/null | sed -n 's/^etcdctl version: *//p' | head -n1; }
+protoc_version()  { protoc --version 2>/dev/null | sed -n 's/^libprotoc *//p' | head -n1; }
+go_version()      { go version 2>/dev/null | sed -n 's/^go version go\([^ ]*\).*/\1/p'; }
+python_version()  { python3 -c 'import sys, venv, ensurepip; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null; }
+
+# One prerequisite per row: name, Debian package(s) that provide it, and a check that prints
+# "version path" when found (and fits) and nothing otherwise.
+check_cargo()   { command -v cargo >/dev/null && echo "$(cargo --version | awk '{print $2}') $(command -v cargo)"; }
+check_libclang() {
+  local lib
+  # shellcheck disable=SC2046
+  lib=$(find_libclang $(libclang_roots)) || return 0
+  echo "${lib##*/} $lib"
+}
+check_protoc()  { local v; v=$(protoc_version) && [ -n "$v" ] && echo "$v $(command -v protoc)"; }
+check_etcd()    { local v; v=$(etcd_version) && [ -n "$v" ] && version_at_least "$v" "$ETCD_MIN" && echo "$v $(command -v etcd)"; }
+check_etcdctl() { local v; v=$(etcdctl_version) && [ -n "$v" ] && version_at_least "$v" "$ETCD_MIN" && echo "$v $(command -v etcdctl)"; }
+check_python()  { local v; v=$(python_version) && [ -n "$v" ] && echo "$v $(command -v python3)"; }
+check_go()      { local v; v=$(go_version) && [ -n "$v" ] && version_at_least "$v" 1.24 && echo "$v $(command -v go)"; }
+
+# name|packages|what needs it|how: apt (installed here), manual (named), optional (named, not required yet)
+PREREQS=(
+  "cargo|rustup (https://rustup.rs)|every build|manual"
+  "libclang|libclang-dev|the RocksDB bindings (bindgen)|apt"
+  "protoc|protobuf-compiler|the gRPC code (tonic-build)|apt"
+  "etcd|etcd-server (etcd >= $ETCD_MIN)|the tests and benchmarks that compare with etcd|apt"
+  "etcdctl|etcd-client (etcdctl >= $ETCD_MIN)|the CLI compatibility tests|apt"
+  "python|python3 python3-venv|the Helm chart tests (a virtualenv)|apt"
+  "go|Go >= 1.24 (https://go.dev/dl)|Go test peers built from Go modules (none yet)|optional"
+)
+
+field() { echo "$1" | cut -d'|' -f"$2"; }
+
+doctor() {
+  local row name found status=0
+  for row in "${PREREQS[@]}"; do
+    name=$(field "$row" 1)
+    found=$("check_$name" || true)
+    if [ -n "$found" ]; then
+      printf '%-9s found    %s (%s)\n' "$name" "${found%% *}" "${found#* }"
+    else
+      printf '%-9s MISSING  install: %s; needed by %s\n' "$name" "$(field "$row" 2)" "$(field "$row" 3)"
+      [ "$(field "$row" 4)" = optional ] || status=1
+    fi
+  done
+  return $status
+}
+
+# Names of the missing prerequisites, one per line.
+missing_prereqs() {
+  local row name
+  for row in "${PREREQS[@]}"; do
+    name=$(field "$row" 1)
+    [ "$(field "$row" 4)" = optional ] && continue
+    [ -n "$("check_$name" || true)" ] || echo "$row"
+  done
+}
+
+install_missing() {
+  local rows=() row pkgs=() manual=()
+  mapfile -t rows < <(missing_prereqs)
+  [ ${#rows[@]} -eq 0 ] && return 0
+  for row in "${rows[@]}"; do
+    if [ "$(field "$row" 4)" = apt ]; then
+      case "$(field "$row" 1)" in
+        libclang) pkgs+=(libclang-dev) ;;
+        protoc)   pkgs+=(protobuf-compiler) ;;
+        etcd)     pkgs+=(etcd-server) ;;
+        etcdctl)  pkgs+=(etcd-client) ;;
+        python)   pkgs+=(python3 python3-venv) ;;
+      esac
+    else
+      manual+=("$(field "$row" 1): $(field "$row" 2)")
+    fi
+  done
+  if [ ${#manual[@]} -gt 0 ]; then
+    printf 'deps: missing, and not installable here: %s\n' "${manual[@]}" >&2
+    exit 1
+  fi
+  echo "deps: installing ${pkgs[*]}" >&2
+  local sudo=""
+  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo -n"; fi
+  if command -v apt-get >/dev/null && { [ "$(id -u)" = 0 ] || [ -n "$sudo" ]; }; then
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+  else
+    echo "deps: cannot install packages here (no apt-get, or not root and no sudo). Install: ${pkgs[*]}" >&2
+    exit 1
+  fi
+  # What the packages gave must pass the same checks (an etcd older than $ETCD_MIN, say).
+  if [ -n "$(missing_prereqs)" ]; then
+    echo "deps: still missing after installing:" >&2
+    doctor >&2 || true
+    exit 1
+  fi
+}
+
+case "${1:-}" in
+  --doctor) doctor ;;
+  --find-libclang) shift; if [ $# -eq 0 ]; then mapfile -t roots < <(libclang_roots); set -- "${roots[@]}"; fi; find_libclang "$@" ;;
+  "") install_missing ;;
+  *) echo "usage: $0 [--doctor | --find-libclang [ROOT...]]" >&2; exit 2 ;;
+esac
