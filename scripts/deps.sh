@@ -64,7 +64,17 @@ check_libclang() {
   lib=$(find_libclang $(libclang_roots)) || return 0
   echo "${lib##*/} $lib"
 }
-check_protoc()  { local v; v=$(protoc_version) && [ -n "$v" ] && echo "$v $(command -v protoc)"; }
+# protoc, and the well-known types the etcd protos import (libprotobuf-dev: protoc alone
+# cannot resolve google/protobuf/descriptor.proto).
+check_protoc() {
+  local v dir ok=0
+  v=$(protoc_version) && [ -n "$v" ] || return 0
+  dir=$(mktemp -d)
+  printf 'syntax = "proto3";\nimport "google/protobuf/descriptor.proto";\nimport "google/protobuf/struct.proto";\n' > "$dir/wkt.proto"
+  protoc -I "$dir" --descriptor_set_out=/dev/null "$dir/wkt.proto" 2>/dev/null && ok=1
+  rm -rf "$dir"
+  [ $ok = 1 ] && echo "$v $(command -v protoc)"
+}
 check_etcd()    { local v; v=$(etcd_version) && [ -n "$v" ] && version_at_least "$v" "$ETCD_MIN" && echo "$v $(command -v etcd)"; }
 check_etcdctl() { local v; v=$(etcdctl_version) && [ -n "$v" ] && version_at_least "$v" "$ETCD_MIN" && echo "$v $(command -v etcdctl)"; }
 check_python()  { local v; v=$(python_version) && [ -n "$v" ] && echo "$v $(command -v python3)"; }
@@ -74,7 +84,7 @@ check_go()      { local v; v=$(go_version) && [ -n "$v" ] && version_at_least "$
 PREREQS=(
   "cargo|rustup (https://rustup.rs)|every build|manual"
   "libclang|libclang-dev|the RocksDB bindings (bindgen)|apt"
-  "protoc|protobuf-compiler|the gRPC code (tonic-build)|apt"
+  "protoc|protobuf-compiler libprotobuf-dev|the gRPC code (tonic-build), with the well-known types|apt"
   "etcd|etcd-server (etcd >= $ETCD_MIN)|the tests and benchmarks that compare with etcd|apt"
   "etcdctl|etcd-client (etcdctl >= $ETCD_MIN)|the CLI compatibility tests|apt"
   "python|python3 python3-venv|the Helm chart tests (a virtualenv)|apt"
@@ -116,7 +126,7 @@ install_missing() {
     if [ "$(field "$row" 4)" = apt ]; then
       case "$(field "$row" 1)" in
         libclang) pkgs+=(libclang-dev) ;;
-        protoc)   pkgs+=(protobuf-compiler) ;;
+        protoc)   pkgs+=(protobuf-compiler libprotobuf-dev) ;;
         etcd)     pkgs+=(etcd-server) ;;
         etcdctl)  pkgs+=(etcd-client) ;;
         python)   pkgs+=(python3 python3-venv) ;;

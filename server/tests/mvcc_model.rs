@@ -123,7 +123,7 @@ proptest! {
                     let before = next.len();
                     next.retain(|kk, _| !in_range(kk, &key(k), &end));
                     prop_assert_eq!(n as usize, before - next.len());
-                    changed = n > 0;
+                    changed = before > next.len();
                 }
                 Op::Multi(changes) => {
                     for (k, v) in changes {
@@ -134,10 +134,11 @@ proptest! {
                                 changed = true;
                             }
                             None => {
-                                if txn.delete_range(&key(k), &RangeEnd::Single) > 0 {
-                                    next.remove(&key(k));
-                                    changed = true;
-                                }
+                                // The model alone decides what the delete removes.
+                                let existed = next.remove(&key(k)).is_some();
+                                let n = txn.delete_range(&key(k), &RangeEnd::Single);
+                                prop_assert_eq!(n, i64::from(existed), "delete of {:?}", key(k));
+                                changed |= existed;
                             }
                         }
                     }

@@ -5,7 +5,11 @@
 //! also proves the assertions against the reference.
 //!
 //! `RAFTKV_E2E_FLAVORS` (`etcd`, `raftkv` or `etcd,raftkv`, the default)
-//! narrows the run, e.g. to check a scenario against etcd alone.
+//! narrows the run, e.g. to check a scenario against etcd alone. Real etcd is
+//! part of the test set-up (`make deps` installs it): when it is selected and
+//! not installed, every test that compares with it fails instead of passing
+//! by comparing nothing. Checking raftkv alone is asked for explicitly with
+//! `RAFTKV_E2E_FLAVORS=raftkv`, and each test then says so in its output.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -13,20 +17,22 @@ use std::future::Future;
 use anyhow::{Context, bail};
 use etcd_client::Client;
 
-use crate::binaries::etcd_available;
+use crate::binaries::{ETCD, ETCDCTL, etcd_available};
 use crate::diff;
 use crate::server::{Flavor, Server};
 
-/// The flavors selected by `RAFTKV_E2E_FLAVORS`; etcd is dropped, with a
-/// note, when it is not installed.
+/// The flavors selected by `RAFTKV_E2E_FLAVORS`; an error when etcd is
+/// selected and not installed.
 pub fn selected_flavors() -> anyhow::Result<Vec<Flavor>> {
     let wanted = std::env::var("RAFTKV_E2E_FLAVORS").unwrap_or_else(|_| "etcd,raftkv".to_owned());
     let mut flavors = Vec::new();
     for name in wanted.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         match name {
             "etcd" if etcd_available() => flavors.push(Flavor::Etcd),
-            "etcd" => eprintln!(
-                "note: real etcd is not installed; comparing nothing, checking raftkv alone"
+            "etcd" => bail!(
+                "real etcd is not installed ({ETCD}, {ETCDCTL}): `make deps` installs it \
+                 (Debian's etcd-server and etcd-client); to check raftkv alone, without the \
+                 comparison, run with RAFTKV_E2E_FLAVORS=raftkv"
             ),
             "raftkv" => flavors.push(Flavor::Raftkv),
             other => {
@@ -37,7 +43,21 @@ pub fn selected_flavors() -> anyhow::Result<Vec<Flavor>> {
     if flavors.is_empty() {
         bail!("RAFTKV_E2E_FLAVORS={wanted:?} selects no server to run");
     }
+    if !flavors.contains(&Flavor::Etcd) {
+        eprintln!("note: RAFTKV_E2E_FLAVORS={wanted}: raftkv-only mode, nothing is compared with etcd");
+    }
     Ok(flavors)
+}
+
+/// Whether a test that needs real etcd (as the reference server, or for its
+/// etcdctl) runs it: false, said in the output, only in raftkv-only mode; an
+/// error when etcd is wanted and missing.
+pub fn with_etcd(test: &str) -> anyhow::Result<bool> {
+    let with = selected_flavors()?.contains(&Flavor::Etcd);
+    if !with {
+        eprintln!("skipped: {test} needs real etcd, and raftkv-only mode was asked for");
+    }
+    Ok(with)
 }
 
 /// Runs `scenario` against each selected server (fresh, default flags) and

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use raftkv_tests::binaries::etcd_available;
+use raftkv_tests::with_etcd;
 use raftkv_tests::{Flavor, Server};
 use raftkv_tests::{acked, describe};
 
@@ -134,8 +134,7 @@ async fn raftkv_stops_on_sigterm_and_keeps_its_data() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn etcd_stops_on_sigterm_and_keeps_its_data() -> anyhow::Result<()> {
-    if !etcd_available() {
-        eprintln!("skipped: real etcd not installed");
+    if !with_etcd("etcd_stops_on_sigterm_and_keeps_its_data")? {
         return Ok(());
     }
     graceful_stop_keeps_data(Flavor::Etcd).await
@@ -156,8 +155,7 @@ async fn raftkv_keeps_acknowledged_puts_across_kill9_with_frequent_snapshots() -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn etcd_keeps_acknowledged_puts_across_kill9() -> anyhow::Result<()> {
-    if !etcd_available() {
-        eprintln!("skipped: real etcd not installed");
+    if !with_etcd("etcd_keeps_acknowledged_puts_across_kill9")? {
         return Ok(());
     }
     acknowledged_puts_survive_kill9(Flavor::Etcd, &["--snapshot-count", "100"]).await

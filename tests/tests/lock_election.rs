@@ -35,11 +35,13 @@ async fn a_second_locker_waits_until_the_first_unlocks() -> anyhow::Result<()> {
                 .await
         });
         tokio::time::sleep(Duration::from_millis(500)).await;
-        seen.push(format!("second waiting: {}", !second.is_finished()));
+        anyhow::ensure!(!second.is_finished(), "the second locker got a held lock");
+        seen.push("second waiting".to_owned());
         c.unlock(first.key()).await?;
         let got = tokio::time::timeout(Duration::from_secs(10), second)
             .await
             .context("second never got the lock")???;
+        anyhow::ensure!(got.key() != first.key(), "both lockers hold the same key");
         seen.push(format!("second holds {}", suffix_free(got.key())));
         Ok(seen)
     })
@@ -80,6 +82,11 @@ async fn ten_clients_counting_under_the_lock_lose_no_update() -> anyhow::Result<
             .kvs()
             .first()
             .map(|kv| kv.value_str().unwrap_or_default().to_string());
+        let expected = (CLIENTS * ROUNDS).to_string();
+        anyhow::ensure!(
+            total.as_deref() == Some(expected.as_str()),
+            "{CLIENTS} clients x {ROUNDS} increments under the lock ended at {total:?}, not {expected}"
+        );
         Ok(total)
     })
     .await
@@ -107,7 +114,8 @@ async fn campaign_proclaim_observe_resign() -> anyhow::Result<()> {
         let mut c2 = c.clone();
         let b = tokio::spawn(async move { c2.campaign("e", "b", l2).await });
         tokio::time::sleep(Duration::from_millis(500)).await;
-        seen.push(format!("b waiting: {}", !b.is_finished()));
+        anyhow::ensure!(!b.is_finished(), "b won an election a holds");
+        seen.push("b waiting".to_owned());
         c.proclaim(
             "a2",
             Some(ProclaimOptions::new().with_leader(a_key.clone())),
@@ -132,10 +140,11 @@ async fn campaign_proclaim_observe_resign() -> anyhow::Result<()> {
         let b = tokio::time::timeout(Duration::from_secs(10), b)
             .await
             .context("b never won")???;
-        seen.push(format!(
-            "b won with rev > a's: {}",
-            b.leader().map_or(0, |k| k.rev()) > a_key.rev()
-        ));
+        anyhow::ensure!(
+            b.leader().map_or(0, |k| k.rev()) > a_key.rev(),
+            "b's leader key is not newer than a's"
+        );
+        seen.push("b won with a newer revision".to_owned());
         let third = observer.message().await?.context("observe")?;
         seen.push(format!(
             "observed {:?}",
@@ -143,9 +152,15 @@ async fn campaign_proclaim_observe_resign() -> anyhow::Result<()> {
                 .kv()
                 .map(|kv| kv.value_str().unwrap_or_default().to_string())
         ));
+        let observed: Vec<&String> = seen.iter().filter(|s| s.starts_with("observed")).collect();
+        anyhow::ensure!(
+            observed == ["observed Some(\"a\")", "observed Some(\"a2\")", "observed Some(\"b\")"],
+            "observe saw {observed:?}, not a, a2, b in order"
+        );
         let stale = c
             .proclaim("x", Some(ProclaimOptions::new().with_leader(a_key.clone())))
             .await;
+        anyhow::ensure!(stale.is_err(), "a resigned leader's proclaim succeeded");
         seen.push(format!(
             "stale proclaim: {}",
             describe::outcome(&stale, |_| "ok".into())

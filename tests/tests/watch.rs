@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use etcd_client::{Client, EventType, WatchFilterType, WatchOptions, WatchResponse, WatchStream};
+use etcd_client::{Client, Event, EventType, WatchFilterType, WatchOptions, WatchResponse, WatchStream};
 use raftkv_tests::both::for_both;
 use raftkv_tests::{Flavor, Server};
 
@@ -50,9 +50,9 @@ fn describe(r: &WatchResponse) -> String {
     )
 }
 
-/// The next `n` events, one line each, whatever responses carry them
-/// (servers may batch several revisions into one response while catching up).
-async fn events(stream: &mut WatchStream, n: usize) -> anyhow::Result<Vec<String>> {
+/// The next `n` events, whatever responses carry them (servers may batch
+/// several revisions into one response while catching up).
+async fn raw_events(stream: &mut WatchStream, n: usize) -> anyhow::Result<Vec<(i64, Event)>> {
     let mut out = Vec::new();
     while out.len() < n {
         let r = tokio::time::timeout(Duration::from_secs(10), stream.message())
@@ -62,19 +62,51 @@ async fn events(stream: &mut WatchStream, n: usize) -> anyhow::Result<Vec<String
         if r.events().is_empty() {
             bail!("unexpected event-less response: {}", describe(&r));
         }
-        for e in r.events() {
-            out.push(format!("watch {}: {}", r.watch_id(), event(e)));
-        }
+        out.extend(r.events().iter().map(|e| (r.watch_id(), e.clone())));
     }
     Ok(out)
 }
 
-async fn next(stream: &mut WatchStream) -> anyhow::Result<String> {
-    let r = tokio::time::timeout(Duration::from_secs(10), stream.message())
+/// The next `n` events, one line each, after checking them against what the
+/// scenario wrote: exactly the `expected` (revision, type, key) in order,
+/// each once, with `prev_kv` values where expected.
+async fn events(
+    stream: &mut WatchStream,
+    expected: &[(i64, EventType, &str, Option<&str>)],
+) -> anyhow::Result<Vec<String>> {
+    let got = raw_events(stream, expected.len()).await?;
+    let summary: Vec<(i64, EventType, String, Option<String>)> = got
+        .iter()
+        .map(|(_, e)| {
+            let kv = e.kv();
+            (
+                kv.map_or(0, |kv| kv.mod_revision()),
+                e.event_type(),
+                kv.map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).unwrap_or_default(),
+                e.prev_kv().map(|p| String::from_utf8_lossy(p.value()).into_owned()),
+            )
+        })
+        .collect();
+    let want: Vec<(i64, EventType, String, Option<String>)> = expected
+        .iter()
+        .map(|(rev, t, k, p)| (*rev, *t, (*k).to_owned(), p.map(str::to_owned)))
+        .collect();
+    anyhow::ensure!(summary == want, "watch events {summary:?}, expected {want:?}");
+    Ok(got
+        .iter()
+        .map(|(id, e)| format!("watch {id}: {}", event(e)))
+        .collect())
+}
+
+async fn next_response(stream: &mut WatchStream) -> anyhow::Result<WatchResponse> {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await
         .context("no watch response within 10 s")??
-        .context("watch stream ended")?;
-    Ok(describe(&r))
+        .context("watch stream ended")
+}
+
+async fn next(stream: &mut WatchStream) -> anyhow::Result<String> {
+    Ok(describe(&next_response(stream).await?))
 }
 
 #[tokio::test]
@@ -116,14 +148,25 @@ async fn events_from_now_and_from_history_with_filters_and_prev_kv() -> anyhow::
             )
             .await?;
         seen.push(next(&mut no_put).await?);
-        c.put("w/a", "2", None).await?;
-        c.delete("w/b", None).await?;
+        let rev = |h: Option<&etcd_client::ResponseHeader>| h.map_or(0, |h| h.revision());
+        let a2 = rev(c.put("w/a", "2", None).await?.header());
+        let del_b = rev(c.delete("w/b", None).await?.header());
         c.put("other", "x", None).await?;
-        c.put("w/c", "1", None).await?;
-        seen.extend(events(&mut now, 3).await?);
+        let w_c = rev(c.put("w/c", "1", None).await?.header());
+        use EventType::{Delete, Put};
+        seen.extend(
+            events(&mut now, &[(a2, Put, "w/a", Some("1")), (del_b, Delete, "w/b", Some("1")), (w_c, Put, "w/c", None)])
+                .await?,
+        );
         // History from revision 2 covers both puts before the watch, then the rest.
-        seen.extend(events(&mut history, 5).await?);
-        seen.extend(events(&mut no_put, 1).await?);
+        seen.extend(
+            events(
+                &mut history,
+                &[(2, Put, "w/a", None), (3, Put, "w/b", None), (a2, Put, "w/a", None), (del_b, Delete, "w/b", None), (w_c, Put, "w/c", None)],
+            )
+            .await?,
+        );
+        seen.extend(events(&mut no_put, &[(del_b, Delete, "w/b", None)]).await?);
         Ok(seen)
     })
     .await
@@ -141,24 +184,50 @@ async fn cancel_progress_compaction_and_watch_ids() -> anyhow::Result<()> {
             .watch("k", Some(WatchOptions::new().with_start_revision(2)))
             .await?;
         seen.push(next(&mut compacted).await?);
-        seen.push(next(&mut compacted).await?);
+        let cancel = next_response(&mut compacted).await?;
+        anyhow::ensure!(
+            cancel.canceled() && cancel.compact_revision() == 4 && cancel.events().is_empty(),
+            "a watch from a compacted revision: {}",
+            describe(&cancel)
+        );
+        seen.push(describe(&cancel));
 
         let mut w = c
             .watch("k", Some(WatchOptions::new().with_watch_id(7)))
             .await?;
-        seen.push(next(&mut w).await?);
+        let created = next_response(&mut w).await?;
+        anyhow::ensure!(created.created() && created.watch_id() == 7, "{}", describe(&created));
+        seen.push(describe(&created));
         w.watch("k", Some(WatchOptions::new().with_watch_id(7)))
             .await?;
         seen.push(next(&mut w).await?);
         w.watch("j", None).await?;
-        seen.push(next(&mut w).await?);
+        let j = next_response(&mut w).await?;
+        anyhow::ensure!(j.created() && j.watch_id() != 7, "{}", describe(&j));
+        seen.push(describe(&j));
         w.request_progress().await?;
-        seen.push(next(&mut w).await?);
+        let progress = next_response(&mut w).await?;
+        anyhow::ensure!(
+            progress.events().is_empty() && progress.header().map(|h| h.revision()) == Some(6),
+            "progress at the current revision 6: {}",
+            describe(&progress)
+        );
+        seen.push(describe(&progress));
         w.cancel(7).await?;
-        seen.push(next(&mut w).await?);
+        let canceled = next_response(&mut w).await?;
+        anyhow::ensure!(canceled.canceled() && canceled.watch_id() == 7, "{}", describe(&canceled));
+        seen.push(describe(&canceled));
         c.put("k", "after-cancel", None).await?;
         c.put("j", "1", None).await?;
-        seen.push(next(&mut w).await?);
+        // Nothing for the canceled watch: the next event is j's, at revision 8.
+        let after = next_response(&mut w).await?;
+        let revs: Vec<(i64, i64)> = after
+            .events()
+            .iter()
+            .map(|e| (after.watch_id(), e.kv().map_or(0, |kv| kv.mod_revision())))
+            .collect();
+        anyhow::ensure!(revs == [(j.watch_id(), 8)], "after the cancel: {}", describe(&after));
+        seen.push(describe(&after));
         Ok(seen)
     })
     .await
