@@ -8,7 +8,8 @@
 //!   timeout.
 //! - `command/`: one file per command group (put, get, del, txn and its
 //!   grammar, compaction, lease, watch, lock, elect, endpoint, member,
-//!   move-leader).
+//!   move-leader, snapshot: `status` and `restore` read files offline
+//!   through the server crate's snapshot format, as etcdutl does).
 //! - `concurrency.rs`: clientv3's session, mutex and election recipes over
 //!   KV, Lease and Watch, which `lock` and `elect` stand on.
 //! - `printer.rs` and `printer/`: the simple, json, fields, table and
@@ -43,6 +44,7 @@ use crate::command::lock::LockArgs;
 use crate::command::member::MemberCommand;
 use crate::command::move_leader::MoveLeaderArgs;
 use crate::command::put::PutArgs;
+use crate::command::snapshot::SnapshotCommand;
 use crate::command::txn::TxnArgs;
 use crate::command::watch::WatchArgs;
 use crate::error::{CtlError, ExitCode};
@@ -140,6 +142,9 @@ enum Command {
     /// Transfers leadership to another etcd cluster member.
     #[command(name = "move-leader")]
     MoveLeader(MoveLeaderArgs),
+    /// Manages etcd node snapshots
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Benchmarks a cluster: put, range, txn-put, lease-keepalive, lock and watch workloads
     Bench(bench::BenchArgs),
 }
@@ -200,6 +205,7 @@ async fn dispatch(cli: Cli) -> Result<(), CtlError> {
         Command::Endpoint(args) => command::endpoint::run(args, &ctx).await,
         Command::Member(cmd) => command::member::run(cmd, &ctx).await,
         Command::MoveLeader(args) => command::move_leader::run(args, &ctx).await,
+        Command::Snapshot(cmd) => command::snapshot::run(cmd, &ctx).await,
         Command::Bench(args) => bench::run(args, &ctx).await,
     }
 }

@@ -8,7 +8,7 @@
 mod fields;
 mod json;
 mod simple;
-mod table;
+pub mod table;
 
 use std::io::Write;
 

@@ -14,6 +14,9 @@
 //! - `api`: gRPC/HTTP adapters and the single error -> status table.
 //! - `membership`: the member registry, replicated through raft.
 //! - `snapshot`: raft snapshots as engine checkpoints, sent and received.
+//! - `backup`: the snapshot file of `Maintenance.Snapshot`, `snapshot save`
+//!   and `snapshot restore`: its format, hash and status; `restore`: a new
+//!   member's data dir from such a file.
 //! - `peer`: the peer service and transport between members.
 //! - `node`: wiring, bootstrap and join, propose and linearizable reads;
 //!   `server`: `run`.
@@ -25,6 +28,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod backup;
 pub mod compactor;
 pub mod config;
 pub mod error;
@@ -34,6 +38,7 @@ pub mod mvcc;
 pub mod node;
 pub mod peer;
 pub mod raft;
+pub mod restore;
 pub mod server;
 pub mod snapshot;
 pub mod storage;

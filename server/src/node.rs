@@ -171,7 +171,7 @@ enum Proposal {
 /// A founding member's first state: its id and the cluster id from the
 /// token and the initial members, the member registry, and a raft log
 /// whose founding conf state holds every initial member as a voter.
-fn bootstrap(cfg: &Config, peer_urls: &[String], engine: &dyn Engine) -> Result<(u64, u64), StartError> {
+pub(crate) fn bootstrap(cfg: &Config, peer_urls: &[String], engine: &dyn Engine) -> Result<(u64, u64), StartError> {
     let initial = initial_cluster(cfg, peer_urls)?;
     let token = &cfg.initial_cluster_token;
     let members: Vec<Member> = initial

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use prost::Message;
 
+use crate::backup::cf_code;
 use crate::peer::proto::Record;
 use crate::raft::log::SnapshotSource;
 use crate::storage::{Cf, Engine, StorageError, WriteBatch};
@@ -39,14 +40,6 @@ const CHUNK_BYTES: usize = 1 << 20;
 
 fn io(what: &str, path: &std::path::Path, e: std::io::Error) -> StorageError {
     StorageError::Engine(format!("snapshot: cannot {what} {}: {e}", path.display()))
-}
-
-fn cf_code(cf: Cf) -> u32 {
-    match cf {
-        Cf::Raft => 0,
-        Cf::Kv => 1,
-        Cf::Meta => 2,
-    }
 }
 
 /// The column families a snapshot carries.
@@ -76,6 +69,20 @@ impl Snapshots {
 
     fn incoming_path(&self, index: u64) -> PathBuf {
         self.dir.join(format!("{index:016x}.incoming"))
+    }
+
+    /// A checkpoint of the state as it is now, for a client's
+    /// `Maintenance.Snapshot`: each applied entry is one atomic write, so
+    /// the checkpoint holds whole entries. Deleted when dropped.
+    pub fn client_checkpoint(&self) -> Result<ClientCheckpoint, StorageError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = self.dir.join(format!("client-{n}.checkpoint"));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| io("clean", &dir, e))?;
+        }
+        let engine = self.engine.checkpoint(&dir)?;
+        Ok(ClientCheckpoint { engine: Some(engine), dir })
     }
 
     /// The checkpoint made for `index`, if still kept.
@@ -179,6 +186,26 @@ impl SnapshotSource for Snapshots {
             }
         }
         Ok(index.to_be_bytes().to_vec())
+    }
+}
+
+/// A checkpoint taken for a client; its files go when it is dropped.
+pub struct ClientCheckpoint {
+    engine: Option<Arc<dyn Engine>>,
+    dir: PathBuf,
+}
+
+impl ClientCheckpoint {
+    pub fn engine(&self) -> &dyn Engine {
+        // Some until dropped.
+        self.engine.as_deref().expect("the checkpoint is open until dropped")
+    }
+}
+
+impl Drop for ClientCheckpoint {
+    fn drop(&mut self) {
+        self.engine = None;
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -104,6 +104,18 @@ impl Cluster {
     /// Starts `n` members named `m0`.. with `extra_args` on each and waits
     /// until all report the same leader.
     pub async fn start(flavor: Flavor, n: usize, extra_args: &[&str]) -> anyhow::Result<Cluster> {
+        Cluster::start_prepared(flavor, n, extra_args, |_, _| Ok(())).await
+    }
+
+    /// [`Cluster::start`], with `prepare(bootstrap, data_dir)` called for
+    /// each member before it first starts (to restore a snapshot into its
+    /// data dir, say).
+    pub async fn start_prepared(
+        flavor: Flavor,
+        n: usize,
+        extra_args: &[&str],
+        mut prepare: impl FnMut(&Bootstrap, &std::path::Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Cluster> {
         let one_at_a_time = ONE_AT_A_TIME.clone().lock_owned().await;
         let token = format!(
             "e2e-{}-{}-{}",
@@ -138,7 +150,9 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         for (i, joining) in joining.into_iter().enumerate() {
-            cluster.add_process(joining, &format!("m{i}"), &initial_cluster, "new")?;
+            let m = cluster.add_process(joining, &format!("m{i}"), &initial_cluster, "new")?;
+            let server = &cluster.members[m].server;
+            prepare(server.bootstrap(), &server.data_dir())?;
         }
         cluster.start_all().await?;
         Ok(cluster)

@@ -153,6 +153,11 @@ impl Server {
         &self.bootstrap.advertise_peer_url
     }
 
+    /// How the member finds its cluster.
+    pub fn bootstrap(&self) -> &Bootstrap {
+        &self.bootstrap
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

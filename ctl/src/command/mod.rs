@@ -16,6 +16,7 @@ pub mod lock;
 pub mod member;
 pub mod move_leader;
 pub mod put;
+pub mod snapshot;
 pub mod txn;
 pub mod txn_grammar;
 pub mod watch;

@@ -96,8 +96,29 @@ impl PbMaintenanceService for MaintenanceService {
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send + 'static>>;
 
+    /// A checkpoint of the state now, streamed in etcd's framing: blobs of
+    /// the snapshot file with the bytes still to come, then its SHA-256 in
+    /// a message of its own. Learners serve it too, as in etcd. Memory is
+    /// bounded by a few blobs in flight whatever the data size.
     async fn snapshot(&self, _req: Request<SnapshotRequest>) -> Reply<Self::SnapshotStream> {
-        Err(unimplemented("Snapshot"))
+        let snapshots = self.node.snapshots.clone();
+        let checkpoint = tokio::task::spawn_blocking(move || snapshots.client_checkpoint())
+            .await
+            .map_err(|e| status(Error::Internal(e.to_string())))?
+            .map_err(|e| status(e.into()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            match stream_snapshot(checkpoint.engine(), &tx) {
+                Ok(size) => tracing::info!(size, took = ?started.elapsed(), "sent a snapshot to a client"),
+                Err(SendError::Gone) => tracing::info!("a client left before its snapshot was sent"),
+                Err(SendError::Failed(e)) => {
+                    tracing::warn!(error = %e, "snapshot to a client failed");
+                    let _ = tx.blocking_send(Err(status(e)));
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Reply<MoveLeaderResponse> {
@@ -125,4 +146,96 @@ impl PbMaintenanceService for MaintenanceService {
     async fn downgrade(&self, _req: Request<DowngradeRequest>) -> Reply<DowngradeResponse> {
         Err(unimplemented("Downgrade"))
     }
+}
+
+/// Blob size of the snapshot stream, as etcd's.
+const SNAPSHOT_BLOB: usize = 32 * 1024;
+
+enum SendError {
+    Gone,
+    Failed(Error),
+}
+
+impl From<std::io::Error> for SendError {
+    fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::BrokenPipe { SendError::Gone } else { SendError::Failed(Error::Internal(e.to_string())) }
+    }
+}
+
+impl From<crate::storage::StorageError> for SendError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        SendError::Failed(e.into())
+    }
+}
+
+type SnapshotSender = tokio::sync::mpsc::Sender<Result<SnapshotResponse, Status>>;
+
+/// Sends what is written to it as blobs, each with the bytes left after it.
+struct Blobs<'a> {
+    tx: &'a SnapshotSender,
+    buf: Vec<u8>,
+    remaining: u64,
+}
+
+impl Blobs<'_> {
+    fn send(&mut self) -> std::io::Result<()> {
+        let blob = std::mem::replace(&mut self.buf, Vec::with_capacity(SNAPSHOT_BLOB));
+        self.remaining = self.remaining.saturating_sub(blob.len() as u64);
+        let msg = SnapshotResponse { remaining_bytes: self.remaining, blob, ..Default::default() };
+        self.tx.blocking_send(Ok(msg)).map_err(|_| std::io::ErrorKind::BrokenPipe.into())
+    }
+}
+
+impl std::io::Write for Blobs<'_> {
+    fn write(&mut self, mut bytes: &[u8]) -> std::io::Result<usize> {
+        let n = bytes.len();
+        while !bytes.is_empty() {
+            let take = (SNAPSHOT_BLOB - self.buf.len()).min(bytes.len());
+            self.buf.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.buf.len() == SNAPSHOT_BLOB {
+                self.send()?;
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() { Ok(()) } else { self.send() }
+    }
+}
+
+/// Streams a checkpoint as a snapshot file: one pass to size it (etcd's
+/// `remaining_bytes` counts down from the total), one to send it. Returns
+/// the bytes sent.
+fn stream_snapshot(engine: &dyn crate::storage::Engine, tx: &SnapshotSender) -> Result<u64, SendError> {
+    use crate::backup;
+    use crate::snapshot::Snapshots;
+    let mut records_len = 0;
+    Snapshots::chunks(engine, |records| {
+        records_len += records.iter().map(backup::record_len).sum::<u64>();
+        true
+    })?;
+    let total = backup::payload_len(records_len);
+    let mut encoder = backup::Encoder::new(Blobs { tx, buf: Vec::with_capacity(SNAPSHOT_BLOB), remaining: total })?;
+    let mut failed = None;
+    Snapshots::chunks(engine, |records| {
+        for r in &records {
+            if let Err(e) = encoder.record(r) {
+                failed = Some(e);
+                return false;
+            }
+        }
+        true
+    })?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    let (blobs, hash) = encoder.finish()?;
+    if blobs.remaining != 0 {
+        return Err(SendError::Failed(Error::Internal(format!("snapshot changed while sent ({} bytes unaccounted)", blobs.remaining))));
+    }
+    tx.blocking_send(Ok(SnapshotResponse { remaining_bytes: 0, blob: hash.to_vec(), ..Default::default() }))
+        .map_err(|_| SendError::Gone)?;
+    Ok(total + hash.len() as u64)
 }

@@ -33,7 +33,7 @@ use crate::watch::WatchHub;
 use raft::eraftpb::{ConfChangeV2, ConfState, Snapshot};
 use request::{ConfContext, Op, RaftRequest};
 
-const META_APPLIED: &[u8] = b"raft/applied_index";
+pub(crate) const META_APPLIED: &[u8] = b"raft/applied_index";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Response {
