@@ -17,6 +17,8 @@
 //! - `backup`: the snapshot file of `Maintenance.Snapshot`, `snapshot save`
 //!   and `snapshot restore`: its format, hash and status; `restore`: a new
 //!   member's data dir from such a file.
+//! - `bbolt`: a read-only reader of bbolt files (etcd's backend and snapshots).
+//! - `etcd_import`: an etcd snapshot as raftkv's state records.
 //! - `peer`: the peer service and transport between members.
 //! - `node`: wiring, bootstrap and join, propose and linearizable reads;
 //!   `server`: `run`.
@@ -29,6 +31,8 @@
 pub mod api;
 pub mod apply;
 pub mod backup;
+pub mod bbolt;
+pub mod etcd_import;
 pub mod compactor;
 pub mod config;
 pub mod error;

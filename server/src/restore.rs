@@ -6,6 +6,11 @@
 //! restored from the same file with the same flags starts from the same
 //! state (the same HashKV) in a new cluster with a new id.
 //!
+//! The file may also be a snapshot that etcd wrote (a bbolt database, as
+//! `etcdctl snapshot save` stores it): its keys with their revisions and
+//! versions, the current and compacted revisions and the leases are
+//! imported (`etcd_import`), which is the migration path from etcd.
+//!
 //! The data dir is built under a temporary name beside it and renamed only
 //! when complete: an interrupted or refused restore leaves nothing behind
 //! and overwrites nothing.
@@ -17,6 +22,9 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 
 use crate::backup::{self, FormatError};
+use crate::bbolt::{self, BoltError};
+use crate::etcd_import::{self, ImportError};
+use crate::peer::proto::Record;
 use crate::config::{Config, split_urls};
 use crate::node::{StartError, bootstrap, prepare_data_dir};
 use crate::storage::rocks::RocksEngine;
@@ -43,6 +51,10 @@ pub enum RestoreError {
     Start(#[from] StartError),
     #[error("{0}")]
     Storage(#[from] StorageError),
+    #[error("{0}")]
+    Bolt(#[from] BoltError),
+    #[error("{0}")]
+    Import(#[from] ImportError),
     #[error("{what} {path}: {error}")]
     Io { what: &'static str, path: String, error: std::io::Error },
 }
@@ -90,18 +102,23 @@ pub fn restore(cfg: &RestoreConfig, progress: &mut dyn FnMut(u64, u64)) -> Resul
 
     let mut file = File::open(&cfg.snapshot).map_err(io("open", &cfg.snapshot))?;
     let size = file.metadata().map_err(io("read", &cfg.snapshot))?.len();
+    let mut head = Vec::with_capacity(64);
+    (&mut file).take(64).read_to_end(&mut head).map_err(io("read", &cfg.snapshot))?;
+    let from_etcd = bbolt::looks_like_bbolt(&head);
+    file.rewind().map_err(io("read", &cfg.snapshot))?;
     let payload = if cfg.skip_hash_check {
         if size % backup::ALIGN == backup::HASH_LEN as u64 { size - backup::HASH_LEN as u64 } else { size }
     } else {
         backup::verify_hash(BufReader::new(&mut file), size, |done| progress(done, 2 * size))?
     };
     file.rewind().map_err(io("read", &cfg.snapshot))?;
+    let source = if from_etcd { Source::Etcd(&cfg.snapshot) } else { Source::Raftkv(BufReader::new(file.take(payload))) };
 
     let staging = staging_dir(&cfg.data_dir);
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(io("clean", &staging))?;
     }
-    let result = load(&server_cfg, BufReader::new(file.take(payload)), &staging, &mut |done| progress(size + done, 2 * size));
+    let result = load(&server_cfg, source, &staging, &mut |done| progress(size + done, 2 * size));
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
@@ -112,6 +129,13 @@ pub fn restore(cfg: &RestoreConfig, progress: &mut dyn FnMut(u64, u64)) -> Resul
     }
     std::fs::rename(&staging, &cfg.data_dir).map_err(io("rename to", &cfg.data_dir))?;
     Ok(())
+}
+
+/// Where the state comes from: raftkv's own snapshot file (its payload),
+/// or an etcd snapshot (a bbolt file, read in place).
+enum Source<'a, R> {
+    Raftkv(R),
+    Etcd(&'a Path),
 }
 
 fn staging_dir(data_dir: &Path) -> PathBuf {
@@ -134,27 +158,65 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
-fn load(cfg: &Config, payload: impl Read, dir: &Path, progress: &mut dyn FnMut(u64)) -> Result<(), RestoreError> {
+/// Writes records in batches of about BATCH_BYTES.
+struct Batcher<'a> {
+    engine: &'a RocksEngine,
+    batch: WriteBatch,
+    bytes: usize,
+    /// Bytes of records written so far.
+    total: u64,
+}
+
+impl Batcher<'_> {
+    fn put(&mut self, r: Record) -> Result<(), StorageError> {
+        let Some(cf) = backup::cf_of(r.cf) else { return Ok(()) };
+        if cf == Cf::Meta && !carried_over(&r.key) {
+            return Ok(());
+        }
+        let n = r.key.len() + r.value.len();
+        self.bytes += n;
+        self.total += n as u64;
+        self.batch.put(cf, r.key, r.value);
+        if self.bytes >= BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StorageError> {
+        self.bytes = 0;
+        self.engine.write(std::mem::take(&mut self.batch), false)
+    }
+}
+
+fn load<R: Read>(cfg: &Config, source: Source<'_, R>, dir: &Path, progress: &mut dyn FnMut(u64)) -> Result<(), RestoreError> {
     let db = prepare_data_dir(dir)?;
     let engine = RocksEngine::open(&db)?;
-    let mut input = Counted { inner: payload, read: 0 };
-    let mut decoder = backup::Decoder::new(&mut input)?;
-    let mut batch = WriteBatch::default();
-    let mut bytes = 0;
-    while let Some(r) = decoder.next_record()? {
-        let Some(cf) = backup::cf_of(r.cf) else { continue };
-        if cf == Cf::Meta && !carried_over(&r.key) {
-            continue;
+    let mut out = Batcher { engine: &engine, batch: WriteBatch::default(), bytes: 0, total: 0 };
+    match source {
+        Source::Raftkv(payload) => {
+            let mut input = Counted { inner: payload, read: 0 };
+            let mut decoder = backup::Decoder::new(&mut input)?;
+            while let Some(r) = decoder.next_record()? {
+                out.put(r)?;
+                if out.bytes == 0 {
+                    progress(decoder.get_ref().read);
+                }
+            }
         }
-        bytes += r.key.len() + r.value.len();
-        batch.put(cf, r.key, r.value);
-        if bytes >= BATCH_BYTES {
-            engine.write(std::mem::take(&mut batch), false)?;
-            bytes = 0;
-            progress(decoder.get_ref().read);
+        Source::Etcd(path) => {
+            let bolt = bbolt::Db::open(path)?;
+            let summary = etcd_import::import(&bolt, &mut |r| {
+                out.put(r)?;
+                if out.bytes == 0 {
+                    progress(out.total);
+                }
+                Ok(())
+            })?;
+            tracing::info!(?summary, "imported an etcd snapshot");
         }
     }
-    engine.write(batch, false)?;
+    out.flush()?;
     bootstrap(cfg, &split_urls(&cfg.initial_advertise_peer_urls), &engine)?;
     Ok(())
 }

@@ -5,10 +5,11 @@
 //! `FILE.part` with a progress bar, checks etcd's framing and the SHA-256,
 //! and renames the file only then. `status` and `restore` read files
 //! offline, through the server crate's snapshot format (`raftkv::backup`),
-//! as etcdutl reads etcd's.
+//! as etcdutl reads etcd's; they also read snapshots that etcd wrote (bbolt
+//! files), which is how a cluster migrates from etcd.
 
 use std::fs::File;
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -160,11 +161,20 @@ fn status(args: FileArgs, ctx: &Ctx) -> Result<(), CtlError> {
     let [path] = args.args.as_slice() else {
         return Err(CtlError::bad_args("snapshot status requires exactly one argument"));
     };
-    let file = File::open(path).map_err(|e| CtlError::error(format!("open {path}: {e}")))?;
+    let mut file = File::open(path).map_err(|e| CtlError::error(format!("open {path}: {e}")))?;
     let size = file.metadata().map_err(CtlError::from)?.len();
-    // A saved file ends with its hash; the status describes the payload.
-    let payload = if size % backup::ALIGN == backup::HASH_LEN as u64 { size - backup::HASH_LEN as u64 } else { size };
-    let st = backup::status(BufReader::new(file), payload).map_err(|e| CtlError::error(e.to_string()))?;
+    let mut head = Vec::with_capacity(64);
+    (&mut file).take(64).read_to_end(&mut head)?;
+    let st = if raftkv::bbolt::looks_like_bbolt(&head) {
+        // A snapshot etcd wrote: what etcdctl prints for it.
+        let s = raftkv::bbolt::Db::open(Path::new(path)).and_then(|db| db.status()).map_err(|e| CtlError::error(e.to_string()))?;
+        backup::Status { hash: s.hash, revision: s.revision, total_key: s.total_key, total_size: s.total_size }
+    } else {
+        file.rewind()?;
+        // A saved file ends with its hash; the status describes the payload.
+        let payload = if size % backup::ALIGN == backup::HASH_LEN as u64 { size - backup::HASH_LEN as u64 } else { size };
+        backup::status(BufReader::new(file), payload).map_err(|e| CtlError::error(e.to_string()))?
+    };
     let row = vec![format!("{:x}", st.hash), st.revision.to_string(), st.total_key.to_string(), humanize_bytes(st.total_size)];
     let mut out = ctx.stdout();
     match ctx.printer.format {

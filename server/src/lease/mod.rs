@@ -227,6 +227,13 @@ fn round_up(d: Duration) -> i64 {
     d.as_secs() as i64 + i64::from(d.subsec_nanos() > 0)
 }
 
+/// The Meta record (key, value) that persists lease `id` with `ttl` and a
+/// checkpointed `remaining` TTL (0: none): for restores, which write a
+/// data dir's leases without a Lessor.
+pub fn record(id: i64, ttl: i64, remaining: i64) -> (Vec<u8>, Vec<u8>) {
+    (lease_key(id), encode(ttl, remaining))
+}
+
 /// A lease record: the granted TTL, then the checkpointed remaining TTL
 /// (absent in records written before checkpoints, read as 0).
 fn encode(ttl: i64, remaining: i64) -> Vec<u8> {

@@ -1,0 +1,354 @@
+//! etcd snapshots as raftkv state: the records (`backup`'s record format)
+//! of a data dir made from the bbolt file etcd's `snapshot save` writes, so
+//! that `snapshot restore` can move a cluster from etcd to raftkv with its
+//! keys, their revisions and versions, the compacted revision and the
+//! leases. It owns the mapping of etcd's buckets to raftkv's records.
+//!
+//! It must not write anything itself (the caller stores the records), and
+//! must not carry over what belongs to the old cluster: the restore makes a
+//! new one, so etcd's members, cluster version, raft position and alarms
+//! are left behind. What raftkv cannot keep is refused rather than dropped
+//! silently: authentication (users and roles).
+
+use etcd_client::proto::PbKeyValue as KeyValue;
+use prost::Message;
+
+use crate::backup::cf_code;
+use crate::bbolt::{BoltError, Db};
+use crate::lease;
+use crate::mvcc::Revision;
+use crate::peer::proto::Record;
+use crate::storage::{Cf, StorageError};
+
+/// raftkv's meta records of the MVCC store (as `mvcc::store` names them).
+const CURRENT_REV: &[u8] = b"mvcc/current_rev";
+const COMPACTED_REV: &[u8] = b"mvcc/compacted_rev";
+
+/// etcd's bucket and key names (etcd's `mvcc/buckets`, `auth/store.go`).
+const KEY_BUCKET: &[u8] = b"key";
+const META_BUCKET: &[u8] = b"meta";
+const LEASE_BUCKET: &[u8] = b"lease";
+const AUTH_BUCKET: &[u8] = b"auth";
+const SCHEDULED_COMPACT: &str = "scheduledCompactRev";
+const FINISHED_COMPACT: &str = "finishedCompactRev";
+const AUTH_ENABLED: &[u8] = b"authEnabled";
+
+/// etcd's leasepb.Lease, the value of the `lease` bucket.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EtcdLease {
+    #[prost(int64, tag = "1")]
+    id: i64,
+    #[prost(int64, tag = "2")]
+    ttl: i64,
+    /// The remaining TTL last checkpointed; 0 when none.
+    #[prost(int64, tag = "3")]
+    remaining_ttl: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{0}")]
+    Bolt(#[from] BoltError),
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    #[error("not an etcd snapshot: the database has no \"key\" bucket")]
+    NotEtcd,
+    #[error("etcd snapshot is corrupt: bucket \"key\" holds key {0}, not a revision")]
+    Revision(String),
+    #[error("etcd snapshot is corrupt: the value at {rev} in bucket \"key\" is not a KeyValue: {error}")]
+    KeyValue { rev: String, error: prost::DecodeError },
+    #[error("etcd snapshot is corrupt: {name} in bucket \"meta\" is {value}, not a revision")]
+    MetaRevision { name: &'static str, value: String },
+    #[error("etcd snapshot is corrupt: lease {key} in bucket \"lease\": {what}")]
+    Lease { key: String, what: String },
+    #[error(
+        "the etcd snapshot has authentication enabled, and raftkv has no authentication yet: its users and roles would be lost \
+         (run `etcdctl auth disable` on the etcd cluster and take a new snapshot)"
+    )]
+    AuthEnabled,
+}
+
+/// What an import produced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportSummary {
+    /// Entries of etcd's `key` bucket: revisions, not user keys.
+    pub keys: u64,
+    /// The revision the restored store is at.
+    pub revision: i64,
+    /// The compacted revision (0: never compacted).
+    pub compacted: i64,
+    pub leases: u64,
+}
+
+/// Bytes for an error message: hex, and only the start of a long value.
+fn hex(b: &[u8]) -> String {
+    let mut s: String = b.iter().take(32).map(|x| format!("{x:02x}")).collect();
+    if b.len() > 32 {
+        s.push_str(&format!("... ({} bytes)", b.len()));
+    }
+    s
+}
+
+/// A callback on one key/value pair that may fail.
+type Entry<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), ImportError> + 'a;
+
+/// Visits a bucket with a fallible callback; whether the bucket exists.
+fn visit(db: &Db, bucket: &[u8], f: &mut Entry<'_>) -> Result<bool, ImportError> {
+    let mut failure = None;
+    let found = db.for_each(bucket, &mut |k, v| match f(k, v) {
+        Ok(()) => true,
+        Err(e) => {
+            failure = Some(e);
+            false
+        }
+    })?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(found),
+    }
+}
+
+/// Emits, through `each`, the records of a raftkv data dir holding `db`'s
+/// state: every revision of etcd's `key` bucket (column family kv, in
+/// revision order), then the leases and the MVCC store's revisions (meta,
+/// in key order). Fails before emitting anything if `db` has
+/// authentication enabled; an error from `each` stops the import.
+pub fn import(db: &Db, each: &mut dyn FnMut(Record) -> Result<(), ImportError>) -> Result<ImportSummary, ImportError> {
+    if auth_enabled(db)? {
+        return Err(ImportError::AuthEnabled);
+    }
+    // Read before emitting anything, so that a damaged meta bucket fails
+    // the import early.
+    let scheduled = meta_revision(db, SCHEDULED_COMPACT)?;
+    let finished = meta_revision(db, FINISHED_COMPACT)?;
+
+    let mut summary = ImportSummary::default();
+    let mut last = 0;
+    let found = visit(db, KEY_BUCKET, &mut |k, v| {
+        let (main, record) = kv_record(k, v)?;
+        each(record)?;
+        // Revisions ascend (bbolt's order, checked by the reader).
+        last = main;
+        summary.keys += 1;
+        Ok(())
+    })?;
+    if !found {
+        return Err(ImportError::NotEtcd);
+    }
+
+    visit(db, LEASE_BUCKET, &mut |k, v| {
+        let (key, value) = lease_record(k, v)?;
+        each(Record { cf: cf_code(Cf::Meta), key, value })?;
+        summary.leases += 1;
+        Ok(())
+    })?;
+
+    // As etcd's store on open: the current revision is the newest of the
+    // last revision written and the compactions (a compaction of the
+    // newest revision of a deleted key removes that revision, so the last
+    // one left can be older), and at least 1, where every store starts.
+    // An unfinished scheduled compaction is not taken as done: revisions it
+    // already removed read as compacted, the others remain until the next
+    // compaction.
+    summary.revision = last.max(scheduled).max(finished).max(1);
+    summary.compacted = finished;
+    for (key, rev) in [(COMPACTED_REV, summary.compacted), (CURRENT_REV, summary.revision)] {
+        each(Record { cf: cf_code(Cf::Meta), key: key.to_vec(), value: rev.to_be_bytes().to_vec() })?;
+    }
+    Ok(summary)
+}
+
+fn auth_enabled(db: &Db) -> Result<bool, ImportError> {
+    let mut enabled = false;
+    db.for_each(AUTH_BUCKET, &mut |k, v| {
+        if k == AUTH_ENABLED {
+            // etcd's test: the value equals {1}.
+            enabled = v == [1];
+        }
+        k < AUTH_ENABLED
+    })?;
+    Ok(enabled)
+}
+
+/// The main revision stored under `name` in etcd's meta bucket (a revision
+/// key, 17 bytes), 0 when absent.
+fn meta_revision(db: &Db, name: &'static str) -> Result<i64, ImportError> {
+    let key = name.as_bytes();
+    let mut rev = Ok(0);
+    db.for_each(META_BUCKET, &mut |k, v| {
+        if k == key {
+            rev = Revision::from_bytes(v)
+                .filter(|(_, tombstone)| !tombstone)
+                .map(|(r, _)| r.main)
+                .ok_or_else(|| ImportError::MetaRevision { name, value: hex(v) });
+        }
+        k < key
+    })?;
+    rev
+}
+
+/// The kv record of one entry of etcd's `key` bucket, and its main
+/// revision. Puts keep etcd's bytes (HashKV hashes them); a tombstone is
+/// rewritten the way raftkv writes one, with its revision (etcd's holds
+/// only the key, and raftkv's watchers read a delete's revision from it).
+fn kv_record(k: &[u8], v: &[u8]) -> Result<(i64, Record), ImportError> {
+    let (rev, tombstone) = Revision::from_bytes(k).ok_or_else(|| ImportError::Revision(hex(k)))?;
+    let kv = KeyValue::decode(v).map_err(|error| {
+        let rev = format!("revision {} (sub {}{})", rev.main, rev.sub, if tombstone { ", a deletion" } else { "" });
+        ImportError::KeyValue { rev, error }
+    })?;
+    let value = if tombstone { KeyValue { key: kv.key, mod_revision: rev.main, ..Default::default() }.encode_to_vec() } else { v.to_vec() };
+    Ok((rev.main, Record { cf: cf_code(Cf::Kv), key: k.to_vec(), value }))
+}
+
+/// raftkv's record (key, value) of one entry of etcd's `lease` bucket.
+fn lease_record(k: &[u8], v: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ImportError> {
+    let bad = |what: String| ImportError::Lease { key: hex(k), what };
+    let l = EtcdLease::decode(v).map_err(|e| bad(format!("not a Lease: {e}")))?;
+    // etcd's key is the id, 8 bytes big-endian; recovery reads the id from
+    // the value. They must agree.
+    if k != l.id.to_be_bytes() || l.id == 0 {
+        return Err(bad(format!("it holds lease id {}", l.id)));
+    }
+    Ok(lease::record(l.id, l.ttl, l.remaining_ttl))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bbolt::image::{BUCKET, Elem, Image, bucket, inline_bucket};
+
+    fn rev(main: i64, sub: i64, tombstone: bool) -> Vec<u8> {
+        Revision::new(main, sub).to_bytes(tombstone)
+    }
+
+    fn put(key: &str, value: &str, create: i64, m: i64, version: i64, lease: i64) -> Vec<u8> {
+        let kv = KeyValue { key: key.into(), value: value.into(), create_revision: create, mod_revision: m, version, lease };
+        kv.encode_to_vec()
+    }
+
+    fn lease_value(id: i64, ttl: i64, remaining_ttl: i64) -> Vec<u8> {
+        EtcdLease { id, ttl, remaining_ttl }.encode_to_vec()
+    }
+
+    /// An etcd-like database: buckets in byte order, `key` on a page.
+    fn etcd(auth: &[u8], keys: &[Elem<'_>], leases: &[Elem<'_>], meta: &[Elem<'_>]) -> tempfile::NamedTempFile {
+        let mut img = Image::new(4096);
+        let key_page = img.leaf(keys);
+        let auth = inline_bucket(&[(0, b"authEnabled", auth), (0, b"authRevision", &[0; 8])]);
+        let root = img.leaf(&[
+            (BUCKET, b"alarm", &inline_bucket(&[])),
+            (BUCKET, b"auth", &auth),
+            (BUCKET, b"key", &bucket(key_page)),
+            (BUCKET, b"lease", &inline_bucket(leases)),
+            (BUCKET, b"members", &inline_bucket(&[(0, b"2e1259d415f2a040", b"{}")])),
+            (BUCKET, b"meta", &inline_bucket(meta)),
+        ]);
+        let f = tempfile::NamedTempFile::new().expect("tempfile");
+        std::fs::write(f.path(), img.finish(root)).expect("write");
+        f
+    }
+
+    fn run(f: &tempfile::NamedTempFile) -> (Result<ImportSummary, ImportError>, Vec<Record>) {
+        let db = Db::open(f.path()).expect("open");
+        let mut records = Vec::new();
+        let r = import(&db, &mut |r| {
+            records.push(r);
+            Ok(())
+        });
+        (r, records)
+    }
+
+    fn meta(key: &[u8], value: i64) -> Record {
+        Record { cf: cf_code(Cf::Meta), key: key.to_vec(), value: value.to_be_bytes().to_vec() }
+    }
+
+    #[test]
+    fn keys_revisions_and_leases_are_imported() {
+        let (a2, b2, a3) = (put("a", "1", 2, 2, 1, 0), put("b", "x", 2, 2, 1, 7), put("a", "2", 2, 3, 2, 0));
+        let deleted = KeyValue { key: b"a".to_vec(), ..Default::default() }.encode_to_vec();
+        let (r20, r21, r30, r4t) = (rev(2, 0, false), rev(2, 1, false), rev(3, 0, false), rev(4, 0, true));
+        let keys: Vec<Elem<'_>> = vec![(0, &r20, &a2), (0, &r21, &b2), (0, &r30, &a3), (0, &r4t, &deleted)];
+        let (l7, l9) = (lease_value(7, 60, 0), lease_value(9, 600, 42));
+        let (id7, id9) = (7i64.to_be_bytes(), 9i64.to_be_bytes());
+        let (c3, s5) = (rev(3, 0, false), rev(5, 0, false));
+        let meta_bucket: Vec<Elem<'_>> =
+            vec![(0, b"consistent_index", &[0, 0, 0, 0, 0, 0, 0, 9]), (0, b"finishedCompactRev", &c3), (0, b"scheduledCompactRev", &s5)];
+        let f = etcd(&[0], &keys, &[(0, &id7, &l7), (0, &id9, &l9)], &meta_bucket);
+        let (summary, records) = run(&f);
+        assert_eq!(summary.expect("import"), ImportSummary { keys: 4, revision: 5, compacted: 3, leases: 2 });
+        let kv = |key: &[u8], value: Vec<u8>| Record { cf: cf_code(Cf::Kv), key: key.to_vec(), value };
+        let lease = |(key, value): (Vec<u8>, Vec<u8>)| Record { cf: cf_code(Cf::Meta), key, value };
+        let tombstone = KeyValue { key: b"a".to_vec(), mod_revision: 4, ..Default::default() }.encode_to_vec();
+        assert_eq!(
+            records,
+            vec![
+                kv(&r20, a2.clone()),
+                kv(&r21, b2.clone()),
+                kv(&r30, a3.clone()),
+                kv(&r4t, tombstone),
+                lease(lease::record(7, 60, 0)),
+                lease(lease::record(9, 600, 42)),
+                meta(COMPACTED_REV, 3),
+                meta(CURRENT_REV, 5),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_etcd_starts_at_revision_one() {
+        let f = etcd(&[0], &[], &[], &[]);
+        let (summary, records) = run(&f);
+        assert_eq!(summary.expect("import"), ImportSummary { keys: 0, revision: 1, compacted: 0, leases: 0 });
+        assert_eq!(records, vec![meta(COMPACTED_REV, 0), meta(CURRENT_REV, 1)]);
+    }
+
+    #[test]
+    fn enabled_authentication_is_refused_before_anything_is_emitted() {
+        let (r2, v) = (rev(2, 0, false), put("a", "1", 2, 2, 1, 0));
+        let f = etcd(&[1], &[(0, &r2, &v)], &[], &[]);
+        let (summary, records) = run(&f);
+        let err = summary.expect_err("auth");
+        assert!(matches!(err, ImportError::AuthEnabled));
+        assert!(err.to_string().contains("users and roles would be lost"), "{err}");
+        assert!(records.is_empty());
+    }
+
+    #[test]
+    fn damage_is_an_error_naming_what() {
+        let (r2, r3, v) = (rev(2, 0, false), rev(3, 1, false), put("a", "1", 2, 2, 1, 0));
+        let f = etcd(&[0], &[(0, &r2, &v), (0, &r3, b"\xff\xff\xff")], &[], &[]);
+        let (summary, records) = run(&f);
+        let err = summary.expect_err("undecodable");
+        assert!(err.to_string().contains("revision 3 (sub 1)"), "{err}");
+        assert_eq!(records.len(), 1);
+
+        let f = etcd(&[0], &[(0, b"not-a-revision", &v)], &[], &[]);
+        assert!(matches!(run(&f).0, Err(ImportError::Revision(_))));
+        let l = lease_value(8, 60, 0);
+        let f = etcd(&[0], &[], &[(0, &7i64.to_be_bytes(), &l)], &[]);
+        assert!(matches!(run(&f).0, Err(ImportError::Lease { .. })));
+        let f = etcd(&[0], &[], &[], &[(0, b"finishedCompactRev", b"3")]);
+        assert!(matches!(run(&f).0, Err(ImportError::MetaRevision { name: "finishedCompactRev", .. })));
+
+        let mut img = Image::new(4096);
+        let root = img.leaf(&[(BUCKET, b"other", &inline_bucket(&[]))]);
+        let f = tempfile::NamedTempFile::new().expect("tempfile");
+        std::fs::write(f.path(), img.finish(root)).expect("write");
+        assert!(matches!(run(&f).0, Err(ImportError::NotEtcd)));
+    }
+
+    #[test]
+    fn an_error_of_the_caller_stops_the_import() {
+        let (r2, r3, v) = (rev(2, 0, false), rev(3, 0, false), put("a", "1", 2, 2, 1, 0));
+        let f = etcd(&[0], &[(0, &r2, &v), (0, &r3, &v)], &[], &[]);
+        let db = Db::open(f.path()).expect("open");
+        let mut calls = 0;
+        let r = import(&db, &mut |_| {
+            calls += 1;
+            Err(StorageError::Engine("disk full".into()).into())
+        });
+        assert!(matches!(r, Err(ImportError::Storage(_))));
+        assert_eq!(calls, 1);
+    }
+}
