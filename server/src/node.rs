@@ -196,6 +196,37 @@ pub(crate) fn bootstrap(cfg: &Config, peer_urls: &[String], engine: &dyn Engine)
     Ok((id, cid))
 }
 
+/// How long a founding member with an empty data dir waits for the other
+/// initial members' answer to "am I already in your cluster?" (etcd's
+/// bootstrap timeout): members of a new cluster start at about the same
+/// time, so silence means nobody has bootstrapped yet.
+const BOOTSTRAP_CHECK: Duration = Duration::from_secs(1);
+
+/// etcd's isMemberBootstrapped: a founding member that starts on an empty
+/// data dir while the cluster it names already has it as a started member
+/// (it published its client URLs) lost its data; bootstrapping again would
+/// make a second member with the same id and no log. Refused: remove the
+/// member and add it back, or restore its data dir.
+async fn refuse_if_bootstrapped(cfg: &Config, peer_urls: &[String]) -> Result<(), StartError> {
+    let initial = initial_cluster(cfg, peer_urls)?;
+    let others: Vec<String> = initial.iter().filter(|(n, _)| *n != cfg.name).flat_map(|(_, u)| u.clone()).collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    let id = member_id(peer_urls, &cfg.initial_cluster_token);
+    let Ok(Ok(resp)) = tokio::time::timeout(BOOTSTRAP_CHECK, crate::peer::client::members(&others)).await else {
+        return Ok(());
+    };
+    if resp.members.iter().any(|m| m.id == id && !m.client_urls.is_empty()) {
+        return Err(StartError::DataDir(format!(
+            "member {id:x} has already been bootstrapped (its data dir {} is empty, but the cluster has it as a started member: \
+             restore the data dir, or remove the member and add it back with --initial-cluster-state existing)",
+            cfg.data_dir()
+        )));
+    }
+    Ok(())
+}
+
 /// `--initial-cluster` (by default `NAME=ADVERTISED-PEER-URLS`), checked
 /// against this member's name and advertised peer URLs as etcd checks it.
 fn initial_cluster(cfg: &Config, peer_urls: &[String]) -> Result<Vec<(String, Vec<String>)>, StartError> {
@@ -273,9 +304,26 @@ impl Node {
         let (id, cid) = match (read_u64(engine.as_ref(), META_MEMBER_ID)?, read_u64(engine.as_ref(), META_CLUSTER_ID)?) {
             (Some(id), Some(cid)) => (id, cid),
             _ if cfg.initial_cluster_state == "existing" => join(cfg, &peer_urls, engine.as_ref(), &learned).await?,
-            _ => bootstrap(cfg, &peer_urls, engine.as_ref())?,
+            _ => {
+                refuse_if_bootstrapped(cfg, &peer_urls).await?;
+                bootstrap(cfg, &peer_urls, engine.as_ref())?
+            }
         };
         membership.load(engine.as_ref())?;
+        // A data dir is one member's: started under another member's name it
+        // was most likely swapped (volumes mixed up), and would speak for
+        // the member it belongs to.
+        if let Some(owner) = membership.get(id)
+            && !owner.name.is_empty()
+            && owner.name != cfg.name
+        {
+            return Err(StartError::DataDir(format!(
+                "data dir {} belongs to member {:?} ({id:x}), not to --name {:?}: start that member on it, or give this one its own data dir",
+                data_dir.display(),
+                owner.name,
+                cfg.name
+            )));
+        }
 
         let store = Arc::new(Store::open(engine.clone()).map_err(|e| StartError::DataDir(format!("cannot load the key-value store: {e}")))?);
         // etcd's minimum TTL: 1.5 election timeouts, in whole seconds.

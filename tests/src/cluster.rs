@@ -268,6 +268,21 @@ impl Cluster {
         self.leader().await.map(drop)
     }
 
+    /// Starts member `i` again without waiting for it to serve: for a start
+    /// that is expected to fail ([`Cluster::exit_within`]).
+    pub fn spawn_only(&mut self, i: usize) -> anyhow::Result<()> {
+        self.spawn(i)
+    }
+
+    /// Waits up to `timeout` for member `i`'s process to exit.
+    pub async fn exit_within(&mut self, i: usize, timeout: Duration) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let status = self.members[i].server.exit_within(timeout).await?;
+        if status.is_some() {
+            self.network.set_pid(self.members[i].link, None);
+        }
+        Ok(status)
+    }
+
     /// SIGTERM to every running member at once, then waits for each to exit.
     pub async fn stop_all(&mut self) -> anyhow::Result<()> {
         let running = self.running();
