@@ -35,6 +35,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::client::ConnConfig;
 use crate::command::Ctx;
 use crate::command::compaction::CompactionArgs;
+use crate::command::defrag::DefragArgs;
 use crate::command::del::DelArgs;
 use crate::command::elect::ElectArgs;
 use crate::command::endpoint::EndpointArgs;
@@ -142,6 +143,8 @@ enum Command {
     /// Transfers leadership to another etcd cluster member.
     #[command(name = "move-leader")]
     MoveLeader(MoveLeaderArgs),
+    /// Defragments the storage of the etcd members with given endpoints
+    Defrag(DefragArgs),
     /// Manages etcd node snapshots
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -205,6 +208,7 @@ async fn dispatch(cli: Cli) -> Result<(), CtlError> {
         Command::Endpoint(args) => command::endpoint::run(args, &ctx).await,
         Command::Member(cmd) => command::member::run(cmd, &ctx).await,
         Command::MoveLeader(args) => command::move_leader::run(args, &ctx).await,
+        Command::Defrag(args) => command::defrag::run(args, &ctx).await,
         Command::Snapshot(cmd) => command::snapshot::run(cmd, &ctx).await,
         Command::Bench(args) => bench::run(args, &ctx).await,
     }

@@ -420,6 +420,12 @@ impl Node {
     }
 
     /// A response header as etcd fills it.
+    /// The Cluster API's header, as etcd's cluster server fills it: no
+    /// revision.
+    pub fn cluster_header(&self) -> ResponseHeader {
+        ResponseHeader { revision: 0, ..self.header(1) }
+    }
+
     pub fn header(&self, revision: i64) -> ResponseHeader {
         ResponseHeader {
             cluster_id: self.cluster_id,

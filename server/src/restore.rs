@@ -220,3 +220,16 @@ fn load<R: Read>(cfg: &Config, source: Source<'_, R>, dir: &Path, progress: &mut
     bootstrap(cfg, &split_urls(&cfg.initial_advertise_peer_urls), &engine)?;
     Ok(())
 }
+
+/// `defrag --data-dir`: compacts a stopped member's engine in place.
+pub fn defragment_offline(data_dir: &Path) -> Result<(), RestoreError> {
+    let db = data_dir.join("member").join("db");
+    if !db.is_dir() {
+        return Err(RestoreError::Start(StartError::DataDir(format!("{} is not a raftkv data dir", data_dir.display()))));
+    }
+    let engine = RocksEngine::open(&db)?;
+    for cf in Cf::ALL {
+        engine.compact_cf(cf)?;
+    }
+    Ok(())
+}

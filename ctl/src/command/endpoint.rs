@@ -57,7 +57,7 @@ pub async fn run(args: EndpointArgs, ctx: &Ctx) -> Result<(), CtlError> {
     }
 }
 
-async fn cluster_endpoints(ctx: &Ctx) -> Result<Vec<String>, CtlError> {
+pub async fn cluster_endpoints(ctx: &Ctx) -> Result<Vec<String>, CtlError> {
     let client = ctx.conn.connect().await?;
     let resp = ctx
         .conn

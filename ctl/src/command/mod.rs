@@ -7,6 +7,7 @@
 //! its request lines, as etcdctl does.
 
 pub mod compaction;
+pub mod defrag;
 pub mod del;
 pub mod elect;
 pub mod endpoint;

@@ -134,7 +134,7 @@ impl PbClusterService for ClusterService {
             let opts = r.is_learner.then(|| etcd_client::MemberAddOptions::new().with_is_learner());
             let resp = leader.member_add(r.peer_ur_ls, opts).await.map_err(forwarded)?;
             return Ok(Response::new(MemberAddResponse {
-                header: Some(self.node.header(0)),
+                header: Some(self.node.cluster_header()),
                 member: resp.member().map(from_client),
                 members: resp.member_list().iter().map(from_client).collect(),
             }));
@@ -171,7 +171,7 @@ impl PbClusterService for ClusterService {
         let kind = if r.is_learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
         let list = self.apply(kind, id, Some(member.clone())).await?;
         tracing::info!(member = %format!("{id:x}"), peer_urls = %r.peer_ur_ls.join(","), learner = r.is_learner, "added a member");
-        Ok(Response::new(MemberAddResponse { header: Some(node.header(0)), member: Some(member.to_pb()), members: pb(list) }))
+        Ok(Response::new(MemberAddResponse { header: Some(node.cluster_header()), member: Some(member.to_pb()), members: pb(list) }))
     }
 
     async fn member_remove(&self, req: Request<MemberRemoveRequest>) -> Reply<MemberRemoveResponse> {
@@ -180,7 +180,7 @@ impl PbClusterService for ClusterService {
         if let Some(mut leader) = self.forward().await? {
             let resp = leader.member_remove(r.id).await.map_err(forwarded)?;
             return Ok(Response::new(MemberRemoveResponse {
-                header: Some(self.node.header(0)),
+                header: Some(self.node.cluster_header()),
                 members: resp.members().iter().map(from_client).collect(),
             }));
         }
@@ -207,7 +207,7 @@ impl PbClusterService for ClusterService {
         }
         let list = self.apply(ConfChangeType::RemoveNode, r.id, None).await?;
         tracing::info!(member = %format!("{:x}", r.id), "removed a member");
-        Ok(Response::new(MemberRemoveResponse { header: Some(node.header(0)), members: pb(list) }))
+        Ok(Response::new(MemberRemoveResponse { header: Some(node.cluster_header()), members: pb(list) }))
     }
 
     async fn member_update(&self, req: Request<MemberUpdateRequest>) -> Reply<MemberUpdateResponse> {
@@ -219,7 +219,7 @@ impl PbClusterService for ClusterService {
         }
         let update = Member { id: r.id, peer_urls: r.peer_ur_ls, ..Default::default() };
         match node.propose(Op::MemberPeerUrls(update)).await.map_err(status)? {
-            apply::Response::Members(list) => Ok(Response::new(MemberUpdateResponse { header: Some(node.header(0)), members: pb(list) })),
+            apply::Response::Members(list) => Ok(Response::new(MemberUpdateResponse { header: Some(node.cluster_header()), members: pb(list) })),
             _ => Err(status(Error::Internal("unexpected apply result for a member update".into()))),
         }
     }
@@ -227,7 +227,7 @@ impl PbClusterService for ClusterService {
     async fn member_list(&self, _req: Request<MemberListRequest>) -> Reply<MemberListResponse> {
         self.node.refuse_learner().map_err(status)?;
         // etcd answers from the local registry unless asked to linearize.
-        Ok(Response::new(MemberListResponse { header: Some(self.node.header(0)), members: pb(self.node.membership.list()) }))
+        Ok(Response::new(MemberListResponse { header: Some(self.node.cluster_header()), members: pb(self.node.membership.list()) }))
     }
 
     async fn member_promote(&self, req: Request<MemberPromoteRequest>) -> Reply<MemberPromoteResponse> {
@@ -236,7 +236,7 @@ impl PbClusterService for ClusterService {
         if let Some(mut leader) = self.forward().await? {
             let resp = leader.member_promote(r.id).await.map_err(forwarded)?;
             return Ok(Response::new(MemberPromoteResponse {
-                header: Some(self.node.header(0)),
+                header: Some(self.node.cluster_header()),
                 members: resp.members().iter().map(from_client).collect(),
             }));
         }
@@ -258,6 +258,6 @@ impl PbClusterService for ClusterService {
         }
         let list = self.apply(ConfChangeType::AddNode, r.id, None).await?;
         tracing::info!(member = %format!("{:x}", r.id), "promoted a learner");
-        Ok(Response::new(MemberPromoteResponse { header: Some(node.header(0)), members: pb(list) }))
+        Ok(Response::new(MemberPromoteResponse { header: Some(node.cluster_header()), members: pb(list) }))
     }
 }

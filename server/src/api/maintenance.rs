@@ -41,18 +41,19 @@ fn unimplemented(what: &str) -> Status {
 impl PbMaintenanceService for MaintenanceService {
     async fn alarm(&self, _req: Request<AlarmRequest>) -> Reply<AlarmResponse> {
         self.node.refuse_learner().map_err(status)?;
-        Ok(Response::new(AlarmResponse { header: Some(self.node.header(0)), alarms: Vec::new() }))
+        // etcd answers Alarm without a header.
+        Ok(Response::new(AlarmResponse { header: None, alarms: Vec::new() }))
     }
 
     async fn status(&self, _req: Request<StatusRequest>) -> Reply<StatusResponse> {
         let node = &self.node;
         let s = &node.raft.status;
-        let size = node.engine.size() as i64;
+        let size = node.engine.state_size();
         Ok(Response::new(StatusResponse {
             header: Some(node.header(0)),
             version: API_VERSION.into(),
-            db_size: size,
-            db_size_in_use: size,
+            db_size: size.total as i64,
+            db_size_in_use: size.live as i64,
             leader: s.leader(),
             raft_index: s.commit(),
             raft_term: s.term(),
@@ -66,11 +67,14 @@ impl PbMaintenanceService for MaintenanceService {
     async fn defragment(&self, _req: Request<DefragmentRequest>) -> Reply<DefragmentResponse> {
         self.node.refuse_learner().map_err(status)?;
         let engine = self.node.engine.clone();
-        tokio::task::spawn_blocking(move || engine.compact_cf(Cf::Kv))
+        let started = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || Cf::ALL.into_iter().try_for_each(|cf| engine.compact_cf(cf)))
             .await
             .map_err(|e| status(Error::Internal(e.to_string())))?
             .map_err(|e| status(e.into()))?;
-        Ok(Response::new(DefragmentResponse { header: Some(self.node.header(0)) }))
+        tracing::info!(took = ?started.elapsed(), db_size = self.node.engine.state_size().total, "defragmented");
+        // etcd answers Defragment without a header.
+        Ok(Response::new(DefragmentResponse { header: None }))
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Reply<HashResponse> {
@@ -140,7 +144,8 @@ impl PbMaintenanceService for MaintenanceService {
             tokio::time::sleep(node.election_timeout / 10).await;
         }
         tracing::info!(to = %format!("{target:x}"), "moved leadership");
-        Ok(Response::new(MoveLeaderResponse { header: Some(node.header(0)) }))
+        // etcd answers MoveLeader without a header.
+        Ok(Response::new(MoveLeaderResponse { header: None }))
     }
 
     async fn downgrade(&self, _req: Request<DowngradeRequest>) -> Reply<DowngradeResponse> {

@@ -5,7 +5,7 @@ use std::ops::Bound;
 
 use parking_lot::Mutex;
 
-use super::{Cf, Engine, Result, WriteBatch, WriteOp};
+use super::{Cf, CfSize, Engine, Result, WriteBatch, WriteOp};
 
 /// A key in one column family.
 type CfKey = (Cf, Vec<u8>);
@@ -89,7 +89,8 @@ impl Engine for MemEngine {
         Ok(())
     }
 
-    fn size(&self) -> u64 {
-        self.cfs.lock().iter().map(|((_, k), v)| (k.len() + v.len()) as u64).sum()
+    fn cf_size(&self, cf: Cf) -> CfSize {
+        let total = self.cfs.lock().iter().filter(|((c, _), _)| *c == cf).map(|((_, k), v)| (k.len() + v.len()) as u64).sum();
+        CfSize { total, live: total }
     }
 }

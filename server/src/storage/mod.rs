@@ -69,6 +69,15 @@ impl WriteBatch {
     }
 }
 
+/// A column family's size: all the bytes it takes, and those holding live
+/// data (RocksDB's estimate; the rest is space that deletions and
+/// overwrites left for compaction, or a defragmentation, to reclaim).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CfSize {
+    pub total: u64,
+    pub live: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("data dir {path} is locked by another process (is another raftkv running on it?)")]
@@ -104,8 +113,15 @@ pub trait Engine: Send + Sync + 'static {
     /// Reclaims space left by deletions in `cf` (defragmentation).
     fn compact_cf(&self, cf: Cf) -> Result<()>;
 
-    /// Bytes the engine takes on disk (or in memory, for `mem`).
-    fn size(&self) -> u64;
+    /// Bytes one column family takes on disk (or in memory, for `mem`).
+    fn cf_size(&self, cf: Cf) -> CfSize;
+
+    /// etcd's dbSize and dbSizeInUse: the state's column families (MVCC and
+    /// meta; the raft log, like etcd's WAL, is not counted).
+    fn state_size(&self) -> CfSize {
+        let (kv, meta) = (self.cf_size(Cf::Kv), self.cf_size(Cf::Meta));
+        CfSize { total: kv.total + meta.total, live: kv.live + meta.live }
+    }
 
     /// A consistent point-in-time copy of every column family, written to
     /// `dir` (which must not exist yet) and opened: what a lagging member

@@ -7,7 +7,7 @@ use rocksdb::{
     ReadOptions, WriteOptions,
 };
 
-use super::{Cf, Engine, Result, StorageError, WriteBatch, WriteOp};
+use super::{Cf, CfSize, Engine, Result, StorageError, WriteBatch, WriteOp};
 
 pub struct RocksEngine {
     db: DB,
@@ -203,7 +203,12 @@ impl Engine for RocksEngine {
     }
 
     fn compact_cf(&self, cf: Cf) -> Result<()> {
-        self.db.compact_range_cf(self.handle(cf)?, None::<&[u8]>, None::<&[u8]>);
+        // A plain manual compaction leaves files already at the bottom level
+        // as they are, tombstones and all: force those to be rewritten too.
+        let mut opts = rocksdb::CompactOptions::default();
+        opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::ForceOptimized);
+        opts.set_exclusive_manual_compaction(false);
+        self.db.compact_range_cf_opt(self.handle(cf)?, None::<&[u8]>, None::<&[u8]>, &opts);
         Ok(())
     }
 
@@ -215,18 +220,12 @@ impl Engine for RocksEngine {
         Ok(std::sync::Arc::new(RocksEngine::open_with(dir, 0)?))
     }
 
-    fn size(&self) -> u64 {
-        let mut total = 0;
-        for cf in Cf::ALL {
-            if let Ok(h) = self.handle(cf) {
-                for prop in ["rocksdb.total-sst-files-size", "rocksdb.size-all-mem-tables"] {
-                    if let Ok(Some(v)) = self.db.property_int_value_cf(h, prop) {
-                        total += v;
-                    }
-                }
-            }
-        }
-        total
+    fn cf_size(&self, cf: Cf) -> CfSize {
+        let prop = |name: &str| self.handle(cf).ok().and_then(|h| self.db.property_int_value_cf(h, name).ok().flatten()).unwrap_or(0);
+        let memtables = prop("rocksdb.size-all-mem-tables");
+        let total = prop("rocksdb.total-sst-files-size") + memtables;
+        let live = prop("rocksdb.estimate-live-data-size") + memtables;
+        CfSize { total, live: live.min(total) }
     }
 }
 
