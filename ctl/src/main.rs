@@ -34,6 +34,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::client::ConnConfig;
 use crate::command::Ctx;
+use crate::command::alarm::AlarmCommand;
 use crate::command::compaction::CompactionArgs;
 use crate::command::defrag::DefragArgs;
 use crate::command::del::DelArgs;
@@ -143,6 +144,9 @@ enum Command {
     /// Transfers leadership to another etcd cluster member.
     #[command(name = "move-leader")]
     MoveLeader(MoveLeaderArgs),
+    /// Alarm related commands
+    #[command(subcommand)]
+    Alarm(AlarmCommand),
     /// Defragments the storage of the etcd members with given endpoints
     Defrag(DefragArgs),
     /// Manages etcd node snapshots
@@ -208,6 +212,7 @@ async fn dispatch(cli: Cli) -> Result<(), CtlError> {
         Command::Endpoint(args) => command::endpoint::run(args, &ctx).await,
         Command::Member(cmd) => command::member::run(cmd, &ctx).await,
         Command::MoveLeader(args) => command::move_leader::run(args, &ctx).await,
+        Command::Alarm(cmd) => command::alarm::run(cmd, &ctx).await,
         Command::Defrag(args) => command::defrag::run(args, &ctx).await,
         Command::Snapshot(cmd) => command::snapshot::run(cmd, &ctx).await,
         Command::Bench(args) => bench::run(args, &ctx).await,

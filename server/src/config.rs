@@ -70,6 +70,11 @@ pub struct Config {
     /// How often the leader checkpoints leases' remaining TTLs.
     #[arg(long, env = "RAFTKV_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub experimental_lease_checkpoint_interval: Duration,
+    /// Sets the maximum size (in bytes) that the etcd backend database may
+    /// consume. Exceeding this triggers an alarm and puts etcd in read-only
+    /// mode. Set to 0 to use the default 2GiB limit (negative: no quota).
+    #[arg(long, env = "RAFTKV_QUOTA_BACKEND_BYTES", default_value_t = 0, allow_negative_numbers = true)]
+    pub quota_backend_bytes: i64,
     /// Log level: trace, debug, info, warn, error.
     #[arg(long, env = "RAFTKV_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -87,6 +92,16 @@ pub enum AutoCompaction {
 }
 
 impl Config {
+    /// The quota in force: etcd's 2 GiB default for 0, none when negative.
+    pub fn quota(&self) -> Option<u64> {
+        const DEFAULT: u64 = 2 << 30;
+        match self.quota_backend_bytes {
+            0 => Some(DEFAULT),
+            q if q < 0 => None,
+            q => Some(q as u64),
+        }
+    }
+
     pub fn data_dir(&self) -> String {
         self.data_dir.clone().unwrap_or_else(|| format!("{}.raftkv", self.name))
     }

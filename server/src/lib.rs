@@ -10,6 +10,7 @@
 //!   transactions, compaction.
 //! - `lease`: leases, their keys and expiry.
 //! - `watch`: watchers, fed by the applier and from MVCC history.
+//! - `alarm`: NOSPACE and CORRUPT alarms, replicated, and etcd's quota cost.
 //! - `apply`: the state machine, one file per request kind.
 //! - `api`: gRPC/HTTP adapters and the single error -> status table.
 //! - `membership`: the member registry, replicated through raft.
@@ -28,6 +29,7 @@
 //! Dependencies point one way: api -> node -> apply -> (mvcc, lease) ->
 //! storage; raft -> storage.
 
+pub mod alarm;
 pub mod api;
 pub mod apply;
 pub mod backup;

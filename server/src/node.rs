@@ -91,6 +91,9 @@ pub struct Node {
     pub learned: Learned,
     pub peer_health: crate::peer::PeerHealth,
     pub snapshots: Arc<Snapshots>,
+    pub alarms: Arc<crate::alarm::Alarms>,
+    /// `--quota-backend-bytes` in force; None: no quota.
+    pub quota: Option<u64>,
     pub election_timeout: Duration,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
@@ -334,6 +337,8 @@ impl Node {
         let header_status = status.clone();
         let header = Box::new(move |revision| ResponseHeader { cluster_id: cid, member_id: id, revision, raft_term: header_status.term() });
         let hub = Arc::new(WatchHub::new(store.clone(), header, cfg.max_request_bytes));
+        let alarms = Arc::new(crate::alarm::Alarms::default());
+        alarms.load(engine.as_ref())?;
         let snapshots = Arc::new(Snapshots::open(data_dir.join("member").join("raft-snapshots"), engine.clone())?);
         let applier = Applier::new(
             id,
@@ -344,6 +349,7 @@ impl Node {
             hub.clone(),
             membership.clone(),
             snapshots.clone(),
+            alarms.clone(),
         )?;
         let heartbeat = Duration::from_millis(cfg.heartbeat_interval);
         let raft_cfg = RaftConfig {
@@ -380,6 +386,8 @@ impl Node {
             learned,
             peer_health,
             snapshots,
+            alarms,
+            quota: cfg.quota(),
             election_timeout: Duration::from_millis(cfg.election_timeout),
             max_request_bytes: cfg.max_request_bytes,
             max_txn_ops: cfg.max_txn_ops,
@@ -604,6 +612,29 @@ impl Node {
 
     pub fn is_leader(&self) -> bool {
         self.raft.status.leader() == self.member.id
+    }
+
+    /// etcd's quota check before a request that adds `cost` bytes goes to
+    /// raft: past `--quota-backend-bytes`, this member raises NOSPACE
+    /// through raft (every member then refuses such requests until it is
+    /// disarmed) and the request is refused. With the alarm already active
+    /// the applier refuses it anyway.
+    pub async fn check_quota(&self, cost: u64) -> Result<(), Error> {
+        let Some(quota) = self.quota else { return Ok(()) };
+        if cost == 0 || self.engine.state_size().total + cost < quota {
+            return Ok(());
+        }
+        if !self.alarms.has(crate::alarm::NOSPACE) {
+            let raise = etcd_client::proto::PbAlarmRequest {
+                action: crate::alarm::ACTIVATE,
+                member_id: self.member.id,
+                alarm: crate::alarm::NOSPACE,
+            };
+            if let Err(e) = self.propose(Op::Alarm(raise)).await {
+                tracing::warn!(error = %e, "could not raise the NOSPACE alarm");
+            }
+        }
+        Err(Error::NoSpace)
     }
 
     /// Learners serve Status and serializable reads only.

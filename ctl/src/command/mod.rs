@@ -6,6 +6,7 @@
 //! `put`, `get` and `del` expose their `op()` so `txn` can reuse them for
 //! its request lines, as etcdctl does.
 
+pub mod alarm;
 pub mod compaction;
 pub mod defrag;
 pub mod del;

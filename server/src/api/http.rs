@@ -17,7 +17,9 @@ pub fn router(node: Arc<Node>) -> Router {
 }
 
 async fn health(axum::extract::State(node): axum::extract::State<Arc<Node>>) -> impl IntoResponse {
-    let healthy = node.raft.status.leader() != 0
+    // As etcd 3.4: any active alarm makes a member unhealthy.
+    let healthy = node.alarms.list(crate::alarm::NONE).is_empty()
+        && node.raft.status.leader() != 0
         && tokio::time::timeout(Duration::from_secs(1), node.raft.read_index()).await.is_ok_and(|r| r.is_ok());
     let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, [("content-type", "application/json")], format!("{{\"health\":\"{healthy}\"}}"))

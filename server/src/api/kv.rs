@@ -60,6 +60,7 @@ impl PbKvService for KvService {
     async fn put(&self, req: Request<PutRequest>) -> Reply<PutResponse> {
         let p = req.into_inner();
         validate::put(&p).map_err(status)?;
+        self.node.check_quota(crate::alarm::cost::put(&p)).await.map_err(status)?;
         match self.write(Op::Put(p)).await? {
             apply::Response::Put(resp) => Ok(Response::new(self.node.complete(resp))),
             _ => Err(unexpected("put")),
@@ -78,6 +79,7 @@ impl PbKvService for KvService {
     async fn txn(&self, req: Request<TxnRequest>) -> Reply<TxnResponse> {
         let t = req.into_inner();
         validate::txn(&t, self.node.max_txn_ops).map_err(status)?;
+        self.node.check_quota(crate::alarm::cost::txn(&t)).await.map_err(status)?;
         // Read-only transactions still go through raft, so that they are
         // linearizable and see one revision.
         match self.write(Op::Txn(t)).await? {

@@ -62,6 +62,7 @@ impl PbLeaseService for LeaseService {
         if g.id == 0 {
             g.id = self.node.new_lease_id();
         }
+        self.node.check_quota(crate::alarm::cost::LEASE).await.map_err(status)?;
         match self.node.propose(Op::LeaseGrant(g)).await.map_err(status)? {
             apply::Response::LeaseGrant(resp) => Ok(Response::new(self.node.complete(resp))),
             _ => Err(status(Error::Internal("unexpected apply result for lease grant".into()))),

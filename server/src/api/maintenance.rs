@@ -39,10 +39,18 @@ fn unimplemented(what: &str) -> Status {
 
 #[tonic::async_trait]
 impl PbMaintenanceService for MaintenanceService {
-    async fn alarm(&self, _req: Request<AlarmRequest>) -> Reply<AlarmResponse> {
+    /// GET lists the alarms (MemberID ignored, NONE: every type); ACTIVATE
+    /// and DEACTIVATE go through raft. etcd answers without a header.
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Reply<AlarmResponse> {
         self.node.refuse_learner().map_err(status)?;
-        // etcd answers Alarm without a header.
-        Ok(Response::new(AlarmResponse { header: None, alarms: Vec::new() }))
+        let r = req.into_inner();
+        if r.action == crate::alarm::GET {
+            return Ok(Response::new(AlarmResponse { header: None, alarms: self.node.alarms.list(r.alarm) }));
+        }
+        match self.node.propose(crate::apply::request::Op::Alarm(r)).await.map_err(status)? {
+            crate::apply::Response::Alarm(resp) => Ok(Response::new(resp)),
+            _ => Err(status(Error::Internal("unexpected apply result for alarm".into()))),
+        }
     }
 
     async fn status(&self, _req: Request<StatusRequest>) -> Reply<StatusResponse> {
@@ -58,7 +66,7 @@ impl PbMaintenanceService for MaintenanceService {
             raft_index: s.commit(),
             raft_term: s.term(),
             raft_applied_index: s.applied(),
-            errors: Vec::new(),
+            errors: node.alarms.errors(),
             is_learner: s.is_learner(),
             ..Default::default()
         }))

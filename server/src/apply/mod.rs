@@ -22,6 +22,7 @@ use parking_lot::Mutex;
 use prost::Message;
 use tokio::sync::oneshot;
 
+use crate::alarm::{self, Alarms};
 use crate::error::Error;
 use crate::lease::Lessor;
 use crate::membership::{Member, Membership};
@@ -46,6 +47,7 @@ pub enum Response {
     /// The member list after a membership change.
     Members(Vec<Member>),
     LeaseCheckpoint(PbResponseHeader),
+    Alarm(etcd_client::proto::PbAlarmResponse),
 }
 
 pub type ApplyResult = Result<Response, Error>;
@@ -96,6 +98,7 @@ pub struct Applier {
     hub: Arc<WatchHub>,
     membership: Arc<Membership>,
     snapshots: Arc<Snapshots>,
+    alarms: Arc<Alarms>,
     applied: u64,
 }
 
@@ -134,13 +137,38 @@ impl Applier {
         hub: Arc<WatchHub>,
         membership: Arc<Membership>,
         snapshots: Arc<Snapshots>,
+        alarms: Arc<Alarms>,
     ) -> Result<Self, StorageError> {
         let applied = applied_index(engine.as_ref())?;
-        Ok(Self { me, engine, store, lessor, waiters, hub, membership, snapshots, applied })
+        Ok(Self { me, engine, store, lessor, waiters, hub, membership, snapshots, alarms, applied })
+    }
+
+    /// What an active alarm refuses, as etcd's capped (NOSPACE) and corrupt
+    /// appliers: with NOSPACE, whatever adds data; with CORRUPT, every write.
+    fn refused_by_alarm(&self, op: &Op) -> Option<Error> {
+        let corrupt = matches!(op, Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) | Op::Compaction(_) | Op::LeaseGrant(_) | Op::LeaseRevoke(_));
+        if corrupt && self.alarms.has(alarm::CORRUPT) {
+            return Some(Error::Corrupt);
+        }
+        let adds = match op {
+            Op::Put(_) | Op::LeaseGrant(_) => true,
+            Op::Txn(t) => alarm::cost::txn(t) > 0,
+            _ => false,
+        };
+        (adds && self.alarms.has(alarm::NOSPACE)).then_some(Error::NoSpace)
     }
 
     /// Runs one request; `progress` is written atomically with its effects.
-    fn execute(&self, op: Op, progress: WriteBatch) -> Result<ApplyResult, StorageError> {
+    fn execute(&self, op: Op, mut progress: WriteBatch) -> Result<ApplyResult, StorageError> {
+        if let Some(refusal) = self.refused_by_alarm(&op) {
+            self.engine.write(progress, false)?;
+            return Ok(Err(refusal));
+        }
+        if let Op::Alarm(a) = &op {
+            let resp = self.alarms.apply(a, &mut progress);
+            self.engine.write(progress, false)?;
+            return Ok(Ok(Response::Alarm(resp)));
+        }
         if let Op::Compaction(c) = op {
             return match self.store.compact(c.revision, progress.clone()) {
                 Ok(()) => Ok(Ok(Response::Compaction(CompactionResponse {
@@ -153,7 +181,6 @@ impl Applier {
                 }
             };
         }
-        let mut progress = progress;
         let mut txn = self.store.write();
         let result = match op {
             Op::Put(p) => put::apply(&mut txn, &self.lessor, p).map(Response::Put),
@@ -164,7 +191,7 @@ impl Applier {
             Op::MemberAttributes(m) => member::attributes(&self.membership, m, &mut progress).map(Response::Members),
             Op::MemberPeerUrls(m) => member::peer_urls(&self.membership, m, &mut progress).map(Response::Members),
             Op::LeaseCheckpoint(c) => lease::checkpoint(&txn, &self.lessor, c, &mut progress).map(Response::LeaseCheckpoint),
-            Op::Compaction(_) => unreachable!("handled above"),
+            Op::Compaction(_) | Op::Alarm(_) => unreachable!("handled above"),
         };
         // A failed request left no change in `txn` (checks run first), but
         // raft's progress is still recorded.
@@ -240,6 +267,7 @@ impl StateMachine for Applier {
         self.store.reload().map_err(|e| StorageError::Engine(format!("reloading the store after a snapshot: {e}")))?;
         load_leases(self.engine.as_ref(), &self.store, &self.lessor)?;
         self.membership.load(self.engine.as_ref())?;
+        self.alarms.load(self.engine.as_ref())?;
         // Watchers catch up from the new state (or learn it was compacted).
         self.hub.resync();
         Ok(())
@@ -278,6 +306,7 @@ mod tests {
             hub,
             Arc::new(Membership::default()),
             snapshots,
+            Arc::new(Alarms::default()),
         )
         .expect("applier");
         let mut mine = waiters.register(7);

@@ -3,7 +3,7 @@
 
 use crate::membership::Member;
 use etcd_client::proto::{
-    PbCompactionRequest, PbDeleteRequest, PbLeaseGrantRequest, PbLeaseRevokeRequest, PbPutRequest, PbTxnRequest,
+    PbAlarmRequest, PbCompactionRequest, PbDeleteRequest, PbLeaseGrantRequest, PbLeaseRevokeRequest, PbPutRequest, PbTxnRequest,
 };
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -11,7 +11,7 @@ pub struct RaftRequest {
     /// Unique per proposal; the proposer waits for the result under it.
     #[prost(uint64, tag = "1")]
     pub id: u64,
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 11")]
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 11, 12")]
     pub op: Option<Op>,
     /// The member that proposed it: only that member has a waiter for
     /// `id` (ids are unique per member, not across members).
@@ -43,6 +43,9 @@ pub enum Op {
     /// LeaseCheckpointRequest).
     #[prost(message, tag = "11")]
     LeaseCheckpoint(LeaseCheckpointRequest),
+    /// An alarm raised or disarmed.
+    #[prost(message, tag = "12")]
+    Alarm(PbAlarmRequest),
 }
 
 /// etcd's LeaseCheckpointRequest (etcd-client does not export it).
