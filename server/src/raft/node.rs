@@ -249,6 +249,10 @@ pub fn start<S: StateMachine, T: Transport>(
     let sole_voter = log.conf_state().voters == vec![cfg.id];
     status.is_learner.store(log.conf_state().learners.contains(&cfg.id), Ordering::Release);
     status.term.store(log.hard_state().term, Ordering::Release);
+    // The commit index persisted before a restart: a follower of an idle
+    // cluster hears no higher one (heartbeats carry the same), so without
+    // it the member would wait for the next write to call itself ready.
+    status.commit.store(log.hard_state().commit, Ordering::Release);
     let node = RawNode::new(&raft_cfg, log, &slog_logger()).map_err(|e| StorageError::Engine(format!("raft: {e}")))?;
     status.id.store(cfg.id, Ordering::Release);
     status.applied.store(applied, Ordering::Release);
