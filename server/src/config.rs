@@ -75,6 +75,12 @@ pub struct Config {
     /// mode. Set to 0 to use the default 2GiB limit (negative: no quota).
     #[arg(long, env = "RAFTKV_QUOTA_BACKEND_BYTES", default_value_t = 0, allow_negative_numbers = true)]
     pub quota_backend_bytes: i64,
+    /// Enable to check data corruption before serving any client/peer traffic.
+    #[arg(long, env = "RAFTKV_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub experimental_initial_corrupt_check: bool,
+    /// Duration of time between cluster corruption check passes (0: none).
+    #[arg(long, env = "RAFTKV_EXPERIMENTAL_CORRUPT_CHECK_TIME", default_value = "0s", value_parser = parse_duration_or_off)]
+    pub experimental_corrupt_check_time: Duration,
     /// Log level: trace, debug, info, warn, error.
     #[arg(long, env = "RAFTKV_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -137,6 +143,11 @@ impl Config {
 }
 
 /// A Go-style duration ("5m", "1s", "500ms"), as etcd's flags take.
+/// A duration where 0 means "off".
+fn parse_duration_or_off(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
     if d.is_zero() { Err(format!("invalid duration {s:?}: must be positive")) } else { Ok(d) }

@@ -10,7 +10,8 @@
 //!   transactions, compaction.
 //! - `lease`: leases, their keys and expiry.
 //! - `watch`: watchers, fed by the applier and from MVCC history.
-//! - `alarm`: NOSPACE and CORRUPT alarms, replicated, and etcd's quota cost.
+//! - `alarm`: NOSPACE and CORRUPT alarms, replicated, and etcd's quota cost;
+//!   `corrupt`: the initial and periodic corruption checks that raise CORRUPT.
 //! - `apply`: the state machine, one file per request kind.
 //! - `api`: gRPC/HTTP adapters and the single error -> status table.
 //! - `membership`: the member registry, replicated through raft.
@@ -37,6 +38,7 @@ pub mod bbolt;
 pub mod etcd_import;
 pub mod compactor;
 pub mod config;
+pub mod corrupt;
 pub mod error;
 pub mod lease;
 pub mod membership;

@@ -39,6 +39,8 @@ fn routes(node: &Arc<Node>, max_msg: usize) -> Routes {
 /// Runs until `shutdown` resolves, then stops gracefully.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
     let auto_compaction = cfg.auto_compaction().map_err(StartError::Config)?;
+    // etcd checks a member's data against its peers' only if it had data.
+    let had_data = std::path::Path::new(&cfg.data_dir()).join("member").exists();
     let (node, raft_thread) = Node::start(&cfg).await?;
     tracing::info!(name = %cfg.name, member_id = %format!("{:x}", node.member.id), data_dir = %cfg.data_dir(), "raftkv starting");
 
@@ -80,6 +82,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             return Ok(());
         }
     }
+    if cfg.experimental_initial_corrupt_check && had_data {
+        if let Err(e) = crate::corrupt::initial_check(&node).await {
+            tracing::error!(error = %e, "initial corruption check failed");
+            let _ = stop_tx.send(true);
+            node.stop();
+            let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
+            return Err(StartError::DataDir(e));
+        }
+    }
     tracing::info!(revision = node.store.current_revision(), "ready to serve client requests");
     let publisher = tokio::spawn({
         let node = node.clone();
@@ -100,6 +111,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .experimental_enable_lease_checkpoint
         .then(|| tokio::spawn(checkpoint_leases(node.clone(), cfg.experimental_lease_checkpoint_interval, stop_rx.clone())));
     let catch_up = tokio::spawn(node.hub.clone().run_catch_up(stop_rx.clone()));
+    let corrupt_check = (!cfg.experimental_corrupt_check_time.is_zero())
+        .then(|| tokio::spawn(crate::corrupt::run_periodic(node.clone(), cfg.experimental_corrupt_check_time, stop_rx.clone())));
     let progress = tokio::spawn(notify_progress(node.clone(), stop_rx.clone()));
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let mut servers = Vec::new();
@@ -138,6 +151,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         let _ = c.await;
     }
     let _ = catch_up.await;
+    if let Some(c) = corrupt_check {
+        let _ = c.await;
+    }
     let _ = progress.await;
     node.stop();
     let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
