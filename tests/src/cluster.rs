@@ -107,6 +107,30 @@ impl Cluster {
         Cluster::start_prepared(flavor, n, extra_args, |_, _| Ok(())).await
     }
 
+    /// `n` raftkv members whose data dirs `raftkvctl snapshot restore`
+    /// makes from `snapshot` (raftkv's or etcd's), each with the bootstrap
+    /// flags it then starts with: a new cluster from a backup.
+    pub async fn start_restored(n: usize, snapshot: &std::path::Path) -> anyhow::Result<Cluster> {
+        let ctl = crate::binaries::raftkvctl()?;
+        Cluster::start_prepared(Flavor::Raftkv, n, &[], |b, data_dir| {
+            let out = std::process::Command::new(&ctl)
+                .arg("snapshot")
+                .arg("restore")
+                .arg(snapshot)
+                .args(["--name", &b.name, "--initial-cluster", &b.initial_cluster, "--initial-cluster-token", &b.token])
+                .args(["--initial-advertise-peer-urls", &b.advertise_peer_url])
+                .arg("--data-dir")
+                .arg(data_dir)
+                .output()
+                .context("cannot run raftkvctl snapshot restore")?;
+            if !out.status.success() {
+                bail!("raftkvctl snapshot restore for {}: {}", b.name, String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// [`Cluster::start`], with `prepare(bootstrap, data_dir)` called for
     /// each member before it first starts (to restore a snapshot into its
     /// data dir, say).

@@ -47,3 +47,17 @@ pub mod server;
 pub use both::{for_both, for_both_with, selected_flavors, with_etcd};
 pub use cluster::Cluster;
 pub use server::{Flavor, Server};
+
+/// `len` bytes that do not compress (raftkv's engine compresses its files,
+/// so size tests need data that stays its size), the same for a `seed`.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

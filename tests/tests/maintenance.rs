@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::{Context, ensure};
 use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, ResponseHeader, Txn, TxnOp, WatchOptions};
 use raftkv_tests::both::for_both;
-use raftkv_tests::{Server, binaries, selected_flavors};
+use raftkv_tests::{Server, binaries, noise, selected_flavors};
 
 /// Which header fields are set: what etcd fills does not depend on the
 /// cluster, the values do.
@@ -63,19 +63,6 @@ async fn every_rpc_fills_its_header_as_etcd_does() -> anyhow::Result<()> {
         Ok(seen)
     })
     .await
-}
-
-/// Bytes that do not compress (raftkv's engine compresses its files).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

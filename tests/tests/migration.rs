@@ -77,29 +77,7 @@ async fn an_etcd_snapshot_restores_into_raftkv_with_its_revisions_and_leases() -
         ensure!(ours.stdout == theirs.stdout, "snapshot status -w {format}:\nraftkvctl {}\netcdctl {}", text(&ours), text(&theirs));
     }
 
-    let restored = Cluster::start_prepared(Flavor::Raftkv, 3, &[], |b, data_dir| {
-        let out = run(
-            &ctl,
-            &[
-                "snapshot",
-                "restore",
-                file_s,
-                "--name",
-                &b.name,
-                "--initial-cluster",
-                &b.initial_cluster,
-                "--initial-cluster-token",
-                &b.token,
-                "--initial-advertise-peer-urls",
-                &b.advertise_peer_url,
-                "--data-dir",
-                data_dir.to_str().context("path")?,
-            ],
-        )?;
-        ensure!(out.status.success(), "snapshot restore: {}", text(&out));
-        Ok(())
-    })
-    .await?;
+    let restored = Cluster::start_restored(3, &file).await?;
     let started = std::time::Instant::now();
     for i in restored.members() {
         let mut m = restored.client(i).await?;

@@ -16,17 +16,8 @@ const QUOTA: &str = "8388608";
 const NOSPACE: &str = "ResourceExhausted: etcdserver: mvcc: database space exceeded";
 const VALUE: usize = 64 * 1024;
 
-/// Bytes that do not compress.
 fn noise(seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..VALUE)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    raftkv_tests::noise(seed, VALUE)
 }
 
 async fn alarms_on(cluster: &Cluster, i: usize) -> anyhow::Result<Vec<(u64, AlarmType)>> {

@@ -86,29 +86,7 @@ async fn snapshot_save_status_and_restore_into_a_new_cluster() -> anyhow::Result
     );
 
     source.stop().await?;
-    let restored = Cluster::start_prepared(Flavor::Raftkv, 3, &[], |b, data_dir| {
-        let out = run(
-            &ctl,
-            &[
-                "snapshot",
-                "restore",
-                file_s,
-                "--name",
-                &b.name,
-                "--initial-cluster",
-                &b.initial_cluster,
-                "--initial-cluster-token",
-                &b.token,
-                "--initial-advertise-peer-urls",
-                &b.advertise_peer_url,
-                "--data-dir",
-                data_dir.to_str().context("path")?,
-            ],
-        )?;
-        ensure!(out.status.success(), "snapshot restore: {}", text(&out));
-        Ok(())
-    })
-    .await?;
+    let restored = Cluster::start_restored(3, &file).await?;
 
     let mut hashes = Vec::new();
     for i in restored.members() {
