@@ -17,6 +17,10 @@ pub struct Config {
     /// URLs to listen on for client traffic (gRPC and HTTP on one port).
     #[arg(long, env = "RAFTKV_LISTEN_CLIENT_URLS", default_value = "http://localhost:2379")]
     pub listen_client_urls: String,
+    /// List of URLs to listen on for the metrics and health endpoints (the
+    /// client URLs serve them too).
+    #[arg(long, env = "RAFTKV_LISTEN_METRICS_URLS", default_value = "")]
+    pub listen_metrics_urls: String,
     /// This member's client URLs to advertise to the cluster.
     #[arg(long, env = "RAFTKV_ADVERTISE_CLIENT_URLS", default_value = "http://localhost:2379")]
     pub advertise_client_urls: String,

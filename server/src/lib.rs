@@ -24,6 +24,7 @@
 //! - `peer`: the peer service and transport between members.
 //! - `node`: wiring, bootstrap and join, propose and linearizable reads;
 //!   `server`: `run`.
+//! - `metrics`: Prometheus metrics with etcd's names.
 //! - `config`: etcd's flags; `compactor`: auto compaction; `error`: the
 //!   errors clients see, with etcd's texts.
 //!
@@ -42,6 +43,7 @@ pub mod corrupt;
 pub mod error;
 pub mod lease;
 pub mod membership;
+pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod peer;

@@ -450,7 +450,11 @@ impl Node {
         if data.len() > self.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }
-        self.submit(id, Proposal::Entry(data)).await
+        let result = self.submit(id, Proposal::Entry(data)).await;
+        if let Err(Error::Timeout | Error::LeaderChanged | Error::NoLeader | Error::Stopped) = &result {
+            crate::metrics::METRICS.proposals_failed.inc();
+        }
+        result
     }
 
     /// Proposes one membership change and waits for the member list it

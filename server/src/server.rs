@@ -32,7 +32,9 @@ fn routes(node: &Arc<Node>, max_msg: usize) -> Routes {
         .add_service(PbWatchServer::new(WatchService::new(node.clone(), node.hub.clone())).max_decoding_message_size(max_msg))
         .add_service(LockServer::new(LockService::new(node.clone())).max_decoding_message_size(max_msg))
         .add_service(ElectionServer::new(ElectionService::new(node.clone())).max_decoding_message_size(max_msg));
-    let router = std::mem::take(routes.axum_router_mut()).merge(http::router(node.clone()));
+    let router = std::mem::take(routes.axum_router_mut())
+        .merge(http::router(node.clone()))
+        .layer(axum::middleware::from_fn(crate::metrics::count_grpc));
     Routes::from(router)
 }
 
@@ -105,6 +107,19 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         listeners.push(listener);
     }
 
+    for url in split_urls(&cfg.listen_metrics_urls) {
+        let addr = url_addr(&url).map_err(StartError::Config)?;
+        let listener = TcpListener::bind(addr).await.map_err(|error| StartError::Listen { url: url.clone(), error })?;
+        tracing::info!(%url, "serving metrics");
+        let mut stop = stop_rx.clone();
+        let router = http::metrics_router(node.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        });
+    }
     let compactor = tokio::spawn(crate::compactor::run(node.clone(), auto_compaction, stop_rx.clone()));
     let expiry = tokio::spawn(expire_leases(node.clone(), stop_rx.clone()));
     let checkpoints = cfg

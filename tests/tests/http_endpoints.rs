@@ -70,3 +70,89 @@ async fn health_and_version_answer_like_etcd() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `name{labels}` -> value for every sample of a Prometheus text page.
+fn samples(page: &str) -> Vec<(String, std::collections::BTreeMap<String, String>, f64)> {
+    page.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+                .collect();
+            Some((name.to_owned(), labels, value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The sum of the samples named `name` whose labels include `with`.
+fn value(page: &str, name: &str, with: &[(&str, &str)]) -> Option<f64> {
+    let matching: Vec<f64> = samples(page)
+        .into_iter()
+        .filter(|(n, labels, _)| n == name && with.iter().all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v)))
+        .map(|(_, _, v)| v)
+        .collect();
+    (!matching.is_empty()).then(|| matching.iter().sum())
+}
+
+/// The metrics the community's etcd dashboards and alert rules read, on
+/// the client URL and on `--listen-metrics-urls`, moving with load.
+#[tokio::test]
+async fn metrics_have_etcds_names_and_move_with_load() -> anyhow::Result<()> {
+    const NAMES: &[&str] = &[
+        "etcd_server_has_leader",
+        "etcd_server_is_leader",
+        "etcd_server_leader_changes_seen_total",
+        "etcd_server_proposals_committed_total",
+        "etcd_server_proposals_applied_total",
+        "etcd_server_proposals_pending",
+        "etcd_server_proposals_failed_total",
+        "etcd_server_quota_backend_bytes",
+        "etcd_mvcc_db_total_size_in_bytes",
+        "etcd_mvcc_db_total_size_in_use_in_bytes",
+        "etcd_debugging_mvcc_keys_total",
+        "etcd_disk_wal_fsync_duration_seconds_count",
+        "etcd_disk_backend_commit_duration_seconds_count",
+        "grpc_server_started_total",
+        "grpc_server_handled_total",
+    ];
+    for flavor in selected_flavors()? {
+        let metrics_port = raftkv_tests::ports::free_port()?;
+        let metrics_url = format!("http://127.0.0.1:{metrics_port}");
+        let server = Server::start_with(flavor, &["--listen-metrics-urls", &metrics_url]).await?;
+        let mut c = server.client().await?;
+        c.put("warm", "up", None).await?;
+        let (code, before) = http_get(&server, "/metrics").await?;
+        ensure!(code == 200, "{}: /metrics answered {code}", flavor.name());
+        for name in NAMES {
+            ensure!(value(&before, name, &[]).is_some(), "{}: no {name} in /metrics", flavor.name());
+        }
+        ensure!(value(&before, "etcd_server_has_leader", &[]) == Some(1.0), "{}: has_leader", flavor.name());
+        for i in 0..20 {
+            c.put(format!("k{i}"), "v", None).await?;
+        }
+        let (_, after) = http_get(&server, "/metrics").await?;
+        let put = [("grpc_method", "Put"), ("grpc_code", "OK"), ("grpc_type", "unary"), ("grpc_service", "etcdserverpb.KV")];
+        let moved = |name: &str, with: &[(&str, &str)]| value(&after, name, with).unwrap_or(0.0) - value(&before, name, with).unwrap_or(0.0);
+        ensure!(moved("grpc_server_handled_total", &put) >= 20.0, "{}: Put handled moved {}", flavor.name(), moved("grpc_server_handled_total", &put));
+        ensure!(moved("etcd_server_proposals_committed_total", &[]) >= 20.0, "{}: committed did not move", flavor.name());
+        ensure!(moved("etcd_disk_wal_fsync_duration_seconds_count", &[]) >= 1.0, "{}: no fsync observed", flavor.name());
+        ensure!(moved("etcd_debugging_mvcc_keys_total", &[]) == 20.0, "{}: 20 new keys counted as {}", flavor.name(), moved("etcd_debugging_mvcc_keys_total", &[]));
+
+        // The same page on the metrics URL.
+        let mut stream = TcpStream::connect(("127.0.0.1", metrics_port)).await?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: metrics\r\n\r\n").await?;
+        let mut page = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut page)).await??;
+        let page = String::from_utf8(page)?;
+        ensure!(page.starts_with("HTTP/1.0 200") || page.starts_with("HTTP/1.1 200"), "{}: metrics URL: {page:.200}", flavor.name());
+        ensure!(value(&page, "etcd_server_has_leader", &[]) == Some(1.0), "{}: no metrics on {metrics_url}", flavor.name());
+    }
+    Ok(())
+}

@@ -13,7 +13,19 @@ use super::maintenance::API_VERSION;
 use crate::node::Node;
 
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new().route("/health", get(health)).route("/version", get(version)).with_state(node)
+    Router::new().route("/health", get(health)).route("/version", get(version)).route("/metrics", get(metrics)).with_state(node)
+}
+
+/// What `--listen-metrics-urls` serves: metrics and health only.
+pub fn metrics_router(node: Arc<Node>) -> Router {
+    Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(node)
+}
+
+async fn metrics(axum::extract::State(node): axum::extract::State<Arc<Node>>) -> impl IntoResponse {
+    match crate::metrics::render(&node) {
+        Ok(text) => (StatusCode::OK, [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], text),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, [("content-type", "text/plain")], e.to_string()),
+    }
 }
 
 async fn health(axum::extract::State(node): axum::extract::State<Arc<Node>>) -> impl IntoResponse {

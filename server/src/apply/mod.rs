@@ -195,7 +195,10 @@ impl Applier {
         };
         // A failed request left no change in `txn` (checks run first), but
         // raft's progress is still recorded.
-        let changes = txn.commit(progress).map_err(|e| match e {
+        let started = std::time::Instant::now();
+        let committed = txn.commit(progress);
+        crate::metrics::METRICS.backend_commit.observe(crate::metrics::since(started));
+        let changes = committed.map_err(|e| match e {
             MvccError::Storage(e) => e,
             other => StorageError::Engine(other.to_string()),
         })?;

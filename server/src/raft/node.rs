@@ -454,7 +454,10 @@ impl<S: StateMachine, T: Transport> Loop<S, T> {
         let mut ready = self.node.ready();
         self.send(ready.take_messages());
         if let Some(ss) = ready.ss() {
-            self.status.leader.store(ss.leader_id, Ordering::Release);
+            let before = self.status.leader.swap(ss.leader_id, Ordering::AcqRel);
+            if ss.leader_id != 0 && ss.leader_id != before {
+                crate::metrics::METRICS.leader_changes.inc();
+            }
             if ss.raft_state == StateRole::Leader {
                 tracing::info!(id = %format!("{:x}", self.cfg.id), term = self.node.raft.term, "became leader");
             } else if ss.leader_id != 0 {
@@ -476,7 +479,11 @@ impl<S: StateMachine, T: Transport> Loop<S, T> {
             self.status.commit.store(hs.commit, Ordering::Release);
         }
         if !batch.is_empty() {
+            let started = Instant::now();
             self.engine.write(batch, ready.must_sync())?;
+            if ready.must_sync() {
+                crate::metrics::METRICS.wal_fsync.observe(crate::metrics::since(started));
+            }
         }
         for rs in ready.take_read_states() {
             let ctx: [u8; 8] = rs.request_ctx.as_slice().try_into().unwrap_or_default();

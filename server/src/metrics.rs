@@ -1,0 +1,219 @@
+//! Prometheus metrics with etcd's names, so the community's etcd dashboards
+//! and alert rules work on raftkv. The instruments that count events are
+//! process-wide (one member per process); values that are state (leader,
+//! indexes, sizes) are read at scrape time from the node. It measures and
+//! encodes; it decides nothing.
+
+use std::sync::LazyLock;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::node::Node;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    grpc_type: &'static str,
+    grpc_service: String,
+    grpc_method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcHandledLabels {
+    grpc_type: &'static str,
+    grpc_service: String,
+    grpc_method: String,
+    grpc_code: &'static str,
+}
+
+/// The event-counting instruments.
+pub struct Instruments {
+    pub leader_changes: Counter<u64, AtomicU64>,
+    pub proposals_failed: Counter<u64, AtomicU64>,
+    pub wal_fsync: Histogram,
+    pub backend_commit: Histogram,
+    grpc_started: Family<GrpcLabels, Counter>,
+    grpc_handled: Family<GrpcHandledLabels, Counter>,
+}
+
+pub static METRICS: LazyLock<Instruments> = LazyLock::new(|| Instruments {
+    leader_changes: Counter::default(),
+    proposals_failed: Counter::default(),
+    // etcd's buckets: 1 ms to 8 s.
+    wal_fsync: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+    backend_commit: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+    grpc_started: Family::default(),
+    grpc_handled: Family::default(),
+});
+
+/// Seconds since `start`, for the histograms.
+pub fn since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64()
+}
+
+/// The streaming RPCs, by method path (the rest are unary).
+fn grpc_type(path: &str) -> &'static str {
+    match path {
+        "/etcdserverpb.Watch/Watch" | "/etcdserverpb.Lease/LeaseKeepAlive" => "bidi_stream",
+        "/etcdserverpb.Maintenance/Snapshot" | "/v3electionpb.Election/Observe" => "server_stream",
+        _ => "unary",
+    }
+}
+
+/// gRPC status codes by number, as go-grpc-prometheus names them.
+fn code_name(code: &str) -> &'static str {
+    match code {
+        "0" => "OK",
+        "1" => "Canceled",
+        "2" => "Unknown",
+        "3" => "InvalidArgument",
+        "4" => "DeadlineExceeded",
+        "5" => "NotFound",
+        "6" => "AlreadyExists",
+        "7" => "PermissionDenied",
+        "8" => "ResourceExhausted",
+        "9" => "FailedPrecondition",
+        "10" => "Aborted",
+        "11" => "OutOfRange",
+        "12" => "Unimplemented",
+        "13" => "Internal",
+        "14" => "Unavailable",
+        "15" => "DataLoss",
+        "16" => "Unauthenticated",
+        _ => "Unknown",
+    }
+}
+
+/// Counts gRPC calls as go-grpc-prometheus does: started for every call;
+/// handled, with its code, for unary calls (their status is known when the
+/// response starts: tonic sends a failure as a trailers-only response, with
+/// `grpc-status` in the headers, and success in the trailers). Streams are
+/// counted when they start only.
+pub async fn count_grpc(req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+        return next.run(req).await;
+    };
+    if !req.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")) {
+        return next.run(req).await;
+    }
+    let labels = GrpcLabels { grpc_type: grpc_type(&path), grpc_service: service.to_owned(), grpc_method: method.to_owned() };
+    METRICS.grpc_started.get_or_create(&labels).inc();
+    let resp = next.run(req).await;
+    if labels.grpc_type == "unary" {
+        let code = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).map_or("OK", code_name);
+        let handled = GrpcHandledLabels {
+            grpc_type: labels.grpc_type,
+            grpc_service: labels.grpc_service,
+            grpc_method: labels.grpc_method,
+            grpc_code: code,
+        };
+        METRICS.grpc_handled.get_or_create(&handled).inc();
+    }
+    resp
+}
+
+/// The node's state, read at scrape time.
+#[derive(Debug)]
+struct State {
+    has_leader: bool,
+    is_leader: bool,
+    member_id: u64,
+    committed: u64,
+    applied: u64,
+    db_total: u64,
+    db_in_use: u64,
+    quota: u64,
+    keys: u64,
+}
+
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(v);
+    let m = enc.encode_descriptor(name, help, None, g.metric_type())?;
+    g.encode(m)
+}
+
+impl Collector for State {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let e = &mut enc;
+        gauge(e, "etcd_server_has_leader", "Whether or not a leader exists. 1 is existence, 0 is not.", i64::from(self.has_leader))?;
+        gauge(e, "etcd_server_is_leader", "Whether or not this member is a leader. 1 if is, 0 otherwise.", i64::from(self.is_leader))?;
+        gauge(e, "etcd_server_proposals_committed_total", "The total number of consensus proposals committed.", self.committed as i64)?;
+        gauge(e, "etcd_server_proposals_applied_total", "The total number of consensus proposals applied.", self.applied as i64)?;
+        gauge(
+            e,
+            "etcd_server_proposals_pending",
+            "The current number of pending proposals to commit.",
+            self.committed.saturating_sub(self.applied) as i64,
+        )?;
+        gauge(e, "etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes.", self.db_total as i64)?;
+        gauge(e, "etcd_mvcc_db_total_size_in_use_in_bytes", "Total size of the underlying database logically in use in bytes.", self.db_in_use as i64)?;
+        gauge(e, "etcd_server_quota_backend_bytes", "Current backend storage quota size in bytes.", self.quota as i64)?;
+        gauge(e, "etcd_debugging_mvcc_keys_total", "Total number of keys.", self.keys as i64)?;
+        let mut m = e.encode_descriptor(
+            "etcd_server_id",
+            "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(1i64).encode(m.encode_family(&[("server_id", format!("{:x}", self.member_id))])?)?;
+        let mut m = e.encode_descriptor(
+            "etcd_server_version",
+            "Which version is running. 1 for 'server_version' label with current version.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(1i64).encode(m.encode_family(&[("server_version", crate::api::maintenance::API_VERSION)])?)?;
+        Ok(())
+    }
+}
+
+/// The Prometheus text of everything, for `/metrics`.
+pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
+    let s = &node.raft.status;
+    let size = node.engine.state_size();
+    let state = State {
+        has_leader: s.leader() != 0,
+        is_leader: node.is_leader(),
+        member_id: node.member.id,
+        committed: s.commit(),
+        applied: s.applied(),
+        db_total: size.total,
+        db_in_use: size.live,
+        quota: node.quota.unwrap_or(0),
+        keys: node.store.key_count() as u64,
+    };
+    let m = &*METRICS;
+    let mut reg = Registry::default();
+    // `register` adds the period etcd's help texts end with, and counters
+    // get their `_total` suffix when encoded.
+    reg.register("etcd_server_leader_changes_seen", "The number of leader changes seen", m.leader_changes.clone());
+    reg.register("etcd_server_proposals_failed", "The total number of failed proposals seen", m.proposals_failed.clone());
+    reg.register("etcd_disk_wal_fsync_duration_seconds", "The latency distributions of fsync called by WAL", m.wal_fsync.clone());
+    reg.register(
+        "etcd_disk_backend_commit_duration_seconds",
+        "The latency distributions of commit called by backend",
+        m.backend_commit.clone(),
+    );
+    reg.register("grpc_server_started", "Total number of RPCs started on the server", m.grpc_started.clone());
+    reg.register(
+        "grpc_server_handled",
+        "Total number of RPCs completed on the server, regardless of success or failure",
+        m.grpc_handled.clone(),
+    );
+    reg.register_collector(Box::new(state));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg)?;
+    Ok(out)
+}
