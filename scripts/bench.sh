@@ -21,7 +21,9 @@
 # (where the data dirs go), BENCH_PORT (client port; peer port is +1),
 # BENCH_KEEP=1 (keep data dirs and logs), BENCH_SCALE (divide request counts,
 # for a quick smoke run), BENCH_ROUNDS, BENCH_SERVERS (default "etcd raftkv"),
-# BENCH_WORKLOAD_TIMEOUT (seconds one workload may take, default 240).
+# BENCH_WORKLOAD_TIMEOUT (seconds one workload may take, default 240),
+# BENCH_MAINT_MB (the store size of the maintenance figures, default 1024),
+# BENCH_WORKLOADS (all, or maintenance alone).
 set -euo pipefail
 
 # shellcheck source=scripts/bench-lib.sh
@@ -42,6 +44,11 @@ LEASE_TOTAL=$((50000 / SCALE))
 LOCK_TOTAL=$((2000 / SCALE))
 VAL_SIZE=256
 KEY_SPACE=100000
+# Maintenance: a store of MAINT_MB MiB of 64 KiB values (BENCH_MAINT_MB,
+# default 1024), saved, defragmented after deleting half, and restored.
+MAINT_MB=$((${BENCH_MAINT_MB:-1024} / SCALE))
+MAINT_KEYS=$((MAINT_MB * 16))
+ETCDCTL=${ETCDCTL:-/usr/bin/etcdctl}
 
 bench_setup bench
 
@@ -129,7 +136,51 @@ measure() {
     stop_servers
 }
 
-run_rounds measure
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+
+# measure_maintenance etcd|raftkv: snapshot save throughput, defragment time
+# and restore time of a MAINT_MB store. Both servers are saved by raftkvctl
+# (an etcd client like any); each file is restored by its own tool
+# (etcdctl 3.4 for etcd's, raftkvctl for raftkv's).
+measure_maintenance() {
+    local s=$1 dir=$WORK/$1-maintenance t0 t1 out rev
+    log "$s: snapshot save, defragment and restore with $MAINT_MB MiB"
+    rm -rf "$dir"
+    start_server "$s" maintenance || return 0
+    out=$(bench "$ENDPOINT" --conns 10 --clients 10 --total "$MAINT_KEYS" \
+        put --val-size 65536 --sequential-keys --key-space-size "$MAINT_KEYS")
+    keep "$s.maint_err" higher "$(jq -r .errors <<<"$out")"
+    t0=$(now)
+    "$CTL" --endpoints "$ENDPOINT" --command-timeout 600s snapshot save "$dir/snapshot.db" >/dev/null 2>&1 ||
+        { log "$s: snapshot save failed"; stop_servers; return 0; }
+    t1=$(now)
+    keep "$s.save_mbps" higher "$(awk -v mb="$MAINT_MB" -v s="$(secs "$t0" "$t1")" 'BEGIN { printf "%.1f", mb / s }')"
+    "$CTL" --endpoints "$ENDPOINT" --command-timeout 600s del 00000000 "$(printf '%08d' $((MAINT_KEYS / 2)))" >/dev/null
+    rev=$("$CTL" --endpoints "$ENDPOINT" endpoint status -w json | jq -r '.[0].Status.header.revision')
+    "$CTL" --endpoints "$ENDPOINT" --command-timeout 600s compaction --physical "$rev" >/dev/null
+    t0=$(now)
+    "$CTL" --endpoints "$ENDPOINT" --command-timeout 600s defrag >/dev/null 2>&1 || log "$s: defrag failed"
+    t1=$(now)
+    keep "$s.defrag_s" lower "$(secs "$t0" "$t1")"
+    stop_servers
+    t0=$(now)
+    if [[ $s == etcd ]]; then
+        ETCDCTL_API=3 "$ETCDCTL" snapshot restore "$dir/snapshot.db" --data-dir "$dir/restored" >/dev/null 2>&1
+    else
+        "$CTL" snapshot restore "$dir/snapshot.db" --data-dir "$dir/restored" >/dev/null 2>&1
+    fi || { log "$s: restore failed"; return 0; }
+    t1=$(now)
+    keep "$s.restore_s" lower "$(secs "$t0" "$t1")"
+    rm -rf "$dir"
+}
+
+# BENCH_WORKLOADS: "all" (default), or "maintenance" alone.
+case ${BENCH_WORKLOADS:-all} in
+    all) run_rounds measure; run_rounds measure_maintenance ;;
+    maintenance) run_rounds measure_maintenance ;;
+    *) echo "bench: BENCH_WORKLOADS is all or maintenance" >&2; exit 2 ;;
+esac
 
 mib() { [[ -n ${1:-} ]] && awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
@@ -148,6 +199,9 @@ print_table "$(
     result_row "watch: delivery p99, 100 puts/s (ms)" watchlat_p99 lower watchlat_err
     result_row "lease keep-alive, 100 clients (req/s)" lease_rps higher lease_err
     result_row "lock + unlock, 10 clients on one lock (req/s)" lock_rps higher lock_err
+    result_row "snapshot save, ${MAINT_MB} MiB of 64 KiB values (MiB/s)" save_mbps higher maint_err
+    result_row "defragment after deleting and compacting half (s)" defrag_s lower maint_err
+    result_row "snapshot restore, ${MAINT_MB} MiB (s)" restore_s lower maint_err
     row "RSS idle, fresh member (MiB)" \
         "$(mib "${R[etcd.rss_idle]:-}")" "$(mib "${R[raftkv.rss_idle]:-}")" lower
     row "RSS after ${MEMORY_KEYS} keys x ${VAL_SIZE} B (MiB)" \
