@@ -160,7 +160,11 @@ measure_maintenance() {
     rev=$("$CTL" --endpoints "$ENDPOINT" endpoint status -w json | jq -r '.[0].Status.header.revision')
     "$CTL" --endpoints "$ENDPOINT" --command-timeout 600s compaction --physical "$rev" >/dev/null
     t0=$(now)
-    "$CTL" --endpoints "$ENDPOINT" --command-timeout 600s defrag >/dev/null 2>&1 || log "$s: defrag failed"
+    if ! out=$("$CTL" --endpoints "$ENDPOINT" --command-timeout 600s defrag 2>&1); then
+        log "$s: defrag failed: $out"
+        stop_servers
+        return 0
+    fi
     t1=$(now)
     keep "$s.defrag_s" lower "$(secs "$t0" "$t1")"
     stop_servers

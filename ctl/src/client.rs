@@ -14,6 +14,9 @@ use tokio::time::{Instant, sleep_until, timeout_at};
 
 use crate::error::{CtlError, is_connection_error};
 
+/// grpc-go's floor on the keepalive ping interval.
+const MIN_KEEPALIVE_TIME: Duration = Duration::from_secs(10);
+
 /// How to reach the cluster: etcdctl's global connection flags.
 #[derive(Debug, Clone)]
 pub struct ConnConfig {
@@ -30,7 +33,12 @@ impl ConnConfig {
     fn options(&self) -> ConnectOptions {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(self.dial_timeout)
-            .with_keep_alive(self.keepalive_time, self.keepalive_timeout);
+            // grpc-go (etcdctl's client) never pings more often than every
+            // 10 s whatever --keepalive-time says, and etcd's servers
+            // enforce a 5 s minimum (--grpc-keepalive-min-time): a client
+            // pinging every 2 s through a long call (a defragmentation) is
+            // sent GOAWAY "too many pings" and the call fails.
+            .with_keep_alive(self.keepalive_time.max(MIN_KEEPALIVE_TIME), self.keepalive_timeout);
         if let Some((user, password)) = &self.user {
             options = options.with_user(user.clone(), password.clone());
         }
