@@ -94,6 +94,8 @@ pub struct Node {
     pub alarms: Arc<crate::alarm::Alarms>,
     /// `--quota-backend-bytes` in force; None: no quota.
     pub quota: Option<u64>,
+    /// When the size the quota checks was last read, and that size.
+    quota_size: parking_lot::Mutex<(Option<std::time::Instant>, u64)>,
     pub election_timeout: Duration,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
@@ -388,6 +390,7 @@ impl Node {
             snapshots,
             alarms,
             quota: cfg.quota(),
+            quota_size: parking_lot::Mutex::new((None, 0)),
             election_timeout: Duration::from_millis(cfg.election_timeout),
             max_request_bytes: cfg.max_request_bytes,
             max_txn_ops: cfg.max_txn_ops,
@@ -625,7 +628,7 @@ impl Node {
     /// the applier refuses it anyway.
     pub async fn check_quota(&self, cost: u64) -> Result<(), Error> {
         let Some(quota) = self.quota else { return Ok(()) };
-        if cost == 0 || self.engine.state_size().total + cost < quota {
+        if cost == 0 || self.quota_size() + cost < quota {
             return Ok(());
         }
         if !self.alarms.has(crate::alarm::NOSPACE) {
@@ -639,6 +642,18 @@ impl Node {
             }
         }
         Err(Error::NoSpace)
+    }
+
+    /// The database size the quota checks against, read from the engine at
+    /// most every 50 ms: its properties take RocksDB's mutex, too much for
+    /// every put (etcd reads an atomic).
+    fn quota_size(&self) -> u64 {
+        const FRESH: Duration = Duration::from_millis(50);
+        let mut cached = self.quota_size.lock();
+        if cached.0.is_none_or(|at| at.elapsed() > FRESH) {
+            *cached = (Some(std::time::Instant::now()), self.engine.state_size().total);
+        }
+        cached.1
     }
 
     /// Learners serve Status and serializable reads only.
