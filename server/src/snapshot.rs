@@ -82,7 +82,7 @@ impl Snapshots {
             std::fs::remove_dir_all(&dir).map_err(|e| io("clean", &dir, e))?;
         }
         let engine = self.engine.checkpoint(&dir)?;
-        Ok(ClientCheckpoint { engine: Some(engine), dir })
+        Ok(ClientCheckpoint { engine, _dir: RemovedOnDrop(dir) })
     }
 
     /// The checkpoint made for `index`, if still kept.
@@ -189,23 +189,24 @@ impl SnapshotSource for Snapshots {
     }
 }
 
-/// A checkpoint taken for a client; its files go when it is dropped.
+/// A checkpoint taken for a client; its files go when it is dropped. The
+/// fields drop in order: the engine closes before its directory goes.
 pub struct ClientCheckpoint {
-    engine: Option<Arc<dyn Engine>>,
-    dir: PathBuf,
+    engine: Arc<dyn Engine>,
+    _dir: RemovedOnDrop,
 }
 
 impl ClientCheckpoint {
     pub fn engine(&self) -> &dyn Engine {
-        // Some until dropped.
-        self.engine.as_deref().expect("the checkpoint is open until dropped")
+        self.engine.as_ref()
     }
 }
 
-impl Drop for ClientCheckpoint {
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
     fn drop(&mut self) {
-        self.engine = None;
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
