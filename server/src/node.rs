@@ -302,6 +302,8 @@ impl Node {
         let data_dir = PathBuf::from(cfg.data_dir());
         let db = prepare_data_dir(&data_dir)?;
         let engine: Arc<dyn Engine> = Arc::new(RocksEngine::open(&db)?);
+        // First: it completes a snapshot install that a stop interrupted.
+        let snapshots = Arc::new(Snapshots::open(data_dir.join("member").join("raft-snapshots"), engine.clone())?);
         let membership = Arc::new(Membership::default());
         let learned: Learned = Learned::default();
 
@@ -341,7 +343,6 @@ impl Node {
         let hub = Arc::new(WatchHub::new(store.clone(), header, cfg.max_request_bytes));
         let alarms = Arc::new(crate::alarm::Alarms::default());
         alarms.load(engine.as_ref())?;
-        let snapshots = Arc::new(Snapshots::open(data_dir.join("member").join("raft-snapshots"), engine.clone())?);
         let applier = Applier::new(
             id,
             engine.clone(),

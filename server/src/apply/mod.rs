@@ -26,7 +26,7 @@ use crate::alarm::{self, Alarms};
 use crate::error::Error;
 use crate::lease::Lessor;
 use crate::membership::{Member, Membership};
-use crate::mvcc::{MvccError, RangeEnd, RangeOptions, Store};
+use crate::mvcc::{MvccError, Store};
 use crate::raft::StateMachine;
 use crate::snapshot::Snapshots;
 use crate::storage::{Cf, Engine, StorageError, WriteBatch};
@@ -109,10 +109,10 @@ pub fn bootstrap(index: u64, batch: &mut WriteBatch) {
 
 /// Loads the leases and the keys attached to them from the store.
 pub fn load_leases(engine: &dyn Engine, store: &Store, lessor: &Lessor) -> Result<(), StorageError> {
-    let all = store
-        .range(&[0], &RangeEnd::Infinity, &RangeOptions::default())
+    let attached = store
+        .leased_keys()
         .map_err(|e| StorageError::Engine(format!("cannot read the keys attached to leases: {e}")))?;
-    lessor.load(engine, all.kvs.into_iter().filter(|kv| kv.lease != 0).map(|kv| (kv.key, kv.lease)))
+    lessor.load(engine, attached)
 }
 
 /// Reads the applied index persisted with the state.
@@ -260,12 +260,9 @@ impl StateMachine for Applier {
         Ok(())
     }
 
-    fn restore(&mut self, snapshot: &Snapshot, mut batch: WriteBatch) -> Result<(), StorageError> {
+    fn restore(&mut self, snapshot: &Snapshot, raft: WriteBatch) -> Result<(), StorageError> {
         let index = snapshot.get_metadata().index;
-        self.snapshots.load(index, &mut batch)?;
-        batch.put(Cf::Meta, META_APPLIED, index.to_be_bytes().to_vec());
-        self.engine.write(batch, true)?;
-        self.snapshots.discard_incoming(index);
+        self.snapshots.install(index, raft)?;
         self.applied = index;
         self.store.reload().map_err(|e| StorageError::Engine(format!("reloading the store after a snapshot: {e}")))?;
         load_leases(self.engine.as_ref(), &self.store, &self.lessor)?;

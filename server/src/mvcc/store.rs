@@ -212,6 +212,26 @@ impl Store {
         self.index.read().keys.len()
     }
 
+    /// The live keys attached to a lease, with their lease, read one value
+    /// at a time (at start-up and after a raft snapshot: the values of a
+    /// large store must not all be held at once).
+    pub fn leased_keys(&self) -> Result<Vec<(Vec<u8>, i64)>> {
+        let revs = {
+            let idx = self.index.read();
+            idx.visible(&[0], &RangeEnd::Infinity, idx.current)
+        };
+        let mut attached = Vec::new();
+        for rev in revs {
+            if let Some(v) = self.engine.get(Cf::Kv, &rev.to_bytes(false))? {
+                let kv = decode(&v)?;
+                if kv.lease != 0 {
+                    attached.push((kv.key, kv.lease));
+                }
+            }
+        }
+        Ok(attached)
+    }
+
     /// Reads a range at a revision.
     pub fn range(&self, key: &[u8], end: &RangeEnd, opts: &RangeOptions) -> Result<RangeResult> {
         self.read(key, end, opts, None, &HashMap::new())

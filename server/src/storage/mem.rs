@@ -5,7 +5,7 @@ use std::ops::Bound;
 
 use parking_lot::Mutex;
 
-use super::{Cf, CfSize, Engine, Result, WriteBatch, WriteOp};
+use super::{Cf, CfSize, Engine, Result, SortedFile, StorageError, WriteBatch, WriteOp};
 
 /// A key in one column family.
 type CfKey = (Cf, Vec<u8>);
@@ -89,8 +89,90 @@ impl Engine for MemEngine {
         Ok(())
     }
 
+    fn sorted_file(&self, path: &std::path::Path, clear: &[(Vec<u8>, Vec<u8>)]) -> Result<Box<dyn SortedFile>> {
+        let file = std::fs::File::create(path).map_err(|e| file_error(path, e))?;
+        let mut f = MemSortedFile { out: std::io::BufWriter::new(file), path: path.to_path_buf(), last: None };
+        f.field(&(clear.len() as u32).to_be_bytes())?;
+        for (start, end) in clear {
+            f.field(start)?;
+            f.field(end)?;
+        }
+        Ok(Box::new(f))
+    }
+
+    fn ingest(&self, cf: Cf, path: &std::path::Path) -> Result<()> {
+        let bytes = std::fs::read(path).map_err(|e| file_error(path, e))?;
+        let mut fields = Fields(&bytes);
+        let mut batch = WriteBatch::default();
+        let clear = fields.next().and_then(|n| n.try_into().ok()).map(u32::from_be_bytes).unwrap_or(0);
+        for _ in 0..clear {
+            if let (Some(start), Some(end)) = (fields.next(), fields.next()) {
+                batch.delete_range(cf, start, end);
+            }
+        }
+        while let (Some(k), Some(v)) = (fields.next(), fields.next()) {
+            batch.put(cf, k, v);
+        }
+        self.write(batch, true)
+    }
+
     fn cf_size(&self, cf: Cf) -> CfSize {
         let total = self.cfs.lock().iter().filter(|((c, _), _)| *c == cf).map(|((_, k), v)| (k.len() + v.len()) as u64).sum();
         CfSize { total, live: total }
+    }
+}
+
+fn file_error(path: &std::path::Path, e: std::io::Error) -> StorageError {
+    StorageError::Engine(format!("sorted file {}: {e}", path.display()))
+}
+
+/// A sorted file of the in-memory engine: the ranges to clear, then keys
+/// and values, each field length-prefixed.
+struct MemSortedFile {
+    out: std::io::BufWriter<std::fs::File>,
+    path: std::path::PathBuf,
+    last: Option<Vec<u8>>,
+}
+
+impl MemSortedFile {
+    fn field(&mut self, bytes: &[u8]) -> Result<()> {
+        use std::io::Write;
+        self.out.write_all(&(bytes.len() as u32).to_be_bytes()).map_err(|e| file_error(&self.path, e))?;
+        self.out.write_all(bytes).map_err(|e| file_error(&self.path, e))
+    }
+}
+
+impl SortedFile for MemSortedFile {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        // The same contract as RocksDB's SST writer.
+        if self.last.as_deref().is_some_and(|last| key <= last) {
+            return Err(StorageError::Engine(format!("sorted file {}: keys must be added in strictly increasing order", self.path.display())));
+        }
+        self.last = Some(key.to_vec());
+        self.field(key)?;
+        self.field(value)
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        use std::io::Write;
+        self.out.flush().map_err(|e| file_error(&self.path, e))
+    }
+}
+
+/// Reads length-prefixed fields.
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let (len, rest) = self.0.split_first_chunk::<4>()?;
+        let len = u32::from_be_bytes(*len) as usize;
+        if rest.len() < len {
+            return None;
+        }
+        let (field, rest) = rest.split_at(len);
+        self.0 = rest;
+        Some(field)
     }
 }

@@ -127,4 +127,24 @@ pub trait Engine: Send + Sync + 'static {
     /// `dir` (which must not exist yet) and opened: what a lagging member
     /// is sent as a raft snapshot.
     fn checkpoint(&self, dir: &std::path::Path) -> Result<std::sync::Arc<dyn Engine>>;
+
+    /// Starts a sorted file at `path` for `ingest`: once ingested into a
+    /// column family, it deletes the ranges `clear` (`[start, end)`) of
+    /// what was there and holds the keys put into it, all at once.
+    fn sorted_file(&self, path: &std::path::Path, clear: &[(Vec<u8>, Vec<u8>)]) -> Result<Box<dyn SortedFile>>;
+
+    /// Ingests a finished sorted file into `cf` atomically (RocksDB's
+    /// external SST ingestion: the file becomes part of the database
+    /// without passing through memory). The file stays at `path`, so an
+    /// interrupted ingestion can be done again.
+    fn ingest(&self, cf: Cf, path: &std::path::Path) -> Result<()>;
+}
+
+/// A sorted file in the making (see `Engine::sorted_file`).
+pub trait SortedFile: Send {
+    /// Adds a key, which must sort after every key added before it.
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()>;
+
+    /// Completes the file, durably.
+    fn finish(self: Box<Self>) -> Result<()>;
 }

@@ -7,7 +7,7 @@ use rocksdb::{
     ReadOptions, WriteOptions,
 };
 
-use super::{Cf, CfSize, Engine, Result, StorageError, WriteBatch, WriteOp};
+use super::{Cf, CfSize, Engine, Result, SortedFile, StorageError, WriteBatch, WriteOp};
 
 pub struct RocksEngine {
     db: DB,
@@ -31,6 +31,43 @@ fn cf_options(cache: &Cache, cf: Cf) -> Options {
     opts.set_max_write_buffer_number(2);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
     opts
+}
+
+/// Options of the sorted files written for ingestion: the column
+/// families' table format and compression (writing needs no block cache).
+fn sst_options() -> &'static Options {
+    static OPTS: std::sync::OnceLock<Options> = std::sync::OnceLock::new();
+    OPTS.get_or_init(|| {
+        let mut opts = Options::default();
+        let mut table = BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        opts.set_block_based_table_factory(&table);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts
+    })
+}
+
+/// An external SST file in the making. RocksDB refuses keys out of order.
+struct SstFile {
+    writer: rocksdb::SstFileWriter<'static>,
+    path: PathBuf,
+}
+
+impl SortedFile for SstFile {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.writer.put(key, value).map_err(|e| sst_error(&self.path, e))
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        self.writer.finish().map_err(|e| sst_error(&self.path, e))?;
+        std::fs::File::open(&self.path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StorageError::Engine(format!("cannot sync {}: {e}", self.path.display())))
+    }
+}
+
+fn sst_error(path: &Path, e: rocksdb::Error) -> StorageError {
+    StorageError::Engine(format!("sorted file {}: {}", path.display(), e.into_string()))
 }
 
 /// Spare WAL files RocksDB keeps for reuse instead of deleting them.
@@ -218,6 +255,30 @@ impl Engine for RocksEngine {
         let cp = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(engine_error)?;
         cp.create_checkpoint(dir).map_err(engine_error)?;
         Ok(std::sync::Arc::new(RocksEngine::open_with(dir, 0)?))
+    }
+
+    fn sorted_file(&self, path: &Path, clear: &[(Vec<u8>, Vec<u8>)]) -> Result<Box<dyn SortedFile>> {
+        let mut writer = rocksdb::SstFileWriter::create(sst_options());
+        writer.open(path).map_err(|e| sst_error(path, e))?;
+        for (start, end) in clear {
+            // Deletes what the database holds, never the file's own keys.
+            writer.delete_range(start, end).map_err(|e| sst_error(path, e))?;
+        }
+        Ok(Box::new(SstFile { writer, path: path.to_path_buf() }))
+    }
+
+    fn ingest(&self, cf: Cf, path: &Path) -> Result<()> {
+        // RocksDB moves (hard-links, then unlinks) what it ingests: give it
+        // a second link, so the file stays where it is.
+        let link = path.with_extension("ingesting");
+        let _ = std::fs::remove_file(&link);
+        std::fs::hard_link(path, &link)
+            .map_err(|e| StorageError::Engine(format!("cannot link {} for ingestion: {e}", path.display())))?;
+        let mut opts = rocksdb::IngestExternalFileOptions::default();
+        opts.set_move_files(true);
+        let done = self.db.ingest_external_file_cf_opts(self.handle(cf)?, &opts, vec![&link]);
+        let _ = std::fs::remove_file(&link);
+        done.map_err(|e| sst_error(path, e))
     }
 
     fn cf_size(&self, cf: Cf) -> CfSize {
