@@ -124,30 +124,66 @@ fn go_bytes(b: &[u8]) -> String {
     format!("[{}]", parts.join(" "))
 }
 
-/// Checks a file's trailing SHA-256 against its payload (etcd's rule: a
-/// file carries a hash when its size modulo 512 is 32). Returns the
-/// payload's length.
-pub fn verify_hash(mut file: impl Read, size: u64, mut progress: impl FnMut(u64)) -> Result<u64, FormatError> {
-    if size % ALIGN != HASH_LEN as u64 {
-        return Err(FormatError::MissingHash);
+/// Whether a file of `size` bytes carries a trailing hash (etcd's rule: a
+/// file does when its size modulo 512 is 32); its payload's length if so.
+pub fn hashed_payload_len(size: u64) -> Option<u64> {
+    (size % ALIGN == HASH_LEN as u64).then(|| size - HASH_LEN as u64)
+}
+
+/// Hashes what is read through it: the payload, read once for both its
+/// records and its hash. `verify` then reads the hash that follows.
+pub struct Hashing<R> {
+    inner: R,
+    hash: Sha256,
+    read: u64,
+}
+
+impl<R: Read> Hashing<R> {
+    pub fn new(inner: R) -> Self {
+        Self { inner, hash: Sha256::new(), read: 0 }
     }
-    let payload = size - HASH_LEN as u64;
-    let mut hash = Sha256::new();
+
+    /// Bytes read (and hashed) so far.
+    pub fn read_bytes(&self) -> u64 {
+        self.read
+    }
+
+    /// Reads the SHA-256 that follows the payload and compares it with the
+    /// hash of what was read.
+    pub fn verify(mut self) -> Result<(), FormatError> {
+        let mut expected = [0u8; HASH_LEN];
+        self.inner.read_exact(&mut expected)?;
+        let got: [u8; HASH_LEN] = self.hash.finalize().into();
+        if got != expected {
+            return Err(FormatError::HashMismatch { expected: go_bytes(&expected), got: go_bytes(&got) });
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// Checks a file's trailing SHA-256 against its payload. Returns the
+/// payload's length.
+pub fn verify_hash(file: impl Read, size: u64, mut progress: impl FnMut(u64)) -> Result<u64, FormatError> {
+    let payload = hashed_payload_len(size).ok_or(FormatError::MissingHash)?;
+    let mut input = Hashing::new(file);
     let mut left = payload;
     let mut buf = vec![0u8; 1 << 20];
     while left > 0 {
         let n = left.min(buf.len() as u64) as usize;
-        file.read_exact(&mut buf[..n])?;
-        hash.update(&buf[..n]);
+        input.read_exact(&mut buf[..n])?;
         left -= n as u64;
         progress(payload - left);
     }
-    let mut expected = [0u8; HASH_LEN];
-    file.read_exact(&mut expected)?;
-    let got: [u8; HASH_LEN] = hash.finalize().into();
-    if got != expected {
-        return Err(FormatError::HashMismatch { expected: go_bytes(&expected), got: go_bytes(&got) });
-    }
+    input.verify()?;
     Ok(payload)
 }
 

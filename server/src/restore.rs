@@ -28,7 +28,7 @@ use crate::peer::proto::Record;
 use crate::config::{Config, split_urls};
 use crate::node::{StartError, bootstrap, prepare_data_dir};
 use crate::storage::rocks::RocksEngine;
-use crate::storage::{Cf, Engine, StorageError, WriteBatch};
+use crate::storage::{Cf, Engine, SortedFile, StorageError, WriteBatch};
 
 #[derive(Debug, Clone)]
 pub struct RestoreConfig {
@@ -108,19 +108,26 @@ pub fn restore(cfg: &RestoreConfig, progress: &mut dyn FnMut(u64, u64)) -> Resul
     (&mut file).take(64).read_to_end(&mut head).map_err(io("read", &cfg.snapshot))?;
     let from_etcd = bbolt::looks_like_bbolt(&head);
     file.rewind().map_err(io("read", &cfg.snapshot))?;
-    let payload = if cfg.skip_hash_check {
-        if size % backup::ALIGN == backup::HASH_LEN as u64 { size - backup::HASH_LEN as u64 } else { size }
+    let check_hash = !cfg.skip_hash_check;
+    let (source, done_before, total) = if from_etcd {
+        // bbolt is read in place, in page order: its hash takes a pass of
+        // its own, first.
+        if check_hash {
+            backup::verify_hash(BufReader::new(&mut file), size, |done| progress(done, 2 * size))?;
+        }
+        (Source::Etcd(&cfg.snapshot), size, 2 * size)
     } else {
-        backup::verify_hash(BufReader::new(&mut file), size, |done| progress(done, 2 * size))?
+        if check_hash && backup::hashed_payload_len(size).is_none() {
+            return Err(FormatError::MissingHash.into());
+        }
+        (Source::Raftkv { file, size, check_hash }, 0, size)
     };
-    file.rewind().map_err(io("read", &cfg.snapshot))?;
-    let source = if from_etcd { Source::Etcd(&cfg.snapshot) } else { Source::Raftkv(BufReader::new(file.take(payload))) };
 
     let staging = staging_dir(&cfg.data_dir);
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(io("clean", &staging))?;
     }
-    let result = load(&server_cfg, source, &staging, &mut |done| progress(size + done, 2 * size));
+    let result = load(&server_cfg, source, &staging, &mut |done| progress(done_before + done, total));
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
@@ -133,10 +140,10 @@ pub fn restore(cfg: &RestoreConfig, progress: &mut dyn FnMut(u64, u64)) -> Resul
     Ok(())
 }
 
-/// Where the state comes from: raftkv's own snapshot file (its payload),
-/// or an etcd snapshot (a bbolt file, read in place).
-enum Source<'a, R> {
-    Raftkv(R),
+/// Where the state comes from: raftkv's own snapshot file, or an etcd
+/// snapshot (a bbolt file, read in place).
+enum Source<'a> {
+    Raftkv { file: File, size: u64, check_hash: bool },
     Etcd(&'a Path),
 }
 
@@ -146,71 +153,113 @@ fn staging_dir(data_dir: &Path) -> PathBuf {
     data_dir.with_file_name(name)
 }
 
-/// Counts the bytes read through it.
-struct Counted<R> {
-    inner: R,
-    read: u64,
-}
+/// Progress is told every this many bytes.
+const PROGRESS_BYTES: u64 = 4 << 20;
 
-impl<R: Read> Read for Counted<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.read += n as u64;
-        Ok(n)
-    }
-}
-
-/// Writes records in batches of about BATCH_BYTES.
-struct Batcher<'a> {
+/// Writes the records. The key-value revisions, the bulk of a snapshot and
+/// in key order, go into one sorted file that RocksDB ingests at the end
+/// (no memtable, no WAL: the restore's cost is one write of the data); the
+/// meta records go in batches of about BATCH_BYTES.
+struct Writer<'a> {
     engine: &'a RocksEngine,
-    batch: WriteBatch,
-    bytes: usize,
+    kv: Option<Box<dyn SortedFile>>,
+    kv_path: PathBuf,
+    kv_keys: u64,
+    meta: WriteBatch,
+    meta_bytes: usize,
     /// Bytes of records written so far.
     total: u64,
+    told: u64,
 }
 
-impl Batcher<'_> {
+impl<'a> Writer<'a> {
+    fn new(engine: &'a RocksEngine, dir: &Path) -> Result<Self, StorageError> {
+        let kv_path = dir.join("restore-kv.sst");
+        let kv = Some(engine.sorted_file(&kv_path, &[])?);
+        Ok(Self { engine, kv, kv_path, kv_keys: 0, meta: WriteBatch::default(), meta_bytes: 0, total: 0, told: 0 })
+    }
+
     fn put(&mut self, r: Record) -> Result<(), StorageError> {
         let Some(cf) = backup::cf_of(r.cf) else { return Ok(()) };
-        if cf == Cf::Meta && !carried_over(&r.key) {
-            return Ok(());
-        }
         let n = r.key.len() + r.value.len();
-        self.bytes += n;
-        self.total += n as u64;
-        self.batch.put(cf, r.key, r.value);
-        if self.bytes >= BATCH_BYTES {
-            self.flush()?;
+        match cf {
+            Cf::Kv => {
+                if let Some(kv) = self.kv.as_mut() {
+                    kv.put(&r.key, &r.value)?;
+                }
+                self.kv_keys += 1;
+            }
+            _ if !carried_over(&r.key) => return Ok(()),
+            _ => {
+                self.meta_bytes += n;
+                self.meta.put(cf, r.key, r.value);
+                if self.meta_bytes >= BATCH_BYTES {
+                    self.meta_bytes = 0;
+                    self.engine.write(std::mem::take(&mut self.meta), false)?;
+                }
+            }
         }
+        self.total += n as u64;
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), StorageError> {
-        self.bytes = 0;
-        self.engine.write(std::mem::take(&mut self.batch), false)
+    /// True every PROGRESS_BYTES written.
+    fn progress_due(&mut self) -> bool {
+        let due = self.total >= self.told + PROGRESS_BYTES;
+        if due {
+            self.told = self.total;
+        }
+        due
+    }
+
+    fn finish(mut self) -> Result<(), StorageError> {
+        self.engine.write(std::mem::take(&mut self.meta), false)?;
+        if let Some(kv) = self.kv.take() {
+            // RocksDB makes no file of nothing.
+            if self.kv_keys > 0 {
+                kv.finish()?;
+                self.engine.ingest(Cf::Kv, &self.kv_path)?;
+            }
+        }
+        let _ = std::fs::remove_file(&self.kv_path);
+        Ok(())
     }
 }
 
-fn load<R: Read>(cfg: &Config, source: Source<'_, R>, dir: &Path, progress: &mut dyn FnMut(u64)) -> Result<(), RestoreError> {
+fn load(cfg: &Config, source: Source<'_>, dir: &Path, progress: &mut dyn FnMut(u64)) -> Result<(), RestoreError> {
     let db = prepare_data_dir(dir)?;
     let engine = RocksEngine::open(&db)?;
-    let mut out = Batcher { engine: &engine, batch: WriteBatch::default(), bytes: 0, total: 0 };
+    let mut out = Writer::new(&engine, dir)?;
     match source {
-        Source::Raftkv(payload) => {
-            let mut input = Counted { inner: payload, read: 0 };
-            let mut decoder = backup::Decoder::new(&mut input)?;
-            while let Some(r) = decoder.next_record()? {
-                out.put(r)?;
-                if out.bytes == 0 {
-                    progress(decoder.get_ref().read);
+        Source::Raftkv { file, size, check_hash } => {
+            let payload = backup::hashed_payload_len(size).unwrap_or(size);
+            let mut input = backup::Hashing::new(BufReader::with_capacity(1 << 20, file));
+            let decoded = (|| -> Result<(), RestoreError> {
+                let mut decoder = backup::Decoder::new((&mut input).take(payload))?;
+                while let Some(r) = decoder.next_record()? {
+                    out.put(r)?;
+                    if out.progress_due() {
+                        progress(decoder.get_ref().get_ref().read_bytes());
+                    }
                 }
+                Ok(())
+            })();
+            if check_hash {
+                // A damaged file is told by its hash, as etcdutl tells it,
+                // whatever the damage made of its records: the rest of the
+                // payload is hashed before the records' error is given.
+                let left = payload.saturating_sub(input.read_bytes());
+                std::io::copy(&mut (&mut input).take(left), &mut std::io::sink()).map_err(FormatError::Io)?;
+                input.verify()?;
             }
+            decoded?;
+            progress(payload);
         }
         Source::Etcd(path) => {
             let bolt = bbolt::Db::open(path)?;
             let summary = etcd_import::import(&bolt, &mut |r| {
                 out.put(r)?;
-                if out.bytes == 0 {
+                if out.progress_due() {
                     progress(out.total);
                 }
                 Ok(())
@@ -218,7 +267,7 @@ fn load<R: Read>(cfg: &Config, source: Source<'_, R>, dir: &Path, progress: &mut
             tracing::info!(?summary, "imported an etcd snapshot");
         }
     }
-    out.flush()?;
+    out.finish()?;
     bootstrap(cfg, &split_urls(&cfg.initial_advertise_peer_urls), &engine)?;
     Ok(())
 }
