@@ -96,13 +96,8 @@ impl PbWatchService for WatchService {
                         }
                     }
                     // Only when nothing older is still on its way.
-                    Some(RequestUnion::ProgressRequest(_)) if hub.stream_synced(stream) => {
-                        let r = WatchResponse { header, watch_id: -1, ..Default::default() };
-                        if tx.send(r).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(RequestUnion::CancelRequest(_)) | Some(RequestUnion::ProgressRequest(_)) => {}
+                    Some(RequestUnion::ProgressRequest(_)) => hub.request_progress(stream, &tx),
+                    Some(RequestUnion::CancelRequest(_)) => {}
                     None => {}
                 }
             }

@@ -52,11 +52,21 @@ pub struct WatchHub {
     header: Box<dyn Fn(i64) -> PbResponseHeader + Send + Sync>,
     max_response_bytes: usize,
     wake: tokio::sync::Notify,
+    /// Streams whose progress request waits until their watchers have
+    /// caught up (etcd's deferred progress), with where to answer.
+    deferred: Mutex<HashMap<u64, mpsc::Sender<WatchResponse>>>,
 }
 
 impl WatchHub {
     pub fn new(store: Arc<Store>, header: Box<dyn Fn(i64) -> PbResponseHeader + Send + Sync>, max_response_bytes: usize) -> Self {
-        Self { store, watchers: Mutex::new(HashMap::new()), header, max_response_bytes, wake: tokio::sync::Notify::new() }
+        Self {
+            store,
+            watchers: Mutex::new(HashMap::new()),
+            header,
+            max_response_bytes,
+            wake: tokio::sync::Notify::new(),
+            deferred: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Registers a watcher; the caller has already sent its "created"
@@ -89,14 +99,59 @@ impl WatchHub {
         self.watchers.lock().contains_key(&key)
     }
 
-    /// Whether every watcher of a stream has seen every revision (so a
-    /// progress notification cannot get ahead of undelivered events).
-    pub fn stream_synced(&self, stream: u64) -> bool {
-        self.watchers.lock().iter().all(|((s, _), w)| *s != stream || w.synced)
+    /// The revision a progress notification may tell `stream`: every event
+    /// up to it has been sent to the stream's watchers. None while one of
+    /// them is catching up. Not simply the current revision: the applier
+    /// makes a revision current before it publishes its events, and a
+    /// progress notification must never get ahead of an event.
+    fn stream_progress(&self, watchers: &HashMap<WatcherKey, Watcher>, stream: u64) -> Option<i64> {
+        let mut rev = self.store.current_revision();
+        for ((s, _), w) in watchers {
+            if *s == stream {
+                if !w.synced {
+                    return None;
+                }
+                rev = rev.min(w.next_rev - 1);
+            }
+        }
+        Some(rev)
+    }
+
+    fn progress_response(&self, rev: i64) -> WatchResponse {
+        // etcd answers a progress request with watch id -1.
+        WatchResponse { header: Some((self.header)(rev)), watch_id: -1, ..Default::default() }
+    }
+
+    /// A client's progress request on `stream`: answered at once when its
+    /// watchers have sent everything, otherwise as soon as they have (as
+    /// etcd does from 3.4.31 and 3.5.13; before, it dropped the request,
+    /// and a client waiting for the answer waited for ever). Requests made
+    /// while one is deferred are answered by the same response.
+    pub fn request_progress(&self, stream: u64, tx: &mpsc::Sender<WatchResponse>) {
+        let watchers = self.watchers.lock();
+        if let Some(rev) = self.stream_progress(&watchers, stream)
+            && tx.try_send(self.progress_response(rev)).is_ok()
+        {
+            return;
+        }
+        self.deferred.lock().insert(stream, tx.clone());
+        self.wake.notify_one();
+    }
+
+    /// Answers the deferred progress requests of streams now caught up.
+    fn answer_deferred(&self) {
+        let watchers = self.watchers.lock();
+        self.deferred.lock().retain(|stream, tx| match self.stream_progress(&watchers, *stream) {
+            _ if tx.is_closed() => false,
+            // Kept while the stream is full.
+            Some(rev) => tx.try_send(self.progress_response(rev)).is_err(),
+            None => true,
+        });
     }
 
     pub fn remove_stream(&self, stream: u64) {
         self.watchers.lock().retain(|(s, _), _| *s != stream);
+        self.deferred.lock().remove(&stream);
     }
 
     pub fn len(&self) -> usize {
@@ -201,6 +256,7 @@ impl WatchHub {
                 _ = stop.wait_for(|s| *s) => return,
             }
             self.catch_up();
+            self.answer_deferred();
         }
     }
 
@@ -288,9 +344,11 @@ impl WatchHub {
     /// progress notifications.
     pub fn notify_progress(&self) {
         let watchers = self.watchers.lock();
-        let rev = self.store.current_revision();
+        let current = self.store.current_revision();
         for ((_, id), w) in watchers.iter() {
             if w.synced && w.spec.progress_notify {
+                // Never ahead of an event this watcher has yet to get.
+                let rev = current.min(w.next_rev - 1);
                 let _ = w.tx.try_send(WatchResponse { header: Some((self.header)(rev)), watch_id: *id, ..Default::default() });
             }
         }
@@ -372,5 +430,63 @@ mod tests {
         let next = put(&store, &hub, "k1");
         hub.catch_up();
         assert_eq!(revisions(&mut rx), vec![missed, next]);
+    }
+
+    /// The progress responses (no events, watch id -1) and their revisions.
+    fn progress(rx: &mut mpsc::Receiver<WatchResponse>) -> (Vec<i64>, Vec<i64>) {
+        let (mut events, mut progress) = (Vec::new(), Vec::new());
+        while let Ok(r) = rx.try_recv() {
+            if r.events.is_empty() && r.watch_id == -1 {
+                progress.push(r.header.map_or(0, |h| h.revision));
+            }
+            events.extend(r.events.iter().filter_map(|e| e.kv.as_ref()).map(|kv| kv.mod_revision));
+        }
+        (events, progress)
+    }
+
+    #[test]
+    fn a_progress_request_waits_for_a_catching_up_watcher_then_follows_its_events() {
+        let (store, hub) = hub();
+        let written: Vec<i64> = (0..3).map(|i| put(&store, &hub, &format!("k{i}"))).collect();
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut from_start = spec("k");
+        from_start.start_rev = written[0];
+        hub.add((1, 0), from_start, tx.clone());
+        hub.request_progress(1, &tx);
+        assert_eq!(progress(&mut rx), (vec![], vec![]), "answered before the watcher caught up");
+        hub.catch_up();
+        hub.answer_deferred();
+        // The events first, then the progress at the last of them.
+        assert_eq!(progress(&mut rx), (written.clone(), vec![written[2]]));
+        // Caught up: answered at once, and only once.
+        hub.answer_deferred();
+        hub.request_progress(1, &tx);
+        assert_eq!(progress(&mut rx), (vec![], vec![written[2]]));
+    }
+
+    #[test]
+    fn progress_never_gets_ahead_of_a_revision_not_yet_published() {
+        let (store, hub) = hub();
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut w = spec("k");
+        w.progress_notify = true;
+        hub.add((1, 0), w, tx.clone());
+        let published = put(&store, &hub, "k0");
+        // The applier made the next revision current and has not published
+        // its events yet.
+        let mut txn = store.write();
+        txn.put(b"k1", b"v".to_vec(), 0);
+        let changes = txn.commit(WriteBatch::default()).expect("commit");
+        hub.request_progress(1, &tx);
+        let (events, revs) = progress(&mut rx);
+        assert_eq!(events, vec![published]);
+        assert_eq!(revs, vec![published], "the progress request told a revision whose event was not sent");
+        // The periodic notification (the watcher's own id) neither.
+        hub.notify_progress();
+        let periodic: Vec<i64> = std::iter::from_fn(|| rx.try_recv().ok()).map(|r| r.header.map_or(0, |h| h.revision)).collect();
+        assert_eq!(periodic, vec![published]);
+        hub.notify(changes[0].kv.mod_revision, &changes);
+        hub.request_progress(1, &tx);
+        assert_eq!(progress(&mut rx), (vec![published + 1], vec![published + 1]));
     }
 }
