@@ -343,6 +343,16 @@ struct StatusObs {
     db_size: i64,
 }
 
+/// The raftkv version a member runs, from its Status version: raftkv tells
+/// the etcd version it implements with its own as build metadata
+/// (`3.4.31+raftkv.0.1.0`). Any other version is shown as it is.
+pub fn raftkv_version(status_version: &str) -> &str {
+    match status_version.split_once("+raftkv.") {
+        Some((_, own)) if !own.is_empty() => own,
+        _ => status_version,
+    }
+}
+
 /// Status on the first of `urls` that answers; None if none does (a
 /// learner that has not started has no client URLs yet).
 async fn status_of(urls: Vec<String>) -> Option<StatusObs> {
@@ -356,7 +366,7 @@ async fn status_of(urls: Vec<String>) -> Option<StatusObs> {
                 leader: s.leader(),
                 raft_index: s.raft_index(),
                 applied_index: s.raft_applied_index(),
-                version: s.version().to_owned(),
+                version: raftkv_version(s.version()).to_owned(),
                 db_size: s.db_size(),
             });
         }
@@ -491,6 +501,15 @@ pub async fn execute(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_version_shown_is_raftkvs_own() {
+        assert_eq!(raftkv_version("3.4.31+raftkv.0.1.0"), "0.1.0");
+        assert_eq!(raftkv_version("3.4.31+raftkv.1.2.0-rc.1"), "1.2.0-rc.1");
+        assert_eq!(raftkv_version("3.5.13"), "3.5.13");
+        assert_eq!(raftkv_version("3.4.31+raftkv."), "3.4.31+raftkv.");
+    }
+
     use super::*;
 
     struct Names;

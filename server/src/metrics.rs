@@ -174,7 +174,7 @@ impl Collector for State {
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new(1i64).encode(m.encode_family(&[("server_version", crate::api::maintenance::API_VERSION)])?)?;
+        ConstGauge::new(1i64).encode(m.encode_family(&[("server_version", crate::api::maintenance::ETCD_VERSION)])?)?;
         Ok(())
     }
 }

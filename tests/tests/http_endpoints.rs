@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use raftkv_tests::{Server, selected_flavors};
+use raftkv_tests::{Flavor, Server, selected_flavors};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -66,6 +66,22 @@ async fn health_and_version_answer_like_etcd() -> anyhow::Result<()> {
                 "{}: /version has no {field:?}: {body}",
                 flavor.name()
             );
+        }
+        // Status tells the same server version (raftkv adds its own as
+        // semver build metadata, which version comparisons ignore).
+        let status = server.client().await?.status().await?.version().to_owned();
+        let server_version = version["etcdserver"].as_str().unwrap_or_default();
+        let (core, build) = status.split_once('+').unwrap_or((status.as_str(), ""));
+        ensure!(core == server_version, "{}: Status says {status:?}, /version {body}", flavor.name());
+        if flavor == Flavor::Raftkv {
+            let own = version["raftkv"].as_str().unwrap_or_default();
+            ensure!(
+                !own.is_empty() && build == format!("raftkv.{own}"),
+                "raftkv's Status version {status:?} does not carry its own version from /version {body}"
+            );
+            // kube-apiserver enables watch progress requests from 3.4.31.
+            let parts: Vec<u32> = core.split('.').map(|p| p.parse()).collect::<Result<_, _>>().with_context(|| format!("Status version {status:?}"))?;
+            ensure!(parts.len() == 3 && parts >= vec![3, 4, 31], "raftkv tells etcd version {core}, below 3.4.31");
         }
     }
     Ok(())

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use super::maintenance::API_VERSION;
+use super::maintenance::{ETCD_CLUSTER_VERSION, ETCD_VERSION, RAFTKV_VERSION};
 use crate::node::Node;
 
 pub fn router(node: Arc<Node>) -> Router {
@@ -40,9 +40,6 @@ async fn health(axum::extract::State(node): axum::extract::State<Arc<Node>>) -> 
 async fn version() -> impl IntoResponse {
     (
         [("content-type", "application/json")],
-        format!(
-            "{{\"etcdserver\":\"{API_VERSION}\",\"etcdcluster\":\"{API_VERSION}\",\"raftkv\":\"{}\"}}",
-            env!("CARGO_PKG_VERSION")
-        ),
+        format!("{{\"etcdserver\":\"{ETCD_VERSION}\",\"etcdcluster\":\"{ETCD_CLUSTER_VERSION}\",\"raftkv\":\"{RAFTKV_VERSION}\"}}"),
     )
 }

@@ -20,8 +20,27 @@ use crate::error::Error;
 use crate::node::Node;
 use crate::storage::Cf;
 
-/// The etcd API version raftkv speaks; clients show it as the server version.
-pub const API_VERSION: &str = "3.4.0";
+/// The etcd server version whose API and behaviour raftkv has: etcd 3.4,
+/// at the first patch release whose watch progress requests raftkv answers
+/// as it does (deferred until the watchers have caught up, never ahead of
+/// an event). kube-apiserver turns on its watch-progress features (and
+/// with them consistent reads from its watch cache) from 3.4.31; raftkv
+/// has nothing of 3.5 that 3.4 lacks (no Downgrade).
+pub const ETCD_VERSION: &str = "3.4.31";
+
+/// The cluster version, as etcd tells it (major.minor.0).
+pub const ETCD_CLUSTER_VERSION: &str = "3.4.0";
+
+/// raftkv's own version.
+pub const RAFTKV_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Status's version: the etcd version, with raftkv's own as semver build
+/// metadata (`3.4.31+raftkv.0.1.0`). Version comparisons ignore build
+/// metadata (semver; kube-apiserver's parser), so clients see etcd 3.4.31,
+/// and people and the operator read raftkv's version from the same field.
+pub fn status_version() -> String {
+    format!("{ETCD_VERSION}+raftkv.{RAFTKV_VERSION}")
+}
 
 pub struct MaintenanceService {
     node: Arc<Node>,
@@ -59,7 +78,7 @@ impl PbMaintenanceService for MaintenanceService {
         let size = node.engine.state_size();
         Ok(Response::new(StatusResponse {
             header: Some(node.header(0)),
-            version: API_VERSION.into(),
+            version: status_version(),
             db_size: size.total as i64,
             db_size_in_use: size.live as i64,
             leader: s.leader(),
