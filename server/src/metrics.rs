@@ -37,6 +37,34 @@ pub struct GrpcHandledLabels {
     grpc_code: &'static str,
 }
 
+/// The peer a member sends to, as etcd labels it (its id in hex).
+#[allow(non_snake_case)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerTo {
+    To: String,
+}
+
+impl PeerTo {
+    pub fn new(id: u64) -> Self {
+        Self { To: format!("{id:x}") }
+    }
+}
+
+/// The peer a member receives from.
+#[allow(non_snake_case)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerFrom {
+    From: String,
+}
+
+impl PeerFrom {
+    pub fn new(id: u64) -> Self {
+        Self { From: format!("{id:x}") }
+    }
+}
+
+type PeerHistograms = Family<PeerTo, Histogram, fn() -> Histogram>;
+
 /// The event-counting instruments.
 pub struct Instruments {
     pub leader_changes: Counter<u64, AtomicU64>,
@@ -45,6 +73,12 @@ pub struct Instruments {
     pub backend_commit: Histogram,
     grpc_started: Family<GrpcLabels, Counter>,
     grpc_handled: Family<GrpcHandledLabels, Counter>,
+    pub peer_rtt: PeerHistograms,
+    pub peer_sent_bytes: Family<PeerTo, Counter>,
+    pub peer_sent_failures: Family<PeerTo, Counter>,
+    pub peer_received_bytes: Family<PeerFrom, Counter>,
+    pub snapshot_send_success: Family<PeerTo, Counter>,
+    pub snapshot_send_failures: Family<PeerTo, Counter>,
 }
 
 pub static METRICS: LazyLock<Instruments> = LazyLock::new(|| Instruments {
@@ -55,6 +89,13 @@ pub static METRICS: LazyLock<Instruments> = LazyLock::new(|| Instruments {
     backend_commit: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
     grpc_started: Family::default(),
     grpc_handled: Family::default(),
+    // etcd's buckets: 0.1 ms to 3.2 s.
+    peer_rtt: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 16))),
+    peer_sent_bytes: Family::default(),
+    peer_sent_failures: Family::default(),
+    peer_received_bytes: Family::default(),
+    snapshot_send_success: Family::default(),
+    snapshot_send_failures: Family::default(),
 });
 
 /// Seconds since `start`, for the histograms.
@@ -212,6 +253,16 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
         "Total number of RPCs completed on the server, regardless of success or failure",
         m.grpc_handled.clone(),
     );
+    reg.register(
+        "etcd_network_peer_round_trip_time_seconds",
+        "Round-Trip-Time histogram between peers",
+        m.peer_rtt.clone(),
+    );
+    reg.register("etcd_network_peer_sent_bytes", "The total number of bytes sent to peers", m.peer_sent_bytes.clone());
+    reg.register("etcd_network_peer_sent_failures", "The total number of send failures from peers", m.peer_sent_failures.clone());
+    reg.register("etcd_network_peer_received_bytes", "The total number of bytes received from peers", m.peer_received_bytes.clone());
+    reg.register("etcd_network_snapshot_send_success", "Total number of successful snapshot sends", m.snapshot_send_success.clone());
+    reg.register("etcd_network_snapshot_send_failures", "Total number of snapshot send failures", m.snapshot_send_failures.clone());
     reg.register_collector(Box::new(state));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &reg)?;

@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use raftkv_tests::{Flavor, Server, selected_flavors};
+use raftkv_tests::cluster::{eventually, for_each_flavor};
+use raftkv_tests::{Cluster, Flavor, Server, selected_flavors};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -171,4 +172,54 @@ async fn metrics_have_etcds_names_and_move_with_load() -> anyhow::Result<()> {
         ensure!(value(&page, "etcd_server_has_leader", &[]) == Some(1.0), "{}: no metrics on {metrics_url}", flavor.name());
     }
     Ok(())
+}
+
+/// etcd's peer metrics on a 3-member cluster: bytes sent to and received
+/// from each peer move with writes; raftkv also measures the round trip to
+/// each peer at once (etcd observes its smoothed RTT every 30 s, too slow
+/// to wait for here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peer_metrics_move_with_replication() -> anyhow::Result<()> {
+    for_each_flavor(3, &[], async |cluster: &mut Cluster| {
+        let leader = cluster.leader().await?;
+        let peers: Vec<usize> = cluster.members().into_iter().filter(|&i| i != leader).collect();
+        let page = |i: usize| {
+            let server = cluster.member(i).server();
+            async move { http_get(server, "/metrics").await.map(|(_, page)| page) }
+        };
+        let hex = |i: usize| format!("{:x}", cluster.member(i).id());
+        let before = page(leader).await?;
+        let mut c = cluster.client(leader).await?;
+        for i in 0..50 {
+            c.put(format!("k{i}"), vec![b'v'; 1000], None).await?;
+        }
+        let after = page(leader).await?;
+        for &p in &peers {
+            let to = hex(p);
+            let sent = |page: &str| value(page, "etcd_network_peer_sent_bytes_total", &[("To", &to)]).unwrap_or(0.0);
+            ensure!(
+                sent(&after) - sent(&before) >= 50_000.0,
+                "bytes sent to m{p} ({to}) moved by {} for 50 puts of 1000 bytes",
+                sent(&after) - sent(&before)
+            );
+            let from = hex(leader);
+            let received = value(&page(p).await?, "etcd_network_peer_received_bytes_total", &[("From", &from)]).unwrap_or(0.0);
+            ensure!(received >= 50_000.0, "m{p} received {received} bytes from the leader ({from})");
+        }
+        if cluster.flavor() == Flavor::Raftkv {
+            eventually(Duration::from_secs(15), async || {
+                let page = page(leader).await?;
+                for &p in &peers {
+                    let to = hex(p);
+                    let count = value(&page, "etcd_network_peer_round_trip_time_seconds_count", &[("To", &to)]).unwrap_or(0.0);
+                    let sum = value(&page, "etcd_network_peer_round_trip_time_seconds_sum", &[("To", &to)]).unwrap_or(0.0);
+                    ensure!(count >= 1.0 && sum > 0.0 && sum / count < 1.0, "round trip to m{p}: {count} probes, {sum} s in all");
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    })
+    .await
 }

@@ -67,6 +67,8 @@ impl Peer for PeerService {
                 self.node.member.id, b.to
             )));
         }
+        let bytes: usize = b.messages.iter().map(Vec::len).sum();
+        crate::metrics::METRICS.peer_received_bytes.get_or_create(&crate::metrics::PeerFrom::new(b.from)).inc_by(bytes as u64);
         for m in &b.messages {
             self.node.raft.step(decode(m)?);
         }
@@ -112,6 +114,10 @@ impl Peer for PeerService {
         self.lease_leader(r.cluster_id)?;
         let ttl = self.node.renew_lease(r.id).await.map_err(crate::api::status)?;
         Ok(Response::new(LeaseRenewResponse { ttl }))
+    }
+
+    async fn probe(&self, _req: Request<Ack>) -> Result<Response<Ack>, Status> {
+        Ok(Response::new(Ack {}))
     }
 
     async fn lease_time_to_live(&self, req: Request<LeaseRequest>) -> Result<Response<LeaseTimeToLiveResponse>, Status> {

@@ -27,6 +27,9 @@ const QUEUE: usize = 4096;
 const BATCH: usize = 512;
 /// How long one batch may take to be delivered.
 const SEND_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the round-trip time to a peer is measured (etcd's prober:
+/// every 4 s).
+const PROBE_INTERVAL: Duration = Duration::from_secs(4);
 /// How long a snapshot transfer may take.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -125,8 +128,14 @@ impl PeerTransport {
             let result = send_snapshot(&me, &urls, msg, checkpoint).await;
             let ok = result.is_ok();
             match result {
-                Ok(records) => tracing::info!(to = %format!("{to:x}"), index, records, took = ?started.elapsed(), "sent a snapshot"),
-                Err(e) => tracing::warn!(to = %format!("{to:x}"), index, error = %e, "sending a snapshot failed"),
+                Ok(records) => {
+                    crate::metrics::METRICS.snapshot_send_success.get_or_create(&crate::metrics::PeerTo::new(to)).inc();
+                    tracing::info!(to = %format!("{to:x}"), index, records, took = ?started.elapsed(), "sent a snapshot")
+                }
+                Err(e) => {
+                    crate::metrics::METRICS.snapshot_send_failures.get_or_create(&crate::metrics::PeerTo::new(to)).inc();
+                    tracing::warn!(to = %format!("{to:x}"), index, error = %e, "sending a snapshot failed")
+                }
             }
             if let Some(raft) = raft.get() {
                 if !ok {
@@ -178,6 +187,9 @@ impl PeerTask {
                 return;
             }
         };
+        // Measures the round trip while this task runs.
+        let _probe = AbortOnDrop(tokio::spawn(probe(client.clone(), self.to)).abort_handle());
+        let peer = crate::metrics::PeerTo::new(self.to);
         let mut failing_since: Option<Instant> = None;
         let mut last_report = Instant::now() - Duration::from_secs(60);
         while let Some(first) = rx.recv().await {
@@ -188,10 +200,11 @@ impl PeerTask {
                     Err(_) => break,
                 }
             }
-            let messages = queued
+            let messages: Vec<Vec<u8>> = queued
                 .iter()
                 .filter_map(|m| m.write_to_bytes().map_err(|e| tracing::error!(error = %e, "cannot encode a raft message")).ok())
                 .collect();
+            let bytes: usize = messages.iter().map(Vec::len).sum();
             let batch = RaftBatch {
                 cluster_id: self.me.cluster_id,
                 from: self.me.id,
@@ -211,11 +224,13 @@ impl PeerTask {
             }
             match sent {
                 Ok(_) => {
+                    crate::metrics::METRICS.peer_sent_bytes.get_or_create(&peer).inc_by(bytes as u64);
                     if failing_since.take().is_some() {
                         tracing::info!(peer = %format!("{:x}", self.to), "peer reachable again");
                     }
                 }
                 Err(status) => {
+                    crate::metrics::METRICS.peer_sent_failures.get_or_create(&peer).inc();
                     if let Some(raft) = self.raft.get() {
                         raft.report_unreachable(self.to);
                     }
@@ -238,6 +253,28 @@ impl PeerTask {
                 }
             }
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Measures the round-trip time to a peer every PROBE_INTERVAL, into
+/// `etcd_network_peer_round_trip_time_seconds`.
+async fn probe(mut client: super::proto::peer_client::PeerClient<tonic::transport::Channel>, to: u64) {
+    let peer = crate::metrics::PeerTo::new(to);
+    loop {
+        let started = Instant::now();
+        if let Ok(Ok(_)) = tokio::time::timeout(SEND_TIMEOUT, client.probe(super::proto::Ack {})).await {
+            crate::metrics::METRICS.peer_rtt.get_or_create(&peer).observe(crate::metrics::since(started));
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
     }
 }
 
