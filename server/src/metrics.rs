@@ -137,10 +137,11 @@ fn code_name(code: &str) -> &'static str {
 }
 
 /// Counts gRPC calls as go-grpc-prometheus does: started for every call;
-/// handled, with its code, for unary calls (their status is known when the
-/// response starts: tonic sends a failure as a trailers-only response, with
-/// `grpc-status` in the headers, and success in the trailers). Streams are
-/// counted when they start only.
+/// handled, with its code, when the call ends. A unary call's status is
+/// known when its response starts (tonic sends a failure as a
+/// trailers-only response, with `grpc-status` in the headers, and success
+/// in the trailers); a stream's when its trailers go out, or, when the
+/// client goes away first, Canceled.
 pub async fn count_grpc(req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
     let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
@@ -152,17 +153,67 @@ pub async fn count_grpc(req: Request, next: Next) -> Response {
     let labels = GrpcLabels { grpc_type: grpc_type(&path), grpc_service: service.to_owned(), grpc_method: method.to_owned() };
     METRICS.grpc_started.get_or_create(&labels).inc();
     let resp = next.run(req).await;
-    if labels.grpc_type == "unary" {
-        let code = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).map_or("OK", code_name);
-        let handled = GrpcHandledLabels {
-            grpc_type: labels.grpc_type,
-            grpc_service: labels.grpc_service,
-            grpc_method: labels.grpc_method,
-            grpc_code: code,
-        };
-        METRICS.grpc_handled.get_or_create(&handled).inc();
+    let header_code = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).map(code_name);
+    match header_code {
+        // Unary, or a stream refused before it began.
+        Some(code) => handled(labels, code),
+        None if labels.grpc_type == "unary" => handled(labels, "OK"),
+        None => return resp.map(|body| axum::body::Body::new(CountedStream { inner: body, labels: Some(labels) })),
     }
     resp
+}
+
+fn handled(labels: GrpcLabels, code: &'static str) {
+    let handled = GrpcHandledLabels {
+        grpc_type: labels.grpc_type,
+        grpc_service: labels.grpc_service,
+        grpc_method: labels.grpc_method,
+        grpc_code: code,
+    };
+    METRICS.grpc_handled.get_or_create(&handled).inc();
+}
+
+/// A streaming response's body, counted as handled when its trailers pass
+/// (with their code), or when it is dropped unfinished (Canceled).
+struct CountedStream {
+    inner: axum::body::Body,
+    /// Taken once counted.
+    labels: Option<GrpcLabels>,
+}
+
+impl http_body::Body for CountedStream {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(trailers) = frame.trailers_ref()
+            && let Some(labels) = self.labels.take()
+        {
+            handled(labels, trailers.get("grpc-status").and_then(|v| v.to_str().ok()).map_or("Unknown", code_name));
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for CountedStream {
+    fn drop(&mut self) {
+        if let Some(labels) = self.labels.take() {
+            handled(labels, "Canceled");
+        }
+    }
 }
 
 /// The node's state, read at scrape time.

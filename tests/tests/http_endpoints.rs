@@ -162,6 +162,24 @@ async fn metrics_have_etcds_names_and_move_with_load() -> anyhow::Result<()> {
         ensure!(moved("etcd_disk_wal_fsync_duration_seconds_count", &[]) >= 1.0, "{}: no fsync observed", flavor.name());
         ensure!(moved("etcd_debugging_mvcc_keys_total", &[]) == 20.0, "{}: 20 new keys counted as {}", flavor.name(), moved("etcd_debugging_mvcc_keys_total", &[]));
 
+        // Streams are counted as handled when they end: a snapshot read
+        // to its end (OK), a watch the client closed.
+        let mut snap = c.snapshot().await?;
+        while snap.message().await?.is_some() {}
+        let mut watch_stream = c.watch("w", None).await?;
+        watch_stream.message().await?.context("no created response")?;
+        drop(watch_stream);
+        let snapshot = [("grpc_method", "Snapshot"), ("grpc_code", "OK"), ("grpc_type", "server_stream")];
+        let watch = [("grpc_method", "Watch"), ("grpc_type", "bidi_stream")];
+        eventually(Duration::from_secs(10), async || {
+            let (_, now) = http_get(&server, "/metrics").await?;
+            let moved = |with: &[(&str, &str)]| value(&now, "grpc_server_handled_total", with).unwrap_or(0.0) - value(&before, "grpc_server_handled_total", with).unwrap_or(0.0);
+            ensure!(moved(&snapshot) == 1.0 && moved(&watch) == 1.0, "handled streams: snapshot {}, watch {}", moved(&snapshot), moved(&watch));
+            Ok(())
+        })
+        .await
+        .with_context(|| flavor.name())?;
+
         // The same page on the metrics URL.
         let mut stream = TcpStream::connect(("127.0.0.1", metrics_port)).await?;
         stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: metrics\r\n\r\n").await?;
