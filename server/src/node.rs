@@ -232,6 +232,28 @@ async fn refuse_if_bootstrapped(cfg: &Config, peer_urls: &[String]) -> Result<()
     Ok(())
 }
 
+/// A data dir from another cluster (volumes mixed up between clusters): the
+/// members this one's `--initial-cluster` names answer for a cluster other
+/// than the data dir's. Started, the member would serve the other
+/// cluster's data on this one's client URLs. Peers that do not answer
+/// (the whole cluster restarting) prove nothing: the member starts.
+async fn refuse_if_another_cluster(cfg: &Config, peer_urls: &[String], cid: u64) -> Result<(), StartError> {
+    let Ok(initial) = initial_cluster(cfg, peer_urls) else { return Ok(()) };
+    let asked = initial.iter().filter(|(n, _)| *n != cfg.name).map(|(_, urls)| async move {
+        tokio::time::timeout(BOOTSTRAP_CHECK, crate::peer::client::members(urls)).await.ok().and_then(Result::ok).map(|r| r.cluster_id)
+    });
+    let answers: Vec<u64> = futures::future::join_all(asked).await.into_iter().flatten().collect();
+    match answers.first() {
+        Some(&other) if !answers.contains(&cid) => Err(StartError::DataDir(format!(
+            "data dir {} belongs to cluster {cid:x}, but the members of --initial-cluster that answered belong to cluster \
+             {other:x}: it is another cluster's data dir (start this member on its own, or remove it from the cluster and add it \
+             back with an empty one)",
+            cfg.data_dir()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// `--initial-cluster` (by default `NAME=ADVERTISED-PEER-URLS`), checked
 /// against this member's name and advertised peer URLs as etcd checks it.
 fn initial_cluster(cfg: &Config, peer_urls: &[String]) -> Result<Vec<(String, Vec<String>)>, StartError> {
@@ -309,7 +331,10 @@ impl Node {
 
         let peer_urls = split_urls(&cfg.initial_advertise_peer_urls);
         let (id, cid) = match (read_u64(engine.as_ref(), META_MEMBER_ID)?, read_u64(engine.as_ref(), META_CLUSTER_ID)?) {
-            (Some(id), Some(cid)) => (id, cid),
+            (Some(id), Some(cid)) => {
+                refuse_if_another_cluster(cfg, &peer_urls, cid).await?;
+                (id, cid)
+            }
             _ if cfg.initial_cluster_state == "existing" => join(cfg, &peer_urls, engine.as_ref(), &learned).await?,
             _ => {
                 refuse_if_bootstrapped(cfg, &peer_urls).await?;

@@ -26,7 +26,7 @@ use etcd_client::{Client, GetOptions, MemberAddOptions};
 use raftkv_tests::cluster::{
     ELECTION_TIMEOUT, UNHEALTHY, eventually, for_each_flavor, for_each_flavor_with, retry_while,
 };
-use raftkv_tests::{Cluster, Flavor, describe};
+use raftkv_tests::{Cluster, Flavor, Server, describe};
 
 /// How long a cluster may take to settle: etcd's strict reconfiguration
 /// check to pass, a member to catch up, leadership to move.
@@ -664,5 +664,32 @@ async fn a_data_dir_of_another_member_is_refused() -> anyhow::Result<()> {
         let log = cluster.member(i).server().log();
         ensure!(log.contains(&expected), "no {expected:?} in:\n{}", cluster.member(i).server().log_tail(20));
     }
+    Ok(())
+}
+
+/// A data dir from another cluster (volumes mixed up between clusters) is
+/// refused: the peers named by `--initial-cluster` answer for another
+/// cluster id, and the member would otherwise serve that other cluster's
+/// data on this one's client URL (raftkv only: etcd starts on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_data_dir_of_another_cluster_is_refused() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(Flavor::Raftkv, 3, &[]).await?;
+    // A one-member cluster of its own (the harness runs one Cluster at a
+    // time).
+    let mut other = Server::start(Flavor::Raftkv).await?;
+    let other_cid = other.client().await?.status().await?.header().map_or(0, |h| h.cluster_id());
+    cluster.kill9(0)?;
+    other.kill9()?;
+    let dir = cluster.member(0).server().data_dir();
+    std::fs::remove_dir_all(&dir)?;
+    std::fs::rename(other.data_dir(), &dir)?;
+    cluster.spawn_only(0)?;
+    let status = cluster.exit_within(0, SETTLE).await?.context("a member started on another cluster's data dir")?;
+    ensure!(!status.success(), "exited with {status}");
+    let expected = format!("belongs to cluster {other_cid:x}, but the members of --initial-cluster that answered belong to cluster");
+    let log = cluster.member(0).server().log();
+    ensure!(log.contains(&expected), "no {expected:?} in:\n{}", cluster.member(0).server().log_tail(20));
+    let mut c = cluster.client(1).await?;
+    c.put("after", "refusal", None).await?;
     Ok(())
 }
