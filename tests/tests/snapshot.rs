@@ -170,3 +170,51 @@ async fn bad_snapshots_and_data_dirs_are_refused_and_leave_nothing_behind() -> a
     ensure!(std::fs::read(&file)? == good, "a refused save touched the existing file");
     Ok(())
 }
+
+/// A snapshot in flight when the member is told to stop (SIGTERM): the
+/// member stops within a bounded time, the client's file is either absent
+/// or a complete, verified snapshot (never a truncated one under the final
+/// name), a request made once the member stops is refused, and the data
+/// survives the restart. Both flavors, with the same client.
+#[tokio::test]
+async fn a_snapshot_during_shutdown_never_leaves_a_partial_file() -> anyhow::Result<()> {
+    let ctl = binaries::raftkvctl()?;
+    for flavor in raftkv_tests::selected_flavors()? {
+        let mut server = Server::start(flavor).await?;
+        let mut c = server.client().await?;
+        // About 128 MiB, so that the snapshot takes a while.
+        for i in 0..2048u64 {
+            c.put(format!("big/{i:05}"), raftkv_tests::noise(i, 64 << 10), None).await?;
+        }
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("snap.db");
+        let endpoint = server.endpoint();
+        let save = {
+            let (ctl, file, endpoint) = (ctl.clone(), file.clone(), endpoint.clone());
+            tokio::task::spawn_blocking(move || run(&ctl, &["--endpoints", &endpoint, "snapshot", "save", file.to_str().unwrap_or_default()]))
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        server.terminate()?;
+        let status = server.exit_within(std::time::Duration::from_secs(30)).await?;
+        ensure!(status.is_some(), "{}: still running 30 s after SIGTERM with a snapshot in flight", flavor.name());
+        let out = save.await??;
+        if file.exists() {
+            let status = run(&ctl, &["snapshot", "status", file.to_str().unwrap_or_default(), "-w", "json"])?;
+            ensure!(status.status.success(), "{}: the saved file does not verify: {}\nsave: {}", flavor.name(), text(&status), text(&out));
+        } else {
+            ensure!(!out.status.success(), "{}: save succeeded without a file: {}", flavor.name(), text(&out));
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path())?.flatten().map(|e| e.file_name()).filter(|n| n != "snap.db").collect();
+        ensure!(left.is_empty(), "{}: files left beside the snapshot: {left:?}", flavor.name());
+        println!("{}: save {}", flavor.name(), if file.exists() { "completed" } else { "failed" });
+
+        let refused = run(&ctl, &["--endpoints", &endpoint, "--dial-timeout", "1s", "snapshot", "save", dir.path().join("late.db").to_str().unwrap_or_default()])?;
+        ensure!(!refused.status.success() && !dir.path().join("late.db").exists(), "{}: a snapshot of a stopped member: {}", flavor.name(), text(&refused));
+
+        server.restart().await?;
+        let mut c = server.client().await?;
+        let count = c.get("big/", Some(GetOptions::new().with_prefix().with_count_only())).await?.count();
+        ensure!(count == 2048, "{}: {count} keys after the restart, not 2048", flavor.name());
+    }
+    Ok(())
+}
