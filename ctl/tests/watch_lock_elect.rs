@@ -196,3 +196,52 @@ fn elect_and_observe_as_etcdctl() {
     second.signal("-INT");
     assert_eq!(second.finish(), 0);
 }
+
+/// A call that outlasts etcd's ping limit: HTTP/2 keepalive pings more
+/// often than every 5 s (etcd's `--grpc-keepalive-min-time`) make etcd end
+/// the connection (GOAWAY, too many pings). grpc-go, etcdctl's client,
+/// never pings more often than every 10 s whatever `--keepalive-time`
+/// says; raftkvctl must not either, or a long watch, defragmentation or
+/// snapshot against etcd fails (found by the maintenance benchmark).
+#[test]
+fn a_watch_idle_past_etcds_ping_limit_still_delivers() {
+    if !available() {
+        return;
+    }
+    let etcd = start_etcd();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut watchers = Vec::new();
+    for tool in [ETCDCTL, RAFTKVCTL] {
+        let out = dir.path().join(format!("idle-{}", tool.len()));
+        watchers.push((spawn(tool, &etcd, &["--keepalive-time", "1s", "watch", "idle"], &out), out));
+    }
+    // Pings every second would have been answered with GOAWAY by now.
+    std::thread::sleep(Duration::from_secs(16));
+    for (w, _) in &mut watchers {
+        assert!(w.running(), "a watcher exited while idle");
+    }
+    assert_eq!(ctl(ETCDCTL, &etcd, &["put", "idle", "still-here"]), 0);
+    let expected = wait_lines(&watchers[0].1, 3);
+    let got = wait_lines(&watchers[1].1, 3);
+    assert_eq!(got, expected, "raftkvctl's idle watch output differs from etcdctl's");
+    assert_eq!(got, "PUT\nidle\nstill-here\n");
+    // Both watches resume on a new connection when theirs is closed, so
+    // the output alone proves nothing: etcd must have started exactly one
+    // Watch call per tool.
+    let started = watch_calls_started(&etcd.endpoint);
+    assert_eq!(started, 2, "etcd started {started} Watch calls for 2 watchers: a connection was closed and the watch resumed");
+}
+
+/// etcd's `grpc_server_started_total` for Watch, from its /metrics.
+fn watch_calls_started(endpoint: &str) -> u64 {
+    use std::io::{Read, Write};
+    let address = endpoint.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to etcd's client port");
+    stream.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes()).expect("request");
+    let mut page = String::new();
+    stream.read_to_string(&mut page).expect("metrics page");
+    page.lines()
+        .filter(|l| l.starts_with("grpc_server_started_total{") && l.contains("grpc_method=\"Watch\""))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum::<f64>() as u64
+}
