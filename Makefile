@@ -7,7 +7,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN        := $(TARGET_DIR)/debug
 DATA_DIR   ?= default.raftkv
 
-.PHONY: all deps doctor pydeps build run cluster test bench bench-cluster clean-data
+.PHONY: all deps doctor pydeps go-peers build run cluster test bench bench-cluster clean-data
 
 # The chart tests' Python packages (Helm 4's engine, Kubernetes' schemas).
 VENV       ?= .venv
@@ -23,6 +23,10 @@ doctor:
 
 pydeps:
 	@./scripts/pydeps.sh $(VENV) charts/tests/requirements.txt
+
+# Test peers built from Go modules (tests/go): etcd 3.5 and 3.6.
+go-peers: deps
+	@./scripts/go-peers.sh
 
 build: deps
 	$(CARGO) build --workspace --bins --examples
@@ -40,7 +44,7 @@ cluster: build
 
 # Every test: unit, property, and end-to-end over the real binaries and real
 # etcd; then the Helm chart, CRD and examples, offline (charts/tests).
-test: build pydeps
+test: build pydeps go-peers
 	$(CARGO) test --workspace
 	RAFTKV_OPERATOR=$(BIN)/raftkv-operator $(VENV)/bin/python -m unittest discover -s charts/tests -v
 

@@ -22,6 +22,28 @@ pub fn raftkvctl() -> anyhow::Result<PathBuf> {
     workspace_binary("raftkvctl")
 }
 
+/// The etcd releases built from Go modules as test peers: (version, binary)
+/// for each module under `tests/go` (its go.mod pins the version;
+/// `scripts/go-peers.sh`, run by `make test`, builds them into
+/// `$RAFTKV_GO_BIN`, default `/var/tmp/raftkv-go/bin`).
+pub fn etcd_releases() -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("go");
+    let bin = std::env::var_os("RAFTKV_GO_BIN").map_or_else(|| PathBuf::from("/var/tmp/raftkv-go/bin"), PathBuf::from);
+    let mut releases = Vec::new();
+    for entry in std::fs::read_dir(&modules).with_context(|| format!("cannot list {}", modules.display()))? {
+        let go_mod = entry?.path().join("go.mod");
+        let Ok(text) = std::fs::read_to_string(&go_mod) else { continue };
+        let Some(version) = text.lines().find_map(|l| l.strip_prefix("require go.etcd.io/etcd/server/v3 v")) else { continue };
+        let path = bin.join(format!("etcd-{version}"));
+        if !path.is_file() {
+            bail!("etcd {version} is not built at {}: run `make go-peers` (scripts/go-peers.sh builds it from the Go module proxy)", path.display());
+        }
+        releases.push((version.trim().to_owned(), path));
+    }
+    releases.sort();
+    Ok(releases)
+}
+
 /// Whether real etcd and etcdctl are installed, for the comparison tests.
 pub fn etcd_available() -> bool {
     Path::new(ETCD).is_file() && Path::new(ETCDCTL).is_file()

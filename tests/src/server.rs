@@ -92,6 +92,16 @@ impl Server {
     /// Like [`Server::start`], with extra command-line flags such as
     /// `["--max-request-bytes", "4096"]`.
     pub async fn start_with(flavor: Flavor, extra_args: &[&str]) -> anyhow::Result<Server> {
+        Server::start_program(flavor, None, extra_args).await
+    }
+
+    /// A single member of an etcd release built from Go modules
+    /// ([`binaries::etcd_releases`]) rather than Debian's etcd.
+    pub async fn start_etcd_release(program: &std::path::Path) -> anyhow::Result<Server> {
+        Server::start_program(Flavor::Etcd, Some(program.to_path_buf()), &[]).await
+    }
+
+    async fn start_program(flavor: Flavor, program: Option<PathBuf>, extra_args: &[&str]) -> anyhow::Result<Server> {
         let peer_port = free_port()?;
         let name = "e2e";
         let peer_url = loopback_url(peer_port);
@@ -103,6 +113,9 @@ impl Server {
             token: "etcd-cluster".to_owned(),
         };
         let mut server = Server::new(flavor, peer_port, bootstrap, extra_args)?;
+        if let Some(program) = program {
+            server.program = program;
+        }
         server.spawn()?;
         server.wait_ready().await?;
         Ok(server)
