@@ -292,6 +292,12 @@ impl Server {
         self.wait_ready().await
     }
 
+    /// Replaces the extra flags the next start uses (a restart with another
+    /// setting). The server must be stopped.
+    pub fn set_extra_args(&mut self, extra_args: &[&str]) {
+        self.extra_args = extra_args.iter().map(|a| (*a).to_owned()).collect();
+    }
+
     /// `etcd m0`, naming the process in messages.
     pub fn label(&self) -> String {
         format!("{} {}", self.flavor.name(), self.bootstrap.name)
