@@ -98,12 +98,10 @@ impl Alarms {
                 batch.put(Cf::Meta, key(r.member_id, r.alarm), Vec::new());
                 alarms.push(AlarmMember { member_id: r.member_id, alarm: r.alarm });
             }
-            DEACTIVATE => {
-                if active.remove(&(r.member_id, r.alarm)) {
-                    tracing::warn!(member = %format!("{:x}", r.member_id), alarm = name(r.alarm), "alarm disarmed");
-                    batch.delete(Cf::Meta, key(r.member_id, r.alarm));
-                    alarms.push(AlarmMember { member_id: r.member_id, alarm: r.alarm });
-                }
+            DEACTIVATE if active.remove(&(r.member_id, r.alarm)) => {
+                tracing::warn!(member = %format!("{:x}", r.member_id), alarm = name(r.alarm), "alarm disarmed");
+                batch.delete(Cf::Meta, key(r.member_id, r.alarm));
+                alarms.push(AlarmMember { member_id: r.member_id, alarm: r.alarm });
             }
             _ => {}
         }

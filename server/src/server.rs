@@ -84,14 +84,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             return Ok(());
         }
     }
-    if cfg.experimental_initial_corrupt_check && had_data {
-        if let Err(e) = crate::corrupt::initial_check(&node).await {
-            tracing::error!(error = %e, "initial corruption check failed");
-            let _ = stop_tx.send(true);
-            node.stop();
-            let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
-            return Err(StartError::DataDir(e));
-        }
+    if cfg.experimental_initial_corrupt_check
+        && had_data
+        && let Err(e) = crate::corrupt::initial_check(&node).await
+    {
+        tracing::error!(error = %e, "initial corruption check failed");
+        let _ = stop_tx.send(true);
+        node.stop();
+        let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
+        return Err(StartError::DataDir(e));
     }
     tracing::info!(revision = node.store.current_revision(), "ready to serve client requests");
     let publisher = tokio::spawn({
