@@ -36,6 +36,11 @@ pub struct Config {
     /// Initial cluster state ('new' or 'existing').
     #[arg(long, env = "RAFTKV_INITIAL_CLUSTER_STATE", default_value = "new", value_parser = ["new", "existing"])]
     pub initial_cluster_state: String,
+    /// Force to create a new one member cluster: on a data dir, every other
+    /// member is removed and this one is the sole voter (recovery when most
+    /// members are lost for good; remove the flag once recovered).
+    #[arg(long, env = "RAFTKV_FORCE_NEW_CLUSTER", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub force_new_cluster: bool,
     /// Initial cluster token for the cluster during bootstrap.
     #[arg(long, env = "RAFTKV_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
     pub initial_cluster_token: String,

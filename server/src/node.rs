@@ -254,6 +254,82 @@ async fn refuse_if_another_cluster(cfg: &Config, peer_urls: &[String], cid: u64)
     }
 }
 
+/// etcd's `--force-new-cluster`: a member restarted on its data dir becomes
+/// the sole voter of its cluster, when most members are lost for good.
+/// Committed conf changes that remove every other member (after promoting
+/// this one, were it a learner) follow the commit index, and the entries
+/// past it go; applied as any conf change, they move raft's configuration
+/// and the member registry together, and the removed members are refused
+/// should they come back. The cluster id and the data stay.
+fn force_new_cluster(engine: Arc<dyn Engine>, me: u64, membership: &Membership) -> Result<(), StartError> {
+    use raft::Storage as _;
+    use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType};
+
+    membership.load(engine.as_ref())?;
+    let mut log = RaftLog::open(engine.clone())?;
+    let applied = crate::apply::applied_index(engine.as_ref())?;
+    let commit = log.hard_state().commit;
+    // Who is in the cluster once everything committed is applied: the
+    // configuration as of the applied index, the changes committed after
+    // it (raftkv proposes version 2 conf changes only), and the registry.
+    let cs = log.conf_state();
+    let mut voters: std::collections::BTreeSet<u64> = cs.voters.iter().copied().collect();
+    let mut everyone: std::collections::BTreeSet<u64> = cs.voters.iter().chain(cs.learners.iter()).copied().collect();
+    everyone.extend(membership.list().iter().map(|m| m.id));
+    if commit > applied {
+        let entries = log
+            .entries(applied + 1, commit + 1, None, raft::GetEntriesContext::empty(false))
+            .map_err(|e| StartError::DataDir(format!("--force-new-cluster: cannot read the committed entries: {e}")))?;
+        for e in entries.iter().filter(|e| e.get_entry_type() == EntryType::EntryConfChangeV2) {
+            let Ok(cc) = <ConfChangeV2 as protobuf::Message>::parse_from_bytes(&e.data) else { continue };
+            for c in cc.get_changes() {
+                match c.get_change_type() {
+                    ConfChangeType::AddNode => {
+                        voters.insert(c.node_id);
+                        everyone.insert(c.node_id);
+                    }
+                    ConfChangeType::AddLearnerNode => {
+                        voters.remove(&c.node_id);
+                        everyone.insert(c.node_id);
+                    }
+                    ConfChangeType::RemoveNode => {
+                        voters.remove(&c.node_id);
+                        everyone.remove(&c.node_id);
+                    }
+                }
+            }
+        }
+    }
+    let change = |kind: ConfChangeType, id: u64| {
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(kind);
+        single.node_id = id;
+        let mut cc = ConfChangeV2::default();
+        cc.mut_changes().push(single);
+        // Nobody waits for these: no request id, no proposer.
+        cc.context = ConfContext::default().encode_to_vec().into();
+        let mut e = Entry::default();
+        e.set_entry_type(EntryType::EntryConfChangeV2);
+        e.data = protobuf::Message::write_to_bytes(&cc).unwrap_or_default().into();
+        e
+    };
+    let mut entries = Vec::new();
+    if !voters.contains(&me) {
+        entries.push(change(ConfChangeType::AddNode, me));
+    }
+    let removed: Vec<u64> = everyone.into_iter().filter(|&id| id != me).collect();
+    entries.extend(removed.iter().map(|&id| change(ConfChangeType::RemoveNode, id)));
+    let mut batch = WriteBatch::default();
+    let new_commit = log.force_commit(entries, &mut batch)?;
+    engine.write(batch, true)?;
+    tracing::warn!(
+        removed = ?removed.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>(),
+        commit = new_commit,
+        "--force-new-cluster: this member is now the sole voter of its cluster (remove the flag once the cluster is recovered)"
+    );
+    Ok(())
+}
+
 /// `--initial-cluster` (by default `NAME=ADVERTISED-PEER-URLS`), checked
 /// against this member's name and advertised peer URLs as etcd checks it.
 fn initial_cluster(cfg: &Config, peer_urls: &[String]) -> Result<Vec<(String, Vec<String>)>, StartError> {
@@ -330,9 +406,14 @@ impl Node {
         let learned: Learned = Learned::default();
 
         let peer_urls = split_urls(&cfg.initial_advertise_peer_urls);
+        let mut had_state = false;
         let (id, cid) = match (read_u64(engine.as_ref(), META_MEMBER_ID)?, read_u64(engine.as_ref(), META_CLUSTER_ID)?) {
             (Some(id), Some(cid)) => {
-                refuse_if_another_cluster(cfg, &peer_urls, cid).await?;
+                // Forced, the member leaves the cluster its peers are of.
+                if !cfg.force_new_cluster {
+                    refuse_if_another_cluster(cfg, &peer_urls, cid).await?;
+                }
+                had_state = true;
                 (id, cid)
             }
             _ if cfg.initial_cluster_state == "existing" => join(cfg, &peer_urls, engine.as_ref(), &learned).await?,
@@ -341,6 +422,13 @@ impl Node {
                 bootstrap(cfg, &peer_urls, engine.as_ref())?
             }
         };
+        if cfg.force_new_cluster {
+            if had_state {
+                force_new_cluster(engine.clone(), id, &membership)?;
+            } else {
+                tracing::warn!("--force-new-cluster on an empty data dir: nothing to force, a new cluster is bootstrapped");
+            }
+        }
         membership.load(engine.as_ref())?;
         // A data dir is one member's: started under another member's name it
         // was most likely swapped (volumes mixed up), and would speak for

@@ -292,6 +292,30 @@ impl Cluster {
         self.leader().await.map(drop)
     }
 
+    /// Starts member `i` again with `extra_args` added to its flags (for
+    /// this start and the next ones), and waits as [`Cluster::restart`].
+    pub async fn restart_with(&mut self, i: usize, extra_args: &[&str]) -> anyhow::Result<()> {
+        self.members[i].server.push_extra_args(extra_args);
+        self.restart(i).await
+    }
+
+    /// Member `i` is lost for good (its machine and disk are gone): killed
+    /// if it runs, its data dir deleted, and no longer counted among the
+    /// members. Nothing is asked of the cluster.
+    pub fn lose(&mut self, i: usize) -> anyhow::Result<()> {
+        let member = &mut self.members[i];
+        if member.server.is_running() {
+            member.server.kill9()?;
+        }
+        self.network.set_pid(member.link, None);
+        let dir = member.server.data_dir();
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("cannot delete {}", dir.display()))?;
+        }
+        member.removed = true;
+        Ok(())
+    }
+
     /// Starts member `i` again without waiting for it to serve: for a start
     /// that is expected to fail ([`Cluster::exit_within`]).
     pub fn spawn_only(&mut self, i: usize) -> anyhow::Result<()> {
@@ -305,6 +329,14 @@ impl Cluster {
             self.network.set_pid(self.members[i].link, None);
         }
         Ok(status)
+    }
+
+    /// SIGTERM to member `i`, then waits for it to exit.
+    pub async fn stop(&mut self, i: usize) -> anyhow::Result<()> {
+        self.members[i].server.terminate()?;
+        self.members[i].server.wait_exit().await?;
+        self.network.set_pid(self.members[i].link, None);
+        Ok(())
     }
 
     /// SIGTERM to every running member at once, then waits for each to exit.

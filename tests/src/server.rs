@@ -298,6 +298,11 @@ impl Server {
         self.extra_args = extra_args.iter().map(|a| (*a).to_owned()).collect();
     }
 
+    /// Adds flags to those the next start uses. The server must be stopped.
+    pub fn push_extra_args(&mut self, extra_args: &[&str]) {
+        self.extra_args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+    }
+
     /// `etcd m0`, naming the process in messages.
     pub fn label(&self) -> String {
         format!("{} {}", self.flavor.name(), self.bootstrap.name)

@@ -348,7 +348,10 @@ async fn watchers_across_a_leader_kill(cluster: &mut Cluster) -> anyhow::Result<
     let truth = {
         let ep = cluster.member(survivor).endpoint();
         let once = Arc::new(tokio::sync::watch::Sender::new(end));
-        watch_stream(ep, vec![start], once).await.remove(0)
+        match tokio::time::timeout(Duration::from_secs(60), watch_stream(ep, vec![start], once)).await {
+            Ok(mut seen) => seen.remove(0),
+            Err(_) => bail!("the replay on m{survivor} did not reach revision {end} in 60 s; {}", member_revisions(cluster, old, end).await),
+        }
     };
     ensure!(
         truth.last().map(|e| e.0) == Some(end),
@@ -373,7 +376,13 @@ async fn watchers_across_a_leader_kill(cluster: &mut Cluster) -> anyhow::Result<
                 .map(|s| s.last().map_or(start, |e| e.0 + 1))
                 .collect();
             let ep = cluster.member(survivor).endpoint();
-            let resumed = watch_stream(ep, from, last.clone()).await;
+            let resumed = match tokio::time::timeout(Duration::from_secs(60), watch_stream(ep, from, last.clone())).await {
+                Ok(resumed) => resumed,
+                Err(_) => bail!(
+                    "watchers of m{member} resumed on m{survivor} did not reach revision {end} in 60 s; {}",
+                    member_revisions(cluster, old, end).await
+                ),
+            };
             for (s, r) in seen.iter_mut().zip(resumed) {
                 s.extend(r);
             }

@@ -154,7 +154,12 @@ impl PbClusterService for ClusterService {
         // enough started voters for a quorum, and every voter must have been
         // reachable for a while.
         let voters = self.voters();
-        if !r.is_learner && voters.iter().filter(|m| started(m)).count() < quorum(voters.len() + 1) {
+        let started_voters = voters.iter().filter(|m| started(m)).count();
+        // etcd's exception: a second voter may join a one-member cluster (a
+        // cluster restored from a snapshot, or forced into a new one, grows
+        // back this way), though the two cannot form a quorum until it starts.
+        let growing_from_one = started_voters == 1 && voters.len() == 1;
+        if !r.is_learner && !growing_from_one && started_voters < quorum(voters.len() + 1) {
             return Err(status(Error::NotEnoughStartedMembers));
         }
         let horizon = Self::health_horizon();

@@ -202,6 +202,27 @@ impl RaftLog {
         self.set_conf_state(meta.get_conf_state().clone(), batch)
     }
 
+    /// etcd's `--force-new-cluster` on the log: the entries past the commit
+    /// index go (never committed, they never will be), and `entries` (the
+    /// caller's conf changes) follow the commit index, committed, at the
+    /// current term. Returns the new commit index.
+    pub fn force_commit(&mut self, mut entries: Vec<Entry>, batch: &mut WriteBatch) -> Result<u64, StorageError> {
+        let commit = self.hs.commit.max(self.truncated.0);
+        if self.last > commit {
+            batch.delete_range(Cf::Raft, entry_key(commit + 1), entry_key(self.last + 1));
+            self.last = commit;
+        }
+        self.cache.clear();
+        for (i, e) in entries.iter_mut().enumerate() {
+            e.index = commit + 1 + i as u64;
+            e.term = self.hs.term;
+        }
+        self.append(&entries, batch)?;
+        let last = self.last;
+        self.commit_to(last, batch)?;
+        Ok(last)
+    }
+
     pub fn is_initialized(&self) -> bool {
         !self.cs.voters.is_empty() || !self.cs.learners.is_empty()
     }
@@ -401,6 +422,38 @@ mod tests {
         assert_eq!(log.term(2).expect("term"), 2);
         assert_eq!(log.hard_state().commit, 2);
         assert_eq!(log.entries(1, 3, None, GetEntriesContext::empty(false)).expect("entries").len(), 2);
+    }
+
+    #[test]
+    fn forcing_drops_the_uncommitted_entries_and_commits_the_given_ones() {
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        let mut log = RaftLog::open(engine.clone()).expect("open");
+        let mut b = WriteBatch::default();
+        log.append(&[entry(1, 1), entry(2, 1), entry(3, 2), entry(4, 2), entry(5, 2)], &mut b).expect("append");
+        log.commit_to(3, &mut b).expect("commit");
+        let mut hs = log.hard_state().clone();
+        hs.term = 3;
+        log.set_hard_state(hs, &mut b).expect("term");
+        let forced = vec![Entry { data: b"remove a".to_vec().into(), ..Default::default() }, Entry::default()];
+        assert_eq!(log.force_commit(forced, &mut b).expect("force"), 5);
+        engine.write(b, true).expect("write");
+        let log = RaftLog::open(engine).expect("reopen");
+        assert_eq!(log.hard_state().commit, 5);
+        assert_eq!(log.last_index().expect("last"), 5);
+        assert_eq!(terms(&log, 1, 6), vec![1, 1, 2, 3, 3], "the forced entries at the current term replace 4 and 5");
+        let e4 = log.entries(4, 5, None, GetEntriesContext::empty(false)).expect("entries");
+        assert_eq!(&e4[0].data[..], b"remove a");
+
+        // Nothing to add: the uncommitted entries still go.
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        let mut log = RaftLog::open(engine.clone()).expect("open");
+        let mut b = WriteBatch::default();
+        log.append(&[entry(1, 1), entry(2, 1), entry(3, 1)], &mut b).expect("append");
+        log.commit_to(1, &mut b).expect("commit");
+        assert_eq!(log.force_commit(Vec::new(), &mut b).expect("force"), 1);
+        engine.write(b, true).expect("write");
+        let log = RaftLog::open(engine).expect("reopen");
+        assert_eq!(log.last_index().expect("last"), 1);
     }
 
     fn terms(log: &RaftLog, low: u64, high: u64) -> Vec<u64> {

@@ -317,7 +317,7 @@ impl WatchHub {
         // Revisions published since the read are not in it: a watcher is
         // synced only if the read reached what is current now.
         let now = self.store.current_revision();
-        let mut behind = false;
+        let (mut behind, mut advanced) = (false, false);
         for ((_, id), w) in watchers.iter_mut() {
             if w.synced {
                 continue;
@@ -327,15 +327,24 @@ impl WatchHub {
                 behind |= w.next_rev <= now;
                 continue;
             }
+            // Its stream is full (its client reads slower than history
+            // comes): no events are built that could not be sent.
+            if w.tx.capacity() == 0 {
+                behind = true;
+                continue;
+            }
             let first = changes.partition_point(|(rev, _)| *rev < w.next_rev);
             let events = self.to_events(w, &changes[first..]);
             if events.is_empty() || self.send(*id, w, read_through, events) {
                 w.next_rev = read_through + 1;
                 w.synced = read_through >= now;
+                advanced = true;
             }
             behind |= !w.synced;
         }
-        if behind {
+        // Straight on while watchers move; when none could (their streams
+        // full), the next round waits for the tick rather than spin.
+        if behind && advanced {
             self.wake.notify_one();
         }
     }
