@@ -678,18 +678,20 @@ async fn a_data_dir_of_another_cluster_is_refused() -> anyhow::Result<()> {
     // time).
     let mut other = Server::start(Flavor::Raftkv).await?;
     let other_cid = other.client().await?.status().await?.header().map_or(0, |h| h.cluster_id());
-    cluster.kill9(0)?;
+    // A follower, so that the cluster keeps its leader throughout.
+    let victim = *cluster.followers().await?.first().context("no follower")?;
+    cluster.kill9(victim)?;
     other.kill9()?;
-    let dir = cluster.member(0).server().data_dir();
+    let dir = cluster.member(victim).server().data_dir();
     std::fs::remove_dir_all(&dir)?;
     std::fs::rename(other.data_dir(), &dir)?;
-    cluster.spawn_only(0)?;
-    let status = cluster.exit_within(0, SETTLE).await?.context("a member started on another cluster's data dir")?;
+    cluster.spawn_only(victim)?;
+    let status = cluster.exit_within(victim, SETTLE).await?.context("a member started on another cluster's data dir")?;
     ensure!(!status.success(), "exited with {status}");
     let expected = format!("belongs to cluster {other_cid:x}, but the members of --initial-cluster that answered belong to cluster");
-    let log = cluster.member(0).server().log();
-    ensure!(log.contains(&expected), "no {expected:?} in:\n{}", cluster.member(0).server().log_tail(20));
-    let mut c = cluster.client(1).await?;
+    let log = cluster.member(victim).server().log();
+    ensure!(log.contains(&expected), "no {expected:?} in:\n{}", cluster.member(victim).server().log_tail(20));
+    let mut c = cluster.client(cluster.leader().await?).await?;
     c.put("after", "refusal", None).await?;
     Ok(())
 }
