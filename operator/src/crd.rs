@@ -99,7 +99,8 @@ pub struct KvClusterSpec {
     /// TLS for clients and peers. Declared only: members do not use it yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
-    /// raftkv server flags. Declared only: members do not use them yet.
+    /// raftkv server flags, passed to every member; a change rolls the
+    /// members one at a time, as an upgrade does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerSettings>,
     /// While true the operator changes nothing (it still reports status).
@@ -159,10 +160,50 @@ fn quantity_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
-fn optional_quantity_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    let mut schema = quantity_schema(generator);
-    schema.insert("nullable".to_owned(), true.into());
-    schema
+/// A whole number of bytes with an optional unit: the quantities
+/// `byte_size` reads (no exponents, no milli-units).
+fn byte_size_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "nullable": true,
+        "pattern": r"^[0-9]{1,15}(\.[0-9]{1,6})?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+    })
+}
+
+/// Bytes in a quantity of `byte_size_schema`'s form (`8Gi`, `1.5G`,
+/// `2147483648`); None for any other form, or a size that is not a whole
+/// number of bytes or does not fit.
+pub fn byte_size(q: &Quantity) -> Option<i64> {
+    let s = q.0.trim();
+    let digits_end = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits_end);
+    let multiplier: u128 = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        "Ei" => 1 << 60,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "E" => 1_000_000_000_000_000_000,
+        _ => return None,
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() || whole.len() > 15 || fraction.len() > 6 || !fraction.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let scale = 10u128.pow(fraction.len() as u32);
+    let mantissa: u128 = format!("{whole}{fraction}").parse().ok()?;
+    let scaled = mantissa.checked_mul(multiplier)?;
+    if scaled % scale != 0 {
+        return None;
+    }
+    i64::try_from(scaled / scale).ok()
 }
 
 /// `Delete` removes a member's volume once scale-in removed the member;
@@ -228,9 +269,11 @@ pub struct CertManagerIssuer {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerSettings {
-    /// Backend size at which the NOSPACE alarm goes off.
+    /// Backend size at which the NOSPACE alarm goes off
+    /// (`--quota-backend-bytes`): bytes, with an optional binary (`Ki` ..
+    /// `Ei`) or decimal (`k` .. `E`) suffix, as `8Gi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "optional_quantity_schema")]
+    #[schemars(schema_with = "byte_size_schema")]
     pub quota_backend_bytes: Option<Quantity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
@@ -389,6 +432,25 @@ impl KvClusterSpec {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn byte_sizes_read_as_kubernetes_writes_them() {
+        let q = |s: &str| byte_size(&Quantity(s.to_owned()));
+        assert_eq!(q("2147483648"), Some(2147483648));
+        assert_eq!(q("8Gi"), Some(8 << 30));
+        assert_eq!(q("2G"), Some(2_000_000_000));
+        assert_eq!(q("1.5Gi"), Some(3 << 29));
+        assert_eq!(q("512Mi"), Some(512 << 20));
+        assert_eq!(q("7Ei"), Some(7 << 60));
+        // Not whole bytes, too large, or forms the schema refuses.
+        assert_eq!(q("1.5"), None);
+        assert_eq!(q("8Ei"), None);
+        assert_eq!(q("1e9"), None);
+        assert_eq!(q("100m"), None);
+        assert_eq!(q("Gi"), None);
+        assert_eq!(q("-1Gi"), None);
+    }
+
     use super::*;
     use kube::CustomResourceExt;
 

@@ -24,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{CLIENT_PORT, DATA_DIR, Names, PEER_PORT, VOLUME_MOUNT, VOLUME_NAME, metadata};
-use crate::crd::{KvCluster, ReclaimPolicy};
+use crate::crd::{CompactionMode, KvCluster, ReclaimPolicy, ServerSettings, byte_size};
 
 /// How long a member may take to start serving: it listens for clients only
 /// once the cluster has a leader, which after a full restart waits for a
@@ -121,13 +121,44 @@ pub fn statefulset(kvc: &KvCluster, replicas: i32) -> StatefulSet {
     }
 }
 
+/// `spec.server` as raftkv's flags (etcd's names). In the pod template,
+/// so a change rolls the members one at a time, as an upgrade does.
+fn server_flags(server: &ServerSettings) -> Vec<String> {
+    let mut flags = Vec::new();
+    if let Some(q) = &server.quota_backend_bytes {
+        // The CRD's schema admits only sizes `byte_size` reads; one that
+        // slipped through goes as written, and raftkv refuses it at start
+        // rather than the operator running the member without its quota.
+        let bytes = byte_size(q).map_or_else(|| q.0.clone(), |b| b.to_string());
+        flags.push(format!("--quota-backend-bytes={bytes}"));
+    }
+    if let Some(n) = server.snapshot_count {
+        flags.push(format!("--snapshot-count={n}"));
+    }
+    if let Some(ms) = server.heartbeat_interval_ms {
+        flags.push(format!("--heartbeat-interval={ms}"));
+    }
+    if let Some(ms) = server.election_timeout_ms {
+        flags.push(format!("--election-timeout={ms}"));
+    }
+    if let Some(ac) = &server.auto_compaction {
+        let mode = match ac.mode {
+            CompactionMode::Periodic => "periodic",
+            CompactionMode::Revision => "revision",
+        };
+        flags.push(format!("--auto-compaction-mode={mode}"));
+        flags.push(format!("--auto-compaction-retention={}", ac.retention));
+    }
+    flags
+}
+
 fn container(kvc: &KvCluster, names: &Names) -> Container {
     let host = format!(
         "$(POD_NAME).{}.{}.svc",
         names.peer_service(),
         names.namespace
     );
-    let args = vec![
+    let mut args = vec![
         "--name=$(POD_NAME)".to_owned(),
         format!("--data-dir={DATA_DIR}"),
         format!("--listen-client-urls=http://0.0.0.0:{CLIENT_PORT}"),
@@ -135,6 +166,9 @@ fn container(kvc: &KvCluster, names: &Names) -> Container {
         format!("--listen-peer-urls=http://0.0.0.0:{PEER_PORT}"),
         format!("--initial-advertise-peer-urls=http://{host}:{PEER_PORT}"),
     ];
+    if let Some(server) = &kvc.spec.server {
+        args.extend(server_flags(server));
+    }
     let http_get = |path: &str| HTTPGetAction {
         path: Some(path.to_owned()),
         port: IntOrString::String("client".to_owned()),
@@ -275,6 +309,37 @@ mod tests {
         let spec = sts.spec.expect("spec");
         assert_eq!(spec.service_name.as_deref(), Some("demo-peer"));
         assert_eq!(spec.replicas, Some(1));
+    }
+
+    #[test]
+    fn server_settings_reach_every_member_as_flags() {
+        let mut kvc = kvcluster("demo", 3);
+        let before = args(&statefulset(&kvc, 3));
+        kvc.spec.server = Some(
+            serde_json::from_value(serde_json::json!({
+                "quotaBackendBytes": "8Gi",
+                "snapshotCount": 5000,
+                "heartbeatIntervalMs": 150,
+                "electionTimeoutMs": 1500,
+                "autoCompaction": {"mode": "periodic", "retention": "30m"},
+            }))
+            .expect("server settings"),
+        );
+        let after = args(&statefulset(&kvc, 3));
+        for expected in [
+            "--quota-backend-bytes=8589934592",
+            "--snapshot-count=5000",
+            "--heartbeat-interval=150",
+            "--election-timeout=1500",
+            "--auto-compaction-mode=periodic",
+            "--auto-compaction-retention=30m",
+        ] {
+            assert!(after.contains(&expected.to_owned()), "{expected} missing from {after:?}");
+        }
+        // In the pod template: a change makes a new revision, which the
+        // planner rolls out one member at a time.
+        assert_ne!(before, after);
+        assert_eq!(&after[..before.len()], &before[..]);
     }
 
     #[test]
