@@ -261,11 +261,11 @@ async fn refuse_if_another_cluster(cfg: &Config, peer_urls: &[String], cid: u64)
 /// past it go; applied as any conf change, they move raft's configuration
 /// and the member registry together, and the removed members are refused
 /// should they come back. The cluster id and the data stay.
+/// `membership` is the registry as loaded from the data dir.
 fn force_new_cluster(engine: Arc<dyn Engine>, me: u64, membership: &Membership) -> Result<(), StartError> {
     use raft::Storage as _;
     use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType};
 
-    membership.load(engine.as_ref())?;
     let mut log = RaftLog::open(engine.clone())?;
     let applied = crate::apply::applied_index(engine.as_ref())?;
     let commit = log.hard_state().commit;
@@ -422,6 +422,8 @@ impl Node {
                 bootstrap(cfg, &peer_urls, engine.as_ref())?
             }
         };
+        membership.load(engine.as_ref())?;
+        // The forced conf changes move the registry only once applied.
         if cfg.force_new_cluster {
             if had_state {
                 force_new_cluster(engine.clone(), id, &membership)?;
@@ -429,7 +431,6 @@ impl Node {
                 tracing::warn!("--force-new-cluster on an empty data dir: nothing to force, a new cluster is bootstrapped");
             }
         }
-        membership.load(engine.as_ref())?;
         // A data dir is one member's: started under another member's name it
         // was most likely swapped (volumes mixed up), and would speak for
         // the member it belongs to.

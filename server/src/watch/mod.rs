@@ -140,6 +140,11 @@ impl WatchHub {
 
     /// Answers the deferred progress requests of streams now caught up.
     fn answer_deferred(&self) {
+        // Most rounds have none: the watcher set (which the applier takes
+        // to publish every revision) is then left alone.
+        if self.deferred.lock().is_empty() {
+            return;
+        }
         let watchers = self.watchers.lock();
         self.deferred.lock().retain(|stream, tx| match self.stream_progress(&watchers, *stream) {
             _ if tx.is_closed() => false,
