@@ -7,7 +7,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN        := $(TARGET_DIR)/debug
 DATA_DIR   ?= default.raftkv
 
-.PHONY: all deps doctor pydeps go-peers build run cluster test bench bench-cluster clean-data
+.PHONY: all deps doctor pydeps go-peers node-peers test-peers build run cluster test bench bench-cluster clean-data
 
 # The chart tests' Python packages (Helm 4's engine, Kubernetes' schemas).
 VENV       ?= .venv
@@ -24,9 +24,16 @@ doctor:
 pydeps:
 	@./scripts/pydeps.sh $(VENV) charts/tests/requirements.txt
 
-# Test peers built from Go modules (tests/go): etcd 3.5 and 3.6.
+# Test peers built from Go modules (tests/go): etcd 3.5 and 3.6, and the
+# object stores of the backup tests (versitygw for S3, fake-gcs-server).
 go-peers: deps
 	@./scripts/go-peers.sh
+
+# Test peers from npm (tests/node): Azurite, Azure Storage's emulator.
+node-peers: deps
+	@./scripts/node-peers.sh
+
+test-peers: go-peers node-peers
 
 build: deps
 	$(CARGO) build --workspace --bins --examples
@@ -44,7 +51,7 @@ cluster: build
 
 # Every test: unit, property, and end-to-end over the real binaries and real
 # etcd; then the Helm chart, CRD and examples, offline (charts/tests).
-test: build pydeps go-peers
+test: build pydeps test-peers
 	$(CARGO) test --workspace
 	RAFTKV_OPERATOR=$(BIN)/raftkv-operator $(VENV)/bin/python -m unittest discover -s charts/tests -v
 

@@ -78,6 +78,7 @@ check_protoc() {
 check_etcd()    { local v; v=$(etcd_version) && [ -n "$v" ] && version_at_least "$v" "$ETCD_MIN" && echo "$v $(command -v etcd)"; }
 check_etcdctl() { local v; v=$(etcdctl_version) && [ -n "$v" ] && version_at_least "$v" "$ETCD_MIN" && echo "$v $(command -v etcdctl)"; }
 check_python()  { local v; v=$(python_version) && [ -n "$v" ] && echo "$v $(command -v python3)"; }
+check_node()    { local v; v=$(node --version 2>/dev/null | sed 's/^v//') && [ -n "$v" ] && version_at_least "$v" 18 && command -v npm >/dev/null && echo "$v $(command -v node)"; }
 check_go()      { local v; v=$(go_version) && [ -n "$v" ] && version_at_least "$v" 1.26 && echo "$v $(command -v go)"; }
 
 # name|packages|what needs it|how: apt (installed here), manual (named), optional (named, not required yet)
@@ -88,7 +89,8 @@ PREREQS=(
   "etcd|etcd-server (etcd >= $ETCD_MIN)|the tests and benchmarks that compare with etcd|apt"
   "etcdctl|etcd-client (etcdctl >= $ETCD_MIN)|the CLI compatibility tests|apt"
   "python|python3 python3-venv|the Helm chart tests (a virtualenv)|apt"
-  "go|Go >= 1.26 (https://go.dev/dl; Debian's golang-go is too old)|the etcd 3.5 and 3.6 test peers built from Go modules (tests/go)|manual"
+  "node|nodejs npm (Node.js >= 18)|Azurite, the Azure Storage emulator the backup tests write to (tests/node)|apt"
+  "go|Go >= 1.26 (https://go.dev/dl; Debian's golang-go is too old)|the test peers built from Go modules (tests/go: etcd 3.5 and 3.6, versitygw, fake-gcs-server)|manual"
 )
 
 field() { echo "$1" | cut -d'|' -f"$2"; }
@@ -130,6 +132,7 @@ install_missing() {
         etcd)     pkgs+=(etcd-server) ;;
         etcdctl)  pkgs+=(etcd-client) ;;
         python)   pkgs+=(python3 python3-venv) ;;
+        node)     pkgs+=(nodejs npm) ;;
       esac
     else
       manual+=("$(field "$row" 1): $(field "$row" 2)")

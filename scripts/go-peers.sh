@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Builds the Go test peers from the Go module proxy, each from its module
-# under tests/go (go.mod and go.sum pin every module): etcd 3.5 and 3.6,
-# whose snapshots the migration tests restore (Debian gives etcd 3.4).
-# Binaries go to $RAFTKV_GO_BIN (default /var/tmp/raftkv-go/bin), named
-# etcd-<version>; one already there at the pinned version is kept, so only
-# the first run builds (about a minute each on 2 cores, downloads included).
+# under tests/go (go.mod and go.sum pin every module):
+# - etcd 3.5 and 3.6 (tests/go/etcd-*), whose snapshots the migration tests
+#   restore (Debian gives etcd 3.4), named etcd-<version>;
+# - object stores the backup tests write to, each a module with one `tool`
+#   line, named after its directory: versitygw (an S3 gateway over a
+#   directory) and fake-gcs-server (Google Cloud Storage's API).
+# Binaries go to $RAFTKV_GO_BIN (default /var/tmp/raftkv-go/bin); one
+# already there at the pinned version is kept, so only the first run builds
+# (about a minute each on 2 cores, downloads included).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,5 +32,21 @@ for dir in "$root"/tests/go/etcd-*/; do
   fi
   echo "go-peers: building etcd $version from the Go module proxy into $out" >&2
   (cd "$dir" && CGO_ENABLED=0 go build -trimpath -o "$out.partial" .)
+  mv "$out.partial" "$out"
+done
+
+# Tools: the main module version `go version -m` reports must be the pinned one.
+for dir in "$root"/tests/go/*/; do
+  tool=$(sed -n 's#^tool \(.*\)$#\1#p' "$dir/go.mod")
+  [ -n "$tool" ] || continue
+  name=$(basename "$dir")
+  module=$(cd "$dir" && go list -f '{{.Module.Path}}' "$tool")
+  version=$(sed -n "s#^[[:space:]]*$module \(v[^ ]*\).*#\1#p" "$dir/go.mod" | head -1)
+  out="$bin/$name"
+  if [ -x "$out" ] && go version -m "$out" 2>/dev/null | grep -q "^[[:space:]]*mod[[:space:]]*$module[[:space:]]*$version[[:space:]]"; then
+    continue
+  fi
+  echo "go-peers: building $tool $version from the Go module proxy into $out" >&2
+  (cd "$dir" && CGO_ENABLED=0 go build -trimpath -o "$out.partial" "$tool")
   mv "$out.partial" "$out"
 done

@@ -17,6 +17,8 @@
 //! - `gofmt.rs`: Go's quoting, durations and numbers, which the output and
 //!   error texts depend on.
 //! - `error.rs`: exit codes and error texts.
+//! - `objstore.rs`: snapshot files in S3, GCS, Azure Blob Storage or a
+//!   directory (`object_store`), for `snapshot save` and `restore`.
 
 mod bench;
 mod client;
@@ -24,6 +26,7 @@ mod command;
 mod concurrency;
 mod error;
 mod gofmt;
+mod objstore;
 mod printer;
 
 use std::io::Write;

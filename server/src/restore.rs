@@ -79,15 +79,20 @@ fn carried_over(key: &[u8]) -> bool {
 /// snapshot's size.
 const BATCH_BYTES: usize = 4 << 20;
 
+/// Refuses a data dir that exists with anything in it (etcdutl's check);
+/// an empty or absent one is restored into.
+pub fn check_data_dir(data_dir: &Path) -> Result<(), RestoreError> {
+    match std::fs::read_dir(data_dir).map(|mut d| d.next().is_some()) {
+        Ok(false) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        _ => Err(RestoreError::DataDirNotEmpty(data_dir.display().to_string())),
+    }
+}
+
 /// Restores `cfg.snapshot` into `cfg.data_dir`. `progress(done, total)`
 /// follows the bytes read (the hash check, then the load).
 pub fn restore(cfg: &RestoreConfig, progress: &mut dyn FnMut(u64, u64)) -> Result<(), RestoreError> {
-    let non_empty = std::fs::read_dir(&cfg.data_dir).map(|mut d| d.next().is_some());
-    match non_empty {
-        Ok(false) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        _ => return Err(RestoreError::DataDirNotEmpty(cfg.data_dir.display().to_string())),
-    }
+    check_data_dir(&cfg.data_dir)?;
     let server_cfg = Config::try_parse_from([
         "raftkv",
         "--name",

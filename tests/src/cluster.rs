@@ -111,9 +111,16 @@ impl Cluster {
     /// makes from `snapshot` (raftkv's or etcd's), each with the bootstrap
     /// flags it then starts with: a new cluster from a backup.
     pub async fn start_restored(n: usize, snapshot: &std::path::Path) -> anyhow::Result<Cluster> {
+        Cluster::start_restored_from(n, snapshot.as_os_str(), &[]).await
+    }
+
+    /// [`Cluster::start_restored`] from a file or an object URL, with
+    /// `env` for raftkvctl (an object store's endpoint and credentials).
+    pub async fn start_restored_from(n: usize, snapshot: &std::ffi::OsStr, env: &[(String, String)]) -> anyhow::Result<Cluster> {
         let ctl = crate::binaries::raftkvctl()?;
         Cluster::start_prepared(Flavor::Raftkv, n, &[], |b, data_dir| {
             let out = std::process::Command::new(&ctl)
+                .envs(env.iter().map(|(k, v)| (k, v)))
                 .arg("snapshot")
                 .arg("restore")
                 .arg(snapshot)

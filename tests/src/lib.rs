@@ -33,6 +33,8 @@
 //! - [`describe`]: deterministic one-line descriptions of responses and gRPC
 //!   errors, the vocabulary of those observations.
 //! - [`diff`]: a small unified line diff for failure messages.
+//! - [`objstores`]: real object stores on loopback (versitygw for S3,
+//!   fake-gcs-server, Azurite, a directory) for the backup tests.
 
 pub mod acked;
 pub mod binaries;
@@ -40,6 +42,7 @@ pub mod both;
 pub mod cluster;
 pub mod describe;
 pub mod diff;
+pub mod objstores;
 pub mod ports;
 pub mod proxy;
 pub mod server;
