@@ -71,6 +71,12 @@ pub struct RestoreArgs {
     /// Ignore snapshot integrity hash value (required if copied from data directory)
     #[arg(long = "skip-hash-check", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
     pub skip_hash_check: bool,
+    /// 'new' restores; 'existing' (a member joining a cluster, which gets its data from the cluster) restores nothing (raftkv)
+    #[arg(long = "initial-cluster-state", default_value = "new", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+    /// Leave a data dir that already holds data as it is and succeed, instead of refusing it (raftkv: a restarted pod's init container)
+    #[arg(long = "keep-existing-data-dir", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
+    pub keep_existing_data_dir: bool,
     /// <filename> or an object URL (s3://, gs://, az://, file://)
     pub args: Vec<String>,
 }
@@ -381,6 +387,14 @@ async fn restore(args: RestoreArgs) -> Result<(), CtlError> {
         return Err(CtlError::bad_args("snapshot restore requires exactly one argument"));
     };
     let data_dir = if args.data_dir.is_empty() { format!("{}.raftkv", args.name) } else { args.data_dir.clone() };
+    if args.initial_cluster_state == "existing" {
+        eprintln!("{}: joins an existing cluster, which gives it its data: nothing to restore", args.name);
+        return Ok(());
+    }
+    if args.keep_existing_data_dir && raftkv::restore::check_data_dir(Path::new(&data_dir)).is_err() {
+        eprintln!("{data_dir}: holds data already, kept as it is: nothing to restore");
+        return Ok(());
+    }
     if !objstore::is_url(path) {
         return restore_file(&args, Path::new(path), &data_dir);
     }
