@@ -33,8 +33,10 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "raftkv-operator"
-CRD = ROOT / "crds" / "kvcluster.yaml"
+CRDS = ROOT / "crds"
+CRD = CRDS / "kvcluster.yaml"
 EXAMPLES = ROOT / "examples"
+BACKUP_EXAMPLES = EXAMPLES / "backups"
 # Built by `make test` first; the Makefile says where.
 OPERATOR = os.environ.get("RAFTKV_OPERATOR") or str(ROOT / "target" / "debug" / "raftkv-operator")
 # The chart's kubeVersion floor, which is the operator's k8s-openapi feature.
@@ -95,8 +97,8 @@ BAD_VALUES = [
 ]
 
 
-def crd_schema():
-    crd = yaml.safe_load(CRD.read_text())
+def crd_schema(kind="KvCluster"):
+    (crd,) = [c for c in (yaml.safe_load(p.read_text()) for p in CRDS.glob("*.yaml")) if c["spec"]["names"]["kind"] == kind]
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
     return version["schema"]["openAPIV3Schema"]
 
@@ -218,12 +220,47 @@ class ChartTest(unittest.TestCase):
                     (subject,) = binding["subjects"]
                     self.assertEqual((subject["kind"], subject["namespace"]), ("ServiceAccount", "ops"))
 
-    def test_the_chart_carries_the_generated_crd(self):
-        self.assertEqual((CHART / "crds" / "kvcluster.yaml").read_text(), CRD.read_text(), "run: cp crds/kvcluster.yaml charts/raftkv-operator/crds/")
+    def test_the_chart_carries_the_generated_crds(self):
+        generated = sorted(p.name for p in CRDS.glob("*.yaml"))
+        self.assertEqual(generated, ["kvbackup.yaml", "kvbackupschedule.yaml", "kvcluster.yaml"])
+        self.assertEqual(sorted(p.name for p in (CHART / "crds").glob("*.yaml")), generated, "run: cp crds/*.yaml charts/raftkv-operator/crds/")
+        for name in generated:
+            self.assertEqual((CHART / "crds" / name).read_text(), (CRDS / name).read_text(), "run: cp crds/*.yaml charts/raftkv-operator/crds/")
 
-    def test_the_crd_is_a_valid_kubernetes_object(self):
-        for doc in yaml.safe_load_all(CRD.read_text()):
-            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+    def test_the_crds_are_valid_kubernetes_objects(self):
+        for path in sorted(CRDS.glob("*.yaml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+class BackupExamplesTest(unittest.TestCase):
+    def test_backup_examples_are_valid_for_their_kinds(self):
+        examples = sorted(BACKUP_EXAMPLES.glob("*.yaml"))
+        self.assertGreaterEqual(len(examples), 2)
+        kinds = set()
+        for path in examples:
+            for doc in (d for d in yaml.safe_load_all(path.read_text()) if d):
+                with self.subTest(example=path.name, kind=doc["kind"]):
+                    if doc["apiVersion"] == "v1":
+                        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+                        continue
+                    self.assertEqual(doc["apiVersion"], "raftkv.io/v1alpha1")
+                    kinds.add(doc["kind"])
+                    jsonschema.validate(doc, crd_schema(doc["kind"]))
+        self.assertEqual(kinds, {"KvBackup", "KvBackupSchedule"})
+
+    def test_the_schemas_refuse_bad_backups(self):
+        schedule = crd_schema("KvBackupSchedule")
+        good = {"apiVersion": "raftkv.io/v1alpha1", "kind": "KvBackupSchedule", "metadata": {"name": "n"},
+                "spec": {"cluster": "demo", "schedule": "0 3 * * *", "destination": {"s3": {"bucket": "backups"}}}}
+        jsonschema.validate(good, schedule)
+        for change in ({"retention": {"maxAge": "30 days"}}, {"retention": {"count": 0}}, {"cluster": ""},
+                       {"destination": {"s3": {"bucket": "backups", "endpoint": "minio:9000"}}}):
+            with self.subTest(change=change):
+                bad = copy.deepcopy(good)
+                bad["spec"].update(change)
+                with self.assertRaises(jsonschema.ValidationError):
+                    jsonschema.validate(bad, schedule)
 
 
 class ExamplesTest(unittest.TestCase):

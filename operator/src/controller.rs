@@ -162,6 +162,21 @@ async fn apply<M: MembershipApi>(kvc: &KvCluster, ctx: &Context<M>) -> Result<Ac
         .list(&by_label)
         .await?
         .items;
+
+    // A restored cluster: the snapshot its founding member starts from,
+    // resolved and recorded before any member exists.
+    let mut previous = previous;
+    let restore = match restore_source(kvc, &names, &claims, ctx).await? {
+        RestoreOutcome::None => None,
+        RestoreOutcome::Ready(from) => {
+            if previous.restored_from.is_none() {
+                previous.restored_from = Some(crate::backup::restore::recorded(&from));
+                patch_status(&Api::namespaced(client.clone(), ns), kvc, &previous).await?;
+            }
+            Some(from)
+        }
+        RestoreOutcome::NotYet(action) => return Ok(action),
+    };
     let sts_replicas = sts
         .as_ref()
         .and_then(|s| s.spec.as_ref()?.replicas)
@@ -204,12 +219,11 @@ async fn apply<M: MembershipApi>(kvc: &KvCluster, ctx: &Context<M>) -> Result<Ac
             ssa(client, ns, &resources::configmap(kvc, bootstrap)).await?;
         }
         ssa(client, ns, &resources::pdb(kvc)).await?;
-        ssa(
-            client,
-            ns,
-            &resources::statefulset(kvc, sts_replicas as i32),
-        )
-        .await?;
+        let mut statefulset = resources::statefulset(kvc, sts_replicas as i32);
+        if let Some(from) = &restore {
+            resources::add_restore(&mut statefulset, kvc, from);
+        }
+        ssa(client, ns, &statefulset).await?;
     }
 
     // The next step.
@@ -288,6 +302,67 @@ async fn apply<M: MembershipApi>(kvc: &KvCluster, ctx: &Context<M>) -> Result<Ac
             Next::Idle => WHEN_IDLE,
         })),
     }
+}
+
+enum RestoreOutcome {
+    None,
+    Ready(Box<resources::RestoreFrom>),
+    NotYet(Action),
+}
+
+/// `spec.bootstrap.restore`, resolved; while it cannot be, the reason is a
+/// `Restored` condition and an event, and nothing is created.
+async fn restore_source<M>(
+    kvc: &KvCluster,
+    names: &Names,
+    claims: &[PersistentVolumeClaim],
+    ctx: &Context<M>,
+) -> Result<RestoreOutcome, Error> {
+    use crate::backup::restore::{Resolved, resolve};
+    let Some(spec) = kvc.spec.bootstrap.as_ref().and_then(|b| b.restore.as_ref()) else {
+        return Ok(RestoreOutcome::None);
+    };
+    let backup = match &spec.backup {
+        Some(r) if kvc.status.as_ref().is_none_or(|s| s.restored_from.is_none()) => {
+            Api::<crate::backup::crd::KvBackup>::namespaced(ctx.client.clone(), &names.namespace)
+                .get_opt(&r.name)
+                .await?
+        }
+        _ => None,
+    };
+    let founding_claim = claims.iter().any(|c| c.name_any() == names.claim(0));
+    let (reason, message, requeue) = match resolve(kvc, backup.as_ref(), founding_claim) {
+        None => return Ok(RestoreOutcome::None),
+        Some(Resolved::Ready(from)) => return Ok(RestoreOutcome::Ready(from)),
+        Some(Resolved::Wait(m)) => ("RestoreWaiting", m, Action::requeue(WHILE_WAITING)),
+        Some(Resolved::Refuse(m)) => ("RestoreRefused", m, Action::requeue(WHEN_IDLE)),
+    };
+    let mut status = kvc.status.clone().unwrap_or_default();
+    let condition = k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: "Restored".to_owned(),
+        status: "False".to_owned(),
+        reason: reason.to_owned(),
+        message: message.clone(),
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+        observed_generation: kvc.metadata.generation,
+    };
+    let changed = status.conditions.iter().find(|c| c.type_ == "Restored").is_none_or(|c| c.reason != reason || c.message != message);
+    if changed {
+        status.conditions.retain(|c| c.type_ != "Restored");
+        status.conditions.push(condition);
+        patch_status(&Api::namespaced(ctx.client.clone(), &names.namespace), kvc, &status).await?;
+        let event = KubeEvent {
+            type_: if reason == "RestoreRefused" { EventType::Warning } else { EventType::Normal },
+            reason: reason.to_owned(),
+            note: Some(message),
+            action: "Restore".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &kvc.object_ref(&())).await {
+            tracing::warn!(error = %e, "cannot publish an event");
+        }
+    }
+    Ok(RestoreOutcome::NotYet(requeue))
 }
 
 fn step_name(action: &crate::planner::Action) -> &'static str {

@@ -73,6 +73,10 @@ pub const GROUP: &str = "raftkv.io";
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.bootstrap) == has(oldSelf.bootstrap) && (!has(self.bootstrap) || self.bootstrap == oldSelf.bootstrap)",
+    "message": "bootstrap is read when the cluster is created and cannot change: a restore makes a new KvCluster"
+}]))]
 pub struct KvClusterSpec {
     /// Voting members. Odd sizes tolerate as many failures as the next even
     /// size and are cheaper: 1, 3, 5, 7 or 9 are the usual choices.
@@ -103,9 +107,62 @@ pub struct KvClusterSpec {
     /// members one at a time, as an upgrade does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerSettings>,
+    /// How a new cluster starts: empty (the default), or restored from a
+    /// backup. Read when the cluster is created; it cannot change after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BootstrapSpec>,
     /// While true the operator changes nothing (it still reports status).
     #[serde(default)]
     pub paused: bool,
+}
+
+/// A new cluster's first data.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreSpec>,
+}
+
+/// A snapshot to restore: a `KvBackup` of this namespace, or an object in
+/// a store (a snapshot raftkv or etcd wrote). The founding member's volume
+/// is made from it before raftkv first starts; the cluster then keeps its
+/// keys and revisions, under a new cluster id, and grows to its size as
+/// any new cluster does.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.backup) != has(self.source)",
+    "message": "a restore names either a backup or a source"
+}]))]
+pub struct RestoreSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<RestoreSource>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRef {
+    /// A Completed `KvBackup` in the cluster's namespace.
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+/// An object in a store: a backup's destination, and the object's key
+/// there (after the destination's prefix).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "[has(self.s3), has(self.gcs), has(self.azure), has(self.volume)].filter(x, x).size() == 1",
+    "message": "exactly one of s3, gcs, azure and volume"
+}]))]
+pub struct RestoreSource {
+    #[serde(flatten)]
+    pub destination: crate::backup::crd::Destination,
+    #[schemars(length(min = 1))]
+    pub key: String,
 }
 
 fn default_replicas() -> i32 {
@@ -336,6 +393,17 @@ pub struct KvClusterStatus {
     /// is taken so that a restarted operator resumes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<Operation>,
+    /// The snapshot `spec.bootstrap.restore` resolved to, recorded before
+    /// the first member was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<RestoreStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreStatus {
+    pub location: String,
+    pub destination: crate::backup::crd::Destination,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

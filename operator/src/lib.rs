@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`crd`]: the `KvCluster` spec and status, and the CRD `crdgen` writes.
+//! - [`backup`]: the `KvBackup` and `KvBackupSchedule` kinds, schedule
+//!   and retention math, and the backup Job.
 //! - [`resources`]: pure builders of the owned objects (Services,
 //!   StatefulSet, PodDisruptionBudget, bootstrap ConfigMap).
 //! - [`planner`]: the membership planner, pure: observation in, the one next
@@ -20,6 +22,7 @@
 //! - [`rbac`]: the permissions it needs, which the chart and
 //!   `deploy/operator.yaml` grant (`raftkv-operator rbac`).
 
+pub mod backup;
 pub mod controller;
 pub mod crd;
 pub mod members;

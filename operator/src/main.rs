@@ -185,7 +185,11 @@ async fn run(
         metrics,
         connect: Box::new(Membership::new),
     });
-    controller::run(ctx, namespaces, stopped).await;
+    futures::future::join(
+        controller::run(ctx.clone(), namespaces.clone(), stopped.clone()),
+        raftkv_operator::backup::controller::run(ctx, namespaces, stopped),
+    )
+    .await;
     let _ = stop.send(true);
     lease_task.abort();
     http.await

@@ -39,6 +39,12 @@ pub struct Metrics {
     pub steps: Family<StepLabels, Counter>,
     pub members: Family<ClusterLabels, Gauge>,
     pub ready_members: Family<ClusterLabels, Gauge>,
+    /// Per cluster (`name` is the KvCluster's): for alerting on backups
+    /// that stopped succeeding.
+    pub last_successful_backup: Family<ClusterLabels, Gauge>,
+    pub backups_completed: Family<ClusterLabels, Counter>,
+    pub backups_failed: Family<ClusterLabels, Counter>,
+    pub backup_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -50,6 +56,11 @@ impl Default for Metrics {
         let steps = Family::<StepLabels, Counter>::default();
         let members = Family::<ClusterLabels, Gauge>::default();
         let ready_members = Family::<ClusterLabels, Gauge>::default();
+        let last_successful_backup = Family::<ClusterLabels, Gauge>::default();
+        let backups_completed = Family::<ClusterLabels, Counter>::default();
+        let backups_failed = Family::<ClusterLabels, Counter>::default();
+        // 1 s to about 4.5 h.
+        let backup_duration = Histogram::new(exponential_buckets(1.0, 2.0, 15));
         registry.register(
             "reconciles",
             "Reconciliations of a KvCluster",
@@ -76,6 +87,18 @@ impl Default for Metrics {
             "Healthy voting members",
             ready_members.clone(),
         );
+        registry.register(
+            "last_successful_backup_timestamp_seconds",
+            "When the last backup of a KvCluster that completed was started (Unix time)",
+            last_successful_backup.clone(),
+        );
+        registry.register("backups_completed", "Backups of a KvCluster that completed", backups_completed.clone());
+        registry.register("backups_failed", "Backups of a KvCluster that failed", backups_failed.clone());
+        registry.register(
+            "backup_duration_seconds",
+            "From a backup's start to its completion",
+            backup_duration.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -84,6 +107,10 @@ impl Default for Metrics {
             steps,
             members,
             ready_members,
+            last_successful_backup,
+            backups_completed,
+            backups_failed,
+            backup_duration,
         }
     }
 }
@@ -117,6 +144,21 @@ impl Metrics {
         self.ready_members.get_or_create(cluster).set(ready);
     }
 
+    /// A backup of `cluster` started at `started` (Unix seconds) completed
+    /// after `took`.
+    pub fn backup_completed(&self, cluster: &ClusterLabels, started: i64, took: Duration) {
+        self.backups_completed.get_or_create(cluster).inc();
+        let last = self.last_successful_backup.get_or_create(cluster);
+        if started > last.get() {
+            last.set(started);
+        }
+        self.backup_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn backup_failed(&self, cluster: &ClusterLabels) {
+        self.backups_failed.get_or_create(cluster).inc();
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
@@ -148,5 +190,24 @@ mod tests {
             text.contains(r#"raftkv_operator_ready_members{namespace="prod",name="demo"} 4"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_last_successful_backup_only_moves_forward() {
+        let metrics = Metrics::default();
+        let demo = ClusterLabels { namespace: "prod".into(), name: "demo".into() };
+        metrics.backup_completed(&demo, 2000, Duration::from_secs(3));
+        // A slower, older backup completing later does not move it back.
+        metrics.backup_completed(&demo, 1000, Duration::from_secs(9));
+        metrics.backup_failed(&demo);
+        let text = metrics.encode().expect("encodes");
+        for line in [
+            r#"raftkv_operator_last_successful_backup_timestamp_seconds{namespace="prod",name="demo"} 2000"#,
+            r#"raftkv_operator_backups_completed_total{namespace="prod",name="demo"} 2"#,
+            r#"raftkv_operator_backups_failed_total{namespace="prod",name="demo"} 1"#,
+            "raftkv_operator_backup_duration_seconds_count 2",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 }

@@ -23,11 +23,12 @@ fn one_group<S: serde::Serializer>(group: &&'static str, s: S) -> Result<S::Ok, 
 
 /// In every watched namespace (cluster-wide without `WATCH_NAMESPACE`).
 pub const RULES: &[Rule] = &[
-    // The controller's watch; the finalizer's JSON patches.
+    // The controller's watch; the finalizer's JSON patches; a backup reads
+    // its cluster (the member to take the snapshot from).
     Rule {
         api_groups: "raftkv.io",
         resources: &["kvclusters"],
-        verbs: &["list", "watch", "patch"],
+        verbs: &["get", "list", "watch", "patch"],
     },
     // Status, by server-side apply.
     Rule {
@@ -65,6 +66,36 @@ pub const RULES: &[Rule] = &[
         resources: &["events"],
         verbs: &["create", "patch"],
     },
+    // Backups: watched; a schedule creates its own and its retention
+    // deletes them; a restore reads the one it names.
+    Rule {
+        api_groups: "raftkv.io",
+        resources: &["kvbackups"],
+        verbs: &["get", "list", "watch", "create", "delete"],
+    },
+    Rule {
+        api_groups: "raftkv.io",
+        resources: &["kvbackupschedules"],
+        verbs: &["list", "watch"],
+    },
+    Rule {
+        api_groups: "raftkv.io",
+        resources: &["kvbackups/status", "kvbackupschedules/status"],
+        verbs: &["patch"],
+    },
+    // A backup's Job: made, read and watched for its outcome.
+    Rule {
+        api_groups: "batch",
+        resources: &["jobs"],
+        verbs: &["get", "list", "watch", "create"],
+    },
+    // A destination's credentials: checked to exist before a Job that
+    // could only fail is started (the values are the kubelet's to read).
+    Rule {
+        api_groups: "",
+        resources: &["secrets"],
+        verbs: &["get"],
+    },
 ];
 
 /// In the operator's own namespace: the leader-election Lease
@@ -83,6 +114,9 @@ pub const WATCHED: &[(&str, &str)] = &[
     ("", "services"),
     ("policy", "poddisruptionbudgets"),
     ("", "configmaps"),
+    ("raftkv.io", "kvbackups"),
+    ("raftkv.io", "kvbackupschedules"),
+    ("batch", "jobs"),
 ];
 
 /// Whether the namespaced rules allow `verb` on `resource` of `group`.
@@ -130,7 +164,7 @@ mod tests {
         let json = to_json();
         assert_eq!(
             json["rules"][0],
-            serde_json::json!({"apiGroups": ["raftkv.io"], "resources": ["kvclusters"], "verbs": ["list", "watch", "patch"]})
+            serde_json::json!({"apiGroups": ["raftkv.io"], "resources": ["kvclusters"], "verbs": ["get", "list", "watch", "patch"]})
         );
         assert_eq!(
             json["leaderElection"][0]["verbs"],

@@ -369,6 +369,7 @@ pub fn next_status(input: &StatusInput<'_>) -> KvClusterStatus {
         ],
         members,
         operation: input.plan.operation.clone(),
+        restored_from: previous.restored_from.clone(),
     }
 }
 

@@ -366,7 +366,7 @@ impl Server {
 
     /// Polls `Status` until it answers with a leader; fails early if the
     /// process exits, and prints the log on failure.
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(child) = self.child.as_mut()

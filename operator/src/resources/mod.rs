@@ -13,7 +13,7 @@ mod statefulset;
 pub use configmap::{Bootstrap, InitialClusterState, configmap};
 pub use pdb::{max_unavailable, pdb};
 pub use services::{client_service, peer_service};
-pub use statefulset::statefulset;
+pub use statefulset::{RestoreFrom, add_restore, statefulset};
 
 use std::collections::BTreeMap;
 

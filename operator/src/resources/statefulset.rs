@@ -24,6 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{CLIENT_PORT, DATA_DIR, Names, PEER_PORT, VOLUME_MOUNT, VOLUME_NAME, metadata};
+use crate::backup::crd::Destination;
 use crate::crd::{CompactionMode, KvCluster, ReclaimPolicy, ServerSettings, byte_size};
 
 /// How long a member may take to start serving: it listens for clients only
@@ -150,6 +151,58 @@ fn server_flags(server: &ServerSettings) -> Vec<String> {
         flags.push(format!("--auto-compaction-retention={}", ac.retention));
     }
     flags
+}
+
+/// The snapshot a restored cluster starts from: its URL and the store it
+/// is in (for the store's environment and volumes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoreFrom {
+    pub url: String,
+    pub destination: Destination,
+}
+
+/// Adds the `restore` init container: `raftkvctl snapshot restore URL` into
+/// the member's data dir, with the bootstrap ConfigMap's initial cluster and
+/// token (so the restored member is the one raftkv then starts as). It
+/// restores only the founding member (`--initial-cluster-state` is `new`
+/// for it alone; a joining member gets its data from the cluster) and only
+/// once (`--keep-existing-data-dir`: a restarted pod keeps its data).
+pub fn add_restore(sts: &mut StatefulSet, kvc: &KvCluster, from: &RestoreFrom) {
+    let names = Names::of(kvc);
+    let host = format!("$(POD_NAME).{}.{}.svc", names.peer_service(), names.namespace);
+    let Some(pod) = sts.spec.as_mut().and_then(|s| s.template.spec.as_mut()) else { return };
+    let main = &pod.containers[0];
+    let mut env = main.env.clone().unwrap_or_default();
+    env.extend(crate::backup::job::env(&from.destination));
+    let (volumes, mut mounts) = crate::backup::job::volumes(&from.destination);
+    mounts.insert(0, VolumeMount { name: VOLUME_NAME.to_owned(), mount_path: VOLUME_MOUNT.to_owned(), ..VolumeMount::default() });
+    let init = Container {
+        name: "restore".to_owned(),
+        image: Some(kvc.spec.image()),
+        command: Some(vec![crate::backup::job::RAFTKVCTL.to_owned()]),
+        args: Some(vec![
+            "snapshot".to_owned(),
+            "restore".to_owned(),
+            from.url.clone(),
+            format!("--data-dir={DATA_DIR}"),
+            "--name=$(POD_NAME)".to_owned(),
+            "--initial-cluster=$(RAFTKV_INITIAL_CLUSTER)".to_owned(),
+            "--initial-cluster-token=$(RAFTKV_INITIAL_CLUSTER_TOKEN)".to_owned(),
+            format!("--initial-advertise-peer-urls=http://{host}:{PEER_PORT}"),
+            "--initial-cluster-state=$(RAFTKV_INITIAL_CLUSTER_STATE)".to_owned(),
+            "--keep-existing-data-dir".to_owned(),
+        ]),
+        env: Some(env),
+        env_from: main.env_from.clone(),
+        volume_mounts: Some(mounts),
+        resources: kvc.spec.resources.clone(),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        ..Container::default()
+    };
+    pod.init_containers = Some(vec![init]);
+    if !volumes.is_empty() {
+        pod.volumes.get_or_insert_with(Vec::new).extend(volumes);
+    }
 }
 
 fn container(kvc: &KvCluster, names: &Names) -> Container {

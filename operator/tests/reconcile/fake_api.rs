@@ -33,6 +33,10 @@ const COLLECTIONS: &[&str] = &[
     "services",
     "configmaps",
     "events",
+    "jobs",
+    "secrets",
+    "kvbackups",
+    "kvbackupschedules",
 ];
 
 /// (group, resource, verb) of every request any fake API in this test
@@ -174,10 +178,12 @@ impl FakeApi {
         match method.as_str() {
             "GET" if COLLECTIONS.contains(&last) => {
                 let prefix = format!("{base}/");
+                let selector = label_selector(parts.uri.query().unwrap_or_default());
                 let items: Vec<Value> = state
                     .objects
                     .iter()
                     .filter(|(k, _)| k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
+                    .filter(|(_, v)| selector.iter().all(|(key, value)| v["metadata"]["labels"][key] == json!(value)))
                     .map(|(_, v)| v.clone())
                     .collect();
                 (
@@ -193,7 +199,25 @@ impl FakeApi {
                 Some(object) => (StatusCode::OK, object),
                 None => status(StatusCode::NOT_FOUND, "NotFound"),
             },
-            "POST" => (StatusCode::CREATED, body),
+            "POST" => {
+                // Stored under its name, with what the server fills in; a
+                // name taken is a conflict.
+                let Some(name) = body["metadata"]["name"].as_str().map(str::to_owned) else {
+                    return (StatusCode::CREATED, body);
+                };
+                let key = format!("{base}/{name}");
+                if state.objects.contains_key(&key) {
+                    return status(StatusCode::CONFLICT, "AlreadyExists");
+                }
+                let mut object = body.clone();
+                state.next_uid += 1;
+                object["metadata"]["uid"] = json!(format!("uid-{}", state.next_uid));
+                if object["metadata"]["creationTimestamp"].is_null() {
+                    object["metadata"]["creationTimestamp"] = json!(k8s_openapi::jiff::Timestamp::now().round(k8s_openapi::jiff::Unit::Second).unwrap_or_default().to_string());
+                }
+                state.objects.insert(key, object.clone());
+                (StatusCode::CREATED, object)
+            }
             "PATCH" => {
                 let content_type = parts
                     .headers
@@ -242,6 +266,19 @@ impl FakeApi {
             _ => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
         }
     }
+}
+
+/// `labelSelector=a%3Db,c%3Dd` as (key, value) pairs (equality only).
+fn label_selector(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter_map(|q| q.strip_prefix("labelSelector="))
+        .flat_map(|s| s.split("%2C").flat_map(|p| p.split(',')).map(str::to_owned).collect::<Vec<_>>())
+        .filter_map(|p| {
+            let p = p.replace("%3D", "=").replace("%2F", "/");
+            p.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
+        .collect()
 }
 
 /// The finalizer's patches: add the list, append, remove at an index.

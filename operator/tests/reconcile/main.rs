@@ -7,6 +7,7 @@
 //! No Kubernetes API server can run on this machine; these scenarios are
 //! what stands in for one.
 
+mod backups;
 mod fake_api;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -731,6 +732,12 @@ fn the_rbac_rules_grant_exactly_the_calls_the_operator_makes() {
     a_paused_cluster_is_reported_but_not_changed();
     deletion_runs_cleanup_then_releases_the_finalizer();
     the_error_policy_counts_the_failure_and_requeues();
+    backups::a_backup_runs_a_job_against_a_follower_and_records_its_report();
+    backups::bad_backups_fail_with_a_clear_error_and_start_no_job();
+    backups::a_schedule_takes_backups_one_at_a_time_and_prunes_to_its_retention();
+    backups::a_schedule_that_does_not_parse_says_so_and_takes_nothing();
+    backups::a_restored_cluster_waits_for_its_backup_then_restores_its_founding_member();
+    backups::a_restore_onto_a_volume_from_before_is_refused();
 
     let mut used: std::collections::BTreeSet<(String, String, String)> = fake_api::CALLS
         .lock()
