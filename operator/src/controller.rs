@@ -271,7 +271,7 @@ async fn apply<M: MembershipApi>(kvc: &KvCluster, ctx: &Context<M>) -> Result<Ac
         }
     }
 
-    let next = status::next_status(&StatusInput {
+    let mut next = status::next_status(&StatusInput {
         names: &names,
         previous: &previous,
         generation: kvc.metadata.generation,
@@ -287,6 +287,12 @@ async fn apply<M: MembershipApi>(kvc: &KvCluster, ctx: &Context<M>) -> Result<Ac
         i64::from(next.replicas),
         i64::from(next.ready_replicas),
     );
+    // Maintenance, once the membership side has nothing to do.
+    let idle = plan.operation.is_none() && matches!(plan.next, Next::Idle);
+    let mut maintained = false;
+    if let (Some(report), false, true) = (&report, kvc.spec.paused, step.is_ok()) {
+        maintained = maintain(kvc, ctx, &membership, report, idle, &mut next).await?;
+    }
     patch_status(&status_api, kvc, &next).await?;
     publish_transitions(ctx, kvc, &previous, &next).await;
 
@@ -298,10 +304,99 @@ async fn apply<M: MembershipApi>(kvc: &KvCluster, ctx: &Context<M>) -> Result<Ac
         Err(e) => Err(e.into()),
         Ok(()) => Ok(Action::requeue(match plan.next {
             Next::Act(_) => AFTER_STEP,
+            _ if maintained => AFTER_STEP,
             Next::Wait(_) => WHILE_WAITING,
             Next::Idle => WHEN_IDLE,
         })),
     }
+}
+
+/// The quota the members run with: `spec.server.quotaBackendBytes`, or
+/// raftkv's (etcd's) 2 GiB default.
+fn quota(kvc: &KvCluster) -> i64 {
+    kvc.spec
+        .server
+        .as_ref()
+        .and_then(|s| s.quota_backend_bytes.as_ref())
+        .and_then(crate::crd::byte_size)
+        .filter(|q| *q > 0)
+        .unwrap_or(2 << 30)
+}
+
+/// Whether the defragmentation schedule named a time since the last run
+/// (or since the cluster was created); a schedule that does not parse is
+/// said in the `Maintenance` condition instead.
+fn defrag_due(kvc: &KvCluster, last: Option<&Time>, now: k8s_openapi::jiff::Timestamp) -> Result<bool, String> {
+    let Some(expr) = kvc.spec.maintenance.as_ref().and_then(|m| m.defragmentation.as_ref()).and_then(|d| d.schedule.as_deref()) else {
+        return Ok(false);
+    };
+    let schedule = crate::backup::schedule::Schedule::parse(expr)?;
+    let since = last.map(|t| t.0).or_else(|| kvc.metadata.creation_timestamp.as_ref().map(|t| t.0)).unwrap_or(now);
+    Ok(schedule.last_at_or_before(now).is_some_and(|t| t > since))
+}
+
+/// One maintenance step (`crate::maintenance`), taken and recorded in
+/// `next`; every step is idempotent, so one taken twice after a crash is
+/// harmless. True when a step was taken or a run is in flight.
+async fn maintain<M: MembershipApi>(
+    kvc: &KvCluster,
+    ctx: &Context<M>,
+    membership: &M,
+    report: &crate::members::Report,
+    idle: bool,
+    next: &mut KvClusterStatus,
+) -> Result<bool, Error> {
+    use crate::crd::MaintenanceStatus;
+    use crate::maintenance::{self as mt, Step as MtStep};
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let alarms = membership.alarms().await.map_err(StepError::from)?;
+    let nospace = alarms.iter().any(|(_, a)| a == "NOSPACE");
+    let mut status = next.maintenance.clone().unwrap_or_default();
+    if !nospace {
+        status.data_exceeds_quota = None;
+    }
+    let members = mt::members_of(report);
+    let quota = quota(kvc);
+    let (due, schedule_error) = match defrag_due(kvc, status.last_defragmentation.as_ref(), now) {
+        Ok(due) => (due, None),
+        Err(e) => (false, Some(e)),
+    };
+    let step = mt::next(&mt::Input {
+        spec: kvc.spec.maintenance.as_ref(),
+        quota,
+        members: &members,
+        nospace,
+        revision: report.revision,
+        status: &status,
+        membership_idle: idle,
+        schedule_due: due,
+    });
+    if let Some((warning, reason, text)) = mt::take(&step, membership, &mut status, quota, now).await.map_err(StepError::from)? {
+        let ev = KubeEvent {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.to_owned(),
+            note: Some(text),
+            action: "Maintenance".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&ev, &kvc.object_ref(&())).await {
+            tracing::warn!(error = %e, "cannot publish an event");
+        }
+    }
+    let (state, reason, message) = match (&status.run, &schedule_error, status.data_exceeds_quota, &step) {
+        (_, Some(e), _, _) => (false, "InvalidSchedule", e.clone()),
+        (_, _, Some(q), _) => (false, "DataExceedsQuota", format!("the live data does not fit the quota of {q} bytes; the NOSPACE alarm stays")),
+        (Some(run), _, _, MtStep::Wait(why)) => (true, "Paused", format!("{:?} run paused: {why}", run.reason)),
+        (Some(run), _, _, _) => (true, if run.reason == crate::crd::MaintenanceReason::NoSpace { "RemediatingNoSpace" } else { "Defragmenting" }, format!("{:?} run: {} defragmented", run.reason, run.defragmented.len())),
+        (None, _, _, _) if nospace => (false, "NoSpace", "a NOSPACE alarm is raised".to_owned()),
+        (None, _, _, _) => (false, "Idle", "no maintenance under way".to_owned()),
+    };
+    let condition = status::condition(&next.conditions, "Maintenance", state, reason, message, kvc.metadata.generation, &Time(now));
+    next.conditions.retain(|c| c.type_ != "Maintenance");
+    next.conditions.push(condition);
+    let active = status.run.is_some() && !matches!(step, MtStep::Wait(_));
+    next.maintenance = (status != MaintenanceStatus::default()).then_some(status);
+    Ok(active || !matches!(step, MtStep::None | MtStep::Wait(_)))
 }
 
 enum RestoreOutcome {

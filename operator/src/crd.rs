@@ -107,6 +107,10 @@ pub struct KvClusterSpec {
     /// members one at a time, as an upgrade does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerSettings>,
+    /// Defragmentation on a schedule or past thresholds, and what is done
+    /// when a member runs out of space (NOSPACE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
     /// How a new cluster starts: empty (the default), or restored from a
     /// backup. Read when the cluster is created; it cannot change after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,6 +118,57 @@ pub struct KvClusterSpec {
     /// While true the operator changes nothing (it still reports status).
     #[serde(default)]
     pub paused: bool,
+}
+
+/// Maintenance the operator runs on the members, one at a time, followers
+/// first and the leader last (after moving leadership off it), only while
+/// every voter is healthy and no membership change is under way.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Maintenance {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defragmentation: Option<Defragmentation>,
+    /// On a NOSPACE alarm: compact to the current revision, defragment
+    /// every member, disarm the alarm; if the data still does not fit the
+    /// quota, say so instead of looping. On by default.
+    #[serde(default = "yes")]
+    pub nospace_remediation: bool,
+}
+
+impl Default for Maintenance {
+    fn default() -> Self {
+        Maintenance { defragmentation: None, nospace_remediation: true }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// When to defragment every member: on a cron schedule (UTC), and/or once
+/// a member's free space (`dbSize - dbSizeInUse`) passes a size or a share
+/// of its file.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.schedule) || has(self.minFreeBytes) || has(self.minFreePercent)",
+    "message": "a defragmentation needs a schedule, a threshold, or both"
+}]))]
+pub struct Defragmentation {
+    /// A cron expression, as a KvBackupSchedule's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub schedule: Option<String>,
+    /// Defragment once a member's free space reaches this size (`1Gi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "byte_size_schema")]
+    pub min_free_bytes: Option<Quantity>,
+    /// Defragment once a member's free space reaches this share of its
+    /// file, in percent (with at least 16 MiB free, so small files are left
+    /// alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 99))]
+    pub min_free_percent: Option<u32>,
 }
 
 /// A new cluster's first data.
@@ -397,6 +452,43 @@ pub struct KvClusterStatus {
     /// the first member was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<RestoreStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<MaintenanceStatus>,
+}
+
+/// The maintenance run in flight (recorded before each step, as a
+/// membership operation is), and the last ones done.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<MaintenanceRun>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_defragmentation: Option<Time>,
+    /// The quota a NOSPACE remediation found the data does not fit: no new
+    /// remediation starts until the quota changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_exceeds_quota: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceRun {
+    pub reason: MaintenanceReason,
+    pub started_at: Time,
+    /// Compacted to this revision (a NOSPACE remediation's first step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compacted: Option<i64>,
+    /// Members defragmented so far, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub defragmented: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum MaintenanceReason {
+    Schedule,
+    Threshold,
+    NoSpace,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

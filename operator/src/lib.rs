@@ -12,6 +12,8 @@
 //! - [`members`]: the membership executor over the etcd API (MemberAdd,
 //!   MemberPromote, MemberRemove, MoveLeader, Status) and the [`members::Workloads`]
 //!   seam for the StatefulSet side of each step.
+//! - [`maintenance`]: the maintenance planner, pure: defragmentation on a
+//!   schedule or past thresholds, NOSPACE remediation, leader last.
 //! - [`status`]: pure translations of pods, claims and the cluster report into
 //!   the planner's observation and the `KvCluster` status (conditions, phase).
 //! - [`controller`]: the reconciler over the API server (finalizer,
@@ -25,6 +27,7 @@
 pub mod backup;
 pub mod controller;
 pub mod crd;
+pub mod maintenance;
 pub mod members;
 pub mod metrics;
 pub mod planner;

@@ -93,6 +93,7 @@ pub struct MemberDetail {
     pub client_urls: Vec<String>,
     pub version: Option<String>,
     pub db_size: Option<i64>,
+    pub db_size_in_use: Option<i64>,
     pub applied_index: u64,
 }
 
@@ -102,6 +103,8 @@ pub struct Report {
     pub cluster: ClusterObs,
     pub cluster_id: u64,
     pub details: BTreeMap<u64, MemberDetail>,
+    /// The highest revision a member answered with.
+    pub revision: i64,
 }
 
 /// The cluster, reached through `seeds` (client URLs of members expected
@@ -174,6 +177,15 @@ pub trait MembershipApi: Send + Sync {
         from: u64,
         to: u64,
     ) -> impl Future<Output = Result<(), MembershipError>> + Send;
+    /// Every raised alarm: (member id, `NOSPACE` or `CORRUPT`).
+    fn alarms(&self) -> impl Future<Output = Result<Vec<(u64, String)>, MembershipError>> + Send;
+    /// Disarms every NOSPACE alarm.
+    fn disarm_nospace(&self) -> impl Future<Output = Result<(), MembershipError>> + Send;
+    /// Compacts the keyspace to `revision` (physical). An already compacted
+    /// revision counts as done.
+    fn compact(&self, revision: i64) -> impl Future<Output = Result<(), MembershipError>> + Send;
+    /// Defragments one member, on its own client URLs.
+    fn defragment(&self, id: u64) -> impl Future<Output = Result<(), MembershipError>> + Send;
 }
 
 impl MembershipApi for Membership {
@@ -228,14 +240,17 @@ impl MembershipApi for Membership {
                     client_urls: m.client_urls().to_vec(),
                     version: status.as_ref().map(|s| s.version.clone()),
                     db_size: status.as_ref().map(|s| s.db_size),
+                    db_size_in_use: status.as_ref().map(|s| s.db_size_in_use),
                     applied_index: status.as_ref().map_or(0, |s| s.applied_index),
                 },
             );
         }
+        let revision = statuses.iter().flatten().map(|s| s.revision).max().unwrap_or(0);
         Ok(Report {
             cluster: ClusterObs { members, leader },
             cluster_id,
             details,
+            revision,
         })
     }
 
@@ -332,6 +347,64 @@ impl MembershipApi for Membership {
             None => Err(MembershipError::NoLeader),
         }
     }
+
+    async fn alarms(&self) -> Result<Vec<(u64, String)>, MembershipError> {
+        let (mut client, _) = self.any_member().await?;
+        let answer = client
+            .alarm(etcd_client::AlarmAction::Get, etcd_client::AlarmType::None, None)
+            .await
+            .map_err(call("Alarm"))?;
+        Ok(answer
+            .alarms()
+            .iter()
+            .map(|a| (a.member_id(), a.alarm().as_str_name().to_owned()))
+            .collect())
+    }
+
+    async fn disarm_nospace(&self) -> Result<(), MembershipError> {
+        let (mut client, _) = self.any_member().await?;
+        let raised = client
+            .alarm(etcd_client::AlarmAction::Get, etcd_client::AlarmType::None, None)
+            .await
+            .map_err(call("Alarm"))?;
+        for a in raised.alarms().iter().filter(|a| a.alarm() == etcd_client::AlarmType::Nospace) {
+            let mut options = etcd_client::AlarmOptions::new();
+            options.with_member(a.member_id());
+            client
+                .alarm(etcd_client::AlarmAction::Deactivate, etcd_client::AlarmType::Nospace, Some(options))
+                .await
+                .map_err(call("Alarm"))?;
+        }
+        Ok(())
+    }
+
+    async fn compact(&self, revision: i64) -> Result<(), MembershipError> {
+        let (mut client, _) = self.any_member().await?;
+        match client.compact(revision, Some(etcd_client::CompactionOptions::new().with_physical())).await {
+            Ok(_) => Ok(()),
+            Err(err) if already(&err, "required revision has been compacted") => Ok(()),
+            Err(err) => Err(call("Compact")(err)),
+        }
+    }
+
+    async fn defragment(&self, id: u64) -> Result<(), MembershipError> {
+        let (_, list) = self.any_member().await?;
+        let member = list.members().iter().find(|m| m.id() == id).ok_or(MembershipError::Malformed("no such member to defragment"))?;
+        let mut last = String::from("no client URL");
+        for url in member.client_urls() {
+            // A defragmentation of a large member takes a while: no call
+            // timeout, only the connection's.
+            let options = ConnectOptions::new().with_connect_timeout(CALL_TIMEOUT);
+            match Client::connect([url], Some(options)).await {
+                Ok(mut client) => match client.defragment().await {
+                    Ok(_) => return Ok(()),
+                    Err(err) => last = err.to_string(),
+                },
+                Err(err) => last = err.to_string(),
+            }
+        }
+        Err(MembershipError::Unreachable { endpoints: member.client_urls().join(","), last })
+    }
 }
 
 /// What one member's Status said.
@@ -341,6 +414,8 @@ struct StatusObs {
     applied_index: u64,
     version: String,
     db_size: i64,
+    db_size_in_use: i64,
+    revision: i64,
 }
 
 /// The raftkv version a member runs, from its Status version: raftkv tells
@@ -368,6 +443,8 @@ async fn status_of(urls: Vec<String>) -> Option<StatusObs> {
                 applied_index: s.raft_applied_index(),
                 version: raftkv_version(s.version()).to_owned(),
                 db_size: s.db_size(),
+                db_size_in_use: s.raft_used_db_size(),
+                revision: s.header().map_or(0, |h| h.revision()),
             });
         }
     }

@@ -67,11 +67,12 @@ pub const RULES: &[Rule] = &[
         verbs: &["create", "patch"],
     },
     // Backups: watched; a schedule creates its own and its retention
-    // deletes them; a restore reads the one it names.
+    // deletes them; a restore reads the one it names; the snapshot
+    // finalizer is patched in and out.
     Rule {
         api_groups: "raftkv.io",
         resources: &["kvbackups"],
-        verbs: &["get", "list", "watch", "create", "delete"],
+        verbs: &["get", "list", "watch", "create", "delete", "patch"],
     },
     Rule {
         api_groups: "raftkv.io",
@@ -83,11 +84,13 @@ pub const RULES: &[Rule] = &[
         resources: &["kvbackups/status", "kvbackupschedules/status"],
         verbs: &["patch"],
     },
-    // A backup's Job: made, read and watched for its outcome.
+    // A backup's Job and the Job deleting its snapshot: made, read and
+    // watched for their outcome; a backup Job still running when its
+    // backup is deleted is stopped.
     Rule {
         api_groups: "batch",
         resources: &["jobs"],
-        verbs: &["get", "list", "watch", "create"],
+        verbs: &["get", "list", "watch", "create", "delete"],
     },
     // A destination's credentials: checked to exist before a Job that
     // could only fail is started (the values are the kubelet's to read).

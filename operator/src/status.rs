@@ -219,7 +219,7 @@ fn is_degraded(wait: &Wait) -> bool {
 }
 
 /// A condition, keeping its transition time while its status holds.
-fn condition(
+pub fn condition(
     previous: &[Condition],
     type_: &str,
     status: bool,
@@ -334,7 +334,7 @@ pub fn next_status(input: &StatusInput<'_>) -> KvClusterStatus {
             .map(|r| format!("{:x}", r.cluster_id))
             .or_else(|| previous.cluster_id.clone()),
         leader: leader.map(|m| m.name.clone()),
-        conditions: vec![
+        conditions: [
             condition(
                 old,
                 "Available",
@@ -366,10 +366,15 @@ pub fn next_status(input: &StatusInput<'_>) -> KvClusterStatus {
                 generation,
                 now,
             ),
-        ],
+        ]
+        .into_iter()
+        // Conditions others keep (Restored, Maintenance) stay as they were.
+        .chain(old.iter().filter(|c| !["Available", "Progressing", "Degraded"].contains(&c.type_.as_str())).cloned())
+        .collect(),
         members,
         operation: input.plan.operation.clone(),
         restored_from: previous.restored_from.clone(),
+        maintenance: previous.maintenance.clone(),
     }
 }
 
@@ -408,6 +413,7 @@ mod tests {
                 leader: Some(leader),
             },
             cluster_id: 0xc1,
+            revision: 0,
             details: members
                 .iter()
                 .map(|&(id, _, _)| {

@@ -7,7 +7,8 @@
 //! of a KvCluster restored from that backup makes the founding member's
 //! data dir, which raftkv then serves with every key and revision; a
 //! joining member's and a restarted pod's init containers leave their data
-//! dirs alone.
+//! dirs alone; the Job that deletes a pruned backup's snapshot removes it
+//! from the store.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -17,7 +18,7 @@ use etcd_client::GetOptions;
 use k8s_openapi::api::core::v1::Container;
 use raftkv_operator::backup::crd::{BackupPhase, Destination, KvBackup, KvBackupSpec, KvBackupStatus, S3, S3Credentials, SecretKey};
 use raftkv_operator::backup::decide::{self, Observed, Step};
-use raftkv_operator::backup::job::backup_job;
+use raftkv_operator::backup::job::{backup_job, delete_job};
 use raftkv_operator::backup::restore::{Resolved, resolve};
 use raftkv_operator::crd::{BackupRef, BootstrapSpec, KvCluster, KvClusterSpec, RestoreSpec};
 use raftkv_operator::resources::{self, DATA_DIR, Names};
@@ -113,7 +114,7 @@ async fn the_rendered_backup_job_and_restore_init_container_work_against_real_s3
     // The backup Job, against the source member (the URL the operator
     // would name is a pod's DNS name; here it is the member's loopback one).
     let old = kvcluster("old", None)?;
-    let mut backup = KvBackup::new("b0", KvBackupSpec { cluster: "old".into(), destination: destination(&store)? });
+    let mut backup = KvBackup::new("b0", KvBackupSpec { cluster: "old".into(), destination: destination(&store)?, reclaim_policy: Default::default() });
     backup.metadata.namespace = Some("prod".into());
     backup.metadata.uid = Some("uid-b0".into());
     let job = backup_job(&backup, &old, &source.endpoint()).context("a Job")?;
@@ -186,6 +187,18 @@ async fn the_rendered_backup_job_and_restore_init_container_work_against_real_s3
     let joining: Vec<(&str, &str)> = from_configmap.iter().map(|(k, v)| (*k, if *k == "RAFTKV_INITIAL_CLUSTER_STATE" { "existing" } else { *v })).collect();
     let out = run_container(&init, "new-1", &joining, &|a| a.replace(DATA_DIR, &joiner.display().to_string()))?;
     ensure!(out.status.success() && !joiner.exists(), "a joining member's init container: {}", text(&out));
+
+    // The backup deleted under `Delete`: the rendered delete Job's
+    // container removes the snapshot from the store, and again without
+    // error (a retried Job).
+    let stored = store.root().join(raftkv_tests::objstores::BUCKET).join("prod/prod/old/b0.snap");
+    ensure!(stored.is_file(), "the backup is not in the store at {}", stored.display());
+    let delete = delete_job(&backup, "raftkv/raftkv:0.1.0", &report.location);
+    let container = &delete.spec.as_ref().and_then(|s| s.template.spec.as_ref()).context("a pod")?.containers[0];
+    for round in ["first", "again"] {
+        let out = run_container(container, "b0-delete-x7k2p", &[], &|a| a)?;
+        ensure!(out.status.success() && !stored.exists(), "{round} delete Job: {}", text(&out));
+    }
 
     // raftkv serves the restored data dir with every key and revision (the
     // peer URL recorded in it is the pod's DNS name, which a one-member

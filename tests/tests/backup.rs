@@ -315,3 +315,37 @@ async fn bad_destinations_and_sources_are_refused_with_the_stores_own_error() ->
     ensure!(leftovers.is_empty(), "a refused restore left {leftovers:?}");
     Ok(())
 }
+
+/// `snapshot delete` (what the operator's retention runs): the object goes,
+/// a second delete of it succeeds (a retried Job), refused credentials are
+/// the store's own error and leave the object; a local file the same.
+#[tokio::test]
+async fn snapshot_delete_removes_objects_and_files_idempotently() -> anyhow::Result<()> {
+    let store = ObjectStore::s3().await?;
+    let source = Server::start(Flavor::Raftkv).await?;
+    source.client().await?.put("k", "v", None).await?;
+    let ctl = binaries::raftkvctl()?;
+    let url = store.url("to-prune.snap");
+    let (out, _) = save(&store, &source.endpoint(), &url)?;
+    ensure!(out.status.success(), "snapshot save: {}", text(&out));
+    let object = store.root().join(BUCKET).join("to-prune.snap");
+    ensure!(object.is_file(), "no object to delete");
+
+    let out = store.command(&ctl).env("AWS_SECRET_ACCESS_KEY", "wrong").args(["snapshot", "delete", &url]).output()?;
+    ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("SignatureDoesNotMatch"), "refused: {}", text(&out));
+    ensure!(object.is_file(), "a refused delete removed the object");
+    for round in ["first", "again"] {
+        let out = store.command(&ctl).args(["snapshot", "delete", &url]).output()?;
+        ensure!(out.status.success(), "{round}: {}", text(&out));
+        ensure!(String::from_utf8_lossy(&out.stdout) == format!("Snapshot deleted at {url}\n"), "{round}: {}", text(&out));
+        ensure!(!object.exists(), "{round}: the object is still there");
+    }
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("local.snap");
+    std::fs::write(&file, b"x")?;
+    for round in ["first", "again"] {
+        let out = std::process::Command::new(&ctl).args(["snapshot", "delete"]).arg(&file).output()?;
+        ensure!(out.status.success() && !file.exists(), "{round}: {}", text(&out));
+    }
+    Ok(())
+}

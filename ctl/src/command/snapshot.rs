@@ -34,6 +34,8 @@ pub enum SnapshotCommand {
     Status(FileArgs),
     /// Restores an etcd member snapshot to an etcd directory
     Restore(RestoreArgs),
+    /// Deletes a snapshot file or object; one already gone is not an error (raftkv)
+    Delete(FileArgs),
 }
 
 #[derive(Args, Debug)]
@@ -86,6 +88,7 @@ pub async fn run(cmd: SnapshotCommand, ctx: &Ctx) -> Result<(), CtlError> {
         SnapshotCommand::Save(a) => save(a, ctx).await,
         SnapshotCommand::Status(a) => status(a, ctx),
         SnapshotCommand::Restore(a) => restore(a).await,
+        SnapshotCommand::Delete(a) => delete(a, ctx).await,
     }
 }
 
@@ -379,6 +382,30 @@ fn status(args: FileArgs, ctx: &Ctx) -> Result<(), CtlError> {
         }
         Format::Protobuf => return Err(CtlError::bad_feature("protobuf not supported as output format")),
     }
+    flush(&mut out)
+}
+
+/// Removes a snapshot: the operator's retention runs it in a Job. Idempotent,
+/// so a retried Job succeeds.
+async fn delete(args: FileArgs, ctx: &Ctx) -> Result<(), CtlError> {
+    let [path] = args.args.as_slice() else {
+        return Err(CtlError::bad_args("snapshot delete requires exactly one argument"));
+    };
+    if objstore::is_url(path) {
+        let object = objstore::open(path)?;
+        match object.store.delete(&object.path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(objstore::store_error(path, e)),
+        }
+    } else {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(CtlError::error(format!("could not delete {path} ({e})"))),
+        }
+    }
+    let mut out = ctx.stdout();
+    writeln!(out, "Snapshot deleted at {path}")?;
     flush(&mut out)
 }
 

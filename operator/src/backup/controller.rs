@@ -20,12 +20,12 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::crd::{BackupPhase, KvBackup, KvBackupSchedule, KvBackupScheduleStatus, KvBackupSpec, KvBackupStatus};
-use super::decide::{self, Observed, Step};
+use super::decide::{self, Cleanup, Observed, Step};
 use super::job::{self, backup_job, job_name, object_key, object_url};
 use super::retention::{self, Owned};
 use super::schedule::{self, Schedule};
 use crate::controller::{Context, Error};
-use crate::crd::KvCluster;
+use crate::crd::{KvCluster, ReclaimPolicy};
 use crate::members::MembershipApi;
 use crate::metrics::ClusterLabels;
 use crate::resources::MANAGER;
@@ -80,6 +80,89 @@ async fn patch_backup_status(api: &Api<KvBackup>, name: &str, status: &KvBackupS
     apply_status(api, name, "KvBackup", status).await
 }
 
+/// Held on a backup whose stored snapshot goes with it (`reclaimPolicy:
+/// Delete`) until the snapshot is deleted.
+pub const SNAPSHOT_FINALIZER: &str = "raftkv.io/snapshot";
+
+fn finalizers(backup: &KvBackup) -> &[String] {
+    backup.metadata.finalizers.as_deref().unwrap_or_default()
+}
+
+/// Adds the finalizer as kube-runtime's helper does (a JSON patch that
+/// fails if the list changed meanwhile).
+async fn add_finalizer(api: &Api<KvBackup>, backup: &KvBackup) -> Result<(), Error> {
+    use json_patch::{AddOperation, PatchOperation, TestOperation, jsonptr::PointerBuf};
+    let ops = match &backup.metadata.finalizers {
+        None => vec![
+            PatchOperation::Test(TestOperation { path: PointerBuf::from_tokens(["metadata", "finalizers"]), value: serde_json::Value::Null }),
+            PatchOperation::Add(AddOperation { path: PointerBuf::from_tokens(["metadata", "finalizers"]), value: json!([SNAPSHOT_FINALIZER]) }),
+        ],
+        Some(_) => vec![PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(["metadata", "finalizers", "-"]),
+            value: json!(SNAPSHOT_FINALIZER),
+        })],
+    };
+    api.patch::<KvBackup>(&backup.name_any(), &PatchParams::default(), &Patch::Json(json_patch::Patch(ops))).await?;
+    Ok(())
+}
+
+async fn remove_finalizer(api: &Api<KvBackup>, backup: &KvBackup) -> Result<(), Error> {
+    use json_patch::{PatchOperation, RemoveOperation, TestOperation, jsonptr::PointerBuf};
+    let Some(i) = finalizers(backup).iter().position(|f| f == SNAPSHOT_FINALIZER) else { return Ok(()) };
+    let index = i.to_string();
+    let path = PointerBuf::from_tokens(["metadata", "finalizers", index.as_str()]);
+    let ops = vec![
+        PatchOperation::Test(TestOperation { path: path.clone(), value: json!(SNAPSHOT_FINALIZER) }),
+        PatchOperation::Remove(RemoveOperation { path }),
+    ];
+    api.patch::<KvBackup>(&backup.name_any(), &PatchParams::default(), &Patch::Json(json_patch::Patch(ops))).await?;
+    Ok(())
+}
+
+/// A backup being deleted: its stored snapshot goes first, under `Delete`.
+async fn clean_up<M>(backup: &KvBackup, ctx: &Context<M>, jobs: &Api<Job>, backup_job: Option<&Job>) -> Result<Action, Error> {
+    let ns = backup.namespace().unwrap_or_else(|| "default".to_owned());
+    let name = backup.name_any();
+    let api: Api<KvBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    let delete_job = jobs.get_opt(&job::delete_job_name(&name)).await?;
+    let pods = match &delete_job {
+        Some(j) => {
+            let selector = format!("job-name={}", j.name_any());
+            Api::<Pod>::namespaced(ctx.client.clone(), &ns).list(&ListParams::default().labels(&selector)).await?.items
+        }
+        None => Vec::new(),
+    };
+    match decide::cleanup(backup, backup_job, delete_job.as_ref(), &pods) {
+        Cleanup::Wait => Ok(Action::requeue(WHILE_RUNNING)),
+        Cleanup::StopBackupJob => {
+            if let Some(j) = backup_job {
+                match jobs.delete(&j.name_any(), &DeleteParams::foreground()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(Action::requeue(WHILE_RUNNING))
+        }
+        Cleanup::StartDeleteJob { url, image } => {
+            match jobs.create(&PostParams::default(), &job::delete_job(backup, &image, &url)).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok(Action::requeue(WHILE_RUNNING))
+        }
+        Cleanup::Release(note) => {
+            if let Some((warning, note)) = note {
+                let (type_, reason) = if warning { (EventType::Warning, "SnapshotNotDeleted") } else { (EventType::Normal, "SnapshotDeleted") };
+                event(ctx, backup, type_, reason, note).await;
+            }
+            remove_finalizer(&api, backup).await?;
+            Ok(Action::await_change())
+        }
+    }
+}
+
 /// One reconciliation of a `KvBackup`.
 pub async fn reconcile_backup<M: MembershipApi + 'static>(backup: Arc<KvBackup>, ctx: Arc<Context<M>>) -> Result<Action, Error> {
     let client = &ctx.client;
@@ -87,6 +170,10 @@ pub async fn reconcile_backup<M: MembershipApi + 'static>(backup: Arc<KvBackup>,
     let name = backup.name_any();
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     let job = jobs.get_opt(&job_name(&name)).await?;
+    let held = finalizers(&backup).iter().any(|f| f == SNAPSHOT_FINALIZER);
+    if backup.metadata.deletion_timestamp.is_some() {
+        return if held { clean_up(&backup, &ctx, &jobs, job.as_ref()).await } else { Ok(Action::await_change()) };
+    }
     let phase = backup.status.as_ref().map(|s| s.phase).unwrap_or_default();
     let terminal = matches!(phase, BackupPhase::Completed | BackupPhase::Failed);
     let cluster = if terminal || job.is_some() {
@@ -124,6 +211,10 @@ pub async fn reconcile_backup<M: MembershipApi + 'static>(backup: Arc<KvBackup>,
             let Some(job) = backup_job(&backup, kvc, &url) else {
                 return Ok(Action::await_change());
             };
+            // The finalizer before anything can be stored.
+            if backup.spec.reclaim_policy == ReclaimPolicy::Delete && !held {
+                add_finalizer(&api, &backup).await?;
+            }
             match jobs.create(&PostParams::default(), &job).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -134,6 +225,7 @@ pub async fn reconcile_backup<M: MembershipApi + 'static>(backup: Arc<KvBackup>,
             status.job = job.metadata.name.clone();
             status.location = object_url(&backup.spec.destination, |p| object_key(p, &ns, &backup.spec.cluster, &name));
             status.started_at = Some(Time(now()));
+            status.image = Some(kvc.spec.image());
             patch_backup_status(&api, &name, &status).await?;
             event(&ctx, backup.as_ref(), EventType::Normal, "BackupStarted", format!("snapshot of {member} to {}", status.location.clone().unwrap_or_default())).await;
             Ok(Action::requeue(WHILE_RUNNING))
@@ -170,7 +262,7 @@ pub fn scheduled_backup_name(schedule: &str, at: Timestamp) -> String {
 }
 
 fn owned_backup(s: &KvBackupSchedule, name: String) -> KvBackup {
-    let mut b = KvBackup::new(&name, KvBackupSpec { cluster: s.spec.cluster.clone(), destination: s.spec.destination.clone() });
+    let mut b = KvBackup::new(&name, KvBackupSpec { cluster: s.spec.cluster.clone(), destination: s.spec.destination.clone(), reclaim_policy: s.spec.reclaim_policy });
     b.metadata = ObjectMeta {
         name: Some(name),
         namespace: s.namespace(),

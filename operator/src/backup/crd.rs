@@ -10,6 +10,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::crd::ReclaimPolicy;
+
 /// A backup of a KvCluster: a snapshot streamed from one healthy member
 /// (a follower when there is one) to object storage or a volume.
 #[allow(clippy::duplicated_attributes)]
@@ -41,6 +43,12 @@ pub struct KvBackupSpec {
     #[schemars(length(min = 1, max = 63))]
     pub cluster: String,
     pub destination: Destination,
+    /// What happens to the stored snapshot when this KvBackup is deleted:
+    /// `Retain` (the default for a backup made by hand) keeps it, `Delete`
+    /// removes it from the store (a schedule's backups, so that its
+    /// retention prunes the store).
+    #[serde(default)]
+    pub reclaim_policy: ReclaimPolicy,
 }
 
 /// Where snapshots go, and where a restore reads one: exactly one kind.
@@ -190,6 +198,10 @@ pub struct KvBackupStatus {
     /// The Job that takes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
+    /// The image its Job ran (raftkvctl's), which also deletes the snapshot
+    /// when the cluster is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -240,6 +252,15 @@ pub struct KvBackupScheduleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
     pub destination: Destination,
+    /// What happens to a stored snapshot when its backup is deleted (by the
+    /// retention, or by hand): `Delete` (the default) removes it from the
+    /// store, `Retain` keeps it.
+    #[serde(default = "delete_snapshots")]
+    pub reclaim_policy: ReclaimPolicy,
+}
+
+fn delete_snapshots() -> ReclaimPolicy {
+    ReclaimPolicy::Delete
 }
 
 /// How many completed backups a schedule keeps, and for how long; with

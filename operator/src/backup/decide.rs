@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 use super::crd::{BackupPhase, KvBackup};
 use super::job::{Report, read_report};
-use crate::crd::KvCluster;
+use crate::crd::{KvCluster, ReclaimPolicy};
 use crate::resources::Names;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +72,51 @@ pub fn source_member(kvc: &KvCluster) -> Option<(String, String)> {
     Some((chosen.name.clone(), names.client_url(ordinal)))
 }
 
+/// What deleting a backup takes, once its deletion started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cleanup {
+    /// Done: remove the finalizer; `Some((warning, note))` is an event.
+    Release(Option<(bool, String)>),
+    /// The backup Job still runs: stop it first (its upload, cut short,
+    /// leaves no object), then delete what may be stored.
+    StopBackupJob,
+    /// Delete the stored snapshot at this URL with this image.
+    StartDeleteJob { url: String, image: String },
+    Wait,
+}
+
+/// The next step of deleting `backup`: under `Retain`, or when nothing was
+/// ever stored, the finalizer just goes; otherwise a Job runs `raftkvctl
+/// snapshot delete` (idempotent, so whatever the backup's phase). A store
+/// that refuses the delete is told in a warning, and the backup still goes
+/// (a snapshot left behind is better than a backup that cannot be deleted).
+pub fn cleanup(backup: &KvBackup, backup_job: Option<&Job>, delete_job: Option<&Job>, delete_pods: &[Pod]) -> Cleanup {
+    if backup.spec.reclaim_policy != ReclaimPolicy::Delete {
+        return Cleanup::Release(None);
+    }
+    let status = backup.status.clone().unwrap_or_default();
+    let (Some(url), Some(image)) = (status.location, status.image) else {
+        return Cleanup::Release(None);
+    };
+    if backup_job.is_some_and(|j| job_outcome(j, &[]) == Step::Wait) {
+        return Cleanup::StopBackupJob;
+    }
+    let Some(job) = delete_job else {
+        return Cleanup::StartDeleteJob { url, image };
+    };
+    match job_outcome(job, delete_pods) {
+        Step::Wait => Cleanup::Wait,
+        Step::Fail(error) if !is_succeeded(job) => Cleanup::Release(Some((true, format!("the snapshot at {url} was not deleted: {error}")))),
+        _ => Cleanup::Release(Some((false, format!("deleted the snapshot at {url}")))),
+    }
+}
+
+fn is_succeeded(job: &Job) -> bool {
+    let status = job.status.as_ref();
+    status.and_then(|s| s.succeeded).unwrap_or(0) > 0
+        || status.and_then(|s| s.conditions.as_deref()).unwrap_or_default().iter().any(|c| c.type_ == "Complete" && c.status == "True")
+}
+
 fn terminated_message(pod: &Pod) -> Option<String> {
     let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
     let terminated = statuses.iter().find(|c| c.name == "backup")?.state.as_ref()?.terminated.as_ref()?;
@@ -115,7 +160,7 @@ mod tests {
 
     fn backup(phase: Option<BackupPhase>) -> KvBackup {
         let dest = Destination { s3: Some(S3 { bucket: "b".into(), ..S3::default() }), ..Destination::default() };
-        let mut b = KvBackup::new("b1", KvBackupSpec { cluster: "demo".into(), destination: dest });
+        let mut b = KvBackup::new("b1", KvBackupSpec { cluster: "demo".into(), destination: dest, reclaim_policy: ReclaimPolicy::Delete });
         b.metadata.namespace = Some("prod".into());
         b.status = phase.map(|phase| KvBackupStatus { phase, ..KvBackupStatus::default() });
         b
@@ -232,6 +277,31 @@ mod tests {
         let pods = [pod(1, "Error: first"), pod(3, "progress\nError: s3://b/k: NoSuchBucket")];
         assert_eq!(next(&observed(&b, Some(&c), Some(&failed), &pods)), Step::Fail("s3://b/k: NoSuchBucket".into()));
         assert_eq!(next(&observed(&b, Some(&c), Some(&failed), &[])), Step::Fail("Job has reached the specified backoff limit".into()));
+    }
+
+    #[test]
+    fn deleting_a_backup_deletes_its_snapshot_under_delete_and_nothing_under_retain() {
+        let mut b = backup(Some(BackupPhase::Completed));
+        if let Some(st) = b.status.as_mut() {
+            st.location = Some("s3://b/k".into());
+            st.image = Some("raftkv/raftkv:0.1.0".into());
+        }
+        let start = Cleanup::StartDeleteJob { url: "s3://b/k".into(), image: "raftkv/raftkv:0.1.0".into() };
+        assert_eq!(cleanup(&b, None, None, &[]), start);
+        // The backup Job running still: stopped first.
+        assert_eq!(cleanup(&b, Some(&job(None)), None, &[]), Cleanup::StopBackupJob);
+        assert_eq!(cleanup(&b, Some(&job(Some("Complete"))), None, &[]), start);
+        assert_eq!(cleanup(&b, None, Some(&job(None)), &[]), Cleanup::Wait);
+        assert_eq!(cleanup(&b, None, Some(&job(Some("Complete"))), &[]), Cleanup::Release(Some((false, "deleted the snapshot at s3://b/k".into()))));
+        let refused = [pod(1, "Error: s3://b/k: AccessDenied")];
+        assert_eq!(
+            cleanup(&b, None, Some(&job(Some("Failed"))), &refused),
+            Cleanup::Release(Some((true, "the snapshot at s3://b/k was not deleted: s3://b/k: AccessDenied".into())))
+        );
+        // Nothing stored (never started), or kept by policy.
+        assert_eq!(cleanup(&backup(None), None, None, &[]), Cleanup::Release(None));
+        b.spec.reclaim_policy = ReclaimPolicy::Retain;
+        assert_eq!(cleanup(&b, None, None, &[]), Cleanup::Release(None));
     }
 
     #[test]

@@ -165,42 +165,46 @@ pub fn secret_keys(dest: &Destination) -> Vec<&SecretKey> {
     keys
 }
 
-/// The Job's name: the backup's, suffixed, within a label value's 63
-/// characters (a long name is cut and made unique by its hash).
+/// The backup Job's name: the backup's, suffixed, within a label value's
+/// 63 characters (a long name is cut and made unique by its hash).
 pub fn job_name(backup: &str) -> String {
-    let name = format!("{backup}-backup");
+    suffixed(backup, "backup")
+}
+
+/// The Job that deletes a backup's stored snapshot.
+pub fn delete_job_name(backup: &str) -> String {
+    suffixed(backup, "delete")
+}
+
+fn suffixed(backup: &str, suffix: &str) -> String {
+    let name = format!("{backup}-{suffix}");
     if name.len() <= 63 {
         return name;
     }
     let hash = backup.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    format!("{}-{:08x}-backup", &backup[..46], hash as u32)
+    format!("{}-{:08x}-{suffix}", &backup[..(63 - 10 - suffix.len())], hash as u32)
 }
 
-/// The Job that takes `backup` from the member at `member_url`.
-pub fn backup_job(backup: &KvBackup, kvc: &KvCluster, member_url: &str) -> Option<Job> {
-    let namespace = backup.namespace().unwrap_or_else(|| "default".to_owned());
-    let name = backup.name_any();
-    let url = object_url(&backup.spec.destination, |prefix| object_key(prefix, &namespace, &backup.spec.cluster, &name))?;
-    let labels = BTreeMap::from([
+fn labels(backup: &KvBackup) -> BTreeMap<String, String> {
+    BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), "raftkv".to_owned()),
         ("app.kubernetes.io/instance".to_owned(), backup.spec.cluster.clone()),
         ("app.kubernetes.io/component".to_owned(), "backup".to_owned()),
         ("app.kubernetes.io/managed-by".to_owned(), MANAGER.to_owned()),
-        ("raftkv.io/backup".to_owned(), name.clone()),
-    ]);
+        ("raftkv.io/backup".to_owned(), backup.name_any()),
+    ])
+}
+
+/// A Job running raftkvctl with `args`, the destination's environment and
+/// volumes.
+fn raftkvctl_job(backup: &KvBackup, name: String, image: String, args: Vec<String>, owned: bool) -> Job {
+    let labels = labels(backup);
     let (volumes, volume_mounts) = volumes(&backup.spec.destination);
     let container = Container {
         name: "backup".to_owned(),
-        image: Some(kvc.spec.image()),
+        image: Some(image),
         command: Some(vec![RAFTKVCTL.to_owned()]),
-        args: Some(vec![
-            format!("--endpoints={member_url}"),
-            "--dial-timeout=10s".to_owned(),
-            "snapshot".to_owned(),
-            "save".to_owned(),
-            url,
-            "--report-file=/dev/termination-log".to_owned(),
-        ]),
+        args: Some(args),
         env: Some(env(&backup.spec.destination)),
         volume_mounts: (!volume_mounts.is_empty()).then_some(volume_mounts),
         // A failure's last lines of output (raftkvctl's `Error: ...`) become
@@ -208,12 +212,12 @@ pub fn backup_job(backup: &KvBackup, kvc: &KvCluster, member_url: &str) -> Optio
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Container::default()
     };
-    Some(Job {
+    Job {
         metadata: ObjectMeta {
-            name: Some(job_name(&name)),
-            namespace: Some(namespace),
+            name: Some(name),
+            namespace: Some(backup.namespace().unwrap_or_else(|| "default".to_owned())),
             labels: Some(labels.clone()),
-            owner_references: backup.controller_owner_ref(&()).map(|o| vec![o]),
+            owner_references: if owned { backup.controller_owner_ref(&()).map(|o| vec![o]) } else { None },
             ..ObjectMeta::default()
         },
         spec: Some(JobSpec {
@@ -237,7 +241,31 @@ pub fn backup_job(backup: &KvBackup, kvc: &KvCluster, member_url: &str) -> Optio
             ..JobSpec::default()
         }),
         ..Job::default()
-    })
+    }
+}
+
+/// The Job that deletes the stored snapshot at `url` of a backup being
+/// deleted (`raftkvctl snapshot delete`, idempotent), with the image the
+/// backup ran. Not owned by the backup, which is going: its TTL removes it.
+pub fn delete_job(backup: &KvBackup, image: &str, url: &str) -> Job {
+    let args = vec!["snapshot".to_owned(), "delete".to_owned(), url.to_owned()];
+    raftkvctl_job(backup, delete_job_name(&backup.name_any()), image.to_owned(), args, false)
+}
+
+/// The Job that takes `backup` from the member at `member_url`.
+pub fn backup_job(backup: &KvBackup, kvc: &KvCluster, member_url: &str) -> Option<Job> {
+    let namespace = backup.namespace().unwrap_or_else(|| "default".to_owned());
+    let name = backup.name_any();
+    let url = object_url(&backup.spec.destination, |prefix| object_key(prefix, &namespace, &backup.spec.cluster, &name))?;
+    let args = vec![
+        format!("--endpoints={member_url}"),
+        "--dial-timeout=10s".to_owned(),
+        "snapshot".to_owned(),
+        "save".to_owned(),
+        url,
+        "--report-file=/dev/termination-log".to_owned(),
+    ];
+    Some(raftkvctl_job(backup, job_name(&name), kvc.spec.image(), args, true))
 }
 
 /// What `raftkvctl snapshot save --report-file` wrote.
@@ -292,7 +320,7 @@ mod tests {
     }
 
     fn backup(dest: Destination) -> KvBackup {
-        let mut b = KvBackup::new("nightly-1", KvBackupSpec { cluster: "demo".into(), destination: dest });
+        let mut b = KvBackup::new("nightly-1", KvBackupSpec { cluster: "demo".into(), destination: dest, reclaim_policy: Default::default() });
         b.metadata.namespace = Some("prod".into());
         b.metadata.uid = Some("uid-1".into());
         b
@@ -395,12 +423,25 @@ mod tests {
     }
 
     #[test]
+    fn the_delete_job_runs_snapshot_delete_with_the_stores_environment_and_no_owner() {
+        let job = delete_job(&backup(s3()), "raftkv/raftkv:0.1.0", "s3://backups/raftkv/prod/demo/nightly-1.snap");
+        assert_eq!(job.metadata.name.as_deref(), Some("nightly-1-delete"));
+        assert_eq!(job.metadata.owner_references, None);
+        let pod = job.spec.and_then(|s| s.template.spec).expect("pod");
+        let c = &pod.containers[0];
+        assert_eq!(c.args.as_deref().expect("args"), ["snapshot", "delete", "s3://backups/raftkv/prod/demo/nightly-1.snap"]);
+        assert_eq!(env_map(c.env.as_deref().expect("env"))["AWS_ACCESS_KEY_ID"], "secret:s3/id");
+    }
+
+    #[test]
     fn long_backup_names_make_unique_job_names_within_63_characters() {
         let a = job_name(&"a".repeat(60));
         let b = job_name(&format!("{}b", "a".repeat(59)));
         assert!(a.len() <= 63 && b.len() <= 63, "{a} {b}");
         assert_ne!(a, b);
         assert_eq!(job_name("short"), "short-backup");
+        let d = delete_job_name(&"a".repeat(60));
+        assert!(d.len() <= 63 && d.ends_with("-delete") && d != a, "{d}");
     }
 
     #[test]

@@ -85,7 +85,7 @@ mod tests {
     }
 
     fn backup(phase: BackupPhase) -> KvBackup {
-        let mut b = KvBackup::new("nightly-1", KvBackupSpec { cluster: "old".into(), destination: s3(Some("prod")) });
+        let mut b = KvBackup::new("nightly-1", KvBackupSpec { cluster: "old".into(), destination: s3(Some("prod")), reclaim_policy: Default::default() });
         b.status = Some(KvBackupStatus {
             phase,
             location: (phase == BackupPhase::Completed).then(|| "s3://b/prod/ns/old/nightly-1.snap".to_owned()),

@@ -31,11 +31,15 @@ fn insert_secret(h: &Harness, keys: &[&str]) {
 }
 
 fn insert_backup(h: &Harness, name: &str, cluster: &str) {
+    insert_backup_with(h, name, cluster, "Retain");
+}
+
+fn insert_backup_with(h: &Harness, name: &str, cluster: &str, reclaim_policy: &str) {
     h.api.insert(
         &format!("{BACKUPS}/{name}"),
         json!({"apiVersion": "raftkv.io/v1alpha1", "kind": "KvBackup",
                "metadata": {"name": name, "namespace": "prod", "creationTimestamp": "2026-12-06T03:00:00Z"},
-               "spec": {"cluster": cluster, "destination": s3_destination()}}),
+               "spec": {"cluster": cluster, "destination": s3_destination(), "reclaimPolicy": reclaim_policy}}),
     );
 }
 
@@ -320,6 +324,59 @@ pub async fn a_restore_onto_a_volume_from_before_is_refused() {
         let c = h.kvc().status.unwrap_or_default().conditions.into_iter().find(|c| c.type_ == "Restored").expect("condition");
         assert_eq!(c.reason, "RestoreRefused");
         assert!(events(&h).iter().any(|e| e.contains("RestoreRefused")));
+    })
+    .await;
+}
+
+#[tokio::test]
+pub async fn deleting_a_backup_deletes_its_stored_snapshot_under_delete_only() {
+    within(async {
+        let h = Harness::new(1);
+        h.converge().await;
+        insert_secret(&h, &["id", "secret"]);
+        insert_backup_with(&h, "kept", "demo", "Retain");
+        insert_backup_with(&h, "pruned", "demo", "Delete");
+        for name in ["kept", "pruned"] {
+            reconcile(&h, name).await;
+            finish_job(&h, &format!("{name}-backup"), true,
+                &format!(r#"{{"location":"s3://backups/prod/demo/{name}.snap","size":1,"sha256":"00","revision":2}}"#));
+            reconcile(&h, name).await;
+            assert_eq!(backup(&h, name).status.expect("status").phase, BackupPhase::Completed);
+        }
+        assert_eq!(backup(&h, "kept").metadata.finalizers, None, "a Retain backup holds a finalizer");
+        assert_eq!(backup(&h, "pruned").metadata.finalizers, Some(vec!["raftkv.io/snapshot".to_owned()]));
+        assert_eq!(backup(&h, "pruned").status.expect("status").image.as_deref(), Some("raftkv/raftkv:0.1.0"));
+
+        // Deleted through the API: the Retain one goes at once; the Delete
+        // one waits for a Job that deletes its snapshot.
+        let api: kube::Api<KvBackup> = kube::Api::namespaced(h.api.client(), "prod");
+        for name in ["kept", "pruned"] {
+            api.delete(name, &Default::default()).await.expect("delete");
+        }
+        assert!(h.api.get(&format!("{BACKUPS}/kept")).is_none());
+        assert_eq!(reconcile(&h, "pruned").await, Action::requeue(Duration::from_secs(10)));
+        let job = h.api.get(&format!("{JOBS}/pruned-delete")).expect("the delete Job");
+        let args: Vec<String> = serde_json::from_value(job["spec"]["template"]["spec"]["containers"][0]["args"].clone()).expect("args");
+        assert_eq!(args, ["snapshot", "delete", "s3://backups/prod/demo/pruned.snap"]);
+        assert_eq!(job["spec"]["template"]["spec"]["containers"][0]["image"], "raftkv/raftkv:0.1.0");
+        assert_eq!(reconcile(&h, "pruned").await, Action::requeue(Duration::from_secs(10)));
+        assert!(h.api.get(&format!("{BACKUPS}/pruned")).is_some(), "the backup went before its snapshot");
+        finish_job(&h, "pruned-delete", true, "Snapshot deleted at s3://backups/prod/demo/pruned.snap");
+        assert_eq!(reconcile(&h, "pruned").await, Action::await_change());
+        assert!(h.api.get(&format!("{BACKUPS}/pruned")).is_none(), "the finalizer was not released");
+        assert!(events(&h).iter().any(|e| e.contains("SnapshotDeleted")), "{:#?}", events(&h));
+
+        // Deleted while its Job still uploads: the Job is stopped first,
+        // then whatever may be stored is deleted.
+        insert_backup_with(&h, "cut", "demo", "Delete");
+        reconcile(&h, "cut").await;
+        assert!(h.api.get(&format!("{JOBS}/cut-backup")).is_some());
+        api.delete("cut", &Default::default()).await.expect("delete");
+        reconcile(&h, "cut").await;
+        assert!(h.api.get(&format!("{JOBS}/cut-backup")).is_none(), "the running backup Job was not stopped");
+        assert!(h.api.get(&format!("{JOBS}/cut-delete")).is_none(), "deleting before the upload stopped");
+        reconcile(&h, "cut").await;
+        assert!(h.api.get(&format!("{JOBS}/cut-delete")).is_some(), "no delete Job after the upload stopped");
     })
     .await;
 }

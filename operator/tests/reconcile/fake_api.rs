@@ -195,8 +195,16 @@ impl FakeApi {
                 Some(object) => (StatusCode::OK, object.clone()),
                 None => status(StatusCode::NOT_FOUND, "NotFound"),
             },
-            "DELETE" => match state.objects.remove(&base) {
-                Some(object) => (StatusCode::OK, object),
+            // An object with finalizers is only marked; it goes once the
+            // last finalizer is patched away.
+            "DELETE" => match state.objects.get_mut(&base) {
+                Some(object) if object["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()) => {
+                    if object["metadata"]["deletionTimestamp"].is_null() {
+                        object["metadata"]["deletionTimestamp"] = json!("2026-12-06T00:00:00Z");
+                    }
+                    (StatusCode::OK, object.clone())
+                }
+                Some(_) => (StatusCode::OK, state.objects.remove(&base).unwrap_or_default()),
                 None => status(StatusCode::NOT_FOUND, "NotFound"),
             },
             "POST" => {
@@ -260,7 +268,13 @@ impl FakeApi {
                         object
                     }
                 };
-                state.objects.insert(base, patched.clone());
+                let released = !patched["metadata"]["deletionTimestamp"].is_null()
+                    && patched["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
+                if released {
+                    state.objects.remove(&base);
+                } else {
+                    state.objects.insert(base, patched.clone());
+                }
                 (StatusCode::OK, patched)
             }
             _ => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),

@@ -9,6 +9,7 @@
 
 mod backups;
 mod fake_api;
+mod maintenance;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -51,6 +52,8 @@ struct FakeMember {
     in_sync: bool,
     /// The claim it started on; None until its pod first ran.
     volume: Option<String>,
+    db_size: i64,
+    db_size_in_use: i64,
 }
 
 #[derive(Default)]
@@ -61,6 +64,9 @@ struct EtcdState {
     /// Fail the next status write after a MemberAdd: the operator "crashes"
     /// between taking a step and recording what followed it.
     crash_after_add: bool,
+    /// Members with a NOSPACE alarm raised.
+    nospace: Vec<u64>,
+    revision: i64,
 }
 
 #[derive(Clone)]
@@ -114,6 +120,8 @@ impl MembershipApi for FakeEtcd {
                     m.id,
                     MemberDetail {
                         version: m.healthy.then(|| "3.5.0".to_owned()),
+                        db_size: Some(m.db_size),
+                        db_size_in_use: Some(m.db_size_in_use),
                         ..MemberDetail::default()
                     },
                 )
@@ -126,6 +134,7 @@ impl MembershipApi for FakeEtcd {
             },
             cluster_id: 0xc1,
             details,
+            revision: state.revision,
         })
     }
 
@@ -142,6 +151,8 @@ impl MembershipApi for FakeEtcd {
             healthy: false,
             in_sync: false,
             volume: None,
+            db_size: 1 << 20,
+            db_size_in_use: 1 << 20,
         });
         if state.crash_after_add {
             state.crash_after_add = false;
@@ -177,6 +188,34 @@ impl MembershipApi for FakeEtcd {
             self.ordinal_of(to)
         ));
         self.state().leader = Some(to);
+        Ok(())
+    }
+
+    async fn alarms(&self) -> Result<Vec<(u64, String)>, MembershipError> {
+        Ok(self.state().nospace.iter().map(|id| (*id, "NOSPACE".to_owned())).collect())
+    }
+
+    async fn disarm_nospace(&self) -> Result<(), MembershipError> {
+        self.call("AlarmDisarm NOSPACE".to_owned());
+        self.state().nospace.clear();
+        Ok(())
+    }
+
+    /// History goes: half of what each member holds is freed.
+    async fn compact(&self, revision: i64) -> Result<(), MembershipError> {
+        self.call(format!("Compact {revision}"));
+        for m in &mut self.state().members {
+            m.db_size_in_use /= 2;
+        }
+        Ok(())
+    }
+
+    async fn defragment(&self, id: u64) -> Result<(), MembershipError> {
+        let ordinal = self.ordinal_of(id);
+        self.call(format!("Defragment demo-{ordinal}"));
+        if let Some(m) = self.state().members.iter_mut().find(|m| m.id == id) {
+            m.db_size = m.db_size_in_use;
+        }
         Ok(())
     }
 }
@@ -269,6 +308,8 @@ fn tick(api: &FakeApi, etcd: &FakeEtcd) {
             healthy: true,
             in_sync: true,
             volume: None,
+            db_size: 1 << 20,
+            db_size_in_use: 1 << 20,
         });
         state.leader = Some(id);
     }
@@ -689,7 +730,8 @@ async fn deletion_runs_cleanup_then_releases_the_finalizer() {
             h.reconcile().await.expect("reconcile"),
             Action::await_change()
         );
-        assert_eq!(h.kvc().metadata.finalizers, Some(vec![]));
+        // The last finalizer released, the API server removes the object.
+        assert!(h.api.get(KVC).is_none(), "the finalizer was not released");
         assert!(
             h.log()
                 .iter()
@@ -738,6 +780,9 @@ fn the_rbac_rules_grant_exactly_the_calls_the_operator_makes() {
     backups::a_schedule_that_does_not_parse_says_so_and_takes_nothing();
     backups::a_restored_cluster_waits_for_its_backup_then_restores_its_founding_member();
     backups::a_restore_onto_a_volume_from_before_is_refused();
+    backups::deleting_a_backup_deletes_its_stored_snapshot_under_delete_only();
+    maintenance::a_threshold_defragments_followers_first_and_the_leader_last();
+    maintenance::nospace_is_remediated_and_data_that_does_not_fit_is_said_once();
 
     let mut used: std::collections::BTreeSet<(String, String, String)> = fake_api::CALLS
         .lock()
