@@ -233,6 +233,20 @@ class ChartTest(unittest.TestCase):
                 kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
 
 
+class MaintenanceSchemaTest(unittest.TestCase):
+    def test_compaction_is_set_in_one_place_and_defragmentation_needs_a_trigger(self):
+        schema = crd_schema()
+        rules = [r["rule"] for r in schema["properties"]["spec"]["x-kubernetes-validations"]]
+        self.assertTrue(any("maintenance.compaction" in r and "server.autoCompaction" in r for r in rules), rules)
+        defrag = schema["properties"]["spec"]["properties"]["maintenance"]["properties"]["defragmentation"]
+        self.assertTrue(any("minFreeBytes" in r["rule"] for r in defrag["x-kubernetes-validations"]))
+        good = yaml.safe_load((EXAMPLES / "kvcluster-production.yaml").read_text())
+        bad = copy.deepcopy(good)
+        bad["spec"]["maintenance"]["defragmentation"]["minFreePercent"] = 100
+        with self.assertRaises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+
+
 class BackupExamplesTest(unittest.TestCase):
     def test_backup_examples_are_valid_for_their_kinds(self):
         examples = sorted(BACKUP_EXAMPLES.glob("*.yaml"))

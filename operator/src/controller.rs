@@ -200,6 +200,13 @@ async fn apply<M: MembershipApi>(kvc: &KvCluster, ctx: &Context<M>) -> Result<Ac
         None => None,
     };
 
+    // Quorum-loss recovery, when a person asked for it.
+    if !kvc.spec.paused
+        && let Some(action) = recover(kvc, ctx, &names, report.as_ref(), &claims, &mut previous).await?
+    {
+        return Ok(action);
+    }
+
     // The owned objects. Ordinal 0 founds the cluster alone; once the
     // cluster answered, any member started joins the member list.
     let bootstrap = match (&report, &previous.cluster_id) {
@@ -219,11 +226,7 @@ async fn apply<M: MembershipApi>(kvc: &KvCluster, ctx: &Context<M>) -> Result<Ac
             ssa(client, ns, &resources::configmap(kvc, bootstrap)).await?;
         }
         ssa(client, ns, &resources::pdb(kvc)).await?;
-        let mut statefulset = resources::statefulset(kvc, sts_replicas as i32);
-        if let Some(from) = &restore {
-            resources::add_restore(&mut statefulset, kvc, from);
-        }
-        ssa(client, ns, &statefulset).await?;
+        ssa(client, ns, &member_statefulset(kvc, sts_replicas as i32, restore.as_deref())).await?;
     }
 
     // The next step.
@@ -397,6 +400,108 @@ async fn maintain<M: MembershipApi>(
     let active = status.run.is_some() && !matches!(step, MtStep::Wait(_));
     next.maintenance = (status != MaintenanceStatus::default()).then_some(status);
     Ok(active || !matches!(step, MtStep::None | MtStep::Wait(_)))
+}
+
+/// The members' StatefulSet, with the restore init container of a
+/// restored cluster (kept for its life: the template must not change).
+fn member_statefulset(kvc: &KvCluster, replicas: i32, restore: Option<&resources::RestoreFrom>) -> StatefulSet {
+    let mut statefulset = resources::statefulset(kvc, replicas);
+    if let Some(from) = restore {
+        resources::add_restore(&mut statefulset, kvc, from);
+    }
+    statefulset
+}
+
+/// Removes the recovery annotation (done, or refused).
+async fn clear_recovery_annotation(api: &Api<KvCluster>, kvc: &KvCluster) -> Result<(), Error> {
+    let patch = serde_json::json!({"metadata": {"annotations": {crate::recovery::ANNOTATION: null}}});
+    api.patch(&kvc.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+/// The quorum-loss recovery a person asked for (`crate::recovery`): Some
+/// while it runs (the membership planner waits), None otherwise.
+async fn recover<M>(
+    kvc: &KvCluster,
+    ctx: &Context<M>,
+    names: &Names,
+    report: Option<&crate::members::Report>,
+    claims: &[PersistentVolumeClaim],
+    previous: &mut KvClusterStatus,
+) -> Result<Option<Action>, Error> {
+    use crate::recovery::{self, Step as Rs};
+    let client = &ctx.client;
+    let ns = names.namespace.as_str();
+    let api: Api<KvCluster> = Api::namespaced(client.clone(), ns);
+    let members: Option<Vec<(String, u64)>> = report.map(|r| r.cluster.members.iter().map(|m| (m.name.clone(), m.id)).collect());
+    let step = recovery::next(&recovery::Input {
+        kvc,
+        names,
+        leader: report.and_then(|r| r.cluster.leader),
+        members: members.as_deref(),
+    });
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let publish = async |type_: EventType, reason: &str, note: String| {
+        let event = KubeEvent { type_, reason: reason.to_owned(), note: Some(note), action: "Recovery".to_owned(), secondary: None };
+        if let Err(e) = ctx.recorder.publish(&event, &kvc.object_ref(&())).await {
+            tracing::warn!(error = %e, "cannot publish an event");
+        }
+    };
+    let restore = previous.restored_from.as_ref().map(|r| resources::RestoreFrom { url: r.location.clone(), destination: r.destination.clone() });
+    // The survivor alone, restarted with --force-new-cluster in its bootstrap.
+    let forcing = async || -> Result<(), Error> {
+        let mut cm = resources::configmap(kvc, &Bootstrap::founding(names));
+        cm.data.get_or_insert_with(Default::default).insert("RAFTKV_FORCE_NEW_CLUSTER".to_owned(), "true".to_owned());
+        ssa(client, ns, &cm).await?;
+        ssa(client, ns, &member_statefulset(kvc, 1, restore.as_ref())).await
+    };
+    match step {
+        Rs::None => Ok(None),
+        Rs::Refuse(why) => {
+            tracing::warn!(namespace = ns, name = %names.cluster, %why, "recovery refused");
+            publish(EventType::Warning, "RecoveryRefused", why).await;
+            clear_recovery_annotation(&api, kvc).await?;
+            Ok(Some(Action::requeue(AFTER_STEP)))
+        }
+        Rs::Start(mut r) => {
+            r.started_at = Some(now);
+            let note = format!("forcing {} into a new cluster of one; lost for good: {}", r.member, r.lost.join(", "));
+            previous.recovery = Some(r);
+            previous.operation = None;
+            patch_status(&api, kvc, previous).await?;
+            forcing().await?;
+            // Restarted on the new bootstrap (the others go with the scale-down).
+            match Api::<Pod>::namespaced(client.clone(), ns).delete(&names.member(0), &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            publish(EventType::Warning, "ForcingNewCluster", note).await;
+            Ok(Some(Action::requeue(WHILE_WAITING)))
+        }
+        Rs::Wait => {
+            forcing().await?;
+            Ok(Some(Action::requeue(WHILE_WAITING)))
+        }
+        Rs::Finish => {
+            ssa(client, ns, &resources::configmap(kvc, &Bootstrap::founding(names))).await?;
+            // The lost members' volumes hold their old identities.
+            let claims_api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+            for claim in claims.iter().map(ResourceExt::name_any).filter(|c| *c != names.claim(0)) {
+                match claims_api.delete(&claim, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            previous.recovery = recovery::finished(previous, now);
+            patch_status(&api, kvc, previous).await?;
+            clear_recovery_annotation(&api, kvc).await?;
+            let lost = previous.recovery.as_ref().map(|r| r.lost.join(", ")).unwrap_or_default();
+            publish(EventType::Normal, "Recovered", format!("a cluster of one again; the members lost ({lost}) are added back one at a time")).await;
+            Ok(Some(Action::requeue(AFTER_STEP)))
+        }
+    }
 }
 
 enum RestoreOutcome {
@@ -682,7 +787,7 @@ pub async fn run<M: MembershipApi + 'static>(
 }
 
 /// An API over one namespace, or all of them.
-fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+pub(crate) fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
 {

@@ -76,6 +76,9 @@ pub const GROUP: &str = "raftkv.io";
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": "has(self.bootstrap) == has(oldSelf.bootstrap) && (!has(self.bootstrap) || self.bootstrap == oldSelf.bootstrap)",
     "message": "bootstrap is read when the cluster is created and cannot change: a restore makes a new KvCluster"
+}, {
+    "rule": "!(has(self.maintenance) && has(self.maintenance.compaction) && has(self.server) && has(self.server.autoCompaction))",
+    "message": "compaction is set in maintenance.compaction or in server.autoCompaction, not both"
 }]))]
 pub struct KvClusterSpec {
     /// Voting members. Odd sizes tolerate as many failures as the next even
@@ -126,6 +129,12 @@ pub struct KvClusterSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Maintenance {
+    /// The members' own compaction (raftkv's `--auto-compaction-mode` and
+    /// `--auto-compaction-retention`): `periodic` keeps `retention` of
+    /// history (`1h`), `revision` keeps that many revisions. In the pod
+    /// template, so a change rolls the members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction: Option<AutoCompaction>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defragmentation: Option<Defragmentation>,
     /// On a NOSPACE alarm: compact to the current revision, defragment
@@ -137,7 +146,7 @@ pub struct Maintenance {
 
 impl Default for Maintenance {
     fn default() -> Self {
-        Maintenance { defragmentation: None, nospace_remediation: true }
+        Maintenance { compaction: None, defragmentation: None, nospace_remediation: true }
     }
 }
 
@@ -454,6 +463,35 @@ pub struct KvClusterStatus {
     pub restored_from: Option<RestoreStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<MaintenanceStatus>,
+    /// The quorum-loss recovery in flight, or the last one done (what was
+    /// lost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<Recovery>,
+}
+
+/// A quorum-loss recovery a person asked for (the annotation
+/// `raftkv.io/force-new-cluster`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Recovery {
+    /// The survivor, forced into a cluster of one.
+    pub member: String,
+    pub step: RecoveryStep,
+    /// The members removed: their data, and any write only they had, is
+    /// lost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RecoveryStep {
+    /// The survivor restarts with `--force-new-cluster`.
+    Forcing,
+    Done,
 }
 
 /// The maintenance run in flight (recorded before each step, as a

@@ -14,6 +14,8 @@
 //!   seam for the StatefulSet side of each step.
 //! - [`maintenance`]: the maintenance planner, pure: defragmentation on a
 //!   schedule or past thresholds, NOSPACE remediation, leader last.
+//! - [`recovery`]: quorum-loss recovery a person asks for, pure: the
+//!   survivor forced into a cluster of one, the rest regrown.
 //! - [`status`]: pure translations of pods, claims and the cluster report into
 //!   the planner's observation and the `KvCluster` status (conditions, phase).
 //! - [`controller`]: the reconciler over the API server (finalizer,
@@ -32,6 +34,7 @@ pub mod members;
 pub mod metrics;
 pub mod planner;
 pub mod rbac;
+pub mod recovery;
 pub mod render;
 pub mod resources;
 pub mod status;

@@ -242,6 +242,7 @@ mod tests {
 
     fn spec(bytes: Option<&str>, percent: Option<u32>) -> Maintenance {
         Maintenance {
+            compaction: None,
             defragmentation: Some(Defragmentation { schedule: None, min_free_bytes: bytes.map(|b| Quantity(b.into())), min_free_percent: percent }),
             nospace_remediation: true,
         }
@@ -304,7 +305,7 @@ mod tests {
         let all = run(MaintenanceReason::NoSpace, Some(77), &["demo-1", "demo-2", "demo-0"]);
         assert_eq!(alarm(&all), Step::Disarm);
         // Turned off: nothing.
-        let off = Maintenance { defragmentation: None, nospace_remediation: false };
+        let off = Maintenance { compaction: None, defragmentation: None, nospace_remediation: false };
         assert_eq!(next(&Input { nospace: true, ..input(&members, &idle, Some(&off)) }), Step::None);
     }
 

@@ -375,6 +375,7 @@ pub fn next_status(input: &StatusInput<'_>) -> KvClusterStatus {
         operation: input.plan.operation.clone(),
         restored_from: previous.restored_from.clone(),
         maintenance: previous.maintenance.clone(),
+        recovery: previous.recovery.clone(),
     }
 }
 

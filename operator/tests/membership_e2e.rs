@@ -377,15 +377,16 @@ async fn rolling(cluster: &mut Cluster) -> anyhow::Result<()> {
             .collect(),
     };
     let membership = Membership::new(cluster.endpoints());
-    let leader = membership
-        .observe()
-        .await?
-        .cluster
-        .leader
-        .context("a leader")?;
-    let leader_ordinal = membership
-        .observe()
-        .await?
+    // Every member answered once started, but on a loaded machine one
+    // observation may still miss the leader (a Status timed out).
+    let report = eventually(CATCH_UP, async || {
+        let report = membership.observe().await?;
+        report.cluster.leader.context("a leader")?;
+        Ok(report)
+    })
+    .await?;
+    let leader = report.cluster.leader.context("a leader")?;
+    let leader_ordinal = report
         .cluster
         .members
         .iter()

@@ -59,6 +59,15 @@ pub fn kv(kv: &KeyValue) -> String {
     )
 }
 
+/// Every key of the keyspace described (value, revisions, version, lease),
+/// with the revision the member answered at: what a backup and its restore
+/// must agree on.
+pub async fn keyspace(c: &mut etcd_client::Client) -> Result<(i64, Vec<String>), Error> {
+    let r = c.get("", Some(etcd_client::GetOptions::new().with_all_keys())).await?;
+    let rev = r.header().map_or(0, |h| h.revision());
+    Ok((rev, r.kvs().iter().map(kv).collect()))
+}
+
 pub fn kvs(kvs: &[KeyValue]) -> String {
     let items: Vec<String> = kvs.iter().map(kv).collect();
     format!("[{}]", items.join(", "))

@@ -12,7 +12,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use etcd_client::{Client, GetOptions, PutOptions};
+use etcd_client::{Client, PutOptions};
 use raftkv_tests::objstores::{BUCKET, ObjectStore};
 use raftkv_tests::{Cluster, Flavor, Server, binaries, describe};
 use sha2::{Digest, Sha256};
@@ -51,13 +51,6 @@ async fn fill(c: &mut Client) -> anyhow::Result<i64> {
     Ok(lease)
 }
 
-/// Every key with its value, revisions and version, at the served revision.
-async fn dump(c: &mut Client) -> anyhow::Result<(i64, Vec<String>)> {
-    let r = c.get("", Some(GetOptions::new().with_all_keys())).await?;
-    let rev = r.header().map_or(0, |h| h.revision());
-    Ok((rev, r.kvs().iter().map(describe::kv).collect()))
-}
-
 fn cluster_id(header: Option<&etcd_client::ResponseHeader>) -> u64 {
     header.map_or(0, |h| h.cluster_id())
 }
@@ -72,7 +65,7 @@ async fn a_three_member_cluster_backed_up_to_s3_and_restored_into_a_new_one() ->
     let source = Cluster::start(Flavor::Raftkv, 3, &[]).await?;
     let mut c = source.client(0).await?;
     let lease = fill(&mut c).await?;
-    let (rev, keys) = dump(&mut c).await?;
+    let (rev, keys) = describe::keyspace(&mut c).await?;
     let source_id = cluster_id(c.status().await?.header());
     let follower = *source.followers().await?.first().context("no follower")?;
 
@@ -93,7 +86,7 @@ async fn a_three_member_cluster_backed_up_to_s3_and_restored_into_a_new_one() ->
     let mut hashes = Vec::new();
     for i in restored.members() {
         let mut m = restored.client(i).await?;
-        let (got_rev, got) = dump(&mut m).await?;
+        let (got_rev, got) = describe::keyspace(&mut m).await?;
         ensure!(got_rev == rev && got == keys, "member {i} serves revision {got_rev} and {got:#?}\nnot {rev} and {keys:#?}");
         let id = cluster_id(m.status().await?.header());
         ensure!(id != source_id, "the restored cluster kept the source's id {id:x}");
@@ -123,7 +116,7 @@ async fn every_store_holds_the_same_snapshot_and_restores_it() -> anyhow::Result
     let source = Server::start(Flavor::Raftkv).await?;
     let mut c = source.client().await?;
     fill(&mut c).await?;
-    let (rev, keys) = dump(&mut c).await?;
+    let (rev, keys) = describe::keyspace(&mut c).await?;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("local.snap");
     let out = std::process::Command::new(binaries::raftkvctl()?)
@@ -149,7 +142,7 @@ async fn every_store_holds_the_same_snapshot_and_restores_it() -> anyhow::Result
         }
         let restored = Cluster::start_restored_from(1, OsStr::new(&url), store.env()).await?;
         let mut m = restored.client(0).await?;
-        let (got_rev, got) = dump(&mut m).await?;
+        let (got_rev, got) = describe::keyspace(&mut m).await?;
         ensure!(got_rev == rev && got == keys, "{kind}: the restored member serves revision {got_rev} and {got:#?}\nnot {rev} and {keys:#?}");
     }
     Ok(())

@@ -35,20 +35,13 @@ async fn fill(c: &mut Client) -> anyhow::Result<i64> {
     Ok(lease)
 }
 
-/// Every key with its value, create and mod revisions and version.
-async fn dump(c: &mut Client) -> anyhow::Result<(i64, Vec<String>)> {
-    let r = c.get("", Some(GetOptions::new().with_all_keys())).await?;
-    let rev = r.header().map_or(0, |h| h.revision());
-    Ok((rev, r.kvs().iter().map(describe::kv).collect()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn snapshot_save_status_and_restore_into_a_new_cluster() -> anyhow::Result<()> {
     let ctl = binaries::raftkvctl()?;
     let mut source = Server::start(Flavor::Raftkv).await?;
     let mut c = source.client().await?;
     let lease = fill(&mut c).await?;
-    let (rev, keys) = dump(&mut c).await?;
+    let (rev, keys) = describe::keyspace(&mut c).await?;
     let source_cluster = c.status().await?.header().map_or(0, |h| h.cluster_id());
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("raftkvctl.snap");
@@ -91,7 +84,7 @@ async fn snapshot_save_status_and_restore_into_a_new_cluster() -> anyhow::Result
     let mut hashes = Vec::new();
     for i in restored.members() {
         let mut m = restored.client(i).await?;
-        let (got_rev, got) = dump(&mut m).await?;
+        let (got_rev, got) = describe::keyspace(&mut m).await?;
         ensure!(got_rev == rev && got == keys, "member {i} serves revision {got_rev} and {got:#?}\nnot {rev} and {keys:#?}");
         let st = m.status().await?;
         let cluster = st.header().map_or(0, |h| h.cluster_id());

@@ -24,7 +24,7 @@ use super::decide::{self, Cleanup, Observed, Step};
 use super::job::{self, backup_job, job_name, object_key, object_url};
 use super::retention::{self, Owned};
 use super::schedule::{self, Schedule};
-use crate::controller::{Context, Error};
+use crate::controller::{Context, Error, scoped};
 use crate::crd::{KvCluster, ReclaimPolicy};
 use crate::members::MembershipApi;
 use crate::metrics::ClusterLabels;
@@ -440,16 +440,6 @@ fn schedule_error_policy<M>(s: Arc<KvBackupSchedule>, error: &Error, ctx: Arc<Co
     tracing::warn!(namespace = %s.namespace().unwrap_or_default(), name = %s.name_any(), %error, "schedule reconcile failed");
     ctx.metrics.failed(&ClusterLabels { namespace: s.namespace().unwrap_or_default(), name: s.spec.cluster.clone() }, error.metric_label());
     Action::requeue(Duration::from_secs(10))
-}
-
-fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
 }
 
 #[cfg(test)]

@@ -101,6 +101,13 @@ impl Names {
         format!("http://{}:{CLIENT_PORT}", self.host(ordinal))
     }
 
+    /// The ordinal of a member's name (`demo-2`), if it is one of ours.
+    pub fn ordinal_of_member(&self, member: &str) -> Option<u32> {
+        let ordinal = member.strip_prefix(&format!("{}-", self.cluster))?;
+        let parsed: u32 = ordinal.parse().ok()?;
+        (parsed.to_string() == ordinal).then_some(parsed)
+    }
+
     /// The ordinal whose peer URL `url` is, if any.
     pub fn ordinal_of_peer_url(&self, url: &str) -> Option<u32> {
         let host = url

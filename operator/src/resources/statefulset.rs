@@ -25,7 +25,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{CLIENT_PORT, DATA_DIR, Names, PEER_PORT, VOLUME_MOUNT, VOLUME_NAME, metadata};
 use crate::backup::crd::Destination;
-use crate::crd::{CompactionMode, KvCluster, ReclaimPolicy, ServerSettings, byte_size};
+use crate::crd::{AutoCompaction, CompactionMode, KvCluster, ReclaimPolicy, ServerSettings, byte_size};
 
 /// How long a member may take to start serving: it listens for clients only
 /// once the cluster has a leader, which after a full restart waits for a
@@ -143,14 +143,20 @@ fn server_flags(server: &ServerSettings) -> Vec<String> {
         flags.push(format!("--election-timeout={ms}"));
     }
     if let Some(ac) = &server.auto_compaction {
-        let mode = match ac.mode {
-            CompactionMode::Periodic => "periodic",
-            CompactionMode::Revision => "revision",
-        };
-        flags.push(format!("--auto-compaction-mode={mode}"));
-        flags.push(format!("--auto-compaction-retention={}", ac.retention));
+        flags.extend(compaction_flags(ac));
     }
     flags
+}
+
+/// `--auto-compaction-mode` and `--auto-compaction-retention`, from
+/// `spec.maintenance.compaction` or `spec.server.autoCompaction` (the CRD
+/// refuses both).
+fn compaction_flags(ac: &AutoCompaction) -> [String; 2] {
+    let mode = match ac.mode {
+        CompactionMode::Periodic => "periodic",
+        CompactionMode::Revision => "revision",
+    };
+    [format!("--auto-compaction-mode={mode}"), format!("--auto-compaction-retention={}", ac.retention)]
 }
 
 /// The snapshot a restored cluster starts from: its URL and the store it
@@ -221,6 +227,9 @@ fn container(kvc: &KvCluster, names: &Names) -> Container {
     ];
     if let Some(server) = &kvc.spec.server {
         args.extend(server_flags(server));
+    }
+    if let Some(ac) = kvc.spec.maintenance.as_ref().and_then(|m| m.compaction.as_ref()) {
+        args.extend(compaction_flags(ac));
     }
     let http_get = |path: &str| HTTPGetAction {
         path: Some(path.to_owned()),
@@ -393,6 +402,18 @@ mod tests {
         // planner rolls out one member at a time.
         assert_ne!(before, after);
         assert_eq!(&after[..before.len()], &before[..]);
+    }
+
+    #[test]
+    fn maintenance_compaction_reaches_every_member_as_flags() {
+        let mut kvc = kvcluster("demo", 3);
+        kvc.spec.maintenance = Some(
+            serde_json::from_value(serde_json::json!({"compaction": {"mode": "revision", "retention": "10000"}}))
+                .expect("maintenance"),
+        );
+        let after = args(&statefulset(&kvc, 3));
+        assert!(after.contains(&"--auto-compaction-mode=revision".to_owned()), "{after:?}");
+        assert!(after.contains(&"--auto-compaction-retention=10000".to_owned()), "{after:?}");
     }
 
     #[test]

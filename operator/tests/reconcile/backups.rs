@@ -12,7 +12,7 @@ use raftkv_operator::backup::controller::{reconcile_backup, reconcile_schedule};
 use raftkv_operator::backup::crd::{BackupPhase, KvBackup, KvBackupSchedule};
 use serde_json::{Value, json};
 
-use super::{Harness, within};
+use super::{Harness, STS, within};
 
 const JOBS: &str = "/apis/batch/v1/namespaces/prod/jobs";
 const BACKUPS: &str = "/apis/raftkv.io/v1alpha1/namespaces/prod/kvbackups";
@@ -269,7 +269,6 @@ pub async fn a_schedule_that_does_not_parse_says_so_and_takes_nothing() {
     .await;
 }
 
-const STS: &str = "/apis/apps/v1/namespaces/prod/statefulsets/demo";
 
 #[tokio::test]
 pub async fn a_restored_cluster_waits_for_its_backup_then_restores_its_founding_member() {

@@ -241,6 +241,13 @@ impl FakeApi {
                         object["status"] = body["status"].clone();
                         object
                     }
+                    (None, "application/merge-patch+json") => {
+                        let Some(mut object) = existing else {
+                            return status(StatusCode::NOT_FOUND, "NotFound");
+                        };
+                        merge_patch(&mut object, &body);
+                        object
+                    }
                     (None, "application/json-patch+json") => {
                         let Some(mut object) = existing else {
                             return status(StatusCode::NOT_FOUND, "NotFound");
@@ -293,6 +300,26 @@ fn label_selector(query: &str) -> Vec<(String, String)> {
             p.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned()))
         })
         .collect()
+}
+
+/// RFC 7386: objects merge key by key, null removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Some(fields) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    for (k, v) in fields {
+        if v.is_null() {
+            if let Some(t) = target.as_object_mut() {
+                t.remove(k);
+            }
+        } else {
+            merge_patch(&mut target[k], v);
+        }
+    }
 }
 
 /// The finalizer's patches: add the list, append, remove at an index.

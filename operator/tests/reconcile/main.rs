@@ -10,6 +10,7 @@
 mod backups;
 mod fake_api;
 mod maintenance;
+mod recovery;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -26,7 +27,7 @@ use raftkv_operator::resources::Names;
 use serde_json::{Value, json};
 
 const KVC: &str = "/apis/raftkv.io/v1alpha1/namespaces/prod/kvclusters/demo";
-const STS: &str = "/apis/apps/v1/namespaces/prod/statefulsets/demo";
+pub const STS: &str = "/apis/apps/v1/namespaces/prod/statefulsets/demo";
 const CONFIGMAP: &str = "/api/v1/namespaces/prod/configmaps/demo-bootstrap";
 
 fn pod_path(ordinal: u64) -> String {
@@ -783,6 +784,8 @@ fn the_rbac_rules_grant_exactly_the_calls_the_operator_makes() {
     backups::deleting_a_backup_deletes_its_stored_snapshot_under_delete_only();
     maintenance::a_threshold_defragments_followers_first_and_the_leader_last();
     maintenance::nospace_is_remediated_and_data_that_does_not_fit_is_said_once();
+    recovery::the_survivor_is_forced_into_a_new_cluster_and_the_cluster_grows_back();
+    recovery::forcing_a_cluster_that_has_a_leader_or_another_ordinal_is_refused();
 
     let mut used: std::collections::BTreeSet<(String, String, String)> = fake_api::CALLS
         .lock()
