@@ -352,7 +352,14 @@ async fn maintain<M: MembershipApi>(
     use crate::crd::MaintenanceStatus;
     use crate::maintenance::{self as mt, Step as MtStep};
     let now = k8s_openapi::jiff::Timestamp::now();
-    let alarms = membership.alarms().await.map_err(StepError::from)?;
+    // Without the alarms nothing is decided this round (status still goes out).
+    let alarms = match membership.alarms().await {
+        Ok(alarms) => alarms,
+        Err(e) => {
+            tracing::info!(name = %kvc.name_any(), error = %e, "alarms not listed; maintenance waits");
+            return Ok(false);
+        }
+    };
     let nospace = alarms.iter().any(|(_, a)| a == "NOSPACE");
     let mut status = next.maintenance.clone().unwrap_or_default();
     if !nospace {

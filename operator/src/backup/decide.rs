@@ -55,6 +55,10 @@ pub fn next(o: &Observed) -> Step {
     if let Some(missing) = &o.missing_secret {
         return Step::Fail(missing.clone());
     }
+    if super::job::object_url(&o.backup.spec.destination, |_| String::new()).is_none() {
+        // The schema refuses it; an API server without CEL does not.
+        return Step::Fail("the destination names no store: one of s3, gcs, azure and volume".to_owned());
+    }
     match source_member(kvc) {
         Some((member, url)) => Step::StartJob { member, url },
         None => Step::Fail(format!("KvCluster {:?} has no healthy member to take a snapshot from", o.backup.spec.cluster)),
@@ -252,6 +256,12 @@ mod tests {
         let mut o = observed(&b, Some(&healthy), None, &[]);
         o.missing_secret = Some("Secret \"s3\" not found".into());
         assert_eq!(next(&o), Step::Fail("Secret \"s3\" not found".into()));
+        let mut nowhere = backup(None);
+        nowhere.spec.destination = Destination::default();
+        assert_eq!(
+            next(&observed(&nowhere, Some(&healthy), None, &[])),
+            Step::Fail("the destination names no store: one of s3, gcs, azure and volume".into())
+        );
     }
 
     #[test]
