@@ -314,6 +314,14 @@ async fn apply<M: MembershipApi>(kvc: &KvCluster, ctx: &Context<M>) -> Result<Ac
     }
 }
 
+/// Publishes an event about `obj`; a failure to publish is only logged.
+pub(crate) async fn publish<M>(ctx: &Context<M>, obj: &impl Resource<DynamicType = ()>, type_: EventType, reason: &str, action: &str, note: String) {
+    let event = KubeEvent { type_, reason: reason.to_owned(), note: Some(note), action: action.to_owned(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        tracing::warn!(error = %e, "cannot publish an event");
+    }
+}
+
 /// The quota the members run with: `spec.server.quotaBackendBytes`, or
 /// raftkv's (etcd's) 2 GiB default.
 fn quota(kvc: &KvCluster) -> i64 {
@@ -382,16 +390,8 @@ async fn maintain<M: MembershipApi>(
         schedule_due: due,
     });
     if let Some((warning, reason, text)) = mt::take(&step, membership, &mut status, quota, now).await.map_err(StepError::from)? {
-        let ev = KubeEvent {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
-            reason: reason.to_owned(),
-            note: Some(text),
-            action: "Maintenance".to_owned(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&ev, &kvc.object_ref(&())).await {
-            tracing::warn!(error = %e, "cannot publish an event");
-        }
+        let type_ = if warning { EventType::Warning } else { EventType::Normal };
+        publish(ctx, kvc, type_, reason, "Maintenance", text).await;
     }
     let (state, reason, message) = match (&status.run, &schedule_error, status.data_exceeds_quota, &step) {
         (_, Some(e), _, _) => (false, "InvalidSchedule", e.clone()),
@@ -448,12 +448,7 @@ async fn recover<M>(
         members: members.as_deref(),
     });
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let publish = async |type_: EventType, reason: &str, note: String| {
-        let event = KubeEvent { type_, reason: reason.to_owned(), note: Some(note), action: "Recovery".to_owned(), secondary: None };
-        if let Err(e) = ctx.recorder.publish(&event, &kvc.object_ref(&())).await {
-            tracing::warn!(error = %e, "cannot publish an event");
-        }
-    };
+    let publish = async |type_: EventType, reason: &str, note: String| publish(ctx, kvc, type_, reason, "Recovery", note).await;
     let restore = previous.restored_from.as_ref().map(|r| resources::RestoreFrom { url: r.location.clone(), destination: r.destination.clone() });
     // The survivor alone, restarted with --force-new-cluster in its bootstrap.
     let forcing = async || -> Result<(), Error> {
@@ -558,16 +553,8 @@ async fn restore_source<M>(
         status.conditions.retain(|c| c.type_ != "Restored");
         status.conditions.push(condition);
         patch_status(&Api::namespaced(ctx.client.clone(), &names.namespace), kvc, &status).await?;
-        let event = KubeEvent {
-            type_: if reason == "RestoreRefused" { EventType::Warning } else { EventType::Normal },
-            reason: reason.to_owned(),
-            note: Some(message),
-            action: "Restore".to_owned(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &kvc.object_ref(&())).await {
-            tracing::warn!(error = %e, "cannot publish an event");
-        }
+        let type_ = if reason == "RestoreRefused" { EventType::Warning } else { EventType::Normal };
+        publish(ctx, kvc, type_, reason, "Restore", message).await;
     }
     Ok(RestoreOutcome::NotYet(requeue))
 }

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -42,10 +42,14 @@ fn now() -> Timestamp {
 }
 
 async fn event<M>(ctx: &Context<M>, obj: &impl Resource<DynamicType = ()>, type_: EventType, reason: &str, note: String) {
-    let ev = Event { type_, reason: reason.to_owned(), note: Some(note), action: reason.to_owned(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
-        tracing::warn!(error = %e, "cannot publish an event");
-    }
+    crate::controller::publish(ctx, obj, type_, reason, reason, note).await;
+}
+
+/// The pods of a Job (the Job controller labels them with its name).
+async fn job_pods(client: &kube::Client, ns: &str, job: Option<&Job>) -> Result<Vec<Pod>, Error> {
+    let Some(j) = job else { return Ok(Vec::new()) };
+    let selector = format!("job-name={}", j.name_any());
+    Ok(Api::<Pod>::namespaced(client.clone(), ns).list(&ListParams::default().labels(&selector)).await?.items)
 }
 
 /// The first Secret or key the destination names that is missing.
@@ -125,13 +129,7 @@ async fn clean_up<M>(backup: &KvBackup, ctx: &Context<M>, jobs: &Api<Job>, backu
     let name = backup.name_any();
     let api: Api<KvBackup> = Api::namespaced(ctx.client.clone(), &ns);
     let delete_job = jobs.get_opt(&job::delete_job_name(&name)).await?;
-    let pods = match &delete_job {
-        Some(j) => {
-            let selector = format!("job-name={}", j.name_any());
-            Api::<Pod>::namespaced(ctx.client.clone(), &ns).list(&ListParams::default().labels(&selector)).await?.items
-        }
-        None => Vec::new(),
-    };
+    let pods = job_pods(&ctx.client, &ns, delete_job.as_ref()).await?;
     match decide::cleanup(backup, backup_job, delete_job.as_ref(), &pods) {
         Cleanup::Wait => Ok(Action::requeue(WHILE_RUNNING)),
         Cleanup::StopBackupJob => {
@@ -182,13 +180,7 @@ pub async fn reconcile_backup<M: MembershipApi + 'static>(backup: Arc<KvBackup>,
         Api::<KvCluster>::namespaced(client.clone(), &ns).get_opt(&backup.spec.cluster).await?
     };
     let missing = if cluster.is_some() { missing_secret(client, &ns, &backup).await? } else { None };
-    let pods = match &job {
-        Some(j) => {
-            let selector = format!("job-name={}", j.name_any());
-            Api::<Pod>::namespaced(client.clone(), &ns).list(&ListParams::default().labels(&selector)).await?.items
-        }
-        None => Vec::new(),
-    };
+    let pods = job_pods(client, &ns, job.as_ref()).await?;
     let step = decide::next(&Observed { backup: &backup, cluster: cluster.as_ref(), missing_secret: missing, job: job.as_ref(), pods: &pods });
     let api: Api<KvBackup> = Api::namespaced(client.clone(), &ns);
     let labels = ClusterLabels { namespace: ns.clone(), name: backup.spec.cluster.clone() };
