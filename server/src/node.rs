@@ -732,6 +732,11 @@ impl Node {
         }
     }
 
+    /// Whether this member knows a leader.
+    pub fn has_leader(&self) -> bool {
+        self.raft.status.leader() != 0
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.status.leader() == self.member.id
     }

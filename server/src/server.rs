@@ -34,6 +34,7 @@ fn routes(node: &Arc<Node>, max_msg: usize) -> Routes {
         .add_service(ElectionServer::new(ElectionService::new(node.clone())).max_decoding_message_size(max_msg));
     let router = std::mem::take(routes.axum_router_mut())
         .merge(http::router(node.clone()))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), crate::api::require_leader))
         .layer(axum::middleware::from_fn(crate::metrics::count_grpc));
     Routes::from(router)
 }

@@ -845,3 +845,56 @@ async fn a_survivor_killed_then_forced_into_a_new_cluster_loses_nothing_it_appli
     let mut cluster = Cluster::start(Flavor::Raftkv, 3, &[]).await?;
     recover_with_force(&mut cluster, true).await.with_context(|| cluster.log_tails(30))
 }
+
+// ------------------------------------------------------ require leader
+
+/// clientv3's `WithRequireLeader` (gRPC metadata `hasleader=true`, on
+/// kube-apiserver's watches): a member that has lost its quorum ends such
+/// a watch with "etcdserver: no leader" after a few election timeouts, so
+/// that the client moves to a member that has one, and refuses new
+/// requests that carry it at once; a watch without it stays open.
+async fn require_leader_ends_watches_without_a_leader(cluster: &mut Cluster) -> anyhow::Result<()> {
+    let leader = cluster.leader().await?;
+    let stay = follower_besides(cluster, leader).await?;
+    let endpoint = cluster.member(stay).endpoint();
+    let requiring = etcd_client::ConnectOptions::new().with_require_leader(true);
+    let mut strict = Client::connect([endpoint.clone()], Some(requiring)).await?;
+    let mut lax = Client::connect([endpoint], None).await?;
+    let mut strict_watch = strict.watch("k", None).await?;
+    let mut lax_watch = lax.watch("k", None).await?;
+    for watch in [&mut strict_watch, &mut lax_watch] {
+        let created = watch.message().await?.context("a watch ended before it was created")?;
+        ensure!(created.created(), "the first watch response is not the creation: {created:?}");
+    }
+    for i in cluster.members() {
+        if i != stay {
+            cluster.kill9(i)?;
+        }
+    }
+    // A follower notices its leader gone within an election timeout or
+    // two, then 3 more without one: well within 15.
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match strict_watch.message().await {
+                Ok(Some(_)) => continue,
+                other => return other.map(|_| ()),
+            }
+        }
+    })
+    .await
+    .context("a watch requiring a leader was still open 15 s after the quorum was lost")?;
+    let ended = describe::outcome(&ended, |()| "the stream ended".into());
+    ensure!(ended == "err Unavailable: etcdserver: no leader", "the watch ended with {ended}");
+    let refused = describe::outcome(&strict.get("k", Some(GetOptions::new().with_serializable())).await, describe::get);
+    ensure!(refused == "err Unavailable: etcdserver: no leader", "a serializable get requiring a leader: {refused}");
+    let watched = tokio::time::timeout(Duration::from_millis(500), lax_watch.message()).await;
+    ensure!(watched.is_err(), "a watch not requiring a leader ended too: {watched:?}");
+    let lax_get = lax.get("k", Some(GetOptions::new().with_serializable())).await;
+    ensure!(lax_get.is_ok(), "a serializable get without the metadata failed: {}", describe::outcome(&lax_get, describe::get));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_that_requires_a_leader_ends_when_the_quorum_is_lost() -> anyhow::Result<()> {
+    for_each_flavor(3, &[], require_leader_ends_watches_without_a_leader).await
+}

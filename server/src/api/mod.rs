@@ -17,6 +17,31 @@ use tonic::{Code, Status};
 
 use crate::error::Error;
 
+/// gRPC metadata by which a client asks that its request fail, rather than
+/// wait or read stale data, while this member has no leader (clientv3's
+/// `WithRequireLeader`, which kube-apiserver puts on its watches).
+pub const REQUIRE_LEADER_KEY: &str = "hasleader";
+
+/// Whether a request carries [`REQUIRE_LEADER_KEY`]` = true`.
+pub fn requires_leader(headers: &axum::http::HeaderMap) -> bool {
+    headers.get(REQUIRE_LEADER_KEY).is_some_and(|v| v.as_bytes() == b"true")
+}
+
+/// etcd's interceptors: a request requiring a leader, unary or a stream,
+/// is refused with "etcdserver: no leader" when this member knows none.
+/// (A watch stream that loses its leader later is ended by the watch
+/// service.)
+pub async fn require_leader(
+    axum::extract::State(node): axum::extract::State<std::sync::Arc<crate::node::Node>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if requires_leader(req.headers()) && !node.has_leader() {
+        return status(Error::NoLeader).into_http();
+    }
+    next.run(req).await
+}
+
 /// etcd's mapping of errors to gRPC codes; clients retry only Unavailable.
 pub fn status(e: Error) -> Status {
     use Error::*;

@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use etcd_client::proto::{PbWatchRequest as WatchRequest, PbWatchRequestUnion as RequestUnion, PbWatchResponse as WatchResponse, PbWatchService};
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Reply, status};
+use crate::error::Error;
 use crate::mvcc::RangeEnd;
 use crate::node::Node;
 use crate::watch::{WatchHub, WatchSpec};
@@ -21,6 +22,9 @@ use crate::watch::{WatchHub, WatchSpec};
 const STREAM_BUFFER: usize = 128;
 const FILTER_NOPUT: i32 = 0;
 const FILTER_NODELETE: i32 = 1;
+/// Election timeouts without a leader before a watch stream that requires
+/// one is ended (etcd's maxNoLeaderCnt).
+const LEADERLESS_ELECTIONS: u32 = 3;
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 
 pub struct WatchService {
@@ -44,10 +48,23 @@ impl PbWatchService for WatchService {
         let stream = self.streams.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let (node, hub) = (self.node.clone(), self.hub.clone());
+        let require_leader = super::requires_leader(req.metadata().as_ref());
+        let (lost_tx, lost_rx) = oneshot::channel();
         let mut requests = req.into_inner();
         tokio::spawn(async move {
             let mut next_id: i64 = 0;
-            while let Some(Ok(r)) = requests.next().await {
+            let leader_lost = leader_lost(node.clone(), require_leader);
+            tokio::pin!(leader_lost);
+            loop {
+                let r = tokio::select! {
+                    r = requests.next() => r,
+                    () = &mut leader_lost => {
+                        tracing::debug!(stream, "no leader for {LEADERLESS_ELECTIONS} election timeouts: ending a watch stream that requires one");
+                        let _ = lost_tx.send(status(Error::NoLeader));
+                        break;
+                    }
+                };
+                let Some(Ok(r)) = r else { break };
                 let header = Some(node.header(0));
                 match r.request_union {
                     Some(RequestUnion::CreateRequest(c)) => {
@@ -103,6 +120,31 @@ impl PbWatchService for WatchService {
             }
             hub.remove_stream(stream);
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+        // The stream's last word when its leader is lost: etcd's Unavailable.
+        let lost = futures::stream::once(lost_rx).filter_map(|r| async move { r.ok().map(Err) });
+        Ok(Response::new(Box::pin(futures::stream::select(ReceiverStream::new(rx).map(Ok), lost))))
+    }
+}
+
+/// Resolves once this member has known no leader for
+/// [`LEADERLESS_ELECTIONS`] election timeouts in a row, as etcd's
+/// `monitorLeader` does for streams that require a leader (more patient
+/// than with new requests: a reconnecting watch costs more than a refused
+/// one); never for a stream that does not require one.
+async fn leader_lost(node: Arc<Node>, required: bool) {
+    if !required {
+        return std::future::pending().await;
+    }
+    let mut leaderless = 0;
+    loop {
+        tokio::time::sleep(node.election_timeout).await;
+        if node.has_leader() {
+            leaderless = 0;
+        } else {
+            leaderless += 1;
+            if leaderless >= LEADERLESS_ELECTIONS {
+                return;
+            }
+        }
     }
 }
