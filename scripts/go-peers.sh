@@ -6,6 +6,9 @@
 # - object stores the backup tests write to, each a module with one `tool`
 #   line, named after its directory: versitygw (an S3 gateway over a
 #   directory) and fake-gcs-server (Google Cloud Storage's API).
+# - a Kubernetes control plane (tests/k8s): kube-apiserver,
+#   kube-controller-manager and kubectl of the release tests/k8s/go.mod
+#   pins, and its `pki` helper; the first build takes 15-25 minutes.
 # Binaries go to $RAFTKV_GO_BIN (default /var/tmp/raftkv-go/bin); one
 # already there at the pinned version is kept, so only the first run builds
 # (about a minute each on 2 cores, downloads included).
@@ -50,3 +53,26 @@ for dir in "$root"/tests/go/*/; do
   (cd "$dir" && CGO_ENABLED=0 go build -trimpath -o "$out.partial" "$tool")
   mv "$out.partial" "$out"
 done
+
+# Kubernetes: upstream's own mains, stamped with the release they are built
+# from (without -X they would say v0.0.0-master).
+k8s="$root/tests/k8s"
+version=$(sed -n 's#^[[:space:]]*k8s.io/kubernetes \(v[^ ]*\).*$#\1#p' "$k8s/go.mod" | head -1)
+if [ -z "$version" ]; then
+  echo "go-peers: $k8s/go.mod does not require k8s.io/kubernetes" >&2
+  exit 1
+fi
+minor=$(echo "$version" | cut -d. -f2)
+ldflags="-X k8s.io/component-base/version.gitVersion=$version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
+for cmd in kube-apiserver kube-controller-manager kubectl; do
+  out="$bin/$cmd"
+  if [ -x "$out" ] && go version -m "$out" 2>/dev/null | grep -Eq "^[[:space:]]*(mod|dep)[[:space:]]*k8s.io/kubernetes[[:space:]]*$version[[:space:]]"; then
+    continue
+  fi
+  echo "go-peers: building $cmd $version from the Go module proxy into $out (the first one takes 15-25 minutes)" >&2
+  (cd "$k8s" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out.partial" "k8s.io/kubernetes/cmd/$cmd")
+  mv "$out.partial" "$out"
+done
+# The control plane's certificates and keys (pure standard library: seconds).
+(cd "$k8s" && CGO_ENABLED=0 go build -trimpath -o "$bin/k8s-pki.partial" ./pki)
+mv "$bin/k8s-pki.partial" "$bin/k8s-pki"

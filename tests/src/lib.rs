@@ -33,6 +33,8 @@
 //! - [`describe`]: deterministic one-line descriptions of responses and gRPC
 //!   errors, the vocabulary of those observations.
 //! - [`diff`]: a small unified line diff for failure messages.
+//! - [`k8s`]: a real Kubernetes control plane (kube-apiserver,
+//!   kube-controller-manager, kubectl from `tests/k8s`) on raftkv or etcd.
 //! - [`objstores`]: real object stores on loopback (versitygw for S3,
 //!   fake-gcs-server, Azurite, a directory) for the backup tests.
 
@@ -42,6 +44,7 @@ pub mod both;
 pub mod cluster;
 pub mod describe;
 pub mod diff;
+pub mod k8s;
 pub mod objstores;
 pub mod ports;
 pub mod proxy;
