@@ -111,6 +111,10 @@ async fn run(
     lease_namespace: String,
     identity: String,
 ) -> anyhow::Result<()> {
+    // kube's TLS (an API server is always https) takes rustls' process-wide
+    // provider; with two compiled in (aws-lc-rs comes with object_store in a
+    // workspace build) rustls would panic at the first connection.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes configuration")?;

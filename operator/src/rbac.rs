@@ -36,22 +36,23 @@ pub const RULES: &[Rule] = &[
         resources: &["kvclusters/status"],
         verbs: &["patch"],
     },
-    // Owned objects: watched by the controller, applied server-side; the
+    // Owned objects: watched by the controller, applied server-side (an
+    // apply that makes its object is authorized as a create too); the
     // StatefulSet is also read for its observed state.
     Rule {
         api_groups: "apps",
         resources: &["statefulsets"],
-        verbs: &["get", "list", "watch", "patch"],
+        verbs: &["get", "list", "watch", "create", "patch"],
     },
     Rule {
         api_groups: "",
         resources: &["services", "configmaps"],
-        verbs: &["list", "watch", "patch"],
+        verbs: &["list", "watch", "create", "patch"],
     },
     Rule {
         api_groups: "policy",
         resources: &["poddisruptionbudgets"],
-        verbs: &["list", "watch", "patch"],
+        verbs: &["list", "watch", "create", "patch"],
     },
     // Members' pods and volumes: observed; deleted to restart (upgrade) or
     // to replace a member, and a removed member's volume per reclaimPolicy.

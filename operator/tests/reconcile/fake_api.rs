@@ -149,6 +149,17 @@ impl FakeApi {
             self.state().log.push(format!("{method} {path} -> 403"));
             return status(StatusCode::FORBIDDEN, "Forbidden");
         }
+        // A server-side apply that makes its object is also a create, and
+        // the API server authorizes it as one.
+        let is_apply = parts.headers.get("content-type").is_some_and(|v| v.as_bytes() == b"application/apply-patch+yaml");
+        let creates = method == "PATCH" && is_apply && !resource.contains('/') && !self.state().objects.contains_key(&path);
+        if creates {
+            if !raftkv_operator::rbac::allows(&group, &resource, "create") {
+                self.state().log.push(format!("{method} {path} (creating) -> 403"));
+                return status(StatusCode::FORBIDDEN, "Forbidden");
+            }
+            CALLS.lock().unwrap_or_else(PoisonError::into_inner).insert((group.clone(), resource.clone(), "create".to_owned()));
+        }
         CALLS
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -1,0 +1,355 @@
+//! The operator and its Helm chart against a real Kubernetes control plane
+//! (kube-apiserver and kube-controller-manager from `tests/k8s`, storing
+//! their data in raftkv): the chart installed, upgraded and uninstalled by
+//! Helm 4's own SDK (`charts/tests/helm_release.py`), the CRDs it installs
+//! enforced by the API server (schema and CEL rules), and `raftkv-operator
+//! run` as a process authenticated as the chart's ServiceAccount, bound by
+//! the chart's RBAC, so that a verb the chart forgot fails here.
+//!
+//! Nothing plays the kubelet, so no member ever runs: what is checked is
+//! what the operator writes to the API server, and how it behaves there.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use raftkv_tests::binaries::workspace_binary;
+use raftkv_tests::k8s::{ControlPlane, Options, kubectl_as};
+use raftkv_tests::ports::free_port;
+use raftkv_tests::{Flavor, Server};
+use tokio::sync::Mutex;
+
+/// One control plane at a time.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+const OPS: &str = "raftkv-system";
+const RELEASE: &str = "rk";
+/// The chart's ServiceAccount: the release's full name.
+const SERVICE_ACCOUNT: &str = "rk-raftkv-operator";
+const NS: &str = "prod";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace").to_path_buf()
+}
+
+/// `helm_release.py ACTION` with the Makefile's virtualenv.
+fn helm(cp: &ControlPlane, action: &str, values: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    let venv = std::env::var_os("RAFTKV_VENV").map_or_else(|| repo().join(".venv"), PathBuf::from);
+    let python = venv.join("bin/python");
+    if !python.is_file() {
+        bail!("{} is missing: run `make pydeps` (the chart tests' virtualenv with helm-python-sdk)", python.display());
+    }
+    let out = Command::new(&python)
+        .arg(repo().join("charts/tests/helm_release.py"))
+        .arg(action)
+        .arg("--kubeconfig")
+        .arg(cp.admin_kubeconfig())
+        .args(["--namespace", OPS, "--name", RELEASE, "--values", &values.to_string()])
+        .output()
+        .context("cannot run helm_release.py")?;
+    if !out.status.success() {
+        bail!("helm {action} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    serde_json::from_slice(&out.stdout).context("helm_release.py printed no JSON")
+}
+
+/// A `raftkv-operator run` process with `kubeconfig`, logging to a file.
+struct Operator {
+    child: Option<Child>,
+    log: PathBuf,
+    /// Set once the test passed: otherwise dropping prints the log.
+    passed: bool,
+    _dir: tempfile::TempDir,
+}
+
+impl Operator {
+    fn start(kubeconfig: &Path, identity: &str) -> anyhow::Result<Operator> {
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("operator.log");
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(workspace_binary("raftkv-operator")?)
+            .args(["run", "--listen", &format!("127.0.0.1:{}", free_port()?), "--lease-namespace", OPS, "--identity", identity, "--log-format", "json"])
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("cannot start raftkv-operator")?;
+        Ok(Operator { child: Some(child), log, passed: false, _dir: dir })
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill9();
+        if !self.passed {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("----- operator log (last 80 lines) -----\n{}\n-----", lines[lines.len().saturating_sub(80)..].join("\n"));
+        }
+    }
+}
+
+async fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> anyhow::Result<Option<T>>) -> anyhow::Result<T> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match check() {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{what}: not within {timeout:?} (last error: {last_error:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn json(cp: &ControlPlane, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let mut args = args.to_vec();
+    args.extend(["-o", "json"]);
+    Ok(serde_json::from_str(&cp.kubectl(&args)?)?)
+}
+
+/// Whether `kubectl get` finds the object.
+fn exists(cp: &ControlPlane, args: &[&str]) -> anyhow::Result<bool> {
+    let mut args = args.to_vec();
+    args.push("--ignore-not-found");
+    args.extend(["-o", "name"]);
+    Ok(!cp.kubectl(&args)?.trim().is_empty())
+}
+
+const KVCLUSTER: &str = r#"
+apiVersion: raftkv.io/v1alpha1
+kind: KvCluster
+metadata: {name: demo, namespace: prod}
+spec:
+  replicas: 3
+  version: 0.1.0
+  storage: {size: 1Gi}
+"#;
+
+/// The objects the operator makes for a KvCluster named `name`.
+fn owned_objects(name: &str) -> Vec<(String, String)> {
+    vec![
+        ("statefulset".into(), name.into()),
+        ("service".into(), name.into()),
+        ("service".into(), format!("{name}-peer")),
+        ("configmap".into(), format!("{name}-bootstrap")),
+        ("poddisruptionbudget".into(), name.into()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_chart_and_the_operator_run_a_kvcluster_on_a_real_api_server() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let store = Server::start(Flavor::Raftkv).await?;
+    let mut cp = ControlPlane::start_with(&[store.endpoint()], Options::default()).await?;
+
+    // The chart, installed by Helm: CRDs, ServiceAccount, RBAC, and a
+    // Deployment that nothing runs here.
+    let release = helm(&cp, "install", serde_json::json!({}))?;
+    ensure!(release["status"] == "deployed", "helm install: {release}");
+    for crd in ["kvclusters.raftkv.io", "kvbackups.raftkv.io", "kvbackupschedules.raftkv.io"] {
+        cp.kubectl(&["wait", "--for=condition=Established", &format!("crd/{crd}"), "--timeout=60s"])?;
+    }
+    let deployment = json(&cp, &["get", "deployment", "-n", OPS, SERVICE_ACCOUNT])?;
+    ensure!(deployment["spec"]["replicas"] == 2, "the chart's Deployment: {}", deployment["spec"]);
+
+    // The operator as the chart's ServiceAccount, with the chart's RBAC.
+    let token = cp.service_account_token(OPS, SERVICE_ACCOUNT)?;
+    let kubeconfig = cp.token_kubeconfig("operator", &token)?;
+    let mut first = Operator::start(&kubeconfig, "operator-a")?;
+    eventually("operator-a holding the Lease", Duration::from_secs(60), || {
+        let lease = json(&cp, &["get", "lease", "-n", OPS, "raftkv-operator"]);
+        Ok(lease.ok().filter(|l| l["spec"]["holderIdentity"] == "operator-a"))
+    })
+    .await
+    .with_context(|| format!("operator-a's log:\n{}", first.log()))?;
+    let mut second = Operator::start(&kubeconfig, "operator-b")?;
+
+    // The API server enforces the CRD: its schema and its CEL rules.
+    cp.kubectl(&["create", "namespace", NS])?;
+    let zero = cp.kubectl_output(&["apply", "-f", "-"], Some(&KVCLUSTER.replace("replicas: 3", "replicas: 0")))?;
+    let refused = String::from_utf8_lossy(&zero.stderr);
+    ensure!(!zero.status.success() && refused.contains("spec.replicas"), "a KvCluster of 0 replicas: {refused}");
+    cp.kubectl_stdin(&["apply", "-f", "-"], KVCLUSTER)?;
+
+    // What the operator makes: owned by the KvCluster, applied server-side.
+    let objects = owned_objects("demo");
+    let uid = json(&cp, &["get", "kvc", "-n", NS, "demo"])?["metadata"]["uid"].clone();
+    for (kind, name) in &objects {
+        let obj = eventually(&format!("{kind}/{name}"), Duration::from_secs(60), || {
+            Ok(if exists(&cp, &["get", kind, "-n", NS, name])? { Some(json(&cp, &["get", kind, "-n", NS, name, "--show-managed-fields"])?) } else { None })
+        })
+        .await?;
+        let owners = obj["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
+        ensure!(
+            owners.iter().any(|o| o["uid"] == uid && o["controller"] == true && o["kind"] == "KvCluster"),
+            "{kind}/{name} is not controlled by the KvCluster: {owners:?}"
+        );
+        let managers = obj["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
+        ensure!(
+            managers.iter().any(|m| m["manager"] == "raftkv-operator" && m["operation"] == "Apply"),
+            "{kind}/{name} was not applied server-side by raftkv-operator: {managers:?}"
+        );
+    }
+    let sts = json(&cp, &["get", "statefulset", "-n", NS, "demo"])?;
+    ensure!(sts["spec"]["replicas"].as_i64().is_some(), "the StatefulSet: {}", sts["spec"]);
+
+    // Status through the status subresource, and a finalizer of its own.
+    let kvc = eventually("the KvCluster's status", Duration::from_secs(60), || {
+        let kvc = json(&cp, &["get", "kvc", "-n", NS, "demo", "--show-managed-fields"])?;
+        Ok((kvc["status"]["observedGeneration"].as_i64().is_some()).then_some(kvc))
+    })
+    .await?;
+    let managers = kvc["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
+    ensure!(
+        managers.iter().any(|m| m["manager"] == "raftkv-operator" && m["subresource"] == "status"),
+        "the status was not written through the status subresource: {managers:?}"
+    );
+    ensure!(
+        kvc["metadata"]["finalizers"].as_array().is_some_and(|f| f.iter().any(|f| f == "raftkv.io/cleanup")),
+        "the KvCluster has no raftkv.io/cleanup finalizer: {}",
+        kvc["metadata"]
+    );
+
+    // The scale subresource, as kubectl scale uses it.
+    cp.kubectl(&["scale", "kvc", "-n", NS, "demo", "--replicas=5"])?;
+    let scale: serde_json::Value = serde_json::from_str(&cp.kubectl(&["get", "--raw", &format!("/apis/raftkv.io/v1alpha1/namespaces/{NS}/kvclusters/demo/scale")])?)?;
+    ensure!(scale["spec"]["replicas"] == 5, "the scale subresource after kubectl scale: {scale}");
+
+    // A CEL rule: the volume size cannot change.
+    let edit = cp.kubectl_output(&["patch", "kvc", "-n", NS, "demo", "--type=merge", "-p", r#"{"spec":{"storage":{"size":"20Gi"}}}"#], None)?;
+    let refused = String::from_utf8_lossy(&edit.stderr);
+    ensure!(!edit.status.success() && refused.contains("storage"), "an edit of storage.size: {refused}");
+
+    // Events, from the operator, through events.k8s.io.
+    let events = eventually("an event about the KvCluster", Duration::from_secs(60), || {
+        let list = json(&cp, &["get", "events.events.k8s.io", "-n", NS])?;
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let ours: Vec<_> = items.into_iter().filter(|e| e["reportingController"] == "raftkv-operator" && e["regarding"]["name"] == "demo").collect();
+        Ok((!ours.is_empty()).then_some(ours))
+    })
+    .await?;
+    ensure!(events.iter().all(|e| e["reportingInstance"] == "operator-a"), "events from a replica that does not lead: {events:?}");
+
+    // Only the Lease holder reconciles; when it dies the other takes over.
+    ensure!(!second.log().contains("leading"), "operator-b leads beside operator-a:\n{}", second.log());
+    first.kill9();
+    eventually("operator-b taking the Lease over", Duration::from_secs(90), || {
+        let lease = json(&cp, &["get", "lease", "-n", OPS, "raftkv-operator"])?;
+        Ok((lease["spec"]["holderIdentity"] == "operator-b").then_some(()))
+    })
+    .await?;
+    cp.kubectl_stdin(&["apply", "-f", "-"], &KVCLUSTER.replace("name: demo", "name: other"))?;
+    eventually("operator-b reconciling a new KvCluster", Duration::from_secs(60), || exists(&cp, &["get", "statefulset", "-n", NS, "other"]).map(|e| e.then_some(()))).await?;
+
+    // The API server goes away and comes back: the operator stays up and
+    // resumes.
+    cp.stop_apiserver();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ensure!(second.running(), "the operator exited while the API server was away:\n{}", second.log());
+    cp.start_apiserver().await?;
+    cp.kubectl_stdin(&["apply", "-f", "-"], &KVCLUSTER.replace("name: demo", "name: third"))?;
+    eventually("the operator resuming after the API server came back", Duration::from_secs(90), || {
+        exists(&cp, &["get", "statefulset", "-n", NS, "third"]).map(|e| e.then_some(()))
+    })
+    .await?;
+    ensure!(second.running(), "the operator exited:\n{}", second.log());
+
+    // Deleted through the finalizer; the garbage collector takes the rest.
+    cp.kubectl(&["delete", "kvc", "-n", NS, "demo", "--wait=true", "--timeout=90s"])?;
+    eventually("the garbage collector removing what the operator made", Duration::from_secs(90), || {
+        for (kind, name) in &objects {
+            if exists(&cp, &["get", kind, "-n", NS, name])? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .await?;
+
+    // Nothing the operator did was forbidden by the chart's RBAC.
+    for (name, log) in [("operator-a", first.log()), ("operator-b", second.log())] {
+        ensure!(!log.contains("forbidden"), "{name} was refused by the chart's RBAC:\n{log}");
+    }
+
+    // Helm upgrade changes the Deployment; uninstall removes what the
+    // release made and keeps the CRDs (Helm never deletes crds/).
+    helm(&cp, "upgrade", serde_json::json!({"logLevel": "debug"}))?;
+    let deployment = json(&cp, &["get", "deployment", "-n", OPS, SERVICE_ACCOUNT])?;
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"].as_array().cloned().unwrap_or_default();
+    ensure!(env.iter().any(|e| e["name"] == "RUST_LOG" && e["value"] == "debug"), "after helm upgrade: {env:?}");
+    helm(&cp, "uninstall", serde_json::json!({}))?;
+    ensure!(!exists(&cp, &["get", "deployment", "-n", OPS, SERVICE_ACCOUNT])?, "the Deployment outlived helm uninstall");
+    ensure!(!exists(&cp, &["get", "clusterrole", SERVICE_ACCOUNT])?, "the ClusterRole outlived helm uninstall");
+    ensure!(exists(&cp, &["get", "crd", "kvclusters.raftkv.io"])?, "helm uninstall removed the CRD");
+    first.passed = true;
+    second.passed = true;
+    Ok(())
+}
+
+/// An operator whose ServiceAccount lacks a verb it needs fails that call
+/// with a clear error and keeps running; granted the verb, it carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_missing_a_verb_says_so_and_recovers_once_granted() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let store = Server::start(Flavor::Raftkv).await?;
+    let cp = ControlPlane::start_with(&[store.endpoint()], Options { controller_manager: true, ..Options::default() }).await?;
+    helm(&cp, "install", serde_json::json!({}))?;
+    cp.kubectl(&["wait", "--for=condition=Established", "crd/kvclusters.raftkv.io", "--timeout=60s"])?;
+    // The chart's ClusterRole without StatefulSet patches.
+    let role = json(&cp, &["get", "clusterrole", SERVICE_ACCOUNT])?;
+    let mut crippled = role.clone();
+    for rule in crippled["rules"].as_array_mut().context("rules")? {
+        if rule["resources"].as_array().is_some_and(|r| r.iter().any(|r| r == "statefulsets")) {
+            rule["verbs"] = serde_json::json!(["get", "list", "watch"]);
+        }
+    }
+    crippled["metadata"] = serde_json::json!({"name": SERVICE_ACCOUNT});
+    cp.kubectl_stdin(&["replace", "-f", "-"], &crippled.to_string())?;
+    let token = cp.service_account_token(OPS, SERVICE_ACCOUNT)?;
+    let kubeconfig = cp.token_kubeconfig("operator", &token)?;
+    let denied = kubectl_as(&kubeconfig, &["auth", "can-i", "patch", "statefulsets", "-n", NS], None)?;
+    ensure!(String::from_utf8_lossy(&denied.stdout).trim() == "no", "the crippled role still allows StatefulSet patches");
+    let mut operator = Operator::start(&kubeconfig, "operator-a")?;
+    cp.kubectl(&["create", "namespace", NS])?;
+    cp.kubectl_stdin(&["apply", "-f", "-"], KVCLUSTER)?;
+    eventually("the operator saying it was forbidden", Duration::from_secs(60), || {
+        let log = operator.log();
+        Ok((log.contains("forbidden") && log.contains("statefulsets")).then_some(()))
+    })
+    .await?;
+    ensure!(!exists(&cp, &["get", "statefulset", "-n", NS, "demo"])?, "a StatefulSet without the verb to make it");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ensure!(operator.running(), "the operator exited on a forbidden call:\n{}", operator.log());
+    cp.kubectl_stdin(&["replace", "-f", "-"], &{
+        let mut restored = role.clone();
+        restored["metadata"] = serde_json::json!({"name": SERVICE_ACCOUNT});
+        restored.to_string()
+    })?;
+    eventually("the StatefulSet once the verb is granted", Duration::from_secs(120), || exists(&cp, &["get", "statefulset", "-n", NS, "demo"]).map(|e| e.then_some(()))).await?;
+    ensure!(operator.running(), "the operator exited:\n{}", operator.log());
+    operator.passed = true;
+    Ok(())
+}
