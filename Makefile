@@ -7,7 +7,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN        := $(TARGET_DIR)/debug
 DATA_DIR   ?= default.raftkv
 
-.PHONY: all deps doctor pydeps go-peers node-peers test-peers build run cluster test bench bench-cluster clean-data
+.PHONY: all deps doctor pydeps go-peers node-peers test-peers build run cluster test test-k8s bench bench-cluster bench-k8s clean-data
 
 # The chart tests' Python packages (Helm 4's engine, Kubernetes' schemas).
 VENV       ?= .venv
@@ -25,7 +25,9 @@ pydeps:
 	@./scripts/pydeps.sh $(VENV) charts/tests/requirements.txt
 
 # Test peers built from Go modules (tests/go): etcd 3.5 and 3.6, and the
-# object stores of the backup tests (versitygw for S3, fake-gcs-server).
+# object stores of the backup tests (versitygw for S3, fake-gcs-server);
+# and a Kubernetes control plane (tests/k8s: kube-apiserver,
+# kube-controller-manager, kubectl), 6-7 minutes the first time.
 go-peers: deps
 	@./scripts/go-peers.sh
 
@@ -55,6 +57,11 @@ test: build pydeps test-peers
 	$(CARGO) test --workspace
 	RAFTKV_OPERATOR=$(BIN)/raftkv-operator $(VENV)/bin/python -m unittest discover -s charts/tests -v
 
+# Only the tests on a real Kubernetes control plane (kube-apiserver on
+# raftkv, the operator and the chart against it); `make test` runs them too.
+test-k8s: build pydeps go-peers
+	$(CARGO) test -p raftkv-tests --test kubernetes --test operator_k8s
+
 # raftkv and Debian's etcd side by side on this machine, with ratios.
 bench: build
 	./scripts/bench.sh
@@ -62,6 +69,11 @@ bench: build
 # The same for three-member clusters: puts to the leader, ranges to every member.
 bench-cluster: build
 	./scripts/bench-cluster.sh
+
+# kube-apiserver on raftkv against kube-apiserver on etcd 3.6: creating,
+# watching and listing 10 000 ConfigMaps (BENCH_OBJECTS, BENCH_ROUNDS).
+bench-k8s: build go-peers
+	$(BIN)/examples/k8s_bench
 
 clean-data:
 	rm -rf $(DATA_DIR)

@@ -316,6 +316,10 @@ async fn an_operator_missing_a_verb_says_so_and_recovers_once_granted() -> anyho
     let _serial = SERIAL.lock().await;
     let store = Server::start(Flavor::Raftkv).await?;
     let cp = ControlPlane::start_with(&[store.endpoint()], Options { controller_manager: true, ..Options::default() }).await?;
+    // The CRDs applied with kubectl, as without Helm (Helm then leaves
+    // CRDs that exist alone).
+    let crds = repo().join("crds");
+    cp.kubectl(&["apply", "--server-side", "-f", crds.to_str().context("a UTF-8 path")?])?;
     helm(&cp, "install", serde_json::json!({}))?;
     cp.kubectl(&["wait", "--for=condition=Established", "crd/kvclusters.raftkv.io", "--timeout=60s"])?;
     // The chart's ClusterRole without StatefulSet patches.
