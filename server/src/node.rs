@@ -102,6 +102,12 @@ pub struct Node {
     pub request_timeout: Duration,
     waiters: Arc<Waiters>,
     next_id: AtomicU64,
+    /// One peer channel per peer URL, kept: forwarded lease calls reuse
+    /// it instead of opening a connection each (tonic reconnects a kept
+    /// channel by itself).
+    peer_clients: parking_lot::Mutex<std::collections::HashMap<String, crate::peer::proto::peer_client::PeerClient<tonic::transport::Channel>>>,
+    /// One client per leader's client URLs, for forwarded Cluster calls.
+    leader_clients: tokio::sync::Mutex<std::collections::HashMap<Vec<String>, etcd_client::Client>>,
 }
 
 /// etcd's member id: SHA-1 of the sorted peer URLs and the cluster token.
@@ -512,6 +518,8 @@ impl Node {
             request_timeout: cfg.request_timeout(),
             waiters,
             next_id: AtomicU64::new(now << 22),
+            peer_clients: parking_lot::Mutex::default(),
+            leader_clients: tokio::sync::Mutex::default(),
         };
         Ok((Arc::new(node), thread))
     }
@@ -666,7 +674,30 @@ impl Node {
     /// A peer client to the leader, for the lease calls only it answers.
     pub fn leader_peer(&self) -> Result<crate::peer::proto::peer_client::PeerClient<tonic::transport::Channel>, Error> {
         let urls = self.leader_peer_urls().ok_or(Error::NoLeader)?;
-        crate::peer::client::connect(&urls, self.request_timeout).map_err(Error::Internal)
+        let url = urls.first().ok_or(Error::NoLeader)?;
+        let mut clients = self.peer_clients.lock();
+        if let Some(client) = clients.get(url) {
+            return Ok(client.clone());
+        }
+        let client = crate::peer::client::connect(&urls, self.request_timeout).map_err(Error::Internal)?;
+        clients.insert(url.clone(), client.clone());
+        Ok(client)
+    }
+
+    /// A client of the leader's client URLs, kept for the next forwarded
+    /// call (the leader's Cluster API answers membership changes).
+    pub async fn leader_client(&self) -> Result<etcd_client::Client, Error> {
+        let urls = self.leader_client_urls()?;
+        let mut clients = self.leader_clients.lock().await;
+        if let Some(client) = clients.get(&urls) {
+            return Ok(client.clone());
+        }
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(self.request_timeout);
+        let client = etcd_client::Client::connect(urls.clone(), Some(opts)).await.map_err(|_| Error::NoLeader)?;
+        clients.insert(urls, client.clone());
+        Ok(client)
     }
 
     /// The leader's client URLs, for requests only the leader can answer.

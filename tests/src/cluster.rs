@@ -386,6 +386,12 @@ impl Cluster {
         self.network.heal(self.members[i].link);
     }
 
+    /// Peer connections dialed into member `i` (through its proxy) since
+    /// the cluster started.
+    pub fn peer_connections_into(&self, i: usize) -> u64 {
+        self.network.accepted(self.members[i].link)
+    }
+
     /// etcd's runtime reconfiguration: MemberAdd (as a learner if
     /// `learner`), then a new process started with the initial cluster the
     /// answer implies and `--initial-cluster-state existing`. Returns the

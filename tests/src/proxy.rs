@@ -48,6 +48,8 @@ struct Link {
     pid: Option<u32>,
     cut: bool,
     connections: Vec<Connection>,
+    /// Connections accepted into the link since it was made.
+    accepted: u64,
 }
 
 /// One forwarded connection, dialed by `source_port` into a link.
@@ -90,6 +92,7 @@ impl Network {
             pid: None,
             cut: false,
             connections: Vec::new(),
+            accepted: 0,
         });
         let runtime = self.runtime()?;
         let listener = {
@@ -103,6 +106,12 @@ impl Network {
             self.state.clone(),
         ));
         Ok((index, listen_port))
+    }
+
+    /// How many connections the link has accepted (and forwarded) since it
+    /// was made: what the other members dialed into its member.
+    pub fn accepted(&self, link: usize) -> u64 {
+        lock(&self.state).links.get(link).map_or(0, |l| l.accepted)
     }
 
     /// Tells the link which process now serves behind it (`None` while the
@@ -190,6 +199,7 @@ async fn accept_loop(
         }
         let id = guard.next_connection;
         guard.next_connection += 1;
+        guard.links[index].accepted += 1;
         let task = tokio::spawn(forward(inbound, target_port, index, id, state.clone()));
         // Registered under the same lock as the check, so a cut between
         // the two cannot miss this connection.

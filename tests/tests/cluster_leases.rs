@@ -183,6 +183,41 @@ async fn leases_survive_a_leader_kill9_and_expire_on_time() -> anyhow::Result<()
     for_each_flavor_with(3, checkpoint_flags, leases_across_a_leader_kill).await
 }
 
+// ------------------------------------------------- forwarding connections
+
+/// What a follower forwards to the leader (lease keep-alives and
+/// time-to-live queries, which only the leader answers, and membership
+/// calls) goes over connections it keeps, not one new connection per call.
+async fn forwarding_reuses_connections(cluster: &mut Cluster) -> anyhow::Result<()> {
+    let leader = cluster.leader().await?;
+    let follower = cluster.followers().await?[0];
+    let mut client = cluster.client(follower).await?;
+    let lease = client.lease_grant(60, None).await?.id();
+    let members = client.member_list().await?.members().to_vec();
+    let me = members.iter().find(|m| m.id() == cluster.member(follower).id()).context("the follower in the member list")?.clone();
+    let before = cluster.peer_connections_into(leader);
+    let (mut keeper, mut responses) = client.lease_keep_alive(lease).await?;
+    for _ in 0..100 {
+        keeper.keep_alive().await?;
+        let answer = responses.message().await?.context("the keep-alive stream ended")?;
+        ensure!(answer.ttl() > 0, "a keep-alive through a follower answered TTL {}", answer.ttl());
+    }
+    for _ in 0..20 {
+        client.lease_time_to_live(lease, None).await?;
+    }
+    for _ in 0..5 {
+        client.member_update(me.id(), me.peer_urls().to_vec()).await?;
+    }
+    let opened = cluster.peer_connections_into(leader) - before;
+    ensure!(opened <= 2, "125 calls forwarded by a follower opened {opened} connections to the leader");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_forwards_over_connections_it_keeps() -> anyhow::Result<()> {
+    for_each_flavor_with(3, |_| Vec::new(), forwarding_reuses_connections).await
+}
+
 // ---------------------------------------------------------------- watchers
 
 const WATCHERS: usize = 1000;

@@ -69,11 +69,7 @@ impl ClusterService {
         if self.node.is_leader() {
             return Ok(None);
         }
-        let urls = self.node.leader_client_urls().map_err(status)?;
-        let opts = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(std::time::Duration::from_secs(2))
-            .with_timeout(self.node.request_timeout);
-        let client = etcd_client::Client::connect(urls, Some(opts)).await.map_err(|_| status(Error::NoLeader))?;
+        let client = self.node.leader_client().await.map_err(status)?;
         Ok(Some(client.cluster_client()))
     }
 
