@@ -27,7 +27,7 @@ pydeps:
 # Test peers built from Go modules (tests/go): etcd 3.5 and 3.6, and the
 # object stores of the backup tests (versitygw for S3, fake-gcs-server);
 # and a Kubernetes control plane (tests/k8s: kube-apiserver,
-# kube-controller-manager, kubectl), 6-7 minutes the first time.
+# kube-controller-manager, kubectl). About 10 minutes from nothing.
 go-peers: deps
 	@./scripts/go-peers.sh
 

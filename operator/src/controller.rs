@@ -62,6 +62,10 @@ pub enum Error {
     Step(#[from] StepError),
     #[error("cannot encode an object: {0}")]
     Encode(#[from] serde_json::Error),
+    /// A field the CRD refuses, met under an API server that did not
+    /// enforce the CRD's rules: nothing is created for it.
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 impl Error {
@@ -76,6 +80,7 @@ impl Error {
             },
             Error::Step(_) => "step",
             Error::Encode(_) => "encode",
+            Error::Unsupported(_) => "unsupported",
         }
     }
 }
@@ -144,6 +149,9 @@ fn selector(names: &Names) -> String {
 }
 
 async fn apply<M: MembershipApi>(kvc: &KvCluster, ctx: &Context<M>) -> Result<Action, Error> {
+    if kvc.spec.tls.is_some() {
+        return Err(Error::Unsupported("spec.tls is not supported yet: members serve clients and peers in plaintext; remove spec.tls"));
+    }
     let client = &ctx.client;
     let names = Names::of(kvc);
     let ns = names.namespace.as_str();

@@ -192,6 +192,9 @@ async fn the_chart_and_the_operator_run_a_kvcluster_on_a_real_api_server() -> an
     let zero = cp.kubectl_output(&["apply", "-f", "-"], Some(&KVCLUSTER.replace("replicas: 3", "replicas: 0")))?;
     let refused = String::from_utf8_lossy(&zero.stderr);
     ensure!(!zero.status.success() && refused.contains("spec.replicas"), "a KvCluster of 0 replicas: {refused}");
+    let with_tls = cp.kubectl_output(&["apply", "-f", "-"], Some(&format!("{KVCLUSTER}  tls: {{clientSecretName: client-tls}}\n")))?;
+    let refused = String::from_utf8_lossy(&with_tls.stderr);
+    ensure!(!with_tls.status.success() && refused.contains("tls is not supported yet"), "a KvCluster with spec.tls: {refused}");
     cp.kubectl_stdin(&["apply", "-f", "-"], KVCLUSTER)?;
 
     // What the operator makes: owned by the KvCluster, applied server-side.

@@ -721,6 +721,23 @@ async fn a_paused_cluster_is_reported_but_not_changed() {
     .await;
 }
 
+/// spec.tls is refused by the CRD; under an API server that did not enforce
+/// its rules the operator refuses it too, creating nothing.
+#[tokio::test]
+async fn a_cluster_asking_for_tls_is_refused_and_nothing_is_made() {
+    within(async {
+        let h = Harness::new(3);
+        h.edit(|k| k["spec"]["tls"] = json!({"clientSecretName": "client-tls"}));
+        // The first reconciliation only adds the finalizer.
+        h.reconcile().await.expect("the finalizer added");
+        let err = h.reconcile().await.expect_err("spec.tls must be refused");
+        assert!(err.to_string().contains("spec.tls is not supported yet"), "{err}");
+        let made: Vec<String> = h.log().into_iter().filter(|l| l.starts_with("PATCH") && !l.contains("/kvclusters/")).collect();
+        assert!(made.is_empty(), "{made:#?}");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn deletion_runs_cleanup_then_releases_the_finalizer() {
     within(async {
