@@ -68,6 +68,8 @@ pub enum StartError {
     Config(String),
     #[error("cannot listen on {url}: {error}")]
     Listen { url: String, error: std::io::Error },
+    #[error("the raft loop stopped on a storage error (see above): this member cannot persist, replicate or apply anything; exiting so that it is restarted")]
+    RaftFailed,
 }
 
 /// This member as the Cluster API shows it.

@@ -70,6 +70,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     tokio::pin!(shutdown);
     tokio::select! {
         _ = node.wait_ready() => {}
+        _ = raft_failed(node.clone()) => {
+            let _ = stop_tx.send(true);
+            return Err(StartError::RaftFailed);
+        }
         _ = removed(node.clone()) => {
             tracing::warn!("this member has been permanently removed from the cluster; shutting down");
             let _ = stop_tx.send(true);
@@ -149,6 +153,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     tokio::select! {
         _ = &mut shutdown => tracing::info!("shutting down"),
         _ = removed(node.clone()) => tracing::warn!("this member has been permanently removed from the cluster; shutting down"),
+        _ = raft_failed(node.clone()) => {
+            // Nothing can be persisted: no graceful stop (it would wait on
+            // the raft loop), the process exits and its supervisor restarts it.
+            tracing::error!("the raft loop stopped; exiting");
+            return Err(StartError::RaftFailed);
+        }
     }
     publisher.abort();
     let _ = stop_tx.send(true);
@@ -176,6 +186,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Resolves once the raft loop has stopped on a failure.
+async fn raft_failed(node: Arc<Node>) {
+    while !node.raft.status.failed() {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Resolves once this member knows it was removed from the cluster, after

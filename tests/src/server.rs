@@ -101,7 +101,26 @@ impl Server {
         Server::start_program(Flavor::Etcd, Some(program.to_path_buf()), &[]).await
     }
 
+    /// [`Server::start_with`], with `prepare(data_dir)` called before the
+    /// first start (to mount a small filesystem there, say).
+    pub async fn start_on(
+        flavor: Flavor,
+        extra_args: &[&str],
+        prepare: impl FnOnce(&std::path::Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Server> {
+        Server::start_program_on(flavor, None, extra_args, prepare).await
+    }
+
     async fn start_program(flavor: Flavor, program: Option<PathBuf>, extra_args: &[&str]) -> anyhow::Result<Server> {
+        Server::start_program_on(flavor, program, extra_args, |_| Ok(())).await
+    }
+
+    async fn start_program_on(
+        flavor: Flavor,
+        program: Option<PathBuf>,
+        extra_args: &[&str],
+        prepare: impl FnOnce(&std::path::Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Server> {
         let peer_port = free_port()?;
         let name = "e2e";
         let peer_url = loopback_url(peer_port);
@@ -116,6 +135,7 @@ impl Server {
         if let Some(program) = program {
             server.program = program;
         }
+        prepare(&server.data_dir())?;
         server.spawn()?;
         server.wait_ready().await?;
         Ok(server)

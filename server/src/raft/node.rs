@@ -83,6 +83,9 @@ pub struct RaftStatus {
     pub is_learner: AtomicBool,
     /// Set once this member has applied its own removal.
     pub removed: AtomicBool,
+    /// Set when the raft loop (which also applies) stopped on a failure:
+    /// the member can no longer persist, send or apply anything.
+    pub failed: AtomicBool,
 }
 
 impl RaftStatus {
@@ -103,6 +106,9 @@ impl RaftStatus {
     }
     pub fn removed(&self) -> bool {
         self.removed.load(Ordering::Acquire)
+    }
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 }
 
@@ -279,8 +285,10 @@ pub fn start<S: StateMachine, T: Transport>(
         .name("raft".into())
         .spawn(move || {
             if let Err(e) = lp.run(rx) {
-                // Storage failed under raft: stopping is the only safe move.
+                // Storage failed under raft: stopping is the only safe move
+                // (the server then exits, see `RaftStatus::failed`).
                 tracing::error!(error = %e, "raft loop stopped on a storage error");
+                lp.status.failed.store(true, Ordering::Release);
             }
         })
         .map_err(|e| StorageError::Engine(e.to_string()))?;
