@@ -312,6 +312,9 @@ pub fn kubectl_as(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> anyh
 
 /// A kube client from a kubeconfig file.
 pub async fn client_from(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
+    // kube's TLS uses rustls' process-wide provider, and a workspace build
+    // compiles two in (object_store brings aws-lc-rs): name kube's own.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = kube::config::Kubeconfig::read_from(kubeconfig)?;
     let config = kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default()).await?;
     Ok(kube::Client::try_from(config)?)
