@@ -357,14 +357,15 @@ async fn an_operator_missing_a_verb_says_so_and_recovers_once_granted() -> anyho
 /// operator stays up, and once the API server is back it reconciles a
 /// KvCluster created then. Run on etcd 3.6 first, then on raftkv.
 ///
-/// Ignored: it passes on etcd and fails on raftkv (2 runs of 3 on this
-/// machine): after the restart the operator's watch of KvClusters, resumed
-/// from its last resource version, is never answered, so the new KvCluster
-/// is never seen. Run it with `cargo test -p raftkv-tests --test
-/// operator_k8s -- --ignored`; the whole operator logs are kept in the
-/// temporary directory when it fails.
+/// Ignored: it fails on etcd and on raftkv alike, most runs: after the
+/// restart the operator's watch of KvClusters, resumed from its last
+/// resource version, delivers nothing while kube-apiserver's own cache
+/// lists the new KvCluster, so the operator never sees it (an operator-side
+/// defect, kube-runtime's watcher; see the session 8 closing note). Run it
+/// with `cargo test -p raftkv-tests --test operator_k8s -- --ignored`; the
+/// whole operator logs are kept in the temporary directory when it fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "raftkv: the operator's resumed KvCluster watch is not answered after kube-apiserver restarts (etcd passes)"]
+#[ignore = "the operator's resumed KvCluster watch sees nothing after kube-apiserver restarts (on etcd too)"]
 async fn the_operator_resumes_after_kube_apiserver_restarts() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
     let etcd = binaries::etcd_releases()?
