@@ -15,10 +15,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service}
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -31,6 +30,7 @@ use crate::metrics::{ClusterLabels, Metrics};
 use crate::planner::{Desired, Next, Observed, plan};
 use crate::resources::{self, Bootstrap, InitialClusterState, MANAGER, Names};
 use crate::status::{self, StatusInput};
+use crate::watch::{self, OwnsEach};
 
 pub const FINALIZER: &str = "raftkv.io/cleanup";
 
@@ -770,11 +770,11 @@ pub async fn run<M: MembershipApi + 'static>(
         );
         let mut stop = shutdown.clone();
         let ctx = ctx.clone();
-        Controller::new(kvcs, watcher::Config::default())
-            .owns(statefulsets, watcher::Config::default())
-            .owns(services, watcher::Config::default())
-            .owns(pdbs, watcher::Config::default())
-            .owns(configmaps, watcher::Config::default())
+        watch::controller(kvcs)
+            .owning(statefulsets)
+            .owning(services)
+            .owning(pdbs)
+            .owning(configmaps)
             .graceful_shutdown_on(async move {
                 let _ = stop.wait_for(|stop| *stop).await;
             })

@@ -23,6 +23,7 @@
 //! - [`metrics`]: the Prometheus metrics behind `/metrics`.
 //! - [`render`]: the CRD and a manifest's objects as YAML (`crdgen`,
 //!   `raftkv-operator render`).
+//! - [`watch`]: controllers whose watches back off one by one.
 //! - [`rbac`]: the permissions it needs, which the chart and
 //!   `deploy/operator.yaml` grant (`raftkv-operator rbac`).
 
@@ -38,3 +39,4 @@ pub mod recovery;
 pub mod render;
 pub mod resources;
 pub mod status;
+pub mod watch;

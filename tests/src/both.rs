@@ -14,7 +14,7 @@
 use std::fmt::Debug;
 use std::future::Future;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use etcd_client::Client;
 
 use crate::binaries::{ETCD, ETCDCTL, etcd_available};
@@ -82,13 +82,14 @@ where
     for flavor in selected_flavors()? {
         let server = Server::start_with(flavor, server_args).await?;
         let client = server.client().await?;
-        let observation = scenario(client).await.with_context(|| {
-            format!(
-                "scenario failed against {}; end of its log:\n{}",
+        let observation = match scenario(client).await {
+            Ok(observation) => observation,
+            Err(err) => bail!(
+                "scenario failed against {}: {err:#}\nend of its log:\n{}\n(the cause again: {err:#})",
                 flavor.name(),
                 server.log_tail(20)
-            )
-        })?;
+            ),
+        };
         observed.push((flavor, format!("{observation:#?}")));
     }
     if let [(a_flavor, a), (b_flavor, b)] = observed.as_slice()

@@ -660,13 +660,15 @@ pub async fn for_each_flavor_with<'a>(
         let mut cluster = Cluster::start(flavor, n, &extra_args(flavor))
             .await
             .with_context(|| format!("cannot start a {n}-member {} cluster", flavor.name()))?;
-        scenario(&mut cluster).await.with_context(|| {
-            format!(
-                "scenario failed against a {n}-member {} cluster; end of each member's log:\n{}",
+        // The cause comes first: CI keeps the start and the end of a long
+        // failure, and member logs fill the middle.
+        if let Err(err) = scenario(&mut cluster).await {
+            bail!(
+                "scenario failed against a {n}-member {} cluster: {err:#}\nend of each member's log:\n{}\n(the cause again: {err:#})",
                 flavor.name(),
                 cluster.log_tails(30)
-            )
-        })?;
+            );
+        }
     }
     Ok(())
 }

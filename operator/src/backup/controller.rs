@@ -13,9 +13,8 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -29,6 +28,7 @@ use crate::crd::{KvCluster, ReclaimPolicy};
 use crate::members::MembershipApi;
 use crate::metrics::ClusterLabels;
 use crate::resources::MANAGER;
+use crate::watch::{self, OwnsEach};
 
 /// The label on the backups a schedule made, naming it.
 pub const SCHEDULE_LABEL: &str = "raftkv.io/schedule";
@@ -395,8 +395,8 @@ pub async fn run<M: MembershipApi + 'static>(ctx: Arc<Context<M>>, namespaces: V
     for ns in scopes {
         let ns = ns.as_deref();
         let (mut stop1, mut stop2) = (shutdown.clone(), shutdown.clone());
-        let backups = Controller::new(scoped::<KvBackup>(&client, ns), watcher::Config::default())
-            .owns(scoped::<Job>(&client, ns), watcher::Config::default())
+        let backups = watch::controller(scoped::<KvBackup>(&client, ns))
+            .owning(scoped::<Job>(&client, ns))
             .graceful_shutdown_on(async move {
                 let _ = stop1.wait_for(|stop| *stop).await;
             })
@@ -406,8 +406,8 @@ pub async fn run<M: MembershipApi + 'static>(ctx: Arc<Context<M>>, namespaces: V
                     tracing::debug!(error = %e, "reconcile backup");
                 }
             });
-        let schedules = Controller::new(scoped::<KvBackupSchedule>(&client, ns), watcher::Config::default())
-            .owns(scoped::<KvBackup>(&client, ns), watcher::Config::default())
+        let schedules = watch::controller(scoped::<KvBackupSchedule>(&client, ns))
+            .owning(scoped::<KvBackup>(&client, ns))
             .graceful_shutdown_on(async move {
                 let _ = stop2.wait_for(|stop| *stop).await;
             })
