@@ -78,6 +78,8 @@ check_protoc() {
 check_etcd()    { local v; v=$(etcd_version) && [ -n "$v" ] && version_at_least "$v" "$ETCD_MIN" && echo "$v $(command -v etcd)"; }
 check_etcdctl() { local v; v=$(etcdctl_version) && [ -n "$v" ] && version_at_least "$v" "$ETCD_MIN" && echo "$v $(command -v etcdctl)"; }
 check_python()  { local v; v=$(python_version) && [ -n "$v" ] && echo "$v $(command -v python3)"; }
+check_iproute() { command -v ip >/dev/null && ip netns list >/dev/null 2>&1 && echo "$(ip -V 2>&1 | grep -o 'iproute2-[^ ,]*' | sed 's/iproute2-//') $(command -v ip)"; }
+check_unshare() { command -v unshare >/dev/null && echo "$(unshare --version 2>&1 | awk '{print $NF}') $(command -v unshare)"; }
 check_node()    { local v; v=$(node --version 2>/dev/null | sed 's/^v//') && [ -n "$v" ] && version_at_least "$v" 18 && command -v npm >/dev/null && echo "$v $(command -v node)"; }
 check_go()      { local v; v=$(go_version) && [ -n "$v" ] && version_at_least "$v" 1.26 && echo "$v $(command -v go)"; }
 
@@ -89,6 +91,8 @@ PREREQS=(
   "etcd|etcd-server (etcd >= $ETCD_MIN)|the tests and benchmarks that compare with etcd|apt"
   "etcdctl|etcd-client (etcdctl >= $ETCD_MIN)|the CLI compatibility tests|apt"
   "python|python3 python3-venv|the Helm chart tests (a virtualenv)|apt"
+  "iproute|iproute2 (ip netns)|the test node agent's pod network (tests/k8s/nodeagent)|apt"
+  "unshare|util-linux (unshare)|the test node agent's containers (tests/k8s/nodeagent)|apt"
   "node|nodejs npm (Node.js >= 18)|Azurite, the Azure Storage emulator the backup tests write to (tests/node)|apt"
   "go|Go >= 1.26 (https://go.dev/dl; Debian's golang-go is too old)|the test peers built from Go modules (tests/go: etcd 3.5 and 3.6, versitygw, fake-gcs-server)|manual"
 )
@@ -133,6 +137,8 @@ install_missing() {
         etcdctl)  pkgs+=(etcd-client) ;;
         python)   pkgs+=(python3 python3-venv) ;;
         node)     pkgs+=(nodejs npm) ;;
+        iproute)  pkgs+=(iproute2) ;;
+        unshare)  pkgs+=(util-linux) ;;
       esac
     else
       manual+=("$(field "$row" 1): $(field "$row" 2)")

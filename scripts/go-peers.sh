@@ -78,3 +78,6 @@ done
 # The control plane's certificates and keys (pure standard library: seconds).
 (cd "$k8s" && CGO_ENABLED=0 go build -trimpath -o "$bin/k8s-pki.partial" ./pki)
 mv "$bin/k8s-pki.partial" "$bin/k8s-pki"
+# The test node agent (tests/k8s/nodeagent): plays the kubelet for pods.
+(cd "$k8s" && CGO_ENABLED=0 go build -trimpath -o "$bin/k8s-nodeagent.partial" ./nodeagent)
+mv "$bin/k8s-nodeagent.partial" "$bin/k8s-nodeagent"

@@ -45,6 +45,7 @@ pub mod cluster;
 pub mod describe;
 pub mod diff;
 pub mod k8s;
+pub mod nodes;
 pub mod objstores;
 pub mod ports;
 pub mod proxy;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use raftkv_tests::binaries::{self, workspace_binary};
 use raftkv_tests::k8s::{ControlPlane, Options, kubectl_as};
+use raftkv_tests::nodes::NodeAgent;
 use raftkv_tests::ports::free_port;
 use raftkv_tests::{Flavor, Server};
 use tokio::sync::Mutex;
@@ -403,4 +404,67 @@ async fn apiserver_restart(store: &Server) -> anyhow::Result<()> {
     ensure!(operator.running(), "the operator exited:\n{}", operator.log());
     operator.passed = true;
     Ok(())
+}
+
+/// With the test node agent playing the kubelet on three Nodes, the chart's
+/// operator runs as a Pod (in-cluster config, its ServiceAccount's projected
+/// token, probes), and a 3-member KvCluster becomes three raftkv Pods, each
+/// in a network namespace of its own, that find each other by their
+/// headless-Service names and answer etcdctl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kvcluster_runs_as_pods_that_answer_etcdctl() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let store = Server::start(Flavor::Raftkv).await?;
+    let cp = ControlPlane::start(&[store.endpoint()]).await?;
+    let agent = NodeAgent::start(&cp, &["node-0", "node-1", "node-2"], &[
+        ("raftkv/raftkv", vec![binaries::raftkv()?, binaries::raftkvctl()?]),
+        ("raftkv/raftkv-operator", vec![workspace_binary("raftkv-operator")?]),
+    ])
+    .await?;
+    let outcome = async {
+        helm(&cp, "install", serde_json::json!({}))?;
+        cp.kubectl(&["rollout", "status", "-n", OPS, &format!("deployment/{SERVICE_ACCOUNT}"), "--timeout=120s"])
+            .context("the operator's Deployment")?;
+        cp.kubectl(&["create", "namespace", NS])?;
+        cp.kubectl_stdin(&["apply", "-f", "-"], KVCLUSTER)?;
+        let ips = eventually("three Ready raftkv pods", Duration::from_secs(180), || {
+            let out = cp.kubectl(&[
+                "get", "pods", "-n", NS, "-l", "app.kubernetes.io/instance=demo", "-o",
+                r#"jsonpath={range .items[*]}{.status.podIP} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#,
+            ])?;
+            let ready: Vec<String> = out
+                .lines()
+                .filter_map(|l| l.split_once(' ').filter(|(_, ready)| *ready == "True").map(|(ip, _)| ip.to_owned()))
+                .collect();
+            Ok((ready.len() == 3).then_some(ready))
+        })
+        .await?;
+        let endpoints = ips.iter().map(|ip| format!("http://{ip}:2379")).collect::<Vec<_>>().join(",");
+        let etcdctl = |args: &[&str]| -> anyhow::Result<String> {
+            let mut all = vec!["--endpoints", endpoints.as_str()];
+            all.extend_from_slice(args);
+            let out = agent.in_pod_network(binaries::ETCDCTL, &all)?;
+            ensure!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        ensure!(etcdctl(&["put", "hello", "pods"])?.trim() == "OK", "etcdctl put did not answer OK");
+        let got = etcdctl(&["get", "hello", "--print-value-only"])?;
+        ensure!(got.trim() == "pods", "etcdctl get answered {got:?}");
+        let members = etcdctl(&["member", "list"])?;
+        let mut names: Vec<&str> = members.lines().filter_map(|l| l.split(", ").nth(2)).collect();
+        names.sort();
+        ensure!(names == ["demo-0", "demo-1", "demo-2"], "member list: {members}");
+        ensure!(members.lines().all(|l| l.contains(", started, ")), "a member is not started: {members}");
+        eventually("the KvCluster status to count three ready replicas", Duration::from_secs(60), || {
+            let ready = cp.kubectl(&["get", "kvc", "-n", NS, "demo", "-o", "jsonpath={.status.readyReplicas}"])?;
+            Ok((ready.trim() == "3").then_some(()))
+        })
+        .await
+    }
+    .await;
+    if outcome.is_err() {
+        eprintln!("node agent log:\n{}", agent.log_tail(60));
+        eprintln!("pods:\n{}", cp.kubectl(&["get", "pods", "-A", "-o", "wide"]).unwrap_or_default());
+    }
+    outcome
 }
