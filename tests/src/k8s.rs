@@ -334,3 +334,48 @@ impl Drop for ControlPlane {
         }
     }
 }
+
+/// The workspace's root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace").to_path_buf()
+}
+
+/// `charts/tests/helm_release.py ACTION` (Helm 4's SDK, in the Makefile's
+/// virtualenv) for the chart as release `release` in `namespace`.
+pub fn helm_release(cp: &ControlPlane, namespace: &str, release: &str, action: &str, values: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    let venv = std::env::var_os("RAFTKV_VENV").map_or_else(|| workspace().join(".venv"), PathBuf::from);
+    let python = venv.join("bin/python");
+    if !python.is_file() {
+        bail!("{} is missing: run `make pydeps` (the chart tests' virtualenv with helm-python-sdk)", python.display());
+    }
+    let out = Command::new(&python)
+        .arg(workspace().join("charts/tests/helm_release.py"))
+        .arg(action)
+        .arg("--kubeconfig")
+        .arg(cp.admin_kubeconfig())
+        .args(["--namespace", namespace, "--name", release, "--values", &values.to_string()])
+        .output()
+        .context("cannot run helm_release.py")?;
+    if !out.status.success() {
+        bail!("helm {action} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    serde_json::from_slice(&out.stdout).context("helm_release.py printed no JSON")
+}
+
+/// Polls `check` every 250 ms until it yields a value, or fails after
+/// `timeout` with the last error it returned.
+pub async fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> anyhow::Result<Option<T>>) -> anyhow::Result<T> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match check() {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{what}: not within {timeout:?} (last error: {last_error:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

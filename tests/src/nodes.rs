@@ -74,6 +74,23 @@ impl NodeAgent {
         std::fs::read_to_string(self.dir.path().join("pods").join(pod_uid).join(format!("{container}.log"))).unwrap_or_default()
     }
 
+    /// The process of a container's current run (`pod_uid` from the Pod's
+    /// metadata), as the agent recorded it when it started it.
+    pub fn container_pid(&self, pod_uid: &str, container: &str) -> Option<u32> {
+        let path = self.dir.path().join("pods").join(pod_uid).join(format!("{container}.pid"));
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+
+    /// Kills a container's process with SIGKILL, as a crash would.
+    pub fn kill_container(&self, pod_uid: &str, container: &str) -> anyhow::Result<u32> {
+        let pid = self.container_pid(pod_uid, container).with_context(|| format!("no process recorded for {container} of pod {pod_uid}"))?;
+        let status = Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
+        if !status.success() {
+            bail!("kill -9 {pid} failed");
+        }
+        Ok(pid)
+    }
+
     /// The last `lines` lines of the agent's own log.
     pub fn log_tail(&self, lines: usize) -> String {
         let log = std::fs::read_to_string(self.dir.path().join("nodeagent.log")).unwrap_or_default();

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use raftkv_tests::binaries::{self, workspace_binary};
-use raftkv_tests::k8s::{ControlPlane, Options, kubectl_as};
+use raftkv_tests::k8s::{ControlPlane, Options, eventually, helm_release, kubectl_as, workspace};
 use raftkv_tests::nodes::NodeAgent;
 use raftkv_tests::ports::free_port;
 use raftkv_tests::{Flavor, Server};
@@ -30,29 +30,9 @@ const RELEASE: &str = "rk";
 const SERVICE_ACCOUNT: &str = "rk-raftkv-operator";
 const NS: &str = "prod";
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace").to_path_buf()
-}
-
-/// `helm_release.py ACTION` with the Makefile's virtualenv.
+/// The chart as release `rk` in `raftkv-system`.
 fn helm(cp: &ControlPlane, action: &str, values: serde_json::Value) -> anyhow::Result<serde_json::Value> {
-    let venv = std::env::var_os("RAFTKV_VENV").map_or_else(|| repo().join(".venv"), PathBuf::from);
-    let python = venv.join("bin/python");
-    if !python.is_file() {
-        bail!("{} is missing: run `make pydeps` (the chart tests' virtualenv with helm-python-sdk)", python.display());
-    }
-    let out = Command::new(&python)
-        .arg(repo().join("charts/tests/helm_release.py"))
-        .arg(action)
-        .arg("--kubeconfig")
-        .arg(cp.admin_kubeconfig())
-        .args(["--namespace", OPS, "--name", RELEASE, "--values", &values.to_string()])
-        .output()
-        .context("cannot run helm_release.py")?;
-    if !out.status.success() {
-        bail!("helm {action} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    serde_json::from_slice(&out.stdout).context("helm_release.py printed no JSON")
+    helm_release(cp, OPS, RELEASE, action, values)
 }
 
 /// A `raftkv-operator run` process with `kubeconfig`, logging to a file.
@@ -111,22 +91,6 @@ impl Drop for Operator {
             let lines: Vec<&str> = log.lines().collect();
             eprintln!("----- operator log (last 80 lines) -----\n{}\n-----", lines[lines.len().saturating_sub(80)..].join("\n"));
         }
-    }
-}
-
-async fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> anyhow::Result<Option<T>>) -> anyhow::Result<T> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut last_error = None;
-    loop {
-        match check() {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) => {}
-            Err(e) => last_error = Some(e),
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("{what}: not within {timeout:?} (last error: {last_error:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -314,7 +278,7 @@ async fn an_operator_missing_a_verb_says_so_and_recovers_once_granted() -> anyho
     let cp = ControlPlane::start_with(&[store.endpoint()], Options { controller_manager: true, ..Options::default() }).await?;
     // The CRDs applied with kubectl, as without Helm (Helm then leaves
     // CRDs that exist alone).
-    let crds = repo().join("crds");
+    let crds = workspace().join("crds");
     cp.kubectl(&["apply", "--server-side", "-f", crds.to_str().context("a UTF-8 path")?])?;
     helm(&cp, "install", serde_json::json!({}))?;
     cp.kubectl(&["wait", "--for=condition=Established", "crd/kvclusters.raftkv.io", "--timeout=60s"])?;

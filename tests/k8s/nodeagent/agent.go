@@ -30,6 +30,7 @@ type agent struct {
 	cfg    config
 	client kubernetes.Interface
 	net    *network
+	proxy  *proxy
 
 	mu   sync.Mutex
 	pods map[string]*podRuntime // by pod UID
@@ -169,7 +170,16 @@ func (a *agent) sync(ctx context.Context) error {
 	if err := a.volumes(ctx); err != nil {
 		log.Printf("nodeagent: volumes: %v", err)
 	}
-	a.updateHosts(pods.Items)
+	services, err := a.client.CoreV1().Services("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	slices, err := a.client.DiscoveryV1().EndpointSlices("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	a.proxy.sync(ctx, services.Items, slices.Items)
+	a.updateHosts(pods.Items, services.Items)
 
 	seen := map[string]bool{}
 	for i := range pods.Items {
@@ -397,7 +407,7 @@ func (a *agent) volumes(ctx context.Context) error {
 // updateHosts computes the names the cluster DNS would answer for pods
 // (hostname.subdomain.namespace.svc) and services' cluster IPs the agent
 // serves, and rewrites every running pod's /etc/hosts when they change.
-func (a *agent) updateHosts(pods []corev1.Pod) {
+func (a *agent) updateHosts(pods []corev1.Pod, services []corev1.Service) {
 	var lines []string
 	lines = append(lines, "127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback")
 	lines = append(lines, "10.0.0.1 kubernetes kubernetes.default kubernetes.default.svc kubernetes.default.svc.cluster.local")
@@ -413,6 +423,13 @@ func (a *agent) updateHosts(pods []corev1.Pod) {
 			fq := fmt.Sprintf("%s.%s.%s.svc", hostname, p.Spec.Subdomain, p.Namespace)
 			lines = append(lines, fmt.Sprintf("%s %s %s.cluster.local", p.Status.PodIP, fq, fq))
 		}
+	}
+	for _, svc := range services {
+		if svc.Spec.ClusterIP == "" || svc.Spec.ClusterIP == corev1.ClusterIPNone || svc.Name == "kubernetes" && svc.Namespace == metav1.NamespaceDefault {
+			continue
+		}
+		fq := fmt.Sprintf("%s.%s.svc", svc.Name, svc.Namespace)
+		lines = append(lines, fmt.Sprintf("%s %s %s.cluster.local", svc.Spec.ClusterIP, fq, fq))
 	}
 	sort.Strings(lines[3:])
 	hosts := strings.Join(lines, "\n") + "\n"

@@ -22,7 +22,9 @@
 //     cluster DNS would; probes, restarts with back-off, termination
 //     messages, SIGTERM then SIGKILL after the grace period;
 //   - serves the `kubernetes` Service (10.0.0.1:443) to the Pods, forwarded
-//     to kube-apiserver on loopback.
+//     to kube-apiserver on loopback, and as kube-proxy would, every other
+//     Service's cluster IP in the pod network and its node ports on the
+//     host's 127.0.0.1, round-robin over its ready endpoints.
 //
 // Everything lives in network namespaces it creates (named after its PID);
 // the host's own network is not touched. It needs root.
@@ -118,7 +120,7 @@ func run(cfg config) error {
 	if err := network.serve("10.0.0.1:443", cfg.apiserver); err != nil {
 		return err
 	}
-	a := &agent{cfg: cfg, client: client, net: network, pods: map[string]*podRuntime{}}
+	a := &agent{cfg: cfg, client: client, net: network, proxy: newProxy(network), pods: map[string]*podRuntime{}}
 	if err := a.registerNodes(ctx); err != nil {
 		return err
 	}

@@ -303,6 +303,8 @@ func (r *podRuntime) runOnce(ctx context.Context, pod *corev1.Pod, c corev1.Cont
 		return 0, false
 	}
 	startedAt := metav1.Now()
+	// Where a test finds the process to kill it as a crash would.
+	_ = os.WriteFile(filepath.Join(r.dir, c.Name+".pid"), []byte(fmt.Sprint(proc.Pid)), 0o644)
 	r.mu.Lock()
 	st := r.status[c.Name]
 	if st.current != nil && st.current.Terminated != nil {

@@ -1,0 +1,239 @@
+//! The lifecycles a user drives with kubectl, against real raftkv processes:
+//! a control plane on raftkv (`tests/k8s`), the test node agent playing the
+//! kubelet on three Nodes (`tests/k8s/nodeagent`), the chart's operator
+//! running as a Pod, and writers putting through a NodePort Service the
+//! whole time; at the end every acknowledged put is read back.
+//! Root only (the node agent's network namespaces and mounts).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use etcd_client::{Client, ConnectOptions};
+use raftkv_tests::acked::{self, Ack};
+use raftkv_tests::binaries::{self, workspace_binary};
+use raftkv_tests::k8s::{ControlPlane, eventually, helm_release};
+use raftkv_tests::nodes::NodeAgent;
+use raftkv_tests::{Flavor, Server};
+
+const OPS: &str = "raftkv-system";
+const RELEASE: &str = "rk";
+const NS: &str = "prod";
+const NODES: [&str; 3] = ["node-0", "node-1", "node-2"];
+
+const KVCLUSTER: &str = r#"
+apiVersion: raftkv.io/v1alpha1
+kind: KvCluster
+metadata: {name: demo, namespace: prod}
+spec:
+  replicas: 3
+  version: 0.1.0
+  storage: {size: 1Gi}
+"#;
+
+/// The members' client port on every Node's address (127.0.0.1 here).
+const NODE_PORT: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: demo-nodeport, namespace: prod}
+spec:
+  type: NodePort
+  selector: {app.kubernetes.io/instance: demo, app.kubernetes.io/name: raftkv}
+  ports: [{name: client, port: 2379, targetPort: 2379}]
+"#;
+
+/// A control plane on raftkv, the node agent, the operator as a Pod.
+struct Env {
+    agent: NodeAgent,
+    cp: ControlPlane,
+    _store: Server,
+}
+
+impl Env {
+    async fn start() -> anyhow::Result<Env> {
+        let store = Server::start(Flavor::Raftkv).await?;
+        let cp = ControlPlane::start(&[store.endpoint()]).await?;
+        let agent = NodeAgent::start(&cp, &NODES, &[
+            ("raftkv/raftkv", vec![binaries::raftkv()?, binaries::raftkvctl()?]),
+            ("raftkv/raftkv-operator", vec![workspace_binary("raftkv-operator")?]),
+        ])
+        .await?;
+        helm_release(&cp, OPS, RELEASE, "install", serde_json::json!({}))?;
+        cp.kubectl(&["rollout", "status", "-n", OPS, "deployment/rk-raftkv-operator", "--timeout=120s"])
+            .context("the operator's Deployment")?;
+        Ok(Env { agent, cp, _store: store })
+    }
+
+    fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.cp.kubectl(args)
+    }
+
+    /// (name, uid, IP, ready, restarts) of the members' pods.
+    fn members(&self) -> anyhow::Result<Vec<(String, String, String, bool, u32)>> {
+        let out = self.kubectl(&[
+            "get", "pods", "-n", NS, "-l", "app.kubernetes.io/instance=demo", "-o",
+            r#"jsonpath={range .items[*]}{.metadata.name} {.metadata.uid} {.status.podIP} {.status.conditions[?(@.type=="Ready")].status} {.status.containerStatuses[0].restartCount}{"\n"}{end}"#,
+        ])?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (f.len() == 5).then(|| (f[0].to_owned(), f[1].to_owned(), f[2].to_owned(), f[3] == "True", f[4].parse().unwrap_or(0)))
+            })
+            .collect())
+    }
+
+    /// etcdctl against every member's pod IP, run in the pod network.
+    fn etcdctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let endpoints = self.members()?.iter().map(|m| format!("http://{}:2379", m.2)).collect::<Vec<_>>().join(",");
+        let mut all = vec!["--endpoints", endpoints.as_str(), "--command-timeout=10s"];
+        all.extend_from_slice(args);
+        let out = self.agent.in_pod_network(binaries::ETCDCTL, &all)?;
+        ensure!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Waits until `n` member pods are Ready, the KvCluster counts `n` ready
+    /// replicas and the member list has `n` started voters named after
+    /// the pods; returns the member list (`id, status, name, ...` lines).
+    async fn settled(&self, n: usize, timeout: Duration) -> anyhow::Result<String> {
+        eventually(&format!("{n} ready members"), timeout, || {
+            let pods = self.members()?;
+            if pods.len() != n || !pods.iter().all(|p| p.3) {
+                return Ok(None);
+            }
+            let ready = self.kubectl(&["get", "kvc", "-n", NS, "demo", "-o", "jsonpath={.status.readyReplicas}"])?;
+            if ready.trim() != n.to_string() {
+                return Ok(None);
+            }
+            let list = self.etcdctl(&["member", "list"])?;
+            let mut names: Vec<&str> = list.lines().filter_map(|l| l.split(", ").nth(2)).collect();
+            names.sort();
+            let mut expected: Vec<String> = pods.iter().map(|p| p.0.clone()).collect();
+            expected.sort();
+            let voters = list.lines().all(|l| l.contains(", started, ") && l.ends_with(", false"));
+            Ok((names == expected && voters).then_some(list))
+        })
+        .await
+    }
+
+    fn diagnose(&self) {
+        eprintln!("node agent log:\n{}", self.agent.log_tail(60));
+        eprintln!("pods:\n{}", self.kubectl(&["get", "pods", "-A", "-o", "wide"]).unwrap_or_default());
+        eprintln!("kvc:\n{}", self.kubectl(&["get", "kvc", "-n", NS, "demo", "-o", "yaml"]).unwrap_or_default());
+        eprintln!("events:\n{}", self.kubectl(&["get", "events", "-n", NS, "--sort-by=.lastTimestamp"]).unwrap_or_default());
+    }
+}
+
+/// Writers through the NodePort Service, tolerating failures (members come
+/// and go), recording what was acknowledged.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<Ack>>>>,
+}
+
+async fn client(endpoint: &str) -> anyhow::Result<Client> {
+    let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(Duration::from_secs(5));
+    Ok(Client::connect([endpoint], Some(options)).await?)
+}
+
+impl Writers {
+    async fn start(endpoint: &str, n: usize) -> anyhow::Result<Writers> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let fault = Arc::new(AtomicBool::new(true));
+        let mut tasks = Vec::new();
+        for w in 0..n {
+            let client = client(endpoint).await?;
+            tasks.push(tokio::spawn(acked::put_until(client, format!("writer{w}"), stop.clone(), fault.clone())));
+        }
+        Ok(Writers { stop, tasks })
+    }
+
+    async fn finish(self) -> anyhow::Result<Vec<Ack>> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(t.await??);
+        }
+        Ok(all)
+    }
+}
+
+/// Create, scale 3 -> 5 -> 3 with `kubectl scale`, a member killed (-9), a
+/// member's claim and pod deleted (replaced on a fresh volume), a Node
+/// drained under the PodDisruptionBudget: writers the whole time, and
+/// every acknowledged put present at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kvcluster_through_its_lifecycles_on_real_pods_loses_nothing() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let outcome = lifecycles(&env).await;
+    if outcome.is_err() {
+        env.diagnose();
+    }
+    outcome
+}
+
+async fn lifecycles(env: &Env) -> anyhow::Result<()> {
+    let step = |name: &str, began: Instant| eprintln!("lifecycle: {name} in {:.1} s", began.elapsed().as_secs_f64());
+    let began = Instant::now();
+    env.kubectl(&["create", "namespace", NS])?;
+    env.cp.kubectl_stdin(&["apply", "-f", "-"], KVCLUSTER)?;
+    env.settled(3, Duration::from_secs(180)).await.context("the new cluster")?;
+    step("create 3 members", began);
+
+    env.cp.kubectl_stdin(&["apply", "-f", "-"], NODE_PORT)?;
+    let node_port = env.kubectl(&["get", "service", "-n", NS, "demo-nodeport", "-o", "jsonpath={.spec.ports[0].nodePort}"])?;
+    let endpoint = format!("127.0.0.1:{}", node_port.trim());
+    let writers = Writers::start(&endpoint, 2).await?;
+
+    let began = Instant::now();
+    env.kubectl(&["scale", "kvc", "demo", "-n", NS, "--replicas=5"])?;
+    env.settled(5, Duration::from_secs(300)).await.context("scaled to 5")?;
+    step("scale to 5", began);
+
+    let began = Instant::now();
+    env.kubectl(&["scale", "kvc", "demo", "-n", NS, "--replicas=3"])?;
+    env.settled(3, Duration::from_secs(300)).await.context("scaled back to 3")?;
+    step("scale to 3", began);
+
+    let began = Instant::now();
+    let victim = env.members()?.into_iter().find(|m| m.0 == "demo-1").context("no pod demo-1")?;
+    env.agent.kill_container(&victim.1, "raftkv")?;
+    eventually("demo-1 restarted after kill -9", Duration::from_secs(120), || {
+        Ok(env.members()?.into_iter().any(|m| m.0 == "demo-1" && m.1 == victim.1 && m.4 > victim.4 && m.3).then_some(()))
+    })
+    .await?;
+    env.settled(3, Duration::from_secs(120)).await.context("after kill -9 of demo-1")?;
+    step("member killed -9 and restarted", began);
+
+    let began = Instant::now();
+    let before = env.etcdctl(&["member", "list"])?;
+    let old_id = before.lines().find(|l| l.split(", ").nth(2) == Some("demo-2")).and_then(|l| l.split(", ").next()).context("demo-2 in the member list")?.to_owned();
+    env.kubectl(&["delete", "pvc", "-n", NS, "data-demo-2", "--wait=false"])?;
+    env.kubectl(&["delete", "pod", "-n", NS, "demo-2"])?;
+    let list = eventually("demo-2 replaced with a new member id", Duration::from_secs(300), || {
+        let Ok(list) = env.etcdctl(&["member", "list"]) else { return Ok(None) };
+        let new_id = list.lines().find(|l| l.split(", ").nth(2) == Some("demo-2")).and_then(|l| l.split(", ").next()).map(str::to_owned);
+        Ok(new_id.filter(|id| *id != old_id).map(|_| list))
+    })
+    .await?;
+    env.settled(3, Duration::from_secs(180)).await.with_context(|| format!("after demo-2's volume was deleted ({list})"))?;
+    step("claim and pod deleted, member replaced", began);
+
+    let began = Instant::now();
+    let node = env.kubectl(&["get", "pod", "-n", NS, "demo-0", "-o", "jsonpath={.spec.nodeName}"])?;
+    env.kubectl(&["drain", node.trim(), "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=300s"])
+        .context("kubectl drain")?;
+    env.settled(3, Duration::from_secs(180)).await.context("after the drain")?;
+    env.kubectl(&["uncordon", node.trim()])?;
+    step("node drained", began);
+
+    let acks = writers.finish().await?;
+    ensure!(acks.len() > 100, "only {} puts were acknowledged during the lifecycles", acks.len());
+    let mut reader = client(&endpoint).await?;
+    let (_, store) = acked::whole_store(&mut reader, false).await?;
+    acked::all_present(&store, &acks)?;
+    eprintln!("lifecycle: {} acknowledged puts, all present", acks.len());
+    Ok(())
+}
