@@ -102,12 +102,18 @@ pub fn pod_observations(
                         .and_then(|w| w.reason.as_deref())
                         == Some("CrashLoopBackOff")
                 });
+            let ready = p
+                .status
+                .iter()
+                .flat_map(|s| s.conditions.iter().flatten())
+                .any(|c| c.type_ == "Ready" && c.status == "True");
             Some((
                 ordinal,
                 PodObs {
                     up_to_date,
                     volume_replaced: replaced.contains(&ordinal),
                     crash_looping,
+                    ready,
                 },
             ))
         })
@@ -385,7 +391,7 @@ mod tests {
     use crate::members::MemberDetail;
     use crate::planner::{ClusterObs, MemberObs};
     use k8s_openapi::api::core::v1::{
-        ContainerState, ContainerStateWaiting, ContainerStatus, PodStatus,
+        ContainerState, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -449,6 +455,13 @@ mod tests {
                     }),
                     ..ContainerStatus::default()
                 }]),
+                // Ready as the kubelet says it once probes pass; a
+                // crash-looping pod is not.
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if waiting.is_some() { "False" } else { "True" }.into(),
+                    ..PodCondition::default()
+                }]),
                 ..PodStatus::default()
             }),
             spec: None,
@@ -477,7 +490,8 @@ mod tests {
             PodObs {
                 up_to_date: true,
                 volume_replaced: false,
-                crash_looping: false
+                crash_looping: false,
+                ready: true,
             }
         );
         assert_eq!(
@@ -485,7 +499,8 @@ mod tests {
             PodObs {
                 up_to_date: false,
                 volume_replaced: true,
-                crash_looping: true
+                crash_looping: true,
+                ready: false,
             }
         );
     }

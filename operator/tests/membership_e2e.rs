@@ -146,6 +146,8 @@ async fn converge(
                         o,
                         PodObs {
                             up_to_date: processes.rolled.as_ref().is_none_or(|r| r.contains(&o)),
+                            // Its process runs: raft health says the rest.
+                            ready: true,
                             ..PodObs::default()
                         },
                     )

@@ -17,6 +17,9 @@ use raftkv_tests::k8s::{ControlPlane, eventually, helm_release};
 use raftkv_tests::nodes::NodeAgent;
 use raftkv_tests::{Flavor, Server};
 
+/// One control plane and node agent at a time (node ports are the host's).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const OPS: &str = "raftkv-system";
 const RELEASE: &str = "rk";
 const NS: &str = "prod";
@@ -166,6 +169,7 @@ impl Writers {
 /// every acknowledged put present at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_kvcluster_through_its_lifecycles_on_real_pods_loses_nothing() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
     let env = Env::start().await?;
     let outcome = lifecycles(&env).await;
     if outcome.is_err() {
@@ -235,5 +239,132 @@ async fn lifecycles(env: &Env) -> anyhow::Result<()> {
     let (_, store) = acked::whole_store(&mut reader, false).await?;
     acked::all_present(&store, &acks)?;
     eprintln!("lifecycle: {} acknowledged puts, all present", acks.len());
+
+    // reclaimPolicy Retain (the default): the claims and their volumes
+    // outlive the KvCluster.
+    let claims = env.kubectl(&["get", "pvc", "-n", NS, "-o", "name"])?;
+    env.kubectl(&["delete", "kvc", "demo", "-n", NS, "--timeout=120s"])?;
+    eventually("the members' pods gone", Duration::from_secs(120), || Ok(env.members()?.is_empty().then_some(()))).await?;
+    let kept = env.kubectl(&["get", "pvc", "-n", NS, "-o", "name"])?;
+    ensure!(!claims.trim().is_empty() && kept == claims, "claims before the deletion: {claims}; after: {kept}");
+    let phases = env.kubectl(&["get", "pv", "-o", "jsonpath={.items[*].status.phase}"])?;
+    ensure!(phases.split_whitespace().all(|p| p == "Bound"), "volumes after the deletion: {phases}");
     Ok(())
+}
+
+const UPGRADABLE: &str = r#"
+apiVersion: raftkv.io/v1alpha1
+kind: KvCluster
+metadata: {name: demo, namespace: prod}
+spec:
+  replicas: 3
+  version: 0.1.0
+  storage: {size: 1Gi, reclaimPolicy: Delete}
+  server: {quotaBackendBytes: 16Mi}
+"#;
+
+/// An upgrade (`spec.version`) rolls the members one pod at a time, the
+/// leader last, keeping their data and ids; a NOSPACE alarm is remediated
+/// by the operator (writes accepted again); deleting the KvCluster with
+/// `reclaimPolicy: Delete` removes its claims and volumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upgrade_rolls_leader_last_nospace_is_remediated_and_delete_reclaims() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let env = Env::start().await?;
+    let outcome = upgrade_nospace_delete(&env).await;
+    if outcome.is_err() {
+        env.diagnose();
+    }
+    outcome
+}
+
+async fn upgrade_nospace_delete(env: &Env) -> anyhow::Result<()> {
+    env.kubectl(&["create", "namespace", NS])?;
+    env.cp.kubectl_stdin(&["apply", "-f", "-"], UPGRADABLE)?;
+    env.settled(3, Duration::from_secs(180)).await.context("the new cluster")?;
+    env.cp.kubectl_stdin(&["apply", "-f", "-"], NODE_PORT)?;
+    let node_port = env.kubectl(&["get", "service", "-n", NS, "demo-nodeport", "-o", "jsonpath={.spec.ports[0].nodePort}"])?;
+    let endpoint = format!("127.0.0.1:{}", node_port.trim());
+
+    // The upgrade, writers running.
+    let began = Instant::now();
+    let ids_before = member_ids(&env.etcdctl(&["member", "list"])?);
+    let leader = eventually("the KvCluster's leader", Duration::from_secs(30), || {
+        let l = env.kubectl(&["get", "kvc", "-n", NS, "demo", "-o", "jsonpath={.status.leader}"])?;
+        Ok((!l.trim().is_empty()).then(|| l.trim().to_owned()))
+    })
+    .await?;
+    let uids: std::collections::BTreeMap<String, String> = env.members()?.into_iter().map(|m| (m.0, m.1)).collect();
+    let writers = Writers::start(&endpoint, 2).await?;
+    env.kubectl(&["patch", "kvc", "demo", "-n", NS, "--type=merge", "-p", r#"{"spec":{"version":"0.2.0"}}"#])?;
+    let mut order: Vec<String> = Vec::new();
+    let mut most_down = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        ensure!(Instant::now() < deadline, "the upgrade did not finish in 300 s (restarted so far: {order:?})");
+        let pods = env.members()?;
+        let down = 3 - pods.iter().filter(|p| p.3).count().min(3);
+        most_down = most_down.max(down);
+        for p in &pods {
+            if uids.get(&p.0) != Some(&p.1) && !order.contains(&p.0) {
+                order.push(p.0.clone());
+            }
+        }
+        let images = env.kubectl(&["get", "pods", "-n", NS, "-l", "app.kubernetes.io/instance=demo", "-o", "jsonpath={.items[*].spec.containers[0].image}"])?;
+        if order.len() == 3 && images.split_whitespace().all(|i| i.ends_with(":0.2.0")) && pods.len() == 3 && pods.iter().all(|p| p.3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    env.settled(3, Duration::from_secs(120)).await.context("after the upgrade")?;
+    ensure!(most_down <= 1, "{most_down} members were down at once during the upgrade");
+    ensure!(order.last() == Some(&leader), "pods restarted in the order {order:?}; the leader was {leader}");
+    let ids_after = member_ids(&env.etcdctl(&["member", "list"])?);
+    ensure!(ids_after == ids_before, "member ids changed in the upgrade: {ids_before:?} -> {ids_after:?}");
+    let acks = writers.finish().await?;
+    let mut reader = client(&endpoint).await?;
+    let (_, store) = acked::whole_store(&mut reader, false).await?;
+    acked::all_present(&store, &acks)?;
+    eprintln!("lifecycle: upgrade, order {order:?}, in {:.1} s, {} acknowledged puts all present", began.elapsed().as_secs_f64(), acks.len());
+
+    // NOSPACE: overwrites of eight keys until the quota refuses them.
+    let began = Instant::now();
+    let mut c = client(&endpoint).await?;
+    let mut refused = None;
+    for i in 0..4096u64 {
+        if let Err(e) = c.put(format!("k/{}", i % 8), raftkv_tests::noise(i, 64 << 10), None).await {
+            let e = e.to_string();
+            if e.contains("database space exceeded") {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    refused.context("the quota was never reached")?;
+    let alarms = env.etcdctl(&["alarm", "list"])?;
+    ensure!(alarms.contains("NOSPACE"), "no NOSPACE alarm: {alarms}");
+    eventually("writes accepted again after the operator's remediation", Duration::from_secs(180), || Ok(env.etcdctl(&["put", "after", "nospace"]).ok().map(|_| ())))
+        .await?;
+    let alarms = env.etcdctl(&["alarm", "list"])?;
+    ensure!(alarms.trim().is_empty(), "alarms after the remediation: {alarms}");
+    eprintln!("lifecycle: NOSPACE remediated in {:.1} s", began.elapsed().as_secs_f64());
+
+    // Deletion with reclaimPolicy: Delete.
+    let began = Instant::now();
+    env.kubectl(&["delete", "kvc", "demo", "-n", NS, "--timeout=120s"])?;
+    eventually("the claims and volumes removed", Duration::from_secs(120), || {
+        let claims = env.kubectl(&["get", "pvc", "-n", NS, "-o", "name"])?;
+        let volumes = env.kubectl(&["get", "pv", "-o", "name"])?;
+        Ok((claims.trim().is_empty() && volumes.trim().is_empty()).then_some(()))
+    })
+    .await?;
+    eprintln!("lifecycle: deleted with its volumes in {:.1} s", began.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The member ids of `etcdctl member list`, sorted.
+fn member_ids(list: &str) -> Vec<String> {
+    let mut ids: Vec<String> = list.lines().filter_map(|l| l.split(", ").next()).map(str::to_owned).collect();
+    ids.sort();
+    ids
 }

@@ -74,6 +74,9 @@ pub struct PodObs {
     /// gone while its id is still in the cluster.
     pub volume_replaced: bool,
     pub crash_looping: bool,
+    /// Its Ready condition is True: its probes pass, and Services and the
+    /// PodDisruptionBudget count it.
+    pub ready: bool,
 }
 
 /// One raft member, from MemberList and its own Status answer.
@@ -587,7 +590,11 @@ impl<'a, N: Naming> View<'a, N> {
         };
         let up_to_date = self.obs.pods.get(&ordinal).is_some_and(|p| p.up_to_date);
         if up_to_date {
-            if !m.healthy || !m.in_sync || self.leader.is_none() {
+            // Healthy in raft is not enough: until its pod is Ready, clients
+            // of the Service and the PodDisruptionBudget count it as down,
+            // and taking the next one down would leave two out.
+            let ready = self.obs.pods.get(&ordinal).is_some_and(|p| p.ready);
+            if !m.healthy || !m.in_sync || self.leader.is_none() || !ready {
                 return Plan::wait(
                     Some(Self::with_step(op, Step::WaitHealthy)),
                     Wait::MemberRecovering { ordinal },

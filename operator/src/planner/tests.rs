@@ -69,6 +69,7 @@ fn healthy(n: u32, desired: u32) -> Observed {
                     o,
                     PodObs {
                         up_to_date: true,
+                        ready: true,
                         ..PodObs::default()
                     },
                 )
@@ -319,6 +320,7 @@ fn scale_in_after_removal_shrinks_the_statefulset_then_reclaims_per_policy() {
                 4,
                 PodObs {
                     up_to_date: true,
+                    ready: true,
                     ..PodObs::default()
                 },
             );
@@ -451,6 +453,7 @@ fn a_member_that_lost_its_volume_is_removed_and_added_again() {
             up_to_date: true,
             volume_replaced: true,
             crash_looping: true,
+            ready: false,
         },
     );
     members(&mut obs)[1].healthy = false;
@@ -509,6 +512,7 @@ fn healing_needs_a_quorum_of_the_members_that_stay() {
             up_to_date: true,
             volume_replaced: true,
             crash_looping: false,
+            ready: true,
         },
     );
     members(&mut obs)[1].healthy = false;
@@ -533,6 +537,7 @@ fn upgrades_roll_followers_from_the_top_and_the_leader_last() {
         1,
         PodObs {
             up_to_date: true,
+            ready: true,
             ..PodObs::default()
         },
     );
@@ -540,6 +545,7 @@ fn upgrades_roll_followers_from_the_top_and_the_leader_last() {
         0,
         PodObs {
             up_to_date: true,
+            ready: true,
             ..PodObs::default()
         },
     );
@@ -554,6 +560,21 @@ fn upgrades_roll_followers_from_the_top_and_the_leader_last() {
     );
     set_leader(&mut obs, 0);
     assert_eq!(next(&obs), Next::Act(Action::RestartPod { ordinal: 2 }));
+}
+
+#[test]
+fn an_upgrade_moves_on_only_once_the_restarted_pod_is_ready() {
+    let mut obs = healthy(3, 3);
+    set_leader(&mut obs, 2);
+    for pod in obs.pods.values_mut() {
+        pod.up_to_date = false;
+    }
+    obs.operation = Some(op_at(OperationKind::Upgrade, 1, Step::RestartPod));
+    // Restarted on the new template, healthy in raft, probes not passing yet.
+    obs.pods.insert(1, PodObs { up_to_date: true, ready: false, ..PodObs::default() });
+    assert_eq!(next(&obs), Next::Wait(Wait::MemberRecovering { ordinal: 1 }));
+    obs.pods.insert(1, PodObs { up_to_date: true, ready: true, ..PodObs::default() });
+    assert_eq!(next(&obs), Next::Act(Action::RestartPod { ordinal: 0 }));
 }
 
 #[test]
@@ -676,6 +697,7 @@ impl World {
             if let std::collections::btree_map::Entry::Vacant(e) = self.obs.pods.entry(o) {
                 e.insert(PodObs {
                     up_to_date: true,
+                    ready: true,
                     ..PodObs::default()
                 });
                 self.obs.volumes.insert(o);
@@ -794,6 +816,7 @@ fn simulated_healing_replaces_the_volume_once_and_rejoins() {
                 up_to_date: true,
                 volume_replaced: true,
                 crash_looping: true,
+                ready: false,
             },
         );
         members(&mut world.obs)[2].healthy = false;

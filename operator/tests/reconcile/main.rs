@@ -292,7 +292,8 @@ fn tick(api: &FakeApi, etcd: &FakeEtcd) {
                 json!({"apiVersion": "v1", "kind": "Pod",
                        "metadata": {"name": format!("demo-{ordinal}"), "namespace": "prod",
                                     "labels": {"app.kubernetes.io/name": "raftkv", "app.kubernetes.io/instance": "demo",
-                                               "controller-revision-hash": revision}}}),
+                                               "controller-revision-hash": revision}},
+                       "status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
             );
         }
     }
