@@ -55,13 +55,19 @@ struct Env {
 
 impl Env {
     async fn start() -> anyhow::Result<Env> {
+        Env::start_with(&[]).await
+    }
+
+    /// With more images than raftkv's and the operator's.
+    async fn start_with(more: &[(&str, Vec<std::path::PathBuf>)]) -> anyhow::Result<Env> {
         let store = Server::start(Flavor::Raftkv).await?;
         let cp = ControlPlane::start(&[store.endpoint()]).await?;
-        let agent = NodeAgent::start(&cp, &NODES, &[
+        let mut images = vec![
             ("raftkv/raftkv", vec![binaries::raftkv()?, binaries::raftkvctl()?]),
             ("raftkv/raftkv-operator", vec![workspace_binary("raftkv-operator")?]),
-        ])
-        .await?;
+        ];
+        images.extend(more.iter().cloned());
+        let agent = NodeAgent::start(&cp, &NODES, &images).await?;
         helm_release(&cp, OPS, RELEASE, "install", serde_json::json!({}))?;
         cp.kubectl(&["rollout", "status", "-n", OPS, "deployment/rk-raftkv-operator", "--timeout=120s"])
             .context("the operator's Deployment")?;
@@ -72,10 +78,16 @@ impl Env {
         self.cp.kubectl(args)
     }
 
-    /// (name, uid, IP, ready, restarts) of the members' pods.
+    /// (name, uid, IP, ready, restarts) of the members' pods of "demo".
     fn members(&self) -> anyhow::Result<Vec<(String, String, String, bool, u32)>> {
+        self.members_of("demo")
+    }
+
+    /// (name, uid, IP, ready, restarts) of the members' pods of `cluster`.
+    fn members_of(&self, cluster: &str) -> anyhow::Result<Vec<(String, String, String, bool, u32)>> {
+        let selector = format!("app.kubernetes.io/instance={cluster}");
         let out = self.kubectl(&[
-            "get", "pods", "-n", NS, "-l", "app.kubernetes.io/instance=demo", "-o",
+            "get", "pods", "-n", NS, "-l", &selector, "-o",
             r#"jsonpath={range .items[*]}{.metadata.name} {.metadata.uid} {.status.podIP} {.status.conditions[?(@.type=="Ready")].status} {.status.containerStatuses[0].restartCount}{"\n"}{end}"#,
         ])?;
         Ok(out
@@ -87,9 +99,14 @@ impl Env {
             .collect())
     }
 
-    /// etcdctl against every member's pod IP, run in the pod network.
+    /// etcdctl against every member's pod IP of "demo", run in the pod
+    /// network.
     fn etcdctl(&self, args: &[&str]) -> anyhow::Result<String> {
-        let endpoints = self.members()?.iter().map(|m| format!("http://{}:2379", m.2)).collect::<Vec<_>>().join(",");
+        self.etcdctl_of("demo", args)
+    }
+
+    fn etcdctl_of(&self, cluster: &str, args: &[&str]) -> anyhow::Result<String> {
+        let endpoints = self.members_of(cluster)?.iter().map(|m| format!("http://{}:2379", m.2)).collect::<Vec<_>>().join(",");
         let mut all = vec!["--endpoints", endpoints.as_str(), "--command-timeout=10s"];
         all.extend_from_slice(args);
         let out = self.agent.in_pod_network(binaries::ETCDCTL, &all)?;
@@ -101,16 +118,20 @@ impl Env {
     /// replicas and the member list has `n` started voters named after
     /// the pods; returns the member list (`id, status, name, ...` lines).
     async fn settled(&self, n: usize, timeout: Duration) -> anyhow::Result<String> {
-        eventually(&format!("{n} ready members"), timeout, || {
-            let pods = self.members()?;
+        self.settled_of("demo", n, timeout).await
+    }
+
+    async fn settled_of(&self, cluster: &str, n: usize, timeout: Duration) -> anyhow::Result<String> {
+        eventually(&format!("{n} ready members of {cluster}"), timeout, || {
+            let pods = self.members_of(cluster)?;
             if pods.len() != n || !pods.iter().all(|p| p.3) {
                 return Ok(None);
             }
-            let ready = self.kubectl(&["get", "kvc", "-n", NS, "demo", "-o", "jsonpath={.status.readyReplicas}"])?;
+            let ready = self.kubectl(&["get", "kvc", "-n", NS, cluster, "-o", "jsonpath={.status.readyReplicas}"])?;
             if ready.trim() != n.to_string() {
                 return Ok(None);
             }
-            let list = self.etcdctl(&["member", "list"])?;
+            let list = self.etcdctl_of(cluster, &["member", "list"])?;
             let mut names: Vec<&str> = list.lines().filter_map(|l| l.split(", ").nth(2)).collect();
             names.sort();
             let mut expected: Vec<String> = pods.iter().map(|p| p.0.clone()).collect();
@@ -367,4 +388,126 @@ fn member_ids(list: &str) -> Vec<String> {
     let mut ids: Vec<String> = list.lines().filter_map(|l| l.split(", ").next()).map(str::to_owned).collect();
     ids.sort();
     ids
+}
+
+/// versitygw as a Pod (its data in a host directory the test reads), behind
+/// a Service the backup Jobs reach by name.
+const OBJECT_STORE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: storage}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: s3, namespace: storage, labels: {app: s3}}
+spec:
+  containers:
+  - name: versitygw
+    image: versity/versitygw:v1
+    args: ["--port", ":7070", "--access", "backup-access", "--secret", "backup-secret-key", "posix", "/data"]
+    ports: [{name: s3, containerPort: 7070}]
+    readinessProbe: {tcpSocket: {port: s3}, periodSeconds: 1}
+    volumeMounts: [{name: data, mountPath: /data}]
+  volumes:
+  - name: data
+    hostPath: {path: ROOT, type: Directory}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: s3, namespace: storage}
+spec:
+  selector: {app: s3}
+  ports: [{name: s3, port: 7070, targetPort: 7070}]
+"#;
+
+const BACKUP: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: backup-s3, namespace: prod}
+stringData: {ACCESS_KEY_ID: backup-access, SECRET_ACCESS_KEY: backup-secret-key}
+---
+apiVersion: raftkv.io/v1alpha1
+kind: KvBackup
+metadata: {name: before-restore, namespace: prod}
+spec:
+  cluster: demo
+  destination:
+    s3:
+      bucket: raftkv-backups
+      prefix: prod/
+      endpoint: http://s3.storage.svc:7070
+      forcePathStyle: true
+      credentials:
+        accessKeyId: {name: backup-s3, key: ACCESS_KEY_ID}
+        secretAccessKey: {name: backup-s3, key: SECRET_ACCESS_KEY}
+"#;
+
+const RESTORED: &str = r#"
+apiVersion: raftkv.io/v1alpha1
+kind: KvCluster
+metadata: {name: restored, namespace: prod}
+spec:
+  replicas: 3
+  version: 0.1.0
+  storage: {size: 1Gi}
+  bootstrap:
+    restore:
+      backup: {name: before-restore}
+"#;
+
+/// A backup to an S3-compatible server running as a Pod (the operator's
+/// Job, raftkvctl in the member image) and a restore into a new KvCluster
+/// (the founding member's init container): the new cluster holds every
+/// acknowledged key at its revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_to_s3_restores_into_a_new_kvcluster() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let store_dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(store_dir.path().join("raftkv-backups"))?;
+    let env = Env::start_with(&[("versity/versitygw", vec![raftkv_tests::objstores::go_bin().join("versitygw")])]).await?;
+    let outcome = backup_restore(&env, store_dir.path()).await;
+    if outcome.is_err() {
+        env.diagnose();
+    }
+    outcome
+}
+
+async fn backup_restore(env: &Env, store: &std::path::Path) -> anyhow::Result<()> {
+    let began = Instant::now();
+    env.kubectl(&["create", "namespace", NS])?;
+    env.cp.kubectl_stdin(&["apply", "-f", "-"], KVCLUSTER)?;
+    env.cp.kubectl_stdin(&["apply", "-f", "-"], &OBJECT_STORE.replace("ROOT", &store.display().to_string()))?;
+    env.settled(3, Duration::from_secs(180)).await.context("the cluster to back up")?;
+    for i in 0..50 {
+        env.etcdctl(&["put", &format!("app/{i:04}"), &format!("value {i}")]).map(|_| ())?;
+    }
+    let revision_before = env.etcdctl(&["get", "app/0049", "-w", "json"])?;
+    env.cp.kubectl_stdin(&["apply", "-f", "-"], BACKUP)?;
+    let location = eventually("the KvBackup Completed", Duration::from_secs(180), || {
+        let status = env.kubectl(&["get", "kvbackup", "-n", NS, "before-restore", "-o", "jsonpath={.status.phase} {.status.location}"])?;
+        ensure!(!status.starts_with("Failed"), "the backup failed: {}", env.kubectl(&["get", "kvbackup", "-n", NS, "before-restore", "-o", "yaml"])?);
+        Ok(status.strip_prefix("Completed ").map(str::to_owned))
+    })
+    .await?;
+    let key = location.split("raftkv-backups/").nth(1).with_context(|| format!("the location {location} is not in the bucket"))?;
+    let object = store.join("raftkv-backups").join(key);
+    ensure!(object.metadata().is_ok_and(|m| m.len() > 0), "no snapshot at {} (location {location})", object.display());
+    eprintln!("lifecycle: backup to S3 ({location}) in {:.1} s", began.elapsed().as_secs_f64());
+
+    let began = Instant::now();
+    env.cp.kubectl_stdin(&["apply", "-f", "-"], RESTORED)?;
+    env.settled_of("restored", 3, Duration::from_secs(240)).await.context("the restored cluster")?;
+    let keys = env.etcdctl_of("restored", &["get", "app/", "--prefix", "--keys-only"])?;
+    ensure!(keys.lines().filter(|l| !l.is_empty()).count() == 50, "the restored cluster holds {} keys under app/", keys.lines().filter(|l| !l.is_empty()).count());
+    let got = env.etcdctl_of("restored", &["get", "app/0049", "-w", "json"])?;
+    let mod_revision = |json: &str| -> anyhow::Result<i64> {
+        let v: serde_json::Value = serde_json::from_str(json)?;
+        v["kvs"][0]["mod_revision"].as_i64().context("no mod_revision")
+    };
+    ensure!(mod_revision(&got)? == mod_revision(&revision_before)?, "app/0049 at {got} in the restored cluster, {revision_before} before");
+    let source_ids = member_ids(&env.etcdctl(&["member", "list"])?);
+    let restored_ids = member_ids(&env.etcdctl_of("restored", &["member", "list"])?);
+    ensure!(source_ids.iter().all(|id| !restored_ids.contains(id)), "the restored cluster reuses member ids: {source_ids:?} {restored_ids:?}");
+    eprintln!("lifecycle: restored into a new KvCluster in {:.1} s", began.elapsed().as_secs_f64());
+    Ok(())
 }
