@@ -218,6 +218,9 @@ impl ControlPlane {
             "--service-cluster-ip-range=10.0.0.0/24".into(),
             "--endpoint-reconciler-type=none".into(),
             "--allow-privileged=true".into(),
+            // The test node agent serves the kubelet API on 127.0.0.1, the
+            // Nodes' InternalIP (logs, port-forward).
+            "--kubelet-preferred-address-types=InternalIP".into(),
             format!("--cert-dir={}", self.dir.path().join("cert-dir").display()),
         ];
         args.extend(interval);

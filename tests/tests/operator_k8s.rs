@@ -419,6 +419,9 @@ async fn a_kvcluster_runs_as_pods_that_answer_etcdctl() -> anyhow::Result<()> {
         names.sort();
         ensure!(names == ["demo-0", "demo-1", "demo-2"], "member list: {members}");
         ensure!(members.lines().all(|l| l.contains(", started, ")), "a member is not started: {members}");
+        // `kubectl logs`, through kube-apiserver to the node agent's kubelet API.
+        let logs = cp.kubectl(&["logs", "-n", NS, "demo-0", "--tail=200"])?;
+        ensure!(logs.contains("demo-0"), "kubectl logs of demo-0 does not name it:\n{logs}");
         eventually("the KvCluster status to count three ready replicas", Duration::from_secs(60), || {
             let ready = cp.kubectl(&["get", "kvc", "-n", NS, "demo", "-o", "jsonpath={.status.readyReplicas}"])?;
             Ok((ready.trim() == "3").then_some(()))

@@ -32,6 +32,8 @@ type agent struct {
 	net    *network
 	proxy  *proxy
 
+	kubeletPort int32
+
 	mu   sync.Mutex
 	pods map[string]*podRuntime // by pod UID
 	// hosts is the /etc/hosts every pod sees, rewritten when it changes.
@@ -80,10 +82,14 @@ func (a *agent) nodeStatus(ctx context.Context, name string) error {
 	}
 	node.Status.Capacity = capacity
 	node.Status.Allocatable = capacity
+	// kube-apiserver reaches the kubelet API at the InternalIP (the test's
+	// control plane prefers it) and the port below; pods see their node
+	// at the bridge's gateway (status.hostIP).
 	node.Status.Addresses = []corev1.NodeAddress{
-		{Type: corev1.NodeInternalIP, Address: gatewayIP},
+		{Type: corev1.NodeInternalIP, Address: "127.0.0.1"},
 		{Type: corev1.NodeHostName, Address: name},
 	}
+	node.Status.DaemonEndpoints.KubeletEndpoint.Port = a.kubeletPort
 	node.Status.NodeInfo.KubeletVersion = kubeletVersion
 	node.Status.NodeInfo.OperatingSystem = "linux"
 	node.Status.NodeInfo.Architecture = "amd64"

@@ -21,6 +21,8 @@
 //     resolves every Pod's hostname.subdomain.namespace.svc name, as the
 //     cluster DNS would; probes, restarts with back-off, termination
 //     messages, SIGTERM then SIGKILL after the grace period;
+//   - serves the kubelet API kube-apiserver proxies to for `kubectl logs`
+//     and `kubectl port-forward` (on 127.0.0.1, the Nodes' InternalIP);
 //   - serves the `kubernetes` Service (10.0.0.1:443) to the Pods, forwarded
 //     to kube-apiserver on loopback, and as kube-proxy would, every other
 //     Service's cluster IP in the pod network and its node ports on the
@@ -121,6 +123,11 @@ func run(cfg config) error {
 		return err
 	}
 	a := &agent{cfg: cfg, client: client, net: network, proxy: newProxy(network), pods: map[string]*podRuntime{}}
+	port, err := a.serveKubelet()
+	if err != nil {
+		return fmt.Errorf("the kubelet API: %w", err)
+	}
+	a.kubeletPort = int32(port)
 	if err := a.registerNodes(ctx); err != nil {
 		return err
 	}
