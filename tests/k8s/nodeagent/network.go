@@ -76,10 +76,8 @@ func (n *network) addPod(id string) (string, string, error) {
 	ns := fmt.Sprintf("%s-p%d", n.prefix, idx)
 	n.byPod[ns] = idx
 	n.mu.Unlock()
+	// Host parts 2..251: never the gateway (.0.1), network or broadcast.
 	addr := fmt.Sprintf("10.244.%d.%d", idx/250, idx%250+2)
-	if idx/250 == 0 && idx%250+2 == 1 {
-		addr = "10.244.0.254"
-	}
 	host := fmt.Sprintf("veth%d", idx)
 	_ = ip("netns", "del", ns) // a leftover of an earlier pod with this index
 	steps := [][]string{
