@@ -21,6 +21,10 @@ const WRITERS: usize = 4;
 /// did before) peaks above the data size.
 const PEAK_LIMIT: u64 = (KEYS * VALUE_BYTES / 5) as u64;
 
+/// The disk the test needs: the store on three members, with room for
+/// the raft logs and the snapshot files alongside.
+const NEEDS_FREE: u64 = 5 * (KEYS * VALUE_BYTES) as u64;
+
 const CATCH_UP: Duration = Duration::from_secs(300);
 
 /// A value that does not compress, so the store is as large on disk as
@@ -37,8 +41,31 @@ fn peak_rss(pid: u32) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
+/// Bytes free on the filesystem of the system's temporary directory,
+/// where the members' data directories go, from `df`.
+fn free_temp_bytes() -> anyhow::Result<u64> {
+    let dir = std::env::temp_dir();
+    let out = std::process::Command::new("df").arg("-Pk").arg(&dir).output().context("cannot run df")?;
+    ensure!(out.status.success(), "df {} failed: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kib: u64 = text.lines().nth(1).and_then(|l| l.split_whitespace().nth(3)).context("df printed no free space")?.parse().context("df's free space")?;
+    Ok(kib * 1024)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_catches_up_through_a_1gib_snapshot_in_bounded_memory() -> anyhow::Result<()> {
+    // Two members hold the store, its raft log and their snapshots: on a
+    // nearly full disk a member fails its writes and exits, which reads
+    // as an unrelated failure (a leader change) unless said here.
+    let free = free_temp_bytes()?;
+    ensure!(
+        free >= NEEDS_FREE,
+        "{} has {} MiB free; this test writes about {} MiB: free some space (an old cargo target directory's incremental/ is a usual culprit)",
+        std::env::temp_dir().display(),
+        free >> 20,
+        NEEDS_FREE >> 20
+    );
+
     // The leader truncates its log every 64 entries and keeps 16 behind:
     // a member that misses 1024 writes can only catch up from a snapshot.
     let mut cluster = Cluster::start(
