@@ -387,6 +387,7 @@ async fn maintain<M: MembershipApi>(
         Ok(due) => (due, None),
         Err(e) => (false, Some(e)),
     };
+    let request = kvc.annotations().get(mt::REQUEST_ANNOTATION).filter(|token| status.last_request.as_ref() != Some(*token)).cloned();
     let step = mt::next(&mt::Input {
         spec: kvc.spec.maintenance.as_ref(),
         quota,
@@ -396,7 +397,11 @@ async fn maintain<M: MembershipApi>(
         status: &status,
         membership_idle: idle,
         schedule_due: due,
+        requested: request.is_some(),
     });
+    if step == MtStep::Start(crate::crd::MaintenanceReason::Requested) {
+        status.last_request = request;
+    }
     if let Some((warning, reason, text)) = mt::take(&step, membership, &mut status, quota, now).await.map_err(StepError::from)? {
         let type_ = if warning { EventType::Warning } else { EventType::Normal };
         publish(ctx, kvc, type_, reason, "Maintenance", text).await;

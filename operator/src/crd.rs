@@ -511,6 +511,10 @@ pub struct MaintenanceStatus {
     /// remediation starts until the quota changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_exceeds_quota: Option<i64>,
+    /// The last value of the annotation `raftkv.io/defragment` a run was
+    /// started for (a request is pending while the annotation differs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -531,6 +535,8 @@ pub enum MaintenanceReason {
     Schedule,
     Threshold,
     NoSpace,
+    /// The annotation `raftkv.io/defragment` (`kubectl raftkv defrag`).
+    Requested,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -3,6 +3,10 @@
 //! an observation. Like the membership planner, the run in flight is
 //! recorded in status before each step, so a restarted operator resumes.
 //!
+//! A run starts on a schedule, past a threshold, on a NOSPACE alarm, or
+//! when a person asks (the annotation [`REQUEST_ANNOTATION`], which
+//! `kubectl raftkv defrag` sets): each request is a token, done once.
+//!
 //! A run defragments every member one at a time, followers first; the
 //! leader last, after leadership moved off it (a defragmentation blocks
 //! the member's writes while it runs). A run starts only while every voter
@@ -30,6 +34,12 @@ pub struct MemberState {
     pub db_size_in_use: i64,
 }
 
+/// Asks for one defragmentation run: any value (a token; `kubectl raftkv
+/// defrag` writes the time). The run started for it records the token in
+/// `status.maintenance.lastRequest`, so the same value is never run twice
+/// and a new value asks again.
+pub const REQUEST_ANNOTATION: &str = "raftkv.io/defragment";
+
 /// Free space below this is never worth a defragmentation by percentage.
 const MIN_FREE_FOR_PERCENT: i64 = 16 << 20;
 /// Live data above this share of the quota after a remediation "does not
@@ -50,6 +60,8 @@ pub struct Input<'a> {
     pub membership_idle: bool,
     /// The defragmentation schedule names a time since the last run.
     pub schedule_due: bool,
+    /// A person asked for a run that has not started yet.
+    pub requested: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +104,9 @@ pub fn next(i: &Input) -> Step {
         }
         if !i.membership_idle || !voters_healthy {
             return Step::None;
+        }
+        if i.requested {
+            return Step::Start(MaintenanceReason::Requested);
         }
         if i.schedule_due {
             return Step::Start(MaintenanceReason::Schedule);
@@ -237,7 +252,7 @@ mod tests {
     }
 
     fn input<'a>(members: &'a [MemberState], status: &'a MaintenanceStatus, spec: Option<&'a Maintenance>) -> Input<'a> {
-        Input { spec, quota: 200 * MIB, members, nospace: false, revision: 77, status, membership_idle: true, schedule_due: false }
+        Input { spec, quota: 200 * MIB, members, nospace: false, revision: 77, status, membership_idle: true, schedule_due: false, requested: false }
     }
 
     fn spec(bytes: Option<&str>, percent: Option<u32>) -> Maintenance {
@@ -267,6 +282,27 @@ mod tests {
         let mut down = three();
         down[1].healthy = false;
         assert_eq!(next(&Input { schedule_due: true, ..input(&down, &idle, None) }), Step::None);
+    }
+
+    #[test]
+    fn a_requested_run_starts_when_all_is_well_and_waits_otherwise() {
+        let members = three();
+        let idle = MaintenanceStatus::default();
+        let asked = Input { requested: true, ..input(&members, &idle, None) };
+        assert_eq!(next(&asked), Step::Start(MaintenanceReason::Requested));
+        // Before a due schedule (one run serves both).
+        assert_eq!(next(&Input { schedule_due: true, ..asked }), Step::Start(MaintenanceReason::Requested));
+        // Not during a membership change, nor with a voter down: the
+        // request stays pending (the token is recorded only on start).
+        assert_eq!(next(&Input { membership_idle: false, ..asked }), Step::None);
+        let mut down = three();
+        down[0].healthy = false;
+        assert_eq!(next(&Input { requested: true, ..input(&down, &idle, None) }), Step::None);
+        // A NOSPACE alarm is remediated first.
+        assert_eq!(next(&Input { nospace: true, ..asked }), Step::Start(MaintenanceReason::NoSpace));
+        // During a run the request waits for the next one.
+        let st = run(MaintenanceReason::Schedule, None, &[]);
+        assert_eq!(next(&Input { requested: true, ..input(&members, &st, None) }), Step::Defragment { id: 1, name: "demo-1".into() });
     }
 
     #[test]
