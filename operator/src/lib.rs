@@ -24,6 +24,8 @@
 //! - [`render`]: the CRD and a manifest's objects as YAML (`crdgen`,
 //!   `raftkv-operator render`).
 //! - [`watch`]: controllers whose watches back off one by one.
+//! - [`plugin`]: `kubectl raftkv`, the kubectl plugin (status, backup,
+//!   restore, defrag, move-leader, etcdctl through port-forwards).
 //! - [`rbac`]: the permissions it needs, which the chart and
 //!   `deploy/operator.yaml` grant (`raftkv-operator rbac`).
 
@@ -34,6 +36,7 @@ pub mod maintenance;
 pub mod members;
 pub mod metrics;
 pub mod planner;
+pub mod plugin;
 pub mod rbac;
 pub mod recovery;
 pub mod render;

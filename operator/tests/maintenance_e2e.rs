@@ -35,6 +35,7 @@ async fn run_to_the_end(membership: &Membership, status: &mut MaintenanceStatus,
             status,
             membership_idle: true,
             schedule_due: schedule_due && taken.is_empty(),
+            requested: false,
         });
         if step == Step::None {
             return Ok(taken);

@@ -1,0 +1,52 @@
+//! A local port forwarded to a pod's port through the API server, as
+//! `kubectl port-forward` does: a listener on 127.0.0.1 whose every
+//! connection gets a port-forward stream of its own (kube's WebSocket
+//! port-forward), so any etcd client can dial the pod.
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// Forwards while alive; dropping it stops accepting connections.
+pub struct Forward {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    pub pod: String,
+    task: JoinHandle<()>,
+}
+
+impl Forward {
+    pub async fn start(pods: Api<Pod>, pod: &str, port: u16) -> anyhow::Result<Forward> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.context("cannot listen on 127.0.0.1")?;
+        let addr = listener.local_addr()?;
+        let name = pod.to_owned();
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let pods = pods.clone();
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let mut forwarder = match pods.portforward(&name, &[port]).await {
+                        Ok(f) => f,
+                        Err(e) => {
+                            eprintln!("port-forward to pod/{name}:{port} failed: {e}");
+                            return;
+                        }
+                    };
+                    if let Some(mut upstream) = forwarder.take_stream(port) {
+                        let _ = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await;
+                    }
+                    drop(forwarder);
+                });
+            }
+        });
+        Ok(Forward { endpoint: format!("http://{addr}"), pod: pod.to_owned(), task })
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
