@@ -274,6 +274,7 @@ async fn apply<M: MembershipApi>(kvc: &KvCluster, ctx: &Context<M>) -> Result<Ac
             client: client.clone(),
             kvc,
             names: &names,
+            restore: restore.as_deref(),
         };
         step = execute(action, &membership, &mut workloads, &report.cluster, &names).await;
         if step.is_ok() {
@@ -687,6 +688,10 @@ struct KubeWorkloads<'a> {
     client: kube::Client,
     kvc: &'a KvCluster,
     names: &'a Names,
+    /// A restored cluster's snapshot: its StatefulSet keeps the restore
+    /// init container for life, at every scale, or each scale would change
+    /// the template and roll every member.
+    restore: Option<&'a resources::RestoreFrom>,
 }
 
 fn ignore_not_found<T>(result: Result<T, kube::Error>) -> Result<(), WorkloadError> {
@@ -718,7 +723,7 @@ impl Workloads for KubeWorkloads<'_> {
         ssa(
             &self.client,
             ns,
-            &resources::statefulset(self.kvc, replicas as i32),
+            &member_statefulset(self.kvc, replicas as i32, self.restore),
         )
         .await
         .map_err(Box::new)?;
