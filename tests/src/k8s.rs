@@ -300,10 +300,16 @@ enum Credentials {
     Token(String),
 }
 
-/// kubectl with `kubeconfig`.
+/// kubectl with `kubeconfig`; the workspace's binaries come first on its
+/// PATH, where kubectl finds its plugins (`kubectl raftkv`).
 pub fn kubectl_as(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
     let mut cmd = Command::new(k8s_binary("kubectl")?);
     cmd.env("KUBECONFIG", kubeconfig).env_remove("KUBERNETES_SERVICE_HOST").args(args);
+    if let Some(dir) = crate::binaries::workspace_binary("kubectl-raftkv").ok().as_deref().and_then(Path::parent) {
+        let mut path = vec![dir.to_path_buf()];
+        path.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+        cmd.env("PATH", std::env::join_paths(path)?);
+    }
     let Some(input) = stdin else {
         return cmd.stdin(Stdio::null()).output().context("cannot run kubectl");
     };

@@ -420,17 +420,20 @@ spec:
   ports: [{name: s3, port: 7070, targetPort: 7070}]
 "#;
 
-const BACKUP: &str = r#"
+/// The destination `kubectl raftkv backup` takes: a suspended schedule's.
+const BACKUP_SCHEDULE: &str = r#"
 apiVersion: v1
 kind: Secret
 metadata: {name: backup-s3, namespace: prod}
 stringData: {ACCESS_KEY_ID: backup-access, SECRET_ACCESS_KEY: backup-secret-key}
 ---
 apiVersion: raftkv.io/v1alpha1
-kind: KvBackup
-metadata: {name: before-restore, namespace: prod}
+kind: KvBackupSchedule
+metadata: {name: nightly, namespace: prod}
 spec:
   cluster: demo
+  schedule: "0 3 * * *"
+  suspend: true
   destination:
     s3:
       bucket: raftkv-backups
@@ -442,60 +445,140 @@ spec:
         secretAccessKey: {name: backup-s3, key: SECRET_ACCESS_KEY}
 "#;
 
-const RESTORED: &str = r#"
-apiVersion: raftkv.io/v1alpha1
-kind: KvCluster
-metadata: {name: restored, namespace: prod}
-spec:
-  replicas: 3
-  version: 0.1.0
-  storage: {size: 1Gi}
-  bootstrap:
-    restore:
-      backup: {name: before-restore}
-"#;
-
-/// A backup to an S3-compatible server running as a Pod (the operator's
-/// Job, raftkvctl in the member image) and a restore into a new KvCluster
-/// (the founding member's init container): the new cluster holds every
-/// acknowledged key at its revision.
+/// `kubectl raftkv`, the plugin, on real pods: etcdctl through
+/// port-forwards, status, a leadership transfer, a defragmentation the
+/// operator runs on request; then a backup to an S3-compatible server
+/// running as a Pod (the operator's Job, raftkvctl in the member image) and
+/// a restore into a new KvCluster (the founding member's init container):
+/// the new cluster holds every key at its revision.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_backup_to_s3_restores_into_a_new_kvcluster() -> anyhow::Result<()> {
+async fn kubectl_raftkv_backs_up_and_restores_into_a_new_kvcluster_through_s3() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
     let store_dir = tempfile::tempdir()?;
     std::fs::create_dir_all(store_dir.path().join("raftkv-backups"))?;
     let env = Env::start_with(&[("versity/versitygw", vec![raftkv_tests::objstores::go_bin().join("versitygw")])]).await?;
-    let outcome = backup_restore(&env, store_dir.path()).await;
+    let outcome = plugin_backup_restore(&env, store_dir.path()).await;
     if outcome.is_err() {
         env.diagnose();
     }
     outcome
 }
 
-async fn backup_restore(env: &Env, store: &std::path::Path) -> anyhow::Result<()> {
+/// `kubectl raftkv ARGS -n prod`: its stdout, or an error with both
+/// streams.
+fn plugin(env: &Env, args: &[&str]) -> anyhow::Result<String> {
+    let mut all = vec!["raftkv", "-n", NS];
+    all.extend_from_slice(args);
+    let out = env.cp.kubectl_output(&all, None)?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(out.status.success(), "kubectl {} failed: {}{}", all.join(" "), stdout, String::from_utf8_lossy(&out.stderr));
+    eprintln!("kubectl {}:\n{stdout}", all.join(" "));
+    Ok(stdout)
+}
+
+/// The value of a `Label:   value` line of `kubectl raftkv status`.
+fn status_field(status: &str, label: &str) -> anyhow::Result<String> {
+    let prefix = format!("{label}:");
+    let line = status.lines().find(|l| l.starts_with(&prefix)).with_context(|| format!("no {label} in\n{status}"))?;
+    Ok(line[prefix.len()..].trim().to_owned())
+}
+
+async fn plugin_backup_restore(env: &Env, store: &std::path::Path) -> anyhow::Result<()> {
     let began = Instant::now();
     env.kubectl(&["create", "namespace", NS])?;
     env.cp.kubectl_stdin(&["apply", "-f", "-"], KVCLUSTER)?;
     env.cp.kubectl_stdin(&["apply", "-f", "-"], &OBJECT_STORE.replace("ROOT", &store.display().to_string()))?;
     env.settled(3, Duration::from_secs(180)).await.context("the cluster to back up")?;
+
+    // etcdctl through the API server's port-forwards.
     for i in 0..50 {
-        env.etcdctl(&["put", &format!("app/{i:04}"), &format!("value {i}")]).map(|_| ())?;
+        plugin(env, &["etcdctl", "demo", "--", "put", &format!("app/{i:04}"), &format!("value {i}")])?;
     }
-    let revision_before = env.etcdctl(&["get", "app/0049", "-w", "json"])?;
-    env.cp.kubectl_stdin(&["apply", "-f", "-"], BACKUP)?;
-    let location = eventually("the KvBackup Completed", Duration::from_secs(180), || {
-        let status = env.kubectl(&["get", "kvbackup", "-n", NS, "before-restore", "-o", "jsonpath={.status.phase} {.status.location}"])?;
-        ensure!(!status.starts_with("Failed"), "the backup failed: {}", env.kubectl(&["get", "kvbackup", "-n", NS, "before-restore", "-o", "yaml"])?);
-        Ok(status.strip_prefix("Completed ").map(str::to_owned))
+    let got = plugin(env, &["etcdctl", "demo", "--", "get", "app/0007"])?;
+    ensure!(got == "app/0007\nvalue 7\n", "etcdctl get through the plugin printed {got:?}");
+    let revision_before = plugin(env, &["etcdctl", "demo", "--", "get", "app/0049", "-w", "json"])?;
+    let failing = env.cp.kubectl_output(&["raftkv", "-n", NS, "etcdctl", "demo", "--", "get"], None)?;
+    ensure!(!failing.status.success(), "etcdctl's failure (get without a key) is not passed on");
+    eprintln!("lifecycle: kubectl raftkv etcdctl in {:.1} s", began.elapsed().as_secs_f64());
+
+    // Status: every member answers, one leader, no lag once idle.
+    let status = eventually("every member at the leader's index", Duration::from_secs(30), || {
+        let status = plugin(env, &["status", "demo"])?;
+        let rows: Vec<Vec<&str>> = status.lines().filter(|l| l.starts_with("demo-")).map(|l| l.split_whitespace().collect()).collect();
+        let settled = rows.len() == 3 && rows.iter().all(|r| r.len() == 13 && r[3] == "ok" && r[12] == "0");
+        Ok(settled.then_some(status))
     })
     .await?;
+    ensure!(status_field(&status, "Cluster")? == "prod/demo", "{status}");
+    let revision: i64 = status_field(&status, "Revision")?.parse()?;
+    ensure!(revision >= 51, "status says revision {revision} after 50 puts\n{status}");
+    ensure!(status_field(&status, "Alarms")? == "none", "{status}");
+    ensure!(status_field(&status, "Operation")? == "none", "{status}");
+    let leader = status_field(&status, "Leader")?;
+    let roles: Vec<&str> = status.lines().filter(|l| l.starts_with("demo-")).map(|l| l.split_whitespace().nth(2).unwrap_or("")).collect();
+    ensure!(roles.iter().filter(|r| **r == "leader").count() == 1 && roles.iter().filter(|r| **r == "follower").count() == 2, "roles {roles:?}\n{status}");
+    ensure!(status.lines().any(|l| l.starts_with(&format!("{leader} ")) && l.contains(" leader ")), "the Leader line and the table disagree\n{status}");
+
+    // A leadership transfer; an unknown member is refused.
+    let target = ["demo-0", "demo-1", "demo-2"].into_iter().find(|m| *m != leader).context("no follower")?;
+    let moved = plugin(env, &["move-leader", "demo", target])?;
+    ensure!(moved.contains(&format!("to {target}")), "{moved}");
+    let now = status_field(&plugin(env, &["status", "demo"])?, "Leader")?;
+    ensure!(now == target, "after move-leader to {target} the leader is {now}");
+    let unknown = env.cp.kubectl_output(&["raftkv", "-n", NS, "move-leader", "demo", "demo-9"], None)?;
+    ensure!(
+        !unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("demo-9 is not a member of demo"),
+        "move-leader to demo-9: {}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+
+    // A defragmentation the operator runs on request, every member once.
+    let began = Instant::now();
+    let mut defragmented_before = std::collections::HashMap::new();
+    for member in ["demo-0", "demo-1", "demo-2"] {
+        defragmented_before.insert(member, env.kubectl(&["logs", "-n", NS, member])?.matches("defragmented").count() + 1);
+    }
+    let defrag = plugin(env, &["defrag", "demo", "--timeout", "180"])?;
+    ensure!(defrag.lines().last().is_some_and(|l| l.starts_with("done in")), "{defrag}");
+    let (token, last) = {
+        let out = env.kubectl(&["get", "kvc", "-n", NS, "demo", "-o", r#"jsonpath={.metadata.annotations.raftkv\.io/defragment} {.status.maintenance.lastRequest} {.status.maintenance.lastDefragmentation}"#])?;
+        let f: Vec<String> = out.split(' ').map(str::to_owned).collect();
+        ensure!(f.len() == 3 && !f[2].is_empty(), "maintenance status after the defragmentation: {out}");
+        (f[0].clone(), f[1].clone())
+    };
+    ensure!(token == last, "the request {token} is not the one recorded ({last})");
+    for member in ["demo-0", "demo-1", "demo-2"] {
+        let log = env.kubectl(&["logs", "-n", NS, member])?;
+        ensure!(log.matches("defragmented").count() == defragmented_before[member], "{member} was not defragmented once:\n{log}");
+    }
+    eprintln!("lifecycle: kubectl raftkv defrag in {:.1} s", began.elapsed().as_secs_f64());
+
+    // A backup now, to the schedule's destination.
+    let began = Instant::now();
+    env.cp.kubectl_stdin(&["apply", "-f", "-"], BACKUP_SCHEDULE)?;
+    let backup = plugin(env, &["backup", "demo", "--backup-name", "before-restore", "--timeout", "180"])?;
+    ensure!(backup.lines().any(|l| l.starts_with("Completed in")), "{backup}");
+    let location = env.kubectl(&["get", "kvbackup", "-n", NS, "before-restore", "-o", "jsonpath={.status.location}"])?;
     let key = location.split("raftkv-backups/").nth(1).with_context(|| format!("the location {location} is not in the bucket"))?;
     let object = store.join("raftkv-backups").join(key);
     ensure!(object.metadata().is_ok_and(|m| m.len() > 0), "no snapshot at {} (location {location})", object.display());
-    eprintln!("lifecycle: backup to S3 ({location}) in {:.1} s", began.elapsed().as_secs_f64());
+    let status = plugin(env, &["status", "demo"])?;
+    ensure!(status_field(&status, "Last backup")?.starts_with("before-restore at "), "{status}");
+    ensure!(status_field(&status, "Schedule")? == "nightly \"0 3 * * *\" (suspended)", "{status}");
+    eprintln!("lifecycle: kubectl raftkv backup to S3 ({location}) in {:.1} s", began.elapsed().as_secs_f64());
 
+    // A restore into a new KvCluster.
     let began = Instant::now();
-    env.cp.kubectl_stdin(&["apply", "-f", "-"], RESTORED)?;
+    let restore = plugin(env, &["restore", "before-restore", "--to", "restored", "--timeout", "240"])?;
+    ensure!(restore.lines().last().is_some_and(|l| l.starts_with("ready in")), "{restore}");
+    // Grown from its founding member without rolling it: one template
+    // (the restore init container kept at every scale).
+    let rolled = env.kubectl(&["get", "events", "-n", NS, "--field-selector", "involvedObject.name=restored,reason=UpgradeStarted", "-o", "name"])?;
+    ensure!(rolled.trim().is_empty(), "the restored cluster rolled its members after it grew: {rolled}");
+    let revisions = env.kubectl(&["get", "controllerrevisions", "-n", NS, "-l", "app.kubernetes.io/instance=restored", "-o", "name"])?;
+    ensure!(revisions.lines().count() == 1, "the restored cluster's StatefulSet went through several templates: {revisions}");
+    let again = env.cp.kubectl_output(&["raftkv", "-n", NS, "restore", "before-restore", "--to", "restored"], None)?;
+    ensure!(String::from_utf8_lossy(&again.stderr).contains("kvcluster prod/restored already exists"), "a second restore to restored: {}", String::from_utf8_lossy(&again.stderr));
     env.settled_of("restored", 3, Duration::from_secs(240)).await.context("the restored cluster")?;
     let keys = env.etcdctl_of("restored", &["get", "app/", "--prefix", "--keys-only"])?;
     ensure!(keys.lines().filter(|l| !l.is_empty()).count() == 50, "the restored cluster holds {} keys under app/", keys.lines().filter(|l| !l.is_empty()).count());
@@ -508,6 +591,8 @@ async fn backup_restore(env: &Env, store: &std::path::Path) -> anyhow::Result<()
     let source_ids = member_ids(&env.etcdctl(&["member", "list"])?);
     let restored_ids = member_ids(&env.etcdctl_of("restored", &["member", "list"])?);
     ensure!(source_ids.iter().all(|id| !restored_ids.contains(id)), "the restored cluster reuses member ids: {source_ids:?} {restored_ids:?}");
-    eprintln!("lifecycle: restored into a new KvCluster in {:.1} s", began.elapsed().as_secs_f64());
+    let status = plugin(env, &["status", "restored"])?;
+    ensure!(status_field(&status, "Restored from")? == location, "{status}");
+    eprintln!("lifecycle: kubectl raftkv restore into a new KvCluster in {:.1} s", began.elapsed().as_secs_f64());
     Ok(())
 }

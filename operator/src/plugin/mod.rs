@@ -251,8 +251,8 @@ impl Plugin {
         self.wait_ready(to, replicas, timeout).await
     }
 
-    /// Waits until `replicas` members are ready, saying each phase and
-    /// each new ready count.
+    /// Waits until `replicas` members are ready and the cluster Running,
+    /// saying each phase and each new ready count.
     async fn wait_ready(&self, name: &str, replicas: i32, timeout: Duration) -> anyhow::Result<()> {
         let began = Instant::now();
         let mut said = None;
@@ -266,7 +266,9 @@ impl Plugin {
                 said = Some(now);
                 beat = Instant::now();
             }
-            if s.ready_replicas >= replicas {
+            // Ready, and done: a new cluster grows from its founding
+            // member and may roll its members once before it is Running.
+            if s.ready_replicas >= replicas && s.phase == crate::crd::Phase::Running && s.operation.is_none() {
                 println!("ready in {:.0} s", began.elapsed().as_secs_f64());
                 return Ok(());
             }
@@ -310,7 +312,7 @@ impl Plugin {
                 }
             }
             if ours && m.run.is_none() {
-                println!("done in {:.0} s", began.elapsed().as_secs_f64());
+                println!("done in {:.0} s: every member defragmented, the leader last", began.elapsed().as_secs_f64());
                 return Ok(());
             }
             ensure!(

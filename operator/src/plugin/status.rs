@@ -68,7 +68,6 @@ pub async fn observe(forwards: &[Forward]) -> Live {
         match connect(endpoint).await {
             Ok(mut c) => match c.member_list().await {
                 Ok(list) => {
-                    live.revision = list.header().map(|h| h.revision());
                     any = Some((c, list));
                     break;
                 }
@@ -81,7 +80,9 @@ pub async fn observe(forwards: &[Forward]) -> Live {
         live.error = Some(last_error);
         return live;
     };
-    for m in list.members() {
+    let mut members = list.members().to_vec();
+    members.sort_by(|a, b| a.name().cmp(b.name()));
+    for m in &members {
         let answer = match forwards.iter().find(|f| f.pod == m.name()) {
             None => Err("no running pod of that name".to_owned()),
             Some(f) => match connect(&f.endpoint).await {
@@ -89,6 +90,12 @@ pub async fn observe(forwards: &[Forward]) -> Live {
                 Ok(mut c) => c
                     .status()
                     .await
+                    .inspect(|s| {
+                        // Status headers carry the member's revision (the
+                        // Cluster service's do not, in etcd as here).
+                        let rev = s.header().map(|h| h.revision()).unwrap_or_default();
+                        live.revision = live.revision.max(Some(rev));
+                    })
                     .map(|s| MemberAnswer {
                         version: s.version().to_owned(),
                         db_size: s.db_size(),
@@ -279,6 +286,7 @@ pub fn render(kvc: &KvCluster, live: &Live, backups: &[KvBackup], schedules: &[K
     let mut rows = vec![
         ["MEMBER", "ID", "ROLE", "STATUS", "VERSION", "DB SIZE", "IN USE", "RAFT TERM", "RAFT INDEX", "APPLIED", "LAG"].map(str::to_owned).to_vec(),
     ];
+    let mut notes = Vec::new();
     for m in &live.members {
         let role = if m.is_learner {
             "learner"
@@ -303,12 +311,18 @@ pub fn render(kvc: &KvCluster, live: &Live, backups: &[KvBackup], schedules: &[K
                     lag,
                 ]);
             }
-            Err(e) => row.push(format!("unreachable: {e}")),
+            Err(e) => {
+                row.push("unreachable".to_owned());
+                notes.push(format!("{}: {e}", m.name));
+            }
         }
         rows.push(row);
     }
     out.push_str("\nMembers:\n");
     out.push_str(&table(&rows));
+    for note in notes {
+        let _ = writeln!(out, "  {note}");
+    }
     if !status.conditions.is_empty() {
         let mut rows = vec![["TYPE", "STATUS", "REASON", "MESSAGE"].map(str::to_owned).to_vec()];
         for c in &status.conditions {
@@ -434,7 +448,8 @@ mod tests {
         assert_eq!(row("demo-0"), ["demo-0", "a", "leader", "ok", "0.1.0", "3.0", "MiB", "1.0", "MiB", "4", "120", "120", "0"]);
         assert_eq!(row("demo-1")[2..4], ["follower", "ok"]);
         assert_eq!(row("demo-1").last().map(String::as_str), Some("20"));
-        assert!(line("demo-2").contains("unreachable: connection refused"), "{text}");
+        assert_eq!(row("demo-2"), ["demo-2", "c", "follower", "unreachable"]);
+        assert_eq!(line("  demo-2:"), "  demo-2: connection refused");
     }
 
     #[test]
