@@ -348,8 +348,10 @@ async fn upgrade_nospace_delete(env: &Env) -> anyhow::Result<()> {
     acked::all_present(&store, &acks)?;
     eprintln!("lifecycle: upgrade, order {order:?}, in {:.1} s, {} acknowledged puts all present", began.elapsed().as_secs_f64(), acks.len());
 
-    // NOSPACE: overwrites of eight keys until the quota refuses them.
+    // NOSPACE: overwrites of eight keys until the quota refuses them;
+    // writers running through the alarm and its remediation.
     let began = Instant::now();
+    let writers = Writers::start(&endpoint, 2).await?;
     let mut c = client(&endpoint).await?;
     let mut refused = None;
     for i in 0..4096u64 {
@@ -368,7 +370,10 @@ async fn upgrade_nospace_delete(env: &Env) -> anyhow::Result<()> {
         .await?;
     let alarms = env.etcdctl(&["alarm", "list"])?;
     ensure!(alarms.trim().is_empty(), "alarms after the remediation: {alarms}");
-    eprintln!("lifecycle: NOSPACE remediated in {:.1} s", began.elapsed().as_secs_f64());
+    let acks = writers.finish().await?;
+    let (_, store) = acked::whole_store(&mut reader, false).await?;
+    acked::all_present(&store, &acks)?;
+    eprintln!("lifecycle: NOSPACE remediated in {:.1} s, {} acknowledged puts all present", began.elapsed().as_secs_f64(), acks.len());
 
     // Deletion with reclaimPolicy: Delete.
     let began = Instant::now();
@@ -519,6 +524,12 @@ async fn plugin_backup_restore(env: &Env, store: &std::path::Path) -> anyhow::Re
     ensure!(roles.iter().filter(|r| **r == "leader").count() == 1 && roles.iter().filter(|r| **r == "follower").count() == 2, "roles {roles:?}\n{status}");
     ensure!(status.lines().any(|l| l.starts_with(&format!("{leader} ")) && l.contains(" leader ")), "the Leader line and the table disagree\n{status}");
 
+    // Writers through a NodePort Service from here to the backup.
+    env.cp.kubectl_stdin(&["apply", "-f", "-"], NODE_PORT)?;
+    let node_port = env.kubectl(&["get", "service", "-n", NS, "demo-nodeport", "-o", "jsonpath={.spec.ports[0].nodePort}"])?;
+    let endpoint = format!("127.0.0.1:{}", node_port.trim());
+    let writers = Writers::start(&endpoint, 2).await?;
+
     // A leadership transfer; an unknown member is refused.
     let target = ["demo-0", "demo-1", "demo-2"].into_iter().find(|m| *m != leader).context("no follower")?;
     let moved = plugin(env, &["move-leader", "demo", target])?;
@@ -565,7 +576,18 @@ async fn plugin_backup_restore(env: &Env, store: &std::path::Path) -> anyhow::Re
     let status = plugin(env, &["status", "demo"])?;
     ensure!(status_field(&status, "Last backup")?.starts_with("before-restore at "), "{status}");
     ensure!(status_field(&status, "Schedule")? == "nightly \"0 3 * * *\" (suspended)", "{status}");
-    eprintln!("lifecycle: kubectl raftkv backup to S3 ({location}) in {:.1} s", began.elapsed().as_secs_f64());
+    let acks = writers.finish().await?;
+    let (_, store) = acked::whole_store(&mut client(&endpoint).await?, false).await?;
+    acked::all_present(&store, &acks)?;
+    let backup_revision: i64 = env.kubectl(&["get", "kvbackup", "-n", NS, "before-restore", "-o", "jsonpath={.status.revision}"])?.trim().parse()?;
+    let in_backup: Vec<Ack> = acks.iter().filter(|a| a.revision <= backup_revision).cloned().collect();
+    ensure!(!in_backup.is_empty() && in_backup.len() < acks.len(), "of {} acknowledged puts, {} are in the backup at revision {backup_revision}: the writers did not span it", acks.len(), in_backup.len());
+    eprintln!(
+        "lifecycle: kubectl raftkv backup to S3 ({location}) in {:.1} s; {} acknowledged puts all present, {} of them before the backup's revision",
+        began.elapsed().as_secs_f64(),
+        acks.len(),
+        in_backup.len()
+    );
 
     // A restore into a new KvCluster.
     let began = Instant::now();
@@ -591,6 +613,24 @@ async fn plugin_backup_restore(env: &Env, store: &std::path::Path) -> anyhow::Re
     let source_ids = member_ids(&env.etcdctl(&["member", "list"])?);
     let restored_ids = member_ids(&env.etcdctl_of("restored", &["member", "list"])?);
     ensure!(source_ids.iter().all(|id| !restored_ids.contains(id)), "the restored cluster reuses member ids: {source_ids:?} {restored_ids:?}");
+    // Every put acknowledged before the backup's revision is restored.
+    let dump = plugin(env, &["etcdctl", "restored", "--", "get", "writer", "--prefix", "-w", "json"])?;
+    let v: serde_json::Value = serde_json::from_str(&dump)?;
+    let mut held = std::collections::HashMap::new();
+    for kv in v["kvs"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let text = |f: &str| -> anyhow::Result<String> {
+            use base64::Engine as _;
+            Ok(String::from_utf8(base64::engine::general_purpose::STANDARD.decode(kv[f].as_str().context("no field")?)?)?)
+        };
+        held.insert(text("key")?, (text("value")?, kv["mod_revision"].as_i64().unwrap_or_default()));
+    }
+    for ack in &in_backup {
+        ensure!(
+            held.get(&ack.key) == Some(&(ack.value.clone(), ack.revision)),
+            "{} = {} (revision {}) was acknowledged before the backup's revision {backup_revision} and is not in the restored cluster: {:?}",
+            ack.key, ack.value, ack.revision, held.get(&ack.key)
+        );
+    }
     let status = plugin(env, &["status", "restored"])?;
     ensure!(status_field(&status, "Restored from")? == location, "{status}");
     eprintln!("lifecycle: kubectl raftkv restore into a new KvCluster in {:.1} s", began.elapsed().as_secs_f64());

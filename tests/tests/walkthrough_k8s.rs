@@ -90,6 +90,7 @@ async fn the_readme_walkthrough_runs_as_written() -> anyhow::Result<()> {
     let readme = std::fs::read_to_string(workspace().join("README.md"))?;
     let mut commands = block(&readme, "### Create a cluster and reach it")?;
     commands.extend(block(&readme, "### Scale, upgrade")?);
+    commands.extend(block(&readme, "### Day two: `kubectl raftkv`")?);
     commands.extend(block(&readme, "### Uninstall, and what is kept")?);
     ensure!(commands.len() >= 10, "the walkthrough has only {} commands", commands.len());
 
@@ -193,6 +194,21 @@ async fn run(cp: &ControlPlane, words: &[String], forward: &mut Option<(PortForw
                     let claims = cp.kubectl(&["get", "pvc", "-n", ns, "-o", "name"])?;
                     ensure!(claims.lines().count() >= 3, "claims kept after the deletion (reclaimPolicy Retain): {claims}");
                 }
+                ["raftkv", "status", cluster, ..] => {
+                    let leader = out.lines().find_map(|l| l.strip_prefix("Leader:")).map(str::trim).unwrap_or_default();
+                    ensure!(leader.starts_with(&format!("{cluster}-")), "kubectl raftkv status names no leader:\n{out}");
+                    let answering = out.lines().filter(|l| l.starts_with(&format!("{cluster}-")) && l.contains(" ok ")).count();
+                    let replicas = cp.kubectl(&["get", "kvc", "-n", ns, cluster, "-o", "jsonpath={.spec.replicas}"])?;
+                    ensure!(answering.to_string() == replicas.trim(), "{answering} members answer, {replicas} asked:\n{out}");
+                }
+                ["raftkv", "etcdctl", .., "get", key] => {
+                    ensure!(out.lines().next() == Some(*key) && out.lines().nth(1).is_some_and(|v| !v.is_empty()), "etcdctl get {key} printed {out:?}");
+                }
+                ["raftkv", "move-leader", cluster, member, ..] => {
+                    let status = cp.kubectl(&["raftkv", "status", cluster, "-n", ns])?;
+                    ensure!(status.lines().any(|l| l.strip_prefix("Leader:").is_some_and(|v| v.trim() == *member)), "after move-leader {member}:\n{status}");
+                }
+                ["raftkv", "defrag", ..] => ensure!(out.lines().last().is_some_and(|l| l.starts_with("done in")), "defrag said {out}"),
                 ["delete", "pvc", ..] => {
                     let left = cp.kubectl(&["get", "pvc", "-n", ns, "-o", "name"])?;
                     ensure!(left.trim().is_empty(), "claims left: {left}");
