@@ -331,6 +331,20 @@ pub(crate) async fn publish<M>(ctx: &Context<M>, obj: &impl Resource<DynamicType
     }
 }
 
+/// A member's Pod, as an event's related object. kube-runtime's recorder
+/// merges events of one reason about one object into a series (the note is
+/// not part of its key): naming the member keeps "member demo-1
+/// defragmented" and "member demo-2 defragmented" two events.
+fn member_pod(kvc: &KvCluster, pod: &str) -> k8s_openapi::api::core::v1::ObjectReference {
+    k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".to_owned()),
+        kind: Some("Pod".to_owned()),
+        name: Some(pod.to_owned()),
+        namespace: kvc.namespace(),
+        ..Default::default()
+    }
+}
+
 /// The quota the members run with: `spec.server.quotaBackendBytes`, or
 /// raftkv's (etcd's) 2 GiB default.
 fn quota(kvc: &KvCluster) -> i64 {
@@ -405,7 +419,14 @@ async fn maintain<M: MembershipApi>(
     }
     if let Some((warning, reason, text)) = mt::take(&step, membership, &mut status, quota, now).await.map_err(StepError::from)? {
         let type_ = if warning { EventType::Warning } else { EventType::Normal };
-        publish(ctx, kvc, type_, reason, "Maintenance", text).await;
+        let secondary = match &step {
+            MtStep::Defragment { name, .. } => Some(member_pod(kvc, name)),
+            _ => None,
+        };
+        let event = KubeEvent { type_, reason: reason.to_owned(), note: Some(text), action: "Maintenance".to_owned(), secondary };
+        if let Err(e) = ctx.recorder.publish(&event, &kvc.object_ref(&())).await {
+            tracing::warn!(error = %e, "cannot publish an event");
+        }
     }
     let (state, reason, message) = match (&status.run, &schedule_error, status.data_exceeds_quota, &step) {
         (_, Some(e), _, _) => (false, "InvalidSchedule", e.clone()),
@@ -617,21 +638,26 @@ async fn publish_transitions<M>(
     after: &KvClusterStatus,
 ) {
     let mut events = Vec::new();
+    let names = Names::of(kvc);
+    let pod = |op: &crate::crd::Operation| Some(member_pod(kvc, &names.member(op.ordinal as u32)));
     match (&before.operation, &after.operation) {
         (None, Some(op)) => events.push((
             EventType::Normal,
             format!("{:?}Started", op.kind),
             format!("ordinal {}", op.ordinal),
+            pod(op),
         )),
         (Some(op), None) => events.push((
             EventType::Normal,
             format!("{:?}Finished", op.kind),
             format!("ordinal {}", op.ordinal),
+            pod(op),
         )),
         (Some(a), Some(b)) if a.kind != b.kind || a.ordinal != b.ordinal => events.push((
             EventType::Normal,
             format!("{:?}Started", b.kind),
             format!("ordinal {}", b.ordinal),
+            pod(b),
         )),
         _ => {}
     }
@@ -643,23 +669,24 @@ async fn publish_transitions<M>(
     };
     match (degraded(before), degraded(after)) {
         (Some((false, _)) | None, Some((true, reason))) => {
-            events.push((EventType::Warning, reason, "the cluster is degraded".into()))
+            events.push((EventType::Warning, reason, "the cluster is degraded".into(), None))
         }
         (Some((true, _)), Some((false, _))) => events.push((
             EventType::Normal,
             "Recovered".into(),
             "every member answers".into(),
+            None,
         )),
         _ => {}
     }
     let reference = kvc.object_ref(&());
-    for (type_, reason, note) in events {
+    for (type_, reason, note, secondary) in events {
         let event = KubeEvent {
             type_,
             reason,
             note: Some(note),
             action: "Reconcile".into(),
-            secondary: None,
+            secondary,
         };
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
             tracing::warn!(error = %e, "cannot publish an event");

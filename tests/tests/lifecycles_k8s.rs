@@ -558,6 +558,15 @@ async fn plugin_backup_restore(env: &Env, store: &std::path::Path) -> anyhow::Re
         (f[0].clone(), f[1].clone())
     };
     ensure!(token == last, "the request {token} is not the one recorded ({last})");
+    // One Defragmented event per member (each names its pod), not one
+    // series under the first member's note.
+    let events = env.kubectl(&[
+        "get", "events", "-n", NS, "--field-selector", "reason=Defragmented", "-o",
+        r#"jsonpath={range .items[*]}{.related.name}: {.message}{"\n"}{end}"#,
+    ])?;
+    for member in ["demo-0", "demo-1", "demo-2"] {
+        ensure!(events.lines().any(|l| l == format!("{member}: member {member} defragmented")), "no Defragmented event naming {member}:\n{events}");
+    }
     for member in ["demo-0", "demo-1", "demo-2"] {
         let log = env.kubectl(&["logs", "-n", NS, member])?;
         ensure!(log.matches("defragmented").count() == defragmented_before[member], "{member} was not defragmented once:\n{log}");
