@@ -61,7 +61,7 @@ test: build pydeps test-peers
 # raftkv, the operator and the chart against it, the lifecycles on pods the
 # test node agent runs; root); `make test` runs them too.
 test-k8s: build pydeps go-peers
-	$(CARGO) test -p raftkv-tests --test kubernetes --test operator_k8s --test lifecycles_k8s --test walkthrough_k8s
+	$(CARGO) test -p raftkv-tests --test kubernetes --test operator_k8s --test lifecycles_k8s --test walkthrough_k8s --test nodeagent_k8s
 
 # raftkv and Debian's etcd side by side on this machine, with ratios.
 bench: build
