@@ -46,6 +46,9 @@ spec:
   ports: [{name: client, port: 2379, targetPort: 2379}]
 "#;
 
+/// A member pod: (name, uid, IP, ready, restarts).
+type PodRow = (String, String, String, bool, u32);
+
 /// A control plane on raftkv, the node agent, the operator as a Pod.
 struct Env {
     agent: NodeAgent,
@@ -79,12 +82,12 @@ impl Env {
     }
 
     /// (name, uid, IP, ready, restarts) of the members' pods of "demo".
-    fn members(&self) -> anyhow::Result<Vec<(String, String, String, bool, u32)>> {
+    fn members(&self) -> anyhow::Result<Vec<PodRow>> {
         self.members_of("demo")
     }
 
     /// (name, uid, IP, ready, restarts) of the members' pods of `cluster`.
-    fn members_of(&self, cluster: &str) -> anyhow::Result<Vec<(String, String, String, bool, u32)>> {
+    fn members_of(&self, cluster: &str) -> anyhow::Result<Vec<PodRow>> {
         let selector = format!("app.kubernetes.io/instance={cluster}");
         let out = self.kubectl(&[
             "get", "pods", "-n", NS, "-l", &selector, "-o",
