@@ -185,10 +185,15 @@ fn suffixed(backup: &str, suffix: &str) -> String {
     format!("{}-{:08x}-{suffix}", &backup[..(63 - 10 - suffix.len())], hash as u32)
 }
 
+/// The Job's and its pod's labels. Not the members' selector labels
+/// (`app.kubernetes.io/instance` with `name: raftkv`): a backup pod that
+/// matched them would join the cluster's Services (clients sent to a pod
+/// that serves nothing) and its PodDisruptionBudget. The cluster is named
+/// by `raftkv.io/cluster`.
 fn labels(backup: &KvBackup) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), "raftkv".to_owned()),
-        ("app.kubernetes.io/instance".to_owned(), backup.spec.cluster.clone()),
+        ("raftkv.io/cluster".to_owned(), backup.spec.cluster.clone()),
         ("app.kubernetes.io/component".to_owned(), "backup".to_owned()),
         ("app.kubernetes.io/managed-by".to_owned(), MANAGER.to_owned()),
         ("raftkv.io/backup".to_owned(), backup.name_any()),
@@ -402,6 +407,12 @@ mod tests {
         assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("KvBackup", "nightly-1", Some(true)));
         let spec = job.spec.expect("spec");
         assert_eq!(spec.backoff_limit, Some(BACKOFF_LIMIT));
+        // Its pod stays out of the members' Services and PDB: it does not
+        // carry every one of their selector labels.
+        let pod_labels = spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).expect("pod labels");
+        let selector = crate::resources::Names::of(&kvc).selector_labels();
+        assert!(selector.iter().any(|(k, v)| pod_labels.get(k) != Some(v)), "the backup pod matches the members' selector: {pod_labels:?}");
+        assert_eq!(pod_labels.get("raftkv.io/cluster").map(String::as_str), Some("demo"));
         let pod = spec.template.spec.expect("pod");
         assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
         let c = &pod.containers[0];
