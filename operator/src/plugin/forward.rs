@@ -23,7 +23,16 @@ impl Forward {
         let addr = listener.local_addr()?;
         let name = pod.to_owned();
         let task = tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
+            loop {
+                let mut conn = match listener.accept().await {
+                    Ok((conn, _)) => conn,
+                    Err(e) => {
+                        // Out of file descriptors, say: the next may work.
+                        eprintln!("port-forward to pod/{name}:{port}: cannot accept a connection: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let pods = pods.clone();
                 let name = name.clone();
                 tokio::spawn(async move {
@@ -34,10 +43,21 @@ impl Forward {
                             return;
                         }
                     };
+                    let errors = forwarder.take_error(port);
                     if let Some(mut upstream) = forwarder.take_stream(port) {
                         let _ = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await;
                     }
-                    drop(forwarder);
+                    // What the kubelet said of the connection to the pod's
+                    // port (refused, say), in its words.
+                    let ended = async {
+                        if let Some(errors) = errors
+                            && let Some(e) = errors.await
+                        {
+                            eprintln!("port-forward to pod/{name}:{port}: {e}");
+                        }
+                        let _ = forwarder.join().await;
+                    };
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), ended).await;
                 });
             }
         });

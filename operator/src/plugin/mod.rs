@@ -85,11 +85,14 @@ impl Plugin {
     /// A port-forward to the client port of every running member pod.
     async fn forwards(&self, name: &str) -> anyhow::Result<Vec<Forward>> {
         let pods: Api<Pod> = self.api();
-        let selector = format!("app.kubernetes.io/name=raftkv,app.kubernetes.io/instance={name}");
+        // The members' pods only (not a backup Job's), running and not
+        // on their way out.
+        let selector = format!("app.kubernetes.io/name=raftkv,app.kubernetes.io/instance={name},app.kubernetes.io/component=member");
         let mut list = pods.list(&ListParams::default().labels(&selector)).await.context("cannot list the member pods")?.items;
         list.sort_by_key(|p| p.name_any());
         let mut forwards = Vec::new();
-        for pod in list.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")) {
+        let running = |p: &&Pod| p.metadata.deletion_timestamp.is_none() && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        for pod in list.iter().filter(running) {
             forwards.push(Forward::start(pods.clone(), &pod.name_any(), CLIENT_PORT as u16).await?);
         }
         Ok(forwards)
@@ -112,11 +115,20 @@ impl Plugin {
         self.cluster(name).await?;
         let schedules: Api<KvBackupSchedule> = self.api();
         let source = match schedule {
-            Some(s) => match schedules.get(&s).await {
-                Ok(s) => s,
-                Err(e) if not_found(&e) => bail!("kvbackupschedule {}/{s} not found", self.namespace),
-                Err(e) => return Err(e.into()),
-            },
+            Some(s) => {
+                let schedule = match schedules.get(&s).await {
+                    Ok(s) => s,
+                    Err(e) if not_found(&e) => bail!("kvbackupschedule {}/{s} not found", self.namespace),
+                    Err(e) => return Err(e.into()),
+                };
+                ensure!(
+                    schedule.spec.cluster == name,
+                    "kvbackupschedule {}/{s} backs up {}, not {name}",
+                    self.namespace,
+                    schedule.spec.cluster
+                );
+                schedule
+            }
             None => {
                 let mut mine: Vec<KvBackupSchedule> =
                     schedules.list(&ListParams::default()).await?.items.into_iter().filter(|s| s.spec.cluster == name).collect();
@@ -149,7 +161,17 @@ impl Plugin {
         let mut said = None;
         let mut beat = Instant::now();
         loop {
-            let b = backups.get(&backup_name).await?;
+            // A failed read (the API server restarting, say) is tried again:
+            // the backup goes on regardless.
+            let b = match backups.get(&backup_name).await {
+                Ok(b) => b,
+                Err(e) if began.elapsed() < timeout => {
+                    println!("cannot read kvbackup {backup_name} ({e}); trying again");
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+                Err(e) => return Err(e).with_context(|| format!("kvbackup {}/{backup_name} (it goes on: kubectl get kvbackup {backup_name} -w)", self.namespace)),
+            };
             let s = b.status.unwrap_or_default();
             if said != Some(s.phase) {
                 match s.phase {
@@ -296,13 +318,20 @@ impl Plugin {
         let mut done: Vec<String> = Vec::new();
         let mut beat = Instant::now();
         loop {
-            let m = self.cluster(name).await?.status.and_then(|s| s.maintenance).unwrap_or_default();
+            let kvc = self.cluster(name).await?;
+            let asked = kvc.annotations().get(REQUEST_ANNOTATION).cloned().unwrap_or_default();
+            let m = kvc.status.and_then(|s| s.maintenance).unwrap_or_default();
             let ours = m.last_request.as_deref() == Some(token.as_str());
+            if !ours && asked != token {
+                bail!("another request ({REQUEST_ANNOTATION}={asked}) replaced this one before the operator started it: that one will run");
+            }
             if ours && !started {
                 println!("started: one member at a time, followers first, the leader last");
                 started = true;
             }
-            if let Some(run) = m.run.as_ref().filter(|_| ours) {
+            // Our run, not one started after it (on a schedule, say).
+            let our_run = m.run.as_ref().filter(|r| ours && r.reason == crate::crd::MaintenanceReason::Requested);
+            if let Some(run) = our_run {
                 for member in &run.defragmented {
                     if !done.contains(member) {
                         println!("{member} defragmented");
@@ -311,8 +340,8 @@ impl Plugin {
                     }
                 }
             }
-            if ours && m.run.is_none() {
-                println!("done in {:.0} s: every member defragmented, the leader last", began.elapsed().as_secs_f64());
+            if ours && our_run.is_none() {
+                println!("done in {:.0} s: every healthy member defragmented, the leader last", began.elapsed().as_secs_f64());
                 return Ok(());
             }
             ensure!(
@@ -351,7 +380,10 @@ impl Plugin {
             format!("{member} is not a member of {name} (members: {})", live.members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "))
         })?;
         ensure!(!target.is_learner, "{member} is a learner: only a voting member can lead");
-        let leader = live.members.iter().find_map(|m| m.answer.as_ref().ok().map(|a| a.leader).filter(|l| *l != 0)).context("the cluster has no leader")?;
+        if let Err(e) = &target.answer {
+            bail!("{member} does not answer ({e}): it cannot take leadership now");
+        }
+        let leader = live.leader().context("the cluster has no leader")?;
         if leader == target.id {
             println!("{member} is already the leader");
             return Ok(());
@@ -380,6 +412,8 @@ impl Plugin {
             .arg(format!("--endpoints={endpoints}"))
             .args(args)
             .env("ETCDCTL_API", "3")
+            // etcdctl refuses an environment variable that repeats a flag.
+            .env_remove("ETCDCTL_ENDPOINTS")
             .status()
             .await
             .with_context(|| format!("cannot run {etcdctl}: install etcdctl or name it with --etcdctl"))?;

@@ -24,19 +24,27 @@ const MEMBER_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Live {
     pub members: Vec<LiveMember>,
-    /// (member id, alarm) pairs.
-    pub alarms: Vec<(u64, String)>,
+    /// (member id, alarm) pairs; None when they could not be listed.
+    pub alarms: Option<Vec<(u64, String)>>,
     pub revision: Option<i64>,
-    /// Why the member list could not be read (no member answered).
+    /// Why the member list or the alarms could not be read.
     pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LiveMember {
+    /// Empty for a member added but not started yet.
     pub name: String,
     pub id: u64,
     pub is_learner: bool,
     pub answer: Result<MemberAnswer, String>,
+}
+
+impl LiveMember {
+    /// Its name, or its id while it has none (not started).
+    pub fn label(&self) -> String {
+        if self.name.is_empty() { format!("{:x}", self.id) } else { self.name.clone() }
+    }
 }
 
 /// One member's Status.
@@ -50,30 +58,68 @@ pub struct MemberAnswer {
     pub raft_index: u64,
     pub raft_applied_index: u64,
     pub errors: Vec<String>,
+    /// The member's revision (Status headers carry it; the Cluster
+    /// service's do not, in etcd as here).
+    pub revision: i64,
+}
+
+impl Live {
+    /// The leader as the member with the highest term sees it (a member
+    /// cut off may still name an old one).
+    pub fn leader(&self) -> Option<u64> {
+        self.members.iter().filter_map(|m| m.answer.as_ref().ok()).filter(|a| a.leader != 0).max_by_key(|a| a.raft_term).map(|a| a.leader)
+    }
+}
+
+/// `call` within the member timeout: the port-forward's upgrade and the
+/// HTTP/2 handshake have no deadline of their own (the local listener
+/// always accepts).
+async fn bounded<T>(what: &str, call: impl std::future::Future<Output = Result<T, etcd_client::Error>>) -> Result<T, String> {
+    match tokio::time::timeout(MEMBER_TIMEOUT, call).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("{what}: no answer within {} s", MEMBER_TIMEOUT.as_secs())),
+    }
 }
 
 async fn connect(endpoint: &str) -> Result<Client, String> {
     let options = ConnectOptions::new().with_connect_timeout(MEMBER_TIMEOUT).with_timeout(MEMBER_TIMEOUT);
-    Client::connect([endpoint], Some(options)).await.map_err(|e| e.to_string())
+    bounded("connect", Client::connect([endpoint], Some(options))).await
+}
+
+async fn answer(endpoint: &str) -> Result<MemberAnswer, String> {
+    let mut client = connect(endpoint).await?;
+    let s = bounded("status", client.status()).await?;
+    Ok(MemberAnswer {
+        version: s.version().to_owned(),
+        db_size: s.db_size(),
+        db_size_in_use: s.raft_used_db_size(),
+        leader: s.leader(),
+        raft_term: s.raft_term(),
+        raft_index: s.raft_index(),
+        raft_applied_index: s.raft_applied_index(),
+        errors: s.errors().to_vec(),
+        revision: s.header().map(|h| h.revision()).unwrap_or_default(),
+    })
 }
 
 /// Asks the members, each through its own port-forward (`forwards`, by
-/// pod name, which is the member name).
+/// pod name, which is the member name), all at once.
 pub async fn observe(forwards: &[Forward]) -> Live {
-    let endpoints: Vec<&str> = forwards.iter().map(|f| f.endpoint.as_str()).collect();
     let mut live = Live::default();
     let mut any = None;
-    let mut last_error = "no member pods".to_owned();
-    for endpoint in &endpoints {
-        match connect(endpoint).await {
-            Ok(mut c) => match c.member_list().await {
-                Ok(list) => {
-                    any = Some((c, list));
-                    break;
-                }
-                Err(e) => last_error = e.to_string(),
-            },
-            Err(e) => last_error = e,
+    let mut last_error = "no running member pods".to_owned();
+    for f in forwards {
+        let listed = async {
+            let mut c = connect(&f.endpoint).await?;
+            let list = bounded("member list", c.member_list()).await?;
+            Ok::<_, String>((c, list))
+        };
+        match listed.await {
+            Ok(found) => {
+                any = Some(found);
+                break;
+            }
+            Err(e) => last_error = format!("{}: {e}", f.pod),
         }
     }
     let Some((mut client, list)) = any else {
@@ -82,38 +128,23 @@ pub async fn observe(forwards: &[Forward]) -> Live {
     };
     let mut members = list.members().to_vec();
     members.sort_by(|a, b| a.name().cmp(b.name()));
-    for m in &members {
-        let answer = match forwards.iter().find(|f| f.pod == m.name()) {
+    let answers = futures::future::join_all(members.iter().map(|m| async move {
+        match forwards.iter().find(|f| !m.name().is_empty() && f.pod == m.name()) {
+            None if m.name().is_empty() => Err("not started".to_owned()),
             None => Err("no running pod of that name".to_owned()),
-            Some(f) => match connect(&f.endpoint).await {
-                Err(e) => Err(e),
-                Ok(mut c) => c
-                    .status()
-                    .await
-                    .inspect(|s| {
-                        // Status headers carry the member's revision (the
-                        // Cluster service's do not, in etcd as here).
-                        let rev = s.header().map(|h| h.revision()).unwrap_or_default();
-                        live.revision = live.revision.max(Some(rev));
-                    })
-                    .map(|s| MemberAnswer {
-                        version: s.version().to_owned(),
-                        db_size: s.db_size(),
-                        db_size_in_use: s.raft_used_db_size(),
-                        leader: s.leader(),
-                        raft_term: s.raft_term(),
-                        raft_index: s.raft_index(),
-                        raft_applied_index: s.raft_applied_index(),
-                        errors: s.errors().to_vec(),
-                    })
-                    .map_err(|e| e.to_string()),
-            },
-        };
+            Some(f) => answer(&f.endpoint).await,
+        }
+    }))
+    .await;
+    for (m, answer) in members.iter().zip(answers) {
+        if let Ok(a) = &answer {
+            live.revision = live.revision.max(Some(a.revision));
+        }
         live.members.push(LiveMember { name: m.name().to_owned(), id: m.id(), is_learner: m.is_learner(), answer });
     }
-    match client.alarm(etcd_client::AlarmAction::Get, etcd_client::AlarmType::None, None).await {
+    match bounded("alarm list", client.alarm(etcd_client::AlarmAction::Get, etcd_client::AlarmType::None, None)).await {
         Ok(r) => {
-            live.alarms = r.alarms().iter().map(|a| (a.member_id(), format!("{:?}", a.alarm()).to_uppercase())).collect();
+            live.alarms = Some(r.alarms().iter().map(|a| (a.member_id(), format!("{:?}", a.alarm()).to_uppercase())).collect());
         }
         Err(e) => live.error = Some(format!("alarms not listed: {e}")),
     }
@@ -174,7 +205,7 @@ fn table(rows: &[Vec<String>]) -> String {
 /// The status text.
 pub fn render(kvc: &KvCluster, live: &Live, backups: &[KvBackup], schedules: &[KvBackupSchedule], now: Timestamp) -> String {
     let status = kvc.status.clone().unwrap_or_default();
-    let name_of = |id: u64| live.members.iter().find(|m| m.id == id).map(|m| m.name.clone()).unwrap_or_else(|| format!("{id:x}"));
+    let name_of = |id: u64| live.members.iter().find(|m| m.id == id).map(LiveMember::label).unwrap_or_else(|| format!("{id:x}"));
     let mut out = String::new();
     let mut field = |label: &str, value: String| {
         let _ = writeln!(out, "{:<16}{value}", format!("{label}:"));
@@ -192,7 +223,7 @@ pub fn render(kvc: &KvCluster, live: &Live, backups: &[KvBackup], schedules: &[K
     }
     let voters = live.members.iter().filter(|m| !m.is_learner).count();
     field("Members", format!("{} ready of {} asked ({} in the cluster)", status.ready_replicas, kvc.spec.replicas, live.members.len().max(status.replicas as usize)));
-    let leader = live.members.iter().find_map(|m| m.answer.as_ref().ok().map(|a| a.leader).filter(|l| *l != 0));
+    let leader = live.leader();
     field("Leader", match leader {
         Some(id) => name_of(id),
         None if live.error.is_some() && live.members.is_empty() => status.leader.clone().map(|l| format!("{l} (last recorded)")).unwrap_or_else(|| "unknown".to_owned()),
@@ -201,10 +232,10 @@ pub fn render(kvc: &KvCluster, live: &Live, backups: &[KvBackup], schedules: &[K
     if let Some(rev) = live.revision {
         field("Revision", rev.to_string());
     }
-    let alarms = if live.alarms.is_empty() {
-        "none".to_owned()
-    } else {
-        live.alarms.iter().map(|(id, a)| format!("{a} on {}", name_of(*id))).collect::<Vec<_>>().join(", ")
+    let alarms = match &live.alarms {
+        None => "unknown (not listed)".to_owned(),
+        Some(a) if a.is_empty() => "none".to_owned(),
+        Some(a) => a.iter().map(|(id, a)| format!("{a} on {}", name_of(*id))).collect::<Vec<_>>().join(", "),
     };
     field("Alarms", alarms);
     let operation = match &status.operation {
@@ -279,7 +310,7 @@ pub fn render(kvc: &KvCluster, live: &Live, backups: &[KvBackup], schedules: &[K
         );
     }
     if let Some(e) = &live.error {
-        field("Unreachable", e.clone());
+        field("Not answered", e.clone());
     }
 
     let leader_index = leader.and_then(|id| live.members.iter().find(|m| m.id == id)).and_then(|m| m.answer.as_ref().ok()).map(|a| a.raft_index);
@@ -295,7 +326,7 @@ pub fn render(kvc: &KvCluster, live: &Live, backups: &[KvBackup], schedules: &[K
         } else {
             "follower"
         };
-        let mut row = vec![m.name.clone(), format!("{:x}", m.id), role.to_owned()];
+        let mut row = vec![m.label(), format!("{:x}", m.id), role.to_owned()];
         match &m.answer {
             Ok(a) => {
                 let health = if a.errors.is_empty() { "ok".to_owned() } else { a.errors.join("; ") };
@@ -313,7 +344,7 @@ pub fn render(kvc: &KvCluster, live: &Live, backups: &[KvBackup], schedules: &[K
             }
             Err(e) => {
                 row.push("unreachable".to_owned());
-                notes.push(format!("{}: {e}", m.name));
+                notes.push(format!("{}: {e}", m.label()));
             }
         }
         rows.push(row);
@@ -359,6 +390,7 @@ mod tests {
             raft_index: index,
             raft_applied_index: applied,
             errors: vec![],
+            revision: 61,
         })
     }
 
@@ -414,7 +446,7 @@ mod tests {
                 LiveMember { name: "demo-1".into(), id: 0xb, is_learner: false, answer: answer(0xa, 120, 100) },
                 LiveMember { name: "demo-2".into(), id: 0xc, is_learner: false, answer: Err("connection refused".into()) },
             ],
-            alarms: vec![(0xb, "NOSPACE".into())],
+            alarms: Some(vec![(0xb, "NOSPACE".into())]),
             revision: Some(61),
             error: None,
         };
@@ -450,6 +482,32 @@ mod tests {
         assert_eq!(row("demo-1").last().map(String::as_str), Some("20"));
         assert_eq!(row("demo-2"), ["demo-2", "c", "follower", "unreachable"]);
         assert_eq!(line("  demo-2:"), "  demo-2: connection refused");
+    }
+
+    #[test]
+    fn the_leader_is_the_one_named_at_the_highest_term() {
+        let mut stale = answer(0xa, 50, 50);
+        if let Ok(a) = stale.as_mut() {
+            a.raft_term = 3;
+        }
+        let mut current = answer(0xb, 90, 90);
+        if let Ok(a) = current.as_mut() {
+            a.raft_term = 5;
+        }
+        let live = Live {
+            members: vec![
+                LiveMember { name: "demo-0".into(), id: 0xa, is_learner: false, answer: stale },
+                LiveMember { name: "demo-1".into(), id: 0xb, is_learner: false, answer: current },
+                LiveMember { name: String::new(), id: 0xc, is_learner: true, answer: Err("not started".into()) },
+            ],
+            ..Live::default()
+        };
+        assert_eq!(live.leader(), Some(0xb));
+        assert_eq!(live.members[2].label(), "c");
+        // Alarms not listed are not "none".
+        let text = render(&KvCluster::new("demo", serde_json::from_value(serde_json::json!({"version": "0.1.0"})).expect("spec")), &live, &[], &[], Timestamp::UNIX_EPOCH);
+        assert!(text.contains("Alarms:         unknown (not listed)"), "{text}");
+        assert!(text.contains("Leader:         demo-1"), "{text}");
     }
 
     #[test]
