@@ -215,6 +215,11 @@ pub(crate) fn bootstrap(cfg: &Config, peer_urls: &[String], engine: &dyn Engine)
 /// time, so silence means nobody has bootstrapped yet.
 const BOOTSTRAP_CHECK: Duration = Duration::from_secs(1);
 
+/// etcd's maxGapBetweenApplyAndCommitIndex: proposals are refused with
+/// "etcdserver: too many requests" while the committed index is this far
+/// ahead of the applied one.
+const MAX_APPLY_GAP: u64 = 5000;
+
 /// etcd's isMemberBootstrapped: a founding member that starts on an empty
 /// data dir while the cluster it names already has it as a started member
 /// (it published its client URLs) lost its data; bootstrapping again would
@@ -571,12 +576,19 @@ impl Node {
         }
     }
 
-    /// Puts a write through raft and waits for its outcome.
+    /// Puts a write through raft and waits for its outcome (refused with
+    /// "etcdserver: too many requests" past MAX_APPLY_GAP or
+    /// `apply::MAX_PENDING_PROPOSALS`).
     pub async fn propose(&self, op: Op) -> Result<Response, Error> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let data = RaftRequest { id, op: Some(op), proposer: self.member.id }.encode_to_vec();
         if data.len() > self.max_request_bytes {
             return Err(Error::RequestTooLarge);
+        }
+        // etcd's own bound: committed entries far ahead of the applied
+        // ones mean the state machine cannot keep up.
+        if self.raft.status.commit() > self.raft.status.applied() + MAX_APPLY_GAP {
+            return Err(Error::TooManyRequests);
         }
         let result = self.submit(id, Proposal::Entry(data)).await;
         if let Err(Error::Timeout | Error::LeaderChanged | Error::NoLeader | Error::Stopped) = &result {
@@ -604,7 +616,7 @@ impl Node {
     async fn submit(&self, id: u64, proposal: Proposal) -> Result<Response, Error> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         loop {
-            let rx = self.waiters.register(id);
+            let rx = self.waiters.register(id)?;
             let waiters = self.waiters.clone();
             let refused = Box::new(move || waiters.refused(id));
             let handed = match &proposal {
@@ -634,16 +646,19 @@ impl Node {
         rx: tokio::sync::oneshot::Receiver<crate::apply::Outcome>,
         deadline: tokio::time::Instant,
     ) -> Result<crate::apply::Outcome, Error> {
-        let leader = self.raft.status.leader();
+        let status = &self.raft.status;
+        let leader = status.leader();
         let mut changed_at: Option<tokio::time::Instant> = None;
         tokio::pin!(rx);
         loop {
-            tokio::select! {
-                r = &mut rx => return r.map_err(|_| Error::Stopped),
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-            }
+            // Woken by the outcome, a leader change or a deadline; never
+            // polled. Registered before the leader is read, so a change
+            // in between is not missed.
+            let changed = status.leader_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             let now = tokio::time::Instant::now();
-            let current = self.raft.status.leader();
+            let current = status.leader();
             if current != leader && changed_at.is_none() {
                 changed_at = Some(now);
             }
@@ -657,6 +672,15 @@ impl Node {
             if let Some(e) = failed {
                 self.waiters.forget(id);
                 return Err(e);
+            }
+            let wake = match changed_at {
+                Some(t) => deadline.min(t + self.election_timeout + Duration::from_millis(1)),
+                None => deadline,
+            };
+            tokio::select! {
+                r = &mut rx => return r.map_err(|_| Error::Stopped),
+                _ = &mut changed => {}
+                _ = tokio::time::sleep_until(wake) => {}
             }
         }
     }

@@ -157,12 +157,15 @@ impl Cluster {
                 .map_or(0, |d| d.as_nanos())
         );
         let mut extra_args: Vec<String> = extra_args.iter().map(|a| (*a).to_owned()).collect();
-        extra_args.extend([
-            "--heartbeat-interval".to_owned(),
-            HEARTBEAT.as_millis().to_string(),
-            "--election-timeout".to_owned(),
-            ELECTION_TIMEOUT.as_millis().to_string(),
-        ]);
+        // The harness's timing unless the test sets its own.
+        if !extra_args.iter().any(|a| a.starts_with("--heartbeat-interval") || a.starts_with("--election-timeout")) {
+            extra_args.extend([
+                "--heartbeat-interval".to_owned(),
+                HEARTBEAT.as_millis().to_string(),
+                "--election-timeout".to_owned(),
+                ELECTION_TIMEOUT.as_millis().to_string(),
+            ]);
+        }
         let mut cluster = Cluster {
             flavor,
             token,

@@ -57,17 +57,39 @@ pub type ApplyResult = Result<Response, Error>;
 /// under way), so it never entered the log.
 pub type Outcome = Option<ApplyResult>;
 
+/// Proposals a member keeps in flight at most (proposed, not yet
+/// applied): beyond it a request is refused at once with etcd's
+/// "etcdserver: too many requests" instead of queueing without bound
+/// while the cluster cannot commit.
+pub const MAX_PENDING_PROPOSALS: usize = 8192;
+
 /// Proposers waiting for the outcome of their request, by request id.
-#[derive(Default)]
 pub struct Waiters {
     waiting: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+    limit: usize,
+}
+
+impl Default for Waiters {
+    fn default() -> Self {
+        Waiters::with_limit(MAX_PENDING_PROPOSALS)
+    }
 }
 
 impl Waiters {
-    pub fn register(&self, id: u64) -> oneshot::Receiver<Outcome> {
+    pub fn with_limit(limit: usize) -> Waiters {
+        Waiters { waiting: Mutex::new(HashMap::new()), limit }
+    }
+
+    /// Waits for proposal `id`; refused when `limit` proposals are in
+    /// flight already.
+    pub fn register(&self, id: u64) -> Result<oneshot::Receiver<Outcome>, Error> {
         let (tx, rx) = oneshot::channel();
-        self.waiting.lock().insert(id, tx);
-        rx
+        let mut waiting = self.waiting.lock();
+        if waiting.len() >= self.limit {
+            return Err(Error::TooManyRequests);
+        }
+        waiting.insert(id, tx);
+        Ok(rx)
     }
 
     pub fn forget(&self, id: u64) {
@@ -309,7 +331,7 @@ mod tests {
             Arc::new(Alarms::default()),
         )
         .expect("applier");
-        let mut mine = waiters.register(7);
+        let mut mine = waiters.register(7).expect("room for a proposal");
         // Another member's request with the same id must not answer ours.
         applier.apply(2, Some(&put(2, 7, "theirs")), WriteBatch::default()).expect("apply");
         assert!(mine.try_recv().is_err(), "answered with another member's outcome");
@@ -318,5 +340,17 @@ mod tests {
             Response::Put(p) => assert_eq!(p.header.expect("header").revision, 3),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn proposals_beyond_the_limit_are_refused_as_too_many_requests() {
+        let waiters = Waiters::with_limit(2);
+        let _a = waiters.register(1).expect("first");
+        let _b = waiters.register(2).expect("second");
+        assert!(matches!(waiters.register(3), Err(Error::TooManyRequests)));
+        assert_eq!(Error::TooManyRequests.to_string(), "etcdserver: too many requests");
+        // An outcome frees a slot.
+        waiters.refused(1);
+        assert!(waiters.register(3).is_ok());
     }
 }

@@ -86,6 +86,9 @@ pub struct RaftStatus {
     /// Set when the raft loop (which also applies) stopped on a failure:
     /// the member can no longer persist, send or apply anything.
     pub failed: AtomicBool,
+    /// Woken whenever `leader` changes: proposers waiting for an outcome
+    /// wait on it instead of polling the leader.
+    pub leader_changed: tokio::sync::Notify,
 }
 
 impl RaftStatus {
@@ -463,6 +466,9 @@ impl<S: StateMachine, T: Transport> Loop<S, T> {
         self.send(ready.take_messages());
         if let Some(ss) = ready.ss() {
             let before = self.status.leader.swap(ss.leader_id, Ordering::AcqRel);
+            if ss.leader_id != before {
+                self.status.leader_changed.notify_waiters();
+            }
             if ss.leader_id != 0 && ss.leader_id != before {
                 crate::metrics::METRICS.leader_changes.inc();
             }
