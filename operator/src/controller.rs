@@ -325,7 +325,20 @@ async fn apply<M: MembershipApi>(kvc: &KvCluster, ctx: &Context<M>) -> Result<Ac
 
 /// Publishes an event about `obj`; a failure to publish is only logged.
 pub(crate) async fn publish<M>(ctx: &Context<M>, obj: &impl Resource<DynamicType = ()>, type_: EventType, reason: &str, action: &str, note: String) {
-    let event = KubeEvent { type_, reason: reason.to_owned(), note: Some(note), action: action.to_owned(), secondary: None };
+    publish_about(ctx, obj, None, type_, reason, action, note).await;
+}
+
+/// [`publish`] with a related object (`secondary`).
+async fn publish_about<M>(
+    ctx: &Context<M>,
+    obj: &impl Resource<DynamicType = ()>,
+    secondary: Option<k8s_openapi::api::core::v1::ObjectReference>,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = KubeEvent { type_, reason: reason.to_owned(), note: Some(note), action: action.to_owned(), secondary };
     if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
         tracing::warn!(error = %e, "cannot publish an event");
     }
@@ -423,10 +436,7 @@ async fn maintain<M: MembershipApi>(
             MtStep::Defragment { name, .. } => Some(member_pod(kvc, name)),
             _ => None,
         };
-        let event = KubeEvent { type_, reason: reason.to_owned(), note: Some(text), action: "Maintenance".to_owned(), secondary };
-        if let Err(e) = ctx.recorder.publish(&event, &kvc.object_ref(&())).await {
-            tracing::warn!(error = %e, "cannot publish an event");
-        }
+        publish_about(ctx, kvc, secondary, type_, reason, "Maintenance", text).await;
     }
     let (state, reason, message) = match (&status.run, &schedule_error, status.data_exceeds_quota, &step) {
         (_, Some(e), _, _) => (false, "InvalidSchedule", e.clone()),
@@ -679,18 +689,8 @@ async fn publish_transitions<M>(
         )),
         _ => {}
     }
-    let reference = kvc.object_ref(&());
     for (type_, reason, note, secondary) in events {
-        let event = KubeEvent {
-            type_,
-            reason,
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            tracing::warn!(error = %e, "cannot publish an event");
-        }
+        publish_about(ctx, kvc, secondary, type_, &reason, "Reconcile", note).await;
     }
 }
 

@@ -629,6 +629,24 @@ pub enum Step {
 }
 
 impl KvClusterSpec {
+    /// A cluster of `version` with every other field at its default, as a
+    /// manifest naming only the version reads.
+    pub fn of_version(version: &str) -> KvClusterSpec {
+        KvClusterSpec {
+            replicas: default_replicas(),
+            version: version.to_owned(),
+            image: None,
+            storage: Storage::default(),
+            resources: None,
+            pod_template: None,
+            tls: None,
+            server: None,
+            maintenance: None,
+            bootstrap: None,
+            paused: false,
+        }
+    }
+
     /// The image the members run.
     pub fn image(&self) -> String {
         match &self.image {

@@ -230,19 +230,7 @@ impl Plugin {
         };
         let mut spec = match (source, &version) {
             (Some(spec), _) => spec,
-            (None, Some(v)) => KvClusterSpec {
-                replicas: 3,
-                version: v.clone(),
-                image: None,
-                storage: Default::default(),
-                resources: None,
-                pod_template: None,
-                tls: None,
-                server: None,
-                maintenance: None,
-                bootstrap: None,
-                paused: false,
-            },
+            (None, Some(v)) => KvClusterSpec::of_version(v),
             (None, None) => bail!("kvcluster {}/{} (the backup's source) is gone: say the version to run with --version", self.namespace, b.spec.cluster),
         };
         if let Some(v) = version {

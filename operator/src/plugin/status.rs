@@ -369,7 +369,7 @@ pub fn render(kvc: &KvCluster, live: &Live, backups: &[KvBackup], schedules: &[K
 mod tests {
     use super::*;
     use crate::backup::crd::{Destination, KvBackupScheduleSpec, KvBackupSpec, KvBackupStatus, Volume};
-    use crate::crd::{KvClusterSpec, KvClusterStatus, MaintenanceReason, MaintenanceRun, MaintenanceStatus, Operation, OperationKind, Phase, Step};
+    use crate::crd::{KvClusterStatus, MaintenanceReason, MaintenanceRun, MaintenanceStatus, Operation, OperationKind, Phase, Step};
     use kube::api::ObjectMeta;
 
     fn at(secs: i64) -> Time {
@@ -413,21 +413,7 @@ mod tests {
     #[test]
     fn status_shows_roles_lag_alarms_the_work_in_flight_and_the_last_backup() {
         let now = Timestamp::from_second(10_000).expect("a time");
-        let spec = KvClusterSpec {
-            replicas: 3,
-            version: "0.1.0".into(),
-            image: None,
-            storage: Default::default(),
-            resources: None,
-            pod_template: None,
-            tls: None,
-            server: None,
-            maintenance: None,
-            bootstrap: None,
-            paused: false,
-        };
-        let mut kvc = KvCluster::new("demo", spec);
-        kvc.metadata.namespace = Some("prod".into());
+        let mut kvc = crate::resources::tests::kvcluster("demo", 3);
         kvc.status = Some(KvClusterStatus {
             phase: Phase::Running,
             version: Some("0.1.0".into()),
@@ -505,7 +491,7 @@ mod tests {
         assert_eq!(live.leader(), Some(0xb));
         assert_eq!(live.members[2].label(), "c");
         // Alarms not listed are not "none".
-        let text = render(&KvCluster::new("demo", serde_json::from_value(serde_json::json!({"version": "0.1.0"})).expect("spec")), &live, &[], &[], Timestamp::UNIX_EPOCH);
+        let text = render(&crate::resources::tests::kvcluster("demo", 3), &live, &[], &[], Timestamp::UNIX_EPOCH);
         assert!(text.contains("Alarms:         unknown (not listed)"), "{text}");
         assert!(text.contains("Leader:         demo-1"), "{text}");
     }

@@ -83,11 +83,11 @@ impl Waiters {
     /// Waits for proposal `id`; refused when `limit` proposals are in
     /// flight already.
     pub fn register(&self, id: u64) -> Result<oneshot::Receiver<Outcome>, Error> {
-        let (tx, rx) = oneshot::channel();
         let mut waiting = self.waiting.lock();
         if waiting.len() >= self.limit {
             return Err(Error::TooManyRequests);
         }
+        let (tx, rx) = oneshot::channel();
         waiting.insert(id, tx);
         Ok(rx)
     }
