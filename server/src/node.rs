@@ -68,7 +68,7 @@ pub enum StartError {
     Config(String),
     #[error("cannot listen on {url}: {error}")]
     Listen { url: String, error: std::io::Error },
-    #[error("the raft loop stopped on a storage error (see above): this member cannot persist, replicate or apply anything; exiting so that it is restarted")]
+    #[error("the raft loop or the compactor stopped on a storage error (see above): this member cannot persist, replicate or apply anything; exiting so that it is restarted")]
     RaftFailed,
 }
 
@@ -465,6 +465,10 @@ impl Node {
         crate::apply::load_leases(engine.as_ref(), &store, &lessor)?;
         let waiters = Arc::new(Waiters::default());
         let status = Arc::new(crate::raft::RaftStatus::default());
+        let compactor_status = status.clone();
+        store
+            .spawn_compactor(move || compactor_status.failed.store(true, Ordering::Release))
+            .map_err(|e| StorageError::Engine(format!("cannot start the compactor: {e}")))?;
         let header_status = status.clone();
         let header = Box::new(move |revision| ResponseHeader { cluster_id: cid, member_id: id, revision, raft_term: header_status.term() });
         let hub = Arc::new(WatchHub::new(store.clone(), header, cfg.max_request_bytes));

@@ -156,7 +156,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         _ = raft_failed(node.clone()) => {
             // Nothing can be persisted: no graceful stop (it would wait on
             // the raft loop), the process exits and its supervisor restarts it.
-            tracing::error!("the raft loop stopped; exiting");
+            tracing::error!("the raft loop or the compactor stopped; exiting");
             return Err(StartError::RaftFailed);
         }
     }

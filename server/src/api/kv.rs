@@ -92,8 +92,17 @@ impl PbKvService for KvService {
         let c = req.into_inner();
         // Refuse early what would fail anyway, without a raft round.
         self.node.store.check_compact(c.revision).map_err(|e| status(e.into()))?;
+        let (revision, physical) = (c.revision, c.physical);
+        let mut finished = self.node.store.compactions_finished();
         match self.write(Op::Compaction(c)).await? {
-            apply::Response::Compaction(resp) => Ok(Response::new(self.node.complete(resp))),
+            apply::Response::Compaction(resp) => {
+                // Physical: answered once this member's compactor has
+                // removed the compacted revisions, as etcd does.
+                if physical {
+                    finished.wait_for(|f| *f >= revision).await.map_err(|_| status(Error::Internal("the store closed during a compaction".into())))?;
+                }
+                Ok(Response::new(self.node.complete(resp)))
+            }
             _ => Err(unexpected("compaction")),
         }
     }

@@ -284,9 +284,12 @@ impl StateMachine for Applier {
 
     fn restore(&mut self, snapshot: &Snapshot, raft: WriteBatch) -> Result<(), StorageError> {
         let index = snapshot.get_metadata().index;
-        self.snapshots.install(index, raft)?;
+        let snapshots = &self.snapshots;
+        self.store.reload_after(|| snapshots.install(index, raft)).map_err(|e| match e {
+            MvccError::Storage(e) => e,
+            e => StorageError::Engine(format!("reloading the store after a snapshot: {e}")),
+        })?;
         self.applied = index;
-        self.store.reload().map_err(|e| StorageError::Engine(format!("reloading the store after a snapshot: {e}")))?;
         load_leases(self.engine.as_ref(), &self.store, &self.lessor)?;
         self.membership.load(self.engine.as_ref())?;
         self.alarms.load(self.engine.as_ref())?;

@@ -10,9 +10,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
+use std::time::Duration;
 
 use etcd_client::proto::PbKeyValue as KeyValue;
-use parking_lot::RwLock;
+use parking_lot::{Condvar, Mutex, RwLock};
 use prost::Message;
 
 use super::key_index::KeyIndex;
@@ -20,7 +21,25 @@ use super::{MvccError, Result, Revision};
 use crate::storage::{Cf, Engine, WriteBatch};
 
 const META_CURRENT_REV: &[u8] = b"mvcc/current_rev";
+/// The compaction asked for last (etcd's scheduledCompactRev): reads
+/// below it are refused.
 const META_COMPACTED_REV: &[u8] = b"mvcc/compacted_rev";
+/// The compaction whose deletions are all done (etcd's finishedCompactRev).
+/// Absent in a data dir that never compacted in the background: the same as
+/// the compacted revision there.
+const META_FINISHED_COMPACT_REV: &[u8] = b"mvcc/finished_compact_rev";
+
+/// Revisions a compaction deletes per engine write (etcd's compaction batch
+/// limit).
+pub const COMPACTION_BATCH: usize = 1000;
+/// Revisions a compaction step looks at, kept or not: bounds a step over a
+/// stretch of history where nearly everything is kept.
+const COMPACTION_SCAN: usize = 10 * COMPACTION_BATCH;
+/// Keys of the index compacted per hold of its write lock.
+const COMPACTION_INDEX_CHUNK: usize = 5000;
+/// The compactor's pause between two steps (etcd's compaction sleep
+/// interval): writers and readers get the engine and the index between.
+pub const COMPACTION_PAUSE: Duration = Duration::from_millis(10);
 
 /// Where a range ends, decoded from etcd's `range_end` conventions.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,9 +126,41 @@ impl Index {
     }
 }
 
+/// Where the compaction in progress is.
+enum Phase {
+    /// Compacting the index; the keys after this one are left (None: all).
+    Index { after: Option<Vec<u8>> },
+    /// Deleting from the engine the revisions not kept, from this key on.
+    Disk { from: Vec<u8> },
+}
+
+/// The compactor's work, held by it for each step, and by whatever must
+/// see the engine and the index without a step changing them under it
+/// (`hash_kv`, installing a raft snapshot).
+struct Compaction {
+    /// The revision the compaction in progress compacts at.
+    target: i64,
+    /// The last compaction done entirely.
+    finished: i64,
+    phase: Phase,
+    /// The revisions at or below `target` the compacted index keeps.
+    keep: HashSet<Revision>,
+}
+
+impl Compaction {
+    fn settled(finished: i64) -> Self {
+        Self { target: finished, finished, phase: Phase::Index { after: None }, keep: HashSet::new() }
+    }
+}
+
 pub struct Store {
     engine: Arc<dyn Engine>,
     index: RwLock<Index>,
+    compaction: Mutex<Compaction>,
+    /// Set when a compaction is asked for; the compactor waits on it.
+    compaction_asked: (Mutex<bool>, Condvar),
+    /// The last compaction finished, for callers of a physical compaction.
+    finished: tokio::sync::watch::Sender<i64>,
 }
 
 fn decode(bytes: &[u8]) -> Result<KeyValue> {
@@ -127,14 +178,41 @@ impl Store {
     /// Opens the store, rebuilding the index from the revisions on disk.
     pub fn open(engine: Arc<dyn Engine>) -> Result<Self> {
         let idx = Self::load_index(engine.as_ref())?;
-        Ok(Self { engine, index: RwLock::new(idx) })
+        let finished = Self::load_finished(engine.as_ref(), idx.compacted)?;
+        let pending = finished < idx.compacted;
+        Ok(Self {
+            engine,
+            index: RwLock::new(idx),
+            compaction: Mutex::new(Compaction::settled(finished)),
+            compaction_asked: (Mutex::new(pending), Condvar::new()),
+            finished: tokio::sync::watch::Sender::new(finished),
+        })
     }
 
-    /// Rebuilds the index after the engine's content was replaced (a raft
-    /// snapshot from the leader).
-    pub fn reload(&self) -> Result<()> {
+    fn load_finished(engine: &dyn Engine, compacted: i64) -> Result<i64> {
+        Ok(match engine.get(Cf::Meta, META_FINISHED_COMPACT_REV)? {
+            Some(_) => read_i64(engine, META_FINISHED_COMPACT_REV)?.min(compacted),
+            None => compacted,
+        })
+    }
+
+    /// Runs `install`, which replaces the engine's content (a raft snapshot
+    /// from the leader), with the compactor held off, then rebuilds the
+    /// index from the new content; a compaction the snapshot's sender had
+    /// not finished resumes here.
+    pub fn reload_after(&self, install: impl FnOnce() -> std::result::Result<(), crate::storage::StorageError>) -> Result<()> {
+        let mut compaction = self.compaction.lock();
+        install()?;
         let idx = Self::load_index(self.engine.as_ref())?;
+        let finished = Self::load_finished(self.engine.as_ref(), idx.compacted)?;
+        let pending = finished < idx.compacted;
         *self.index.write() = idx;
+        *compaction = Compaction::settled(finished);
+        self.finished.send_replace(finished);
+        drop(compaction);
+        if pending {
+            self.wake_compactor();
+        }
         Ok(())
     }
 
@@ -177,27 +255,53 @@ impl Store {
 
     /// etcd's HashKV: a CRC-32C of every revision (key and value) up to
     /// `rev` (0 = current) that compaction kept; equal on every member at
-    /// the same revision. Returns (hash, compacted revision, revision).
+    /// the same revision, however far each one's compactor has got.
+    /// Returns (hash, compacted revision, revision). Reads a point-in-time
+    /// view of the engine: writes go on meanwhile; only the compactor waits.
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64)> {
-        let idx = self.index.read();
-        let rev = if rev <= 0 { idx.current } else { rev };
-        if rev > idx.current {
+        let compaction = self.compaction.lock();
+        let (current, compacted) = {
+            let idx = self.index.read();
+            (idx.current, idx.compacted)
+        };
+        let rev = if rev <= 0 { current } else { rev };
+        if rev > current {
             return Err(MvccError::FutureRev);
         }
-        if rev < idx.compacted {
+        if rev < compacted {
             return Err(MvccError::Compacted);
         }
+        // Until the compactor is done, the engine still holds revisions at
+        // or below the compacted one that the compaction drops: only the
+        // one visible at the compacted revision of each key counts.
+        let settled = compaction.finished >= compacted;
         let mut crc = crate::mvcc::crc32c::Crc32c::new();
-        self.engine.scan(Cf::Kv, &[], None, &mut |k, v| match Revision::from_bytes(k) {
-            Some((r, _)) if r.main <= rev => {
-                crc.update(k);
-                crc.update(v);
-                true
+        let mut failure = None;
+        self.engine.scan(Cf::Kv, &[], Some(&Revision::start_of(rev + 1)), &mut |k, v| {
+            let Some((r, _)) = Revision::from_bytes(k) else { return true };
+            if r.main <= compacted && !settled {
+                match decode(v) {
+                    Ok(kv) if self.visible_revision(&kv.key, compacted) == Some(r) => {}
+                    Ok(_) => return true,
+                    Err(e) => {
+                        failure = Some(e);
+                        return false;
+                    }
+                }
             }
-            Some(_) => false,
-            None => true,
+            crc.update(k);
+            crc.update(v);
+            true
         })?;
-        Ok((crc.finish(), idx.compacted, rev))
+        drop(compaction);
+        match failure {
+            Some(e) => Err(e),
+            None => Ok((crc.finish(), compacted, rev)),
+        }
+    }
+
+    fn visible_revision(&self, key: &[u8], at: i64) -> Option<Revision> {
+        self.index.read().keys.get(key).and_then(|ki| ki.get(at)).map(|v| v.modified)
     }
 
     pub fn current_revision(&self) -> i64 {
@@ -332,31 +436,152 @@ impl Store {
         Ok(())
     }
 
-    /// Removes every revision older than `rev` except each key's value as
-    /// of `rev`, together with `extra`, in one atomic batch.
+    /// Compacts at `rev`, recorded with `extra` in one atomic write: reads
+    /// below `rev` are refused from now on; the compactor removes what they
+    /// could have read in the background.
     pub fn compact(&self, rev: i64, extra: WriteBatch) -> Result<()> {
         self.check_compact(rev)?;
-        let mut keep = HashSet::new();
-        let mut idx = self.index.write();
-        idx.keys.retain(|_, ki| {
-            ki.compact(rev, &mut keep);
-            !ki.is_empty()
-        });
-        let mut batch = WriteBatch::default();
-        let end = Revision::start_of(rev + 1);
-        self.engine.scan(Cf::Kv, &[], Some(&end), &mut |k, _| {
-            if let Some((r, _)) = Revision::from_bytes(k)
-                && !keep.contains(&r)
-            {
-                batch.delete(Cf::Kv, k.to_vec());
-            }
-            true
-        })?;
+        let mut batch = extra;
         batch.put(Cf::Meta, META_COMPACTED_REV, rev.to_be_bytes().to_vec());
-        batch.append(extra);
+        // Only the compactor moves the finished revision; written here once
+        // so that a data dir from before background compaction (where the
+        // two were the same) tells an unfinished compaction apart.
+        if self.engine.get(Cf::Meta, META_FINISHED_COMPACT_REV)?.is_none() {
+            batch.put(Cf::Meta, META_FINISHED_COMPACT_REV, self.compacted_revision().to_be_bytes().to_vec());
+        }
         self.engine.write(batch, false)?;
-        idx.compacted = rev;
+        self.index.write().compacted = rev;
+        self.wake_compactor();
         Ok(())
+    }
+
+    fn wake_compactor(&self) {
+        let (asked, wake) = &self.compaction_asked;
+        *asked.lock() = true;
+        wake.notify_one();
+    }
+
+    /// The last compaction done entirely, as it moves (a physical
+    /// compaction's caller waits on it).
+    pub fn compactions_finished(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.finished.subscribe()
+    }
+
+    /// Does one step of the compaction in progress: compacts a chunk of the
+    /// index, or deletes a batch of revisions. False once none is left.
+    pub fn compaction_step(&self) -> Result<bool> {
+        let mut c = self.compaction.lock();
+        let target = self.index.read().compacted;
+        if target > c.target {
+            // A later compaction covers the one in progress: start over.
+            c.target = target;
+            c.phase = Phase::Index { after: None };
+            c.keep.clear();
+        }
+        if c.finished >= c.target {
+            return Ok(false);
+        }
+        let c = &mut *c;
+        match &mut c.phase {
+            Phase::Index { after } => {
+                let mut idx = self.index.write();
+                let lower = match after {
+                    Some(k) => Bound::Excluded(k.as_slice()),
+                    None => Bound::Unbounded,
+                };
+                let keys: Vec<Vec<u8>> =
+                    idx.keys.range::<[u8], _>((lower, Bound::Unbounded)).take(COMPACTION_INDEX_CHUNK).map(|(k, _)| k.clone()).collect();
+                for k in &keys {
+                    if let Some(ki) = idx.keys.get_mut(k) {
+                        ki.compact(c.target, &mut c.keep);
+                        if ki.is_empty() {
+                            idx.keys.remove(k);
+                        }
+                    }
+                }
+                c.phase = match keys.into_iter().last() {
+                    Some(last) => Phase::Index { after: Some(last) },
+                    None => Phase::Disk { from: Vec::new() },
+                };
+                Ok(true)
+            }
+            Phase::Disk { from } => {
+                let end = Revision::start_of(c.target + 1);
+                let mut batch = WriteBatch::default();
+                let (mut seen, mut next) = (0, None);
+                self.engine.scan(Cf::Kv, from, Some(&end), &mut |k, _| {
+                    if seen == COMPACTION_SCAN || batch.len() == COMPACTION_BATCH {
+                        next = Some(k.to_vec());
+                        return false;
+                    }
+                    seen += 1;
+                    if let Some((r, _)) = Revision::from_bytes(k)
+                        && !c.keep.contains(&r)
+                    {
+                        batch.delete(Cf::Kv, k.to_vec());
+                    }
+                    true
+                })?;
+                match next {
+                    Some(next) => {
+                        self.engine.write(batch, false)?;
+                        c.phase = Phase::Disk { from: next };
+                        Ok(true)
+                    }
+                    None => {
+                        batch.put(Cf::Meta, META_FINISHED_COMPACT_REV, c.target.to_be_bytes().to_vec());
+                        self.engine.write(batch, false)?;
+                        c.finished = c.target;
+                        c.keep = HashSet::new();
+                        c.phase = Phase::Index { after: None };
+                        self.finished.send_replace(c.finished);
+                        Ok(false)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs compactions to the end, now (tests; a stopped member's tools).
+    pub fn finish_compaction(&self) -> Result<()> {
+        while self.compaction_step()? {}
+        Ok(())
+    }
+
+    /// Starts the compactor thread, which runs compactions as they are
+    /// asked for and stops once the store is dropped. `failed` is called if
+    /// the engine fails under it (the member cannot go on).
+    pub fn spawn_compactor(self: &Arc<Self>, failed: impl Fn() + Send + 'static) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let store = Arc::downgrade(self);
+        std::thread::Builder::new().name("compactor".into()).spawn(move || {
+            loop {
+                let Some(s) = store.upgrade() else { return };
+                {
+                    let (asked, wake) = &s.compaction_asked;
+                    let mut asked = asked.lock();
+                    if !*asked {
+                        // Wakes now and then to notice the store is gone.
+                        wake.wait_for(&mut asked, Duration::from_secs(1));
+                    }
+                    if !std::mem::take(&mut *asked) {
+                        continue;
+                    }
+                }
+                let started = std::time::Instant::now();
+                loop {
+                    match s.compaction_step() {
+                        Ok(true) => std::thread::sleep(COMPACTION_PAUSE),
+                        Ok(false) => break,
+                        Err(e) => {
+                            tracing::error!(error = %e, "the compactor stopped on a storage error");
+                            failed();
+                            return;
+                        }
+                    }
+                }
+                tracing::info!(revision = *s.finished.borrow(), took = ?started.elapsed(), "finished a compaction");
+            }
+        })
     }
 }
 
@@ -517,6 +742,162 @@ mod tests {
         assert_eq!(reopened.compacted_revision(), 3);
         let kv = &get(&reopened, "a", 0).expect("read")[0];
         assert_eq!((kv.version, kv.create_revision), (2, 2));
+    }
+
+    fn revisions_on_disk(engine: &dyn Engine) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        engine
+            .scan(Cf::Kv, &[], None, &mut |k, _| {
+                out.push(k.to_vec());
+                true
+            })
+            .expect("scan");
+        out
+    }
+
+    /// A history over more keys than an index chunk and more revisions
+    /// than a deletion batch: every key put three times, every third one
+    /// deleted, some put again in one transaction twice.
+    fn long_history(s: &Store) {
+        let keys = COMPACTION_INDEX_CHUNK + 700;
+        for round in 0..3 {
+            for i in 0..keys {
+                put(s, &format!("k{i:05}"), &format!("v{round}"));
+            }
+        }
+        for i in (0..keys).step_by(3) {
+            let mut t = s.write();
+            t.delete_range(format!("k{i:05}").as_bytes(), &RangeEnd::Single);
+            t.commit(WriteBatch::default()).expect("commit");
+        }
+        for i in (0..keys).step_by(6) {
+            let mut t = s.write();
+            t.put(format!("k{i:05}").as_bytes(), b"again".to_vec(), 0);
+            t.put(format!("k{i:05}").as_bytes(), b"twice".to_vec(), 0);
+            t.commit(WriteBatch::default()).expect("commit");
+        }
+    }
+
+    #[test]
+    fn background_compaction_agrees_with_reads_and_hashes_at_every_step() {
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        let s = Store::open(engine.clone()).expect("open");
+        long_history(&s);
+        let target = s.current_revision() - 1000;
+        let everything = |s: &Store, rev| s.range(&[0], &RangeEnd::Infinity, &RangeOptions { rev, ..Default::default() }).expect("read").kvs;
+        let at_target = everything(&s, target);
+        let (hash_before, _, _) = s.hash_kv(target).expect("hash");
+
+        s.compact(target, WriteBatch::default()).expect("compact");
+        assert!(matches!(get(&s, "k00001", target - 1), Err(MvccError::Compacted)), "reads below the target are refused at once");
+        let (hash, compacted, _) = s.hash_kv(target).expect("hash while pending");
+        assert_eq!(compacted, target);
+        let mut steps = 0;
+        let mut hashes = vec![hash];
+        let mut rx = s.compactions_finished();
+        while s.compaction_step().expect("step") {
+            steps += 1;
+            // Writes and reads go on between steps.
+            put(&s, &format!("during{steps}"), "x");
+            assert_eq!(everything(&s, target), at_target, "the view at the compacted revision, after step {steps}");
+            hashes.push(s.hash_kv(target).expect("hash").0);
+        }
+        assert!(steps > 2 + 3, "the index in chunks and the deletions in batches: {steps} steps");
+        assert!(rx.has_changed().expect("sender alive"));
+        assert_eq!(*rx.borrow_and_update(), target);
+        assert!(hashes.iter().all(|h| *h == hashes[0]), "one hash at the target whatever the compactor's progress");
+        assert_ne!(hashes[0], hash_before, "the hash covers only what compaction keeps");
+        assert_eq!(everything(&s, target), at_target);
+
+        // What is left on disk: each key's value at the target, and every
+        // revision above it, no more.
+        let reference = Store::open(Arc::new(MemEngine::new())).expect("open");
+        long_history(&reference);
+        let mut expected: Vec<Vec<u8>> = {
+            let idx = reference.index.read();
+            idx.keys.values().filter_map(|ki| ki.get(target)).map(|v| v.modified.to_bytes(false)).collect()
+        };
+        expected.extend(revisions_on_disk(reference.engine.as_ref()).into_iter().filter(|k| Revision::from_bytes(k).expect("rev").0.main > target));
+        expected.sort();
+        let left: Vec<Vec<u8>> = revisions_on_disk(engine.as_ref())
+            .into_iter()
+            .filter(|k| !String::from_utf8_lossy(&decode(&engine.get(Cf::Kv, k).expect("get").expect("value")).expect("kv").key).starts_with("during"))
+            .collect();
+        assert_eq!(left.len(), expected.len());
+        assert!(left == expected, "the revisions left on disk are the ones compaction keeps");
+    }
+
+    #[test]
+    fn an_interrupted_compaction_resumes_on_reopen_and_after_a_later_one() {
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        let s = Store::open(engine.clone()).expect("open");
+        long_history(&s);
+        let first = s.current_revision() / 2;
+        s.compact(first, WriteBatch::default()).expect("compact");
+        for _ in 0..4 {
+            assert!(s.compaction_step().expect("step"));
+        }
+        // A later compaction while the first is half done.
+        let second = s.current_revision() - 10;
+        s.compact(second, WriteBatch::default()).expect("compact");
+        for _ in 0..3 {
+            assert!(s.compaction_step().expect("step"));
+        }
+        let (hash, _, _) = s.hash_kv(0).expect("hash");
+        drop(s);
+
+        // Stopped there: the reopened store knows the work is not done.
+        let reopened = Store::open(engine.clone()).expect("reopen");
+        assert_eq!(reopened.compacted_revision(), second);
+        assert_eq!(*reopened.compactions_finished().borrow(), 0, "nothing finished yet");
+        assert_eq!(reopened.hash_kv(0).expect("hash").0, hash);
+        reopened.finish_compaction().expect("finish");
+        assert_eq!(*reopened.compactions_finished().borrow(), second);
+        assert_eq!(reopened.hash_kv(0).expect("hash").0, hash);
+        let oldest = revisions_on_disk(engine.as_ref()).into_iter().map(|k| Revision::from_bytes(&k).expect("rev").0.main).min();
+        let visible = reopened.range(&[0], &RangeEnd::Infinity, &RangeOptions { rev: second, ..Default::default() }).expect("read").kvs;
+        assert_eq!(oldest, visible.iter().map(|kv| kv.mod_revision).min(), "nothing older than a kept value is left");
+        let again = Store::open(engine).expect("reopen");
+        assert_eq!(*again.compactions_finished().borrow(), second, "the finished compaction is on disk");
+        assert!(!again.compaction_step().expect("step"), "and not done again");
+    }
+
+    #[test]
+    fn a_data_dir_compacted_all_at_once_has_no_compaction_pending() {
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        let s = Store::open(engine.clone()).expect("open");
+        put(&s, "a", "1");
+        put(&s, "a", "2");
+        drop(s);
+        // How compaction used to leave a data dir: only the compacted revision.
+        let mut b = WriteBatch::default();
+        b.put(Cf::Meta, META_COMPACTED_REV, 2i64.to_be_bytes().to_vec());
+        engine.write(b, false).expect("write");
+        let s = Store::open(engine).expect("open");
+        assert_eq!(*s.compactions_finished().borrow(), 2);
+        assert!(!s.compaction_step().expect("step"));
+    }
+
+    #[test]
+    fn the_compactor_thread_runs_a_compaction_and_stops_with_the_store() {
+        let s = Arc::new(store());
+        for i in 0..50 {
+            put(&s, "a", &i.to_string());
+        }
+        let thread = s.spawn_compactor(|| panic!("no storage error here")).expect("spawn");
+        let mut finished = s.compactions_finished();
+        s.compact(40, WriteBatch::default()).expect("compact");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), finished.wait_for(|f| *f >= 40)).await })
+            .expect("finished in time")
+            .expect("sender alive");
+        // Puts made revisions 2 to 51: the value at 40 and the ones after it stay.
+        assert_eq!(revisions_on_disk(s.engine.as_ref()).len(), (40..=51).count());
+        drop(s);
+        thread.join().expect("the compactor stops once the store is dropped");
     }
 }
 
