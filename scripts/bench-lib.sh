@@ -124,6 +124,41 @@ bench() {
     echo "$out"
 }
 
+CLK_TCK=$(getconf CLK_TCK)
+
+# cpu_ticks: the CPU time (user and system, in clock ticks) every running
+# member has used so far, from /proc. The figure least shaken by other
+# load on the machine.
+cpu_ticks() {
+    local pid t total=0
+    for pid in "${SERVER_PIDS[@]}"; do
+        # After the command name (which may hold spaces and parentheses),
+        # utime and stime are the 12th and 13th fields.
+        t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat" 2>/dev/null) || t=0
+        total=$((total + ${t:-0}))
+    done
+    echo "$total"
+}
+
+# cpu_per_10k BEFORE AFTER OUT: the members' CPU seconds per 10 000
+# requests of the workload whose JSON line is OUT, from cpu_ticks before and
+# after it.
+cpu_per_10k() {
+    jq -r --argjson b "$1" --argjson a "$2" --argjson hz "$CLK_TCK" \
+        'if (.requests // 0) > 0 then (($a - $b) / $hz / .requests * 10000 * 1000 | round / 1000) else null end' <<<"$3"
+}
+
+# measured KEY ENDPOINTS ARGS...: runs one workload (as bench), keeps the
+# members' CPU seconds per 10 000 of its requests under KEY, and leaves its
+# JSON line in OUT (not on stdout: keep must run in this shell).
+measured() {
+    local key=$1 before
+    shift
+    before=$(cpu_ticks)
+    OUT=$(bench "$@")
+    keep "$key" lower "$(cpu_per_10k "$before" "$(cpu_ticks)" "$OUT")"
+}
+
 # run_rounds MEASURE: MEASURE SERVER ROUND for every server in turn, for
 # ROUNDS rounds, so that load from elsewhere hits both alike.
 run_rounds() {

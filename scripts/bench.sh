@@ -15,7 +15,8 @@
 # Progress goes to stderr; stdout gets the results table, then the same table
 # in markdown for docs/benchmarks.md. Ratios read ">= 1.0 means raftkv is as
 # good or better": raftkv/etcd for throughput, etcd/raftkv for latency and
-# memory.
+# memory. Each put and range workload also gives the server's CPU seconds
+# per 10 000 requests (user and system time from /proc, all members).
 #
 # Knobs (environment): ETCD (etcd binary), CARGO_TARGET_DIR, BENCH_TMPDIR
 # (where the data dirs go), BENCH_PORT (client port; peer port is +1),
@@ -87,8 +88,9 @@ measure() {
     keep "$s.lat_p99" lower "$(jq -r .p99_ms <<<"$out")"
     keep "$s.lat_err" higher "$(jq -r .errors <<<"$out")"
 
-    out=$(bench "$ENDPOINT" --conns 10 --clients 100 --total "$PUT_TOTAL" \
-        put --val-size "$VAL_SIZE" --key-space-size "$KEY_SPACE")
+    measured "$s.put_cpu" "$ENDPOINT" --conns 10 --clients 100 --total "$PUT_TOTAL" \
+        put --val-size "$VAL_SIZE" --key-space-size "$KEY_SPACE"
+    out=$OUT
     keep "$s.put_rps" higher "$(jq -r .rps <<<"$out")"
     keep "$s.put_p99" lower "$(jq -r .p99_ms <<<"$out")"
     keep "$s.put_err" higher "$(jq -r .errors <<<"$out")"
@@ -96,8 +98,9 @@ measure() {
     # The key the range workloads read: "00000000", 256 bytes.
     bench "$ENDPOINT" --total 1 put --val-size "$VAL_SIZE" --sequential-keys >/dev/null
     for c in l s; do
-        out=$(bench "$ENDPOINT" --conns 8 --clients 64 --total "$RANGE_TOTAL" \
-            range 00000000 --consistency "$c")
+        measured "$s.range_${c}_cpu" "$ENDPOINT" --conns 8 --clients 64 --total "$RANGE_TOTAL" \
+            range 00000000 --consistency "$c"
+        out=$OUT
         keep "$s.range_${c}_rps" higher "$(jq -r .rps <<<"$out")"
         keep "$s.range_${c}_err" higher "$(jq -r .errors <<<"$out")"
     done
@@ -192,11 +195,14 @@ print_table "$(
     echo "workload|etcd|raftkv|ratio"
     result_row "put throughput, 100 clients / 10 conns, ${VAL_SIZE} B (req/s)" put_rps higher put_err
     result_row "put p99, 100 clients (ms)" put_p99 lower put_err
+    result_row "put, server CPU seconds per 10 000 requests" put_cpu lower put_err
     result_row "put latency, 1 client, average (ms)" lat_avg lower lat_err
     result_row "put latency, 1 client, p50 (ms)" lat_p50 lower lat_err
     result_row "put latency, 1 client, p99 (ms)" lat_p99 lower lat_err
     result_row "range 1 key, linearizable, 64 clients (req/s)" range_l_rps higher range_l_err
     result_row "range 1 key, serializable, 64 clients (req/s)" range_s_rps higher range_s_err
+    result_row "range linearizable, server CPU seconds per 10 000 requests" range_l_cpu lower range_l_err
+    result_row "range serializable, server CPU seconds per 10 000 requests" range_s_cpu lower range_s_err
     result_row "watch: deliveries to ${WATCHERS} watchers, 10 putters (events/s)" watch_rps higher watch_err
     result_row "watch: delivery p99, 10 putters (ms)" watch_p99 lower watch_err
     result_row "watch: delivery p50, 100 puts/s (ms)" watchlat_p50 lower watchlat_err
