@@ -69,6 +69,7 @@ type PeerHistograms = Family<PeerTo, Histogram, fn() -> Histogram>;
 pub struct Instruments {
     pub leader_changes: Counter<u64, AtomicU64>,
     pub proposals_failed: Counter<u64, AtomicU64>,
+    pub watch_fanout_dropped: Counter<u64, AtomicU64>,
     pub wal_fsync: Histogram,
     pub backend_commit: Histogram,
     grpc_started: Family<GrpcLabels, Counter>,
@@ -84,6 +85,7 @@ pub struct Instruments {
 pub static METRICS: LazyLock<Instruments> = LazyLock::new(|| Instruments {
     leader_changes: Counter::default(),
     proposals_failed: Counter::default(),
+    watch_fanout_dropped: Counter::default(),
     // etcd's buckets: 1 ms to 8 s.
     wal_fsync: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
     backend_commit: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
@@ -292,6 +294,11 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
     // get their `_total` suffix when encoded.
     reg.register("etcd_server_leader_changes_seen", "The number of leader changes seen", m.leader_changes.clone());
     reg.register("etcd_server_proposals_failed", "The total number of failed proposals seen", m.proposals_failed.clone());
+    reg.register(
+        "raftkv_watch_fanout_dropped",
+        "Revisions the watch fan-out queue had no room for (their watchers caught up from history instead)",
+        m.watch_fanout_dropped.clone(),
+    );
     reg.register("etcd_disk_wal_fsync_duration_seconds", "The latency distributions of fsync called by WAL", m.wal_fsync.clone());
     reg.register(
         "etcd_disk_backend_commit_duration_seconds",

@@ -472,6 +472,7 @@ impl Node {
         let header_status = status.clone();
         let header = Box::new(move |revision| ResponseHeader { cluster_id: cid, member_id: id, revision, raft_term: header_status.term() });
         let hub = Arc::new(WatchHub::new(store.clone(), header, cfg.max_request_bytes));
+        hub.spawn_fanout().map_err(|e| StorageError::Engine(format!("cannot start the watch fan-out: {e}")))?;
         let alarms = Arc::new(crate::alarm::Alarms::default());
         alarms.load(engine.as_ref())?;
         let applier = Applier::new(

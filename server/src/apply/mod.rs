@@ -228,7 +228,8 @@ impl Applier {
             self.lessor.attach(&c.kv.key, if c.deleted { 0 } else { c.kv.lease });
         }
         if let Some(first) = changes.first() {
-            self.hub.notify(first.kv.mod_revision, &changes);
+            let rev = first.kv.mod_revision;
+            self.hub.publish(rev, changes);
         }
         Ok(result)
     }

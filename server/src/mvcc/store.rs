@@ -94,6 +94,11 @@ pub struct RangeResult {
 pub struct Change {
     pub kv: KeyValue,
     pub deleted: bool,
+    /// The key's revision before the transaction (a watcher's `prev_kv`,
+    /// which etcd reads at the revision before the event's): known to the
+    /// write transaction; None when the key did not exist then, and for
+    /// changes read back from history, which do not know it.
+    pub prev: Option<Revision>,
 }
 
 #[derive(Default)]
@@ -304,6 +309,15 @@ impl Store {
         self.index.read().keys.get(key).and_then(|ki| ki.get(at)).map(|v| v.modified)
     }
 
+    /// The value written at `rev`, if it is still there (a compaction may
+    /// have removed it).
+    pub fn value_at(&self, rev: Revision) -> Result<Option<KeyValue>> {
+        match self.engine.get(Cf::Kv, &rev.to_bytes(false))? {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
     pub fn current_revision(&self) -> i64 {
         self.index.read().current
     }
@@ -401,7 +415,7 @@ impl Store {
             match decode(v) {
                 Ok(kv) => {
                     if end.contains(key, &kv.key) {
-                        out.push((rev.main, Change { kv, deleted }));
+                        out.push((rev.main, Change { kv, deleted, prev: None }));
                     }
                     true
                 }
@@ -625,12 +639,13 @@ impl WriteTxn<'_> {
             Some(v) => (v.created.main, v.version + 1),
             None => (rev.main, 1),
         };
+        let prev = ki.get(self.begin).map(|v| v.modified);
         ki.put(rev);
         drop(idx);
         let kv = KeyValue { key: key.to_vec(), value, create_revision, mod_revision: rev.main, version, lease };
         self.batch.put(Cf::Kv, rev.to_bytes(false), kv.encode_to_vec());
         self.staged.insert(rev, kv.clone());
-        self.changes.push(Change { kv, deleted: false });
+        self.changes.push(Change { kv, deleted: false, prev });
         rev.main
     }
 
@@ -651,12 +666,14 @@ impl WriteTxn<'_> {
         };
         for k in &keys {
             let rev = self.next_rev();
+            let mut prev = None;
             if let Some(ki) = self.store.index.write().keys.get_mut(k) {
+                prev = ki.get(self.begin).map(|v| v.modified);
                 ki.tombstone(rev);
             }
             let kv = KeyValue { key: k.clone(), mod_revision: rev.main, ..Default::default() };
             self.batch.put(Cf::Kv, rev.to_bytes(true), kv.encode_to_vec());
-            self.changes.push(Change { kv, deleted: true });
+            self.changes.push(Change { kv, deleted: true, prev });
         }
         keys.len() as i64
     }

@@ -6,9 +6,21 @@
 //! catch up later. Every watcher's `next_rev` says which revision it needs
 //! next, so events are delivered exactly once, in revision order, however a
 //! watcher moves between the two sets.
+//!
+//! The applier only hands each revision's changes to a bounded queue
+//! ([`WatchHub::publish`]); a fan-out thread of its own builds and sends
+//! the events, so neither many watchers nor `prev_kv` reads slow applying.
+//! A queue that is full (or over [`PUBLISH_QUEUE_BYTES`]) drops the
+//! revision and every watcher falls back to catch-up from history, which
+//! sends it: a slow fan-out costs latency, never an event or memory.
+//! `prev_kv` comes from the revision the write transaction saw for the key
+//! (read once per change, whatever the number of watchers).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
 
 use etcd_client::proto::{PbEvent as Event, PbKeyValue as KeyValue, PbResponseHeader, PbWatchResponse as WatchResponse};
 use parking_lot::Mutex;
@@ -20,6 +32,13 @@ const EVENT_PUT: i32 = 0;
 const EVENT_DELETE: i32 = 1;
 /// Changes read from history for one watcher in one catch-up round.
 const CATCH_UP_BATCH: usize = 1000;
+/// Revisions the applier may have handed to the fan-out and not yet sent.
+pub const PUBLISH_QUEUE: usize = 1024;
+/// Bytes of values those revisions may hold.
+pub const PUBLISH_QUEUE_BYTES: usize = 64 << 20;
+
+/// One revision's changes on their way to the fan-out, and their size.
+type Published = (i64, Vec<Change>, usize);
 
 /// What a client asked to watch.
 #[derive(Clone, Debug)]
@@ -42,6 +61,31 @@ struct Watcher {
     tx: mpsc::Sender<WatchResponse>,
 }
 
+/// The previous values of one batch of changes, each read once, when a
+/// watcher first asks for it: from the revision the write transaction saw,
+/// or for changes read back from history, at the revision before theirs
+/// (what etcd reads in both cases).
+struct PrevValues(Vec<Option<Option<KeyValue>>>);
+
+impl PrevValues {
+    fn new(n: usize) -> Self {
+        Self(vec![None; n])
+    }
+
+    fn get(&mut self, store: &Store, i: usize, rev: i64, c: &Change) -> Option<KeyValue> {
+        self.0[i]
+            .get_or_insert_with(|| match c.prev {
+                Some(p) => store.value_at(p).ok().flatten(),
+                None if c.kv.create_revision == rev && !c.deleted => None,
+                None => {
+                    let opts = RangeOptions { rev: rev - 1, ..Default::default() };
+                    store.range(&c.kv.key, &RangeEnd::Single, &opts).ok().and_then(|r| r.kvs.into_iter().next())
+                }
+            })
+            .clone()
+    }
+}
+
 /// Identifies a watcher: the stream it belongs to and its id there.
 pub type WatcherKey = (u64, i64);
 
@@ -55,10 +99,18 @@ pub struct WatchHub {
     /// Streams whose progress request waits until their watchers have
     /// caught up (etcd's deferred progress), with where to answer.
     deferred: Mutex<HashMap<u64, mpsc::Sender<WatchResponse>>>,
+    /// The applier's end of the fan-out queue, and the fan-out's until its
+    /// thread starts.
+    published: std_mpsc::SyncSender<Published>,
+    fanout: Mutex<Option<std_mpsc::Receiver<Published>>>,
+    queued_bytes: AtomicUsize,
+    /// Set when a revision did not fit in the queue.
+    dropped: AtomicBool,
 }
 
 impl WatchHub {
     pub fn new(store: Arc<Store>, header: Box<dyn Fn(i64) -> PbResponseHeader + Send + Sync>, max_response_bytes: usize) -> Self {
+        let (published, fanout) = std_mpsc::sync_channel(PUBLISH_QUEUE);
         Self {
             store,
             watchers: Mutex::new(HashMap::new()),
@@ -66,7 +118,52 @@ impl WatchHub {
             max_response_bytes,
             wake: tokio::sync::Notify::new(),
             deferred: Mutex::new(HashMap::new()),
+            published,
+            fanout: Mutex::new(Some(fanout)),
+            queued_bytes: AtomicUsize::new(0),
+            dropped: AtomicBool::new(false),
         }
+    }
+
+    /// Hands the changes of revision `rev` to the fan-out (called by the
+    /// applier after the revision is visible). Never waits.
+    pub fn publish(&self, rev: i64, changes: Vec<Change>) {
+        let bytes: usize = changes.iter().map(|c| c.kv.key.len() + c.kv.value.len()).sum();
+        if self.queued_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes > PUBLISH_QUEUE_BYTES
+            || self.published.try_send((rev, changes, bytes)).is_err()
+        {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            self.dropped.store(true, Ordering::Release);
+            crate::metrics::METRICS.watch_fanout_dropped.inc();
+        }
+    }
+
+    /// Starts the fan-out thread, which sends what `publish` queued to the
+    /// synced watchers and stops once the hub is dropped.
+    pub fn spawn_fanout(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let queue = self.fanout.lock().take().ok_or_else(|| std::io::Error::other("the watch fan-out runs already"))?;
+        let hub = Arc::downgrade(self);
+        std::thread::Builder::new().name("watch-fanout".into()).spawn(move || {
+            loop {
+                // Wakes now and then to notice a dropped revision with none
+                // after it, and a hub gone.
+                let next = queue.recv_timeout(Duration::from_millis(100));
+                let Some(hub) = hub.upgrade() else { return };
+                if hub.dropped.swap(false, Ordering::AcqRel) {
+                    // A revision never reached the synced watchers: all of
+                    // them catch up from history, which has it.
+                    hub.resync();
+                }
+                match next {
+                    Ok((rev, changes, bytes)) => {
+                        hub.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                        hub.notify(rev, &changes);
+                    }
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        })
     }
 
     /// Registers a watcher; the caller has already sent its "created"
@@ -167,22 +264,21 @@ impl WatchHub {
         self.len() == 0
     }
 
-    fn to_events(&self, w: &Watcher, changes: &[(i64, Change)]) -> Vec<Event> {
+    /// The events of `changes` from `first` on that `w` wants; `prev` gives the previous
+    /// value of the change at an index, read at most once per change.
+    fn to_events(&self, w: &Watcher, changes: &[(i64, Change)], first: usize, prev: &mut PrevValues) -> Vec<Event> {
         changes
             .iter()
-            .filter(|(_, c)| w.spec.end.contains(&w.spec.key, &c.kv.key))
-            .filter(|(_, c)| if c.deleted { !w.spec.no_delete } else { !w.spec.no_put })
-            .map(|(rev, c)| Event {
+            .enumerate()
+            .skip(first)
+            .filter(|(_, (_, c))| w.spec.end.contains(&w.spec.key, &c.kv.key))
+            .filter(|(_, (_, c))| if c.deleted { !w.spec.no_delete } else { !w.spec.no_put })
+            .map(|(i, (rev, c))| Event {
                 r#type: if c.deleted { EVENT_DELETE } else { EVENT_PUT },
                 kv: Some(c.kv.clone()),
-                prev_kv: if w.spec.prev_kv { self.prev_kv(&c.kv.key, rev - 1) } else { None },
+                prev_kv: if w.spec.prev_kv { prev.get(&self.store, i, *rev, c) } else { None },
             })
             .collect()
-    }
-
-    fn prev_kv(&self, key: &[u8], rev: i64) -> Option<KeyValue> {
-        let opts = RangeOptions { rev, ..Default::default() };
-        self.store.range(key, &RangeEnd::Single, &opts).ok().and_then(|r| r.kvs.into_iter().next())
     }
 
     /// Sends events in responses no larger than the limit when the watcher
@@ -224,6 +320,7 @@ impl WatchHub {
             return;
         }
         let changes: Vec<(i64, Change)> = changes.iter().map(|c| (rev, c.clone())).collect();
+        let mut prev = PrevValues::new(changes.len());
         let mut fell_behind = false;
         watchers.retain(|(_, id), w| {
             if !w.synced || w.next_rev > rev {
@@ -236,7 +333,7 @@ impl WatchHub {
                 fell_behind = true;
                 return !w.tx.is_closed();
             }
-            let events = self.to_events(w, &changes);
+            let events = self.to_events(w, &changes, 0, &mut prev);
             if events.is_empty() || self.send(*id, w, rev, events) {
                 w.next_rev = rev + 1;
             } else if w.tx.is_closed() {
@@ -318,6 +415,7 @@ impl WatchHub {
             }
         };
 
+        let mut prev = PrevValues::new(changes.len());
         let mut watchers = self.watchers.lock();
         // Revisions published since the read are not in it: a watcher is
         // synced only if the read reached what is current now.
@@ -339,7 +437,7 @@ impl WatchHub {
                 continue;
             }
             let first = changes.partition_point(|(rev, _)| *rev < w.next_rev);
-            let events = self.to_events(w, &changes[first..]);
+            let events = self.to_events(w, &changes, first, &mut prev);
             if events.is_empty() || self.send(*id, w, read_through, events) {
                 w.next_rev = read_through + 1;
                 w.synced = read_through >= now;
@@ -503,4 +601,93 @@ mod tests {
         hub.request_progress(1, &tx);
         assert_eq!(progress(&mut rx), (vec![published + 1], vec![published + 1]));
     }
+
+    fn prev_values(rx: &mut mpsc::Receiver<WatchResponse>) -> Vec<(i64, Option<Vec<u8>>)> {
+        let mut out = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            for e in r.events {
+                out.push((e.kv.map_or(0, |kv| kv.mod_revision), e.prev_kv.map(|p| p.value)));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn prev_kv_is_the_value_before_the_transaction_from_notify_and_from_history() {
+        let (store, hub) = hub();
+        let mut t = store.write();
+        t.put(b"a", b"old".to_vec(), 0);
+        t.commit(WriteBatch::default()).expect("commit");
+        let mut w = spec("a");
+        w.end = RangeEnd::Single;
+        w.prev_kv = true;
+        let (tx, mut rx) = mpsc::channel(16);
+        hub.add((1, 0), w.clone(), tx);
+        // One transaction: two puts and a delete of one key, as etcd reads
+        // prev_kv at the revision before the event's: "old" for each.
+        let mut t = store.write();
+        t.put(b"a", b"new".to_vec(), 0);
+        t.put(b"a", b"newer".to_vec(), 0);
+        t.delete_range(b"a", &RangeEnd::Single);
+        let changes = t.commit(WriteBatch::default()).expect("commit");
+        let rev = changes[0].kv.mod_revision;
+        assert!(changes.iter().all(|c| c.prev.is_some()), "the write transaction knows each change's previous revision");
+        hub.notify(rev, &changes);
+        let old = Some(b"old".to_vec());
+        let live = prev_values(&mut rx);
+        assert_eq!(live, vec![(rev, old.clone()), (rev, old.clone()), (rev, old.clone())]);
+        // The same events read back from history carry the same prev_kv.
+        w.start_rev = rev;
+        let (tx, mut rx) = mpsc::channel(16);
+        hub.add((2, 0), w, tx);
+        hub.catch_up();
+        assert_eq!(prev_values(&mut rx), live);
+    }
+
+    #[test]
+    fn revisions_the_fanout_queue_had_no_room_for_reach_watchers_from_history() {
+        let (store, hub) = hub();
+        let hub = Arc::new(hub);
+        let (tx, mut rx) = mpsc::channel(PUBLISH_QUEUE * 2);
+        hub.add((1, 0), spec("k"), tx);
+        // No fan-out running yet: the queue fills, and the rest is dropped.
+        let mut written = Vec::new();
+        for i in 0..PUBLISH_QUEUE + 10 {
+            let mut t = store.write();
+            t.put(format!("k{i}").as_bytes(), b"v".to_vec(), 0);
+            let changes = t.commit(WriteBatch::default()).expect("commit");
+            written.push(changes[0].kv.mod_revision);
+            hub.publish(changes[0].kv.mod_revision, changes);
+        }
+        assert!(hub.dropped.load(Ordering::Acquire), "revisions past the queue's bound are dropped, not queued");
+        let fanout = hub.spawn_fanout().expect("fan-out");
+        let mut seen = Vec::new();
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(20));
+            hub.catch_up();
+            seen.extend(revisions(&mut rx));
+            if seen.len() >= written.len() {
+                break;
+            }
+        }
+        assert_eq!(seen, written, "every revision once, in order");
+        // Synced again: a new revision comes through the fan-out.
+        let mut t = store.write();
+        t.put(b"k-last", b"v".to_vec(), 0);
+        let changes = t.commit(WriteBatch::default()).expect("commit");
+        let last = changes[0].kv.mod_revision;
+        hub.publish(last, changes);
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            got.extend(revisions(&mut rx));
+            if !got.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(got, vec![last]);
+        drop(hub);
+        fanout.join().expect("the fan-out stops once the hub is dropped");
+    }
+
 }
