@@ -30,7 +30,6 @@ use parking_lot::Mutex;
 use crate::backup::{cf_code, cf_of};
 use crate::peer::proto::Record;
 use crate::raft::log::SnapshotSource;
-use raft::eraftpb::ConfState;
 use crate::storage::{Cf, Engine, SortedFile, StorageError, WriteBatch};
 
 /// Meta keys under this prefix belong to one member (its own id) and are
@@ -56,12 +55,9 @@ const STATE_CFS: [Cf; 2] = [Cf::Kv, Cf::Meta];
 pub struct Snapshots {
     dir: PathBuf,
     engine: Arc<dyn Engine>,
-    /// Open checkpoints by applied index, newest last, with their dirs.
-    made: Mutex<BTreeMap<u64, Checkpoint>>,
+    /// Open checkpoints by applied index, newest last.
+    made: Mutex<BTreeMap<u64, Arc<dyn Engine>>>,
 }
-
-/// A checkpoint made to be sent, and its dir.
-type Checkpoint = (Arc<dyn Engine>, PathBuf);
 
 impl Snapshots {
     /// `dir` holds checkpoints being sent and snapshots being received.
@@ -86,11 +82,8 @@ impl Snapshots {
         Ok(snapshots)
     }
 
-    /// A new dir for a checkpoint (its applied index is known once made).
-    fn checkpoint_dir(&self) -> PathBuf {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.dir.join(format!("raft-{n}.checkpoint"))
+    fn checkpoint_dir(&self, index: u64) -> PathBuf {
+        self.dir.join(format!("{index:016x}.checkpoint"))
     }
 
     /// The file of `cf` in the complete snapshot received for `index`.
@@ -114,7 +107,7 @@ impl Snapshots {
 
     /// The checkpoint made for `index`, if still kept.
     pub fn get(&self, index: u64) -> Option<Arc<dyn Engine>> {
-        self.made.lock().get(&index).map(|(engine, _)| engine.clone())
+        self.made.lock().get(&index).cloned()
     }
 
     /// Every record of a checkpoint, in chunks of about CHUNK_BYTES.
@@ -221,37 +214,26 @@ fn replaced_ranges(cf: Cf) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 impl SnapshotSource for Snapshots {
-    fn create(&self) -> Result<(Vec<u8>, u64, ConfState), StorageError> {
+    fn create(&self, index: u64) -> Result<Vec<u8>, StorageError> {
         let mut made = self.made.lock();
-        let dir = self.checkpoint_dir();
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| io("clean", &dir, e))?;
-        }
-        let started = std::time::Instant::now();
-        let cp = self.engine.checkpoint(&dir)?;
-        let index = crate::apply::applied_index(cp.as_ref())?;
-        let cs = crate::raft::log::conf_state_in(cp.as_ref())?;
-        match made.entry(index) {
-            std::collections::btree_map::Entry::Occupied(_) => {
-                // Nothing applied since the last one: that one serves.
-                drop(cp);
-                let _ = std::fs::remove_dir_all(&dir);
+        if let std::collections::btree_map::Entry::Vacant(slot) = made.entry(index) {
+            let dir = self.checkpoint_dir(index);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| io("clean", &dir, e))?;
             }
-            std::collections::btree_map::Entry::Vacant(slot) => {
-                tracing::info!(index, took = ?started.elapsed(), "made a checkpoint to send as a raft snapshot");
-                slot.insert((cp, dir));
+            let started = std::time::Instant::now();
+            let cp = self.engine.checkpoint(&dir)?;
+            tracing::info!(index, took = ?started.elapsed(), "made a checkpoint to send as a raft snapshot");
+            slot.insert(cp);
+            while made.len() > KEEP {
+                if let Some((&old, _)) = made.iter().next() {
+                    made.remove(&old);
+                    // A transfer still reading it keeps its files open.
+                    let _ = std::fs::remove_dir_all(self.checkpoint_dir(old));
+                }
             }
         }
-        while made.len() > KEEP {
-            if let Some(old) = made.keys().next().copied()
-                && let Some((engine, dir)) = made.remove(&old)
-            {
-                drop(engine);
-                // A transfer still reading it keeps its files open.
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
-        Ok((index.to_be_bytes().to_vec(), index, cs))
+        Ok(index.to_be_bytes().to_vec())
     }
 }
 
@@ -344,11 +326,8 @@ mod tests {
         b.put(Cf::Meta, b"members/x".to_vec(), b"m".to_vec());
         b.put(Cf::Meta, b"local/member_id".to_vec(), b"leader".to_vec());
         leader.write(b, true).expect("write");
-        let mut b = WriteBatch::default();
-        b.put(Cf::Meta, crate::apply::META_APPLIED, 7u64.to_be_bytes().to_vec());
-        leader.write(b, true).expect("write");
         let sender = Snapshots::open(dir.to_path_buf(), leader).expect("open");
-        assert_eq!(sender.create().expect("create").1, 7, "the applied index the copy holds");
+        sender.create(7).expect("create");
         let mut records = Vec::new();
         Snapshots::chunks(sender.get(7).expect("made").as_ref(), |c| {
             records.extend(c);
@@ -394,8 +373,7 @@ mod tests {
     fn a_received_snapshot_replaces_the_state_but_not_local_keys() {
         let dir = tempfile::tempdir().expect("tempdir");
         let records = leader_records(&dir.path().join("a"));
-        // Two revisions, a member record and the applied index.
-        assert_eq!(records.len(), 4, "local keys are not sent");
+        assert_eq!(records.len(), 3, "local keys are not sent");
         for engine in ["mem", "rocks"] {
             let follower: Arc<dyn Engine> = match engine {
                 "mem" => Arc::new(MemEngine::new()),

@@ -127,19 +127,9 @@ impl EntryCache {
 
 /// Makes a point-in-time copy of the applied state for a raft snapshot.
 pub trait SnapshotSource: Send + Sync {
-    /// Copies the state as applied now. Entries are applied on a thread of
-    /// their own meanwhile, so the copy says what it holds: returns the
-    /// snapshot's data, and the applied index and conf state in the copy
-    /// (each written atomically with the entry that produced it).
-    fn create(&self) -> Result<(Vec<u8>, u64, ConfState), StorageError>;
-}
-
-/// The conf state persisted in `engine` (a checkpoint's, for a snapshot).
-pub fn conf_state_in(engine: &dyn Engine) -> Result<ConfState, StorageError> {
-    match engine.get(Cf::Raft, CONF_STATE)? {
-        Some(b) => ConfState::parse_from_bytes(&b).map_err(corrupt),
-        None => Ok(ConfState::default()),
-    }
+    /// Copies the state as applied up to `index` (called on the raft thread,
+    /// so nothing is applied meanwhile); returns the snapshot's data.
+    fn create(&self, index: u64) -> Result<Vec<u8>, StorageError>;
 }
 
 pub struct RaftLog {
@@ -151,8 +141,8 @@ pub struct RaftLog {
     last: u64,
     /// The newest entries, contiguous and ending at `last` when not empty.
     cache: EntryCache,
-    /// Where snapshots come from.
-    source: Option<Arc<dyn SnapshotSource>>,
+    /// Where snapshots come from, and the applied index they copy.
+    source: Option<(Arc<dyn SnapshotSource>, Arc<std::sync::atomic::AtomicU64>)>,
     /// The newest snapshot made, reused while the log still follows it.
     latest: Mutex<Option<Snapshot>>,
 }
@@ -192,9 +182,9 @@ impl RaftLog {
         Ok(())
     }
 
-    /// Lets raft ask for snapshots of the applied state.
-    pub fn set_snapshot_source(&mut self, source: Arc<dyn SnapshotSource>) {
-        self.source = Some(source);
+    /// Lets raft ask for snapshots of the state applied up to `applied`.
+    pub fn set_snapshot_source(&mut self, source: Arc<dyn SnapshotSource>, applied: Arc<std::sync::atomic::AtomicU64>) {
+        self.source = Some((source, applied));
     }
 
     /// Replaces the whole log with a snapshot's position: entries go, the
@@ -379,7 +369,7 @@ impl raft::Storage for RaftLog {
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        let Some(source) = &self.source else {
+        let Some((source, applied)) = &self.source else {
             return Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable));
         };
         let mut latest = self.latest.lock();
@@ -395,13 +385,14 @@ impl raft::Storage for RaftLog {
                 return Ok(snap.clone());
             }
         }
-        let (data, index, cs) = source.create().map_err(other)?;
+        let index = applied.load(std::sync::atomic::Ordering::Acquire);
         let term = self.term(index)?;
+        let data = source.create(index).map_err(other)?;
         let mut snap = Snapshot { data: data.into(), ..Default::default() };
         let meta = snap.mut_metadata();
         meta.index = index;
         meta.term = term;
-        meta.set_conf_state(cs);
+        meta.set_conf_state(self.cs.clone());
         *latest = Some(snap.clone());
         Ok(snap)
     }
@@ -504,19 +495,12 @@ mod tests {
         assert_eq!(log.term(1400).expect("term at the truncation point"), 2);
     }
 
-    /// A state applied up to `applied`, with conf state `cs`; counts the
-    /// copies made of it.
-    #[derive(Default)]
-    struct CountingSource {
-        made: std::sync::atomic::AtomicU64,
-        applied: std::sync::atomic::AtomicU64,
-        cs: Mutex<ConfState>,
-    }
+    struct CountingSource(std::sync::atomic::AtomicU64);
 
     impl SnapshotSource for CountingSource {
-        fn create(&self) -> Result<(Vec<u8>, u64, ConfState), StorageError> {
-            self.made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Ok((Vec::new(), self.applied.load(std::sync::atomic::Ordering::SeqCst), self.cs.lock().clone()))
+        fn create(&self, _index: u64) -> Result<Vec<u8>, StorageError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Vec::new())
         }
     }
 
@@ -524,26 +508,28 @@ mod tests {
     fn a_cached_snapshot_is_not_sent_to_a_member_added_after_it() {
         let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
         let mut log = RaftLog::open(engine.clone()).expect("open");
-        let source = Arc::new(CountingSource::default());
-        source.applied.store(2, std::sync::atomic::Ordering::SeqCst);
-        *source.cs.lock() = ConfState { voters: vec![1, 2, 3], learners: vec![4], ..Default::default() };
-        log.set_snapshot_source(source.clone());
+        let source = Arc::new(CountingSource(Default::default()));
+        let applied = Arc::new(std::sync::atomic::AtomicU64::new(2));
+        log.set_snapshot_source(source.clone(), applied.clone());
         let mut b = WriteBatch::default();
         log.append(&[entry(1, 1), entry(2, 1), entry(3, 1)], &mut b).expect("append");
+        log.set_conf_state(ConfState { voters: vec![1, 2, 3], learners: vec![4], ..Default::default() }, &mut b)
+            .expect("conf state");
         engine.write(b, true).expect("write");
+        let mut b = WriteBatch::default();
         let first = log.snapshot(0, 4).expect("snapshot for learner 4");
         assert_eq!(first.get_metadata().get_conf_state().learners, vec![4]);
-        assert_eq!((first.get_metadata().index, first.get_metadata().term), (2, 1), "the index the copy holds");
         // Reused for a member it names.
         log.snapshot(0, 4).expect("again");
-        assert_eq!(source.made.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(source.0.load(std::sync::atomic::Ordering::SeqCst), 1);
         // Member 5 was added after it: a new snapshot that names 5.
-        source.applied.store(3, std::sync::atomic::Ordering::SeqCst);
-        *source.cs.lock() = ConfState { voters: vec![1, 2, 3, 4], learners: vec![5], ..Default::default() };
+        applied.store(3, std::sync::atomic::Ordering::SeqCst);
+        log.set_conf_state(ConfState { voters: vec![1, 2, 3, 4], learners: vec![5], ..Default::default() }, &mut b)
+            .expect("conf state");
         let second = log.snapshot(0, 5).expect("snapshot for learner 5");
         assert_eq!(second.get_metadata().get_conf_state().learners, vec![5]);
         assert_eq!(second.get_metadata().index, 3);
-        assert_eq!(source.made.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(source.0.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -1,22 +1,10 @@
-//! The Ready loop, in raft-rs's documented order: send messages, install
-//! the snapshot, hand committed entries to the apply thread, append entries
-//! and persist the hard state (one synced write: group commit), send
-//! persisted messages, advance, hand over what the light ready committed.
+//! The one Ready loop, in raft-rs's documented order: send messages, apply
+//! the snapshot, apply committed entries, append entries and persist the
+//! hard state (one synced write: group commit), send persisted messages,
+//! advance, apply what the light ready committed, advance_apply.
 //!
 //! Everything proposed while a sync runs goes into the next Ready, so many
 //! client writes share one fsync.
-//!
-//! Applying has a thread of its own (TiKV's split of raftstore and apply):
-//! while the Ready loop persists and sends, the apply thread applies what
-//! was committed before, in log order, and reports how far it got
-//! (`Command::Applied`); raft learns the applied index from that report
-//! (`advance_apply_to`), and so do reads waiting for it and the log's
-//! truncation. A configuration change is applied to raft by the Ready loop
-//! when it hands the entry over (raft may use a committed configuration at
-//! once); the state machine applies it in order, with the conf state
-//! persisted in the same write as the applied index. A snapshot from the
-//! leader is installed by the apply thread after everything handed to it
-//! before, while the Ready loop waits.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -152,25 +140,7 @@ enum Command {
     SnapshotDone(u64, bool),
     TransferLeader(u64),
     Progress(oneshot::Sender<Progress>),
-    /// The apply thread has applied every entry up to this index.
-    Applied(u64),
     Stop,
-}
-
-/// A committed entry on its way to the apply thread.
-enum Committed {
-    Normal(Entry),
-    /// A configuration change raft has taken (or refused), and the raft
-    /// log's record of the conf state it produced, to be written with it.
-    ConfChange { index: u64, cc: ConfChangeV2, outcome: Result<ConfState, String>, progress: WriteBatch },
-}
-
-/// Work for the apply thread, done in order.
-enum ApplyTask {
-    Entries(Vec<Committed>),
-    /// Replace the state with a snapshot's; `batch` holds the raft log's
-    /// side. The Ready loop waits for the outcome.
-    Restore(Snapshot, WriteBatch, std::sync::mpsc::SyncSender<Result<(), StorageError>>),
 }
 
 /// A cheap, cloneable way to talk to the Ready loop.
@@ -239,10 +209,10 @@ struct PendingRead {
     waiters: Vec<oneshot::Sender<u64>>,
 }
 
-struct Loop<T: Transport> {
+struct Loop<S: StateMachine, T: Transport> {
     node: RawNode<RaftLog>,
     engine: Arc<dyn Engine>,
-    apply: Sender<ApplyTask>,
+    sm: S,
     transport: T,
     status: Arc<RaftStatus>,
     cfg: RaftConfig,
@@ -252,15 +222,8 @@ struct Loop<T: Transport> {
     /// Reads answered with an index, waiting to be applied up to it.
     reads_to_apply: Vec<(u64, Vec<oneshot::Sender<u64>>)>,
     new_reads: Vec<oneshot::Sender<u64>>,
-    /// The last entry the apply thread reported applied.
     applied: u64,
-    /// The last entry handed to the apply thread.
-    handed: u64,
     last_truncation: u64,
-}
-
-fn apply_stopped() -> StorageError {
-    StorageError::Engine("the apply thread stopped".into())
 }
 
 fn slog_logger() -> slog::Logger {
@@ -279,15 +242,8 @@ pub fn start<S: StateMachine, T: Transport>(
     status: Arc<RaftStatus>,
 ) -> Result<(RaftHandle, std::thread::JoinHandle<()>), StorageError> {
     let mut log = RaftLog::open(engine.clone())?;
-    log.set_snapshot_source(snapshots);
+    log.set_snapshot_source(snapshots, status.applied.clone());
     let applied = sm.applied_index();
-    if log.hard_state().commit < applied {
-        // Applying does not record the commit index (the Ready loop alone
-        // writes the hard state); whatever was applied was committed.
-        let mut batch = WriteBatch::default();
-        log.commit_to(applied, &mut batch)?;
-        engine.write(batch, true)?;
-    }
     let raft_cfg = raft::Config {
         id: cfg.id,
         election_tick: cfg.election_ticks,
@@ -310,26 +266,10 @@ pub fn start<S: StateMachine, T: Transport>(
     status.id.store(cfg.id, Ordering::Release);
     status.applied.store(applied, Ordering::Release);
     let (tx, rx) = channel();
-    let (apply_tx, apply_rx) = channel();
-    let applier = {
-        let status = status.clone();
-        let raft = tx.clone();
-        std::thread::Builder::new()
-            .name("apply".into())
-            .spawn(move || {
-                if let Err(e) = run_apply(sm, apply_rx, &status, &raft) {
-                    // Nothing applied can be trusted to have been written:
-                    // the member stops (see `RaftStatus::failed`).
-                    tracing::error!(error = %e, "the apply thread stopped on a storage error");
-                    status.failed.store(true, Ordering::Release);
-                }
-            })
-            .map_err(|e| StorageError::Engine(e.to_string()))?
-    };
     let mut lp = Loop {
         node,
         engine,
-        apply: apply_tx,
+        sm,
         transport,
         status: status.clone(),
         read_seq: 0,
@@ -337,7 +277,6 @@ pub fn start<S: StateMachine, T: Transport>(
         reads_to_apply: Vec::new(),
         new_reads: Vec::new(),
         applied,
-        handed: applied,
         last_truncation: applied,
         cfg,
     };
@@ -354,63 +293,12 @@ pub fn start<S: StateMachine, T: Transport>(
                 tracing::error!(error = %e, "raft loop stopped on a storage error");
                 lp.status.failed.store(true, Ordering::Release);
             }
-            // The apply thread ends once it has applied what it was given.
-            drop(lp);
-            let _ = applier.join();
         })
         .map_err(|e| StorageError::Engine(e.to_string()))?;
     Ok((RaftHandle { tx, status }, thread))
 }
 
-/// The apply thread: applies what the Ready loop hands over, in order, and
-/// reports how far it got after each batch.
-fn run_apply<S: StateMachine>(
-    mut sm: S,
-    tasks: Receiver<ApplyTask>,
-    status: &RaftStatus,
-    raft: &Sender<Command>,
-) -> Result<(), StorageError> {
-    while let Ok(first) = tasks.recv() {
-        let mut applied = None;
-        for task in std::iter::once(first).chain(std::iter::from_fn(|| tasks.try_recv().ok())) {
-            match task {
-                ApplyTask::Entries(entries) => {
-                    for c in entries {
-                        let index = match c {
-                            Committed::Normal(e) => {
-                                let data = if e.data.is_empty() { None } else { Some(&e.data[..]) };
-                                sm.apply(e.index, data, WriteBatch::default())?;
-                                e.index
-                            }
-                            Committed::ConfChange { index, cc, outcome, progress } => {
-                                sm.apply_conf_change(index, &cc, outcome.as_ref().map_err(Clone::clone), progress)?;
-                                index
-                            }
-                        };
-                        status.applied.store(index, Ordering::Release);
-                        applied = Some(index);
-                    }
-                }
-                ApplyTask::Restore(snap, batch, done) => {
-                    let outcome = sm.restore(&snap, batch);
-                    let failure = outcome.as_ref().err().map(|e| e.to_string());
-                    let _ = done.send(outcome);
-                    if let Some(e) = failure {
-                        return Err(StorageError::Engine(format!("installing a snapshot: {e}")));
-                    }
-                    status.applied.store(snap.get_metadata().index, Ordering::Release);
-                    applied = None;
-                }
-            }
-        }
-        if let Some(index) = applied {
-            let _ = raft.send(Command::Applied(index));
-        }
-    }
-    Ok(())
-}
-
-impl<T: Transport> Loop<T> {
+impl<S: StateMachine, T: Transport> Loop<S, T> {
     fn run(&mut self, rx: Receiver<Command>) -> Result<(), StorageError> {
         let mut last_tick = Instant::now();
         loop {
@@ -437,22 +325,7 @@ impl<T: Transport> Loop<T> {
             }
             self.issue_reads();
             self.on_ready()?;
-            self.note_applied()?;
         }
-    }
-
-    /// Tells raft, waiting reads and the log's truncation how far the apply
-    /// thread got.
-    fn note_applied(&mut self) -> Result<(), StorageError> {
-        let log = &self.node.raft.raft_log;
-        // Never past what raft counts as committed and persisted here (a
-        // snapshot installed moves both before raft has advanced).
-        let applied = self.applied.min(log.committed).min(log.persisted);
-        if applied > log.applied {
-            self.node.advance_apply_to(applied);
-        }
-        self.release_reads();
-        self.maybe_truncate()
     }
 
     /// False when the loop must stop.
@@ -483,8 +356,6 @@ impl<T: Transport> Loop<T> {
             Command::Progress(done) => {
                 let _ = done.send(self.progress());
             }
-            // Reports from before a snapshot install are behind it.
-            Command::Applied(index) => self.applied = self.applied.max(index),
             Command::Stop => return false,
         }
         true
@@ -540,17 +411,13 @@ impl<T: Transport> Loop<T> {
         p
     }
 
-    /// Replaces the state with a snapshot from the leader, once the apply
-    /// thread has applied everything handed to it before.
+    /// Replaces the state with a snapshot from the leader.
     fn restore(&mut self, snap: &Snapshot) -> Result<(), StorageError> {
         let meta = snap.get_metadata();
         let mut batch = WriteBatch::default();
         self.node.mut_store().apply_snapshot(meta, &mut batch)?;
-        let (done, outcome) = std::sync::mpsc::sync_channel(1);
-        self.apply.send(ApplyTask::Restore(snap.clone(), batch, done)).map_err(|_| apply_stopped())?;
-        outcome.recv().map_err(|_| apply_stopped())??;
+        self.sm.restore(snap, batch)?;
         self.applied = meta.index;
-        self.handed = meta.index;
         self.last_truncation = meta.index;
         self.status.applied.store(meta.index, Ordering::Release);
         self.status.commit.store(self.status.commit().max(meta.index), Ordering::Release);
@@ -615,7 +482,7 @@ impl<T: Transport> Loop<T> {
             let snap = ready.snapshot().clone();
             self.restore(&snap)?;
         }
-        self.hand_over_committed(ready.take_committed_entries())?;
+        self.apply(ready.take_committed_entries())?;
 
         let mut batch = WriteBatch::default();
         let store = self.node.mut_store();
@@ -640,28 +507,31 @@ impl<T: Transport> Loop<T> {
         }
         self.send(ready.take_persisted_messages());
 
-        // Applying is the apply thread's: raft hears of it in `note_applied`.
-        let mut light = self.node.advance_append(ready);
+        let mut light = self.node.advance(ready);
         if let Some(commit) = light.commit_index() {
             // Persisted with each applied entry (see `apply`): a restart
             // re-learns any commit index beyond the last applied entry.
             self.status.commit.store(commit, Ordering::Release);
         }
         self.send(light.take_messages());
-        self.hand_over_committed(light.take_committed_entries())
+        self.apply(light.take_committed_entries())?;
+        self.node.advance_apply();
+        self.release_reads();
+        self.maybe_truncate()
     }
 
-    /// Hands committed entries to the apply thread; a configuration change
-    /// is applied to raft here, in log order.
-    fn hand_over_committed(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
-        let mut committed = Vec::with_capacity(entries.len());
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
         for e in entries {
-            if e.index <= self.handed {
+            if e.index <= self.applied {
                 continue;
             }
-            let index = e.index;
+            let mut progress = WriteBatch::default();
+            self.node.mut_store().commit_to(e.index, &mut progress)?;
             match e.get_entry_type() {
-                EntryType::EntryNormal => committed.push(Committed::Normal(e)),
+                EntryType::EntryNormal => {
+                    let data = if e.data.is_empty() { None } else { Some(&e.data[..]) };
+                    self.sm.apply(e.index, data, progress)?;
+                }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     let bad = |err: protobuf::ProtobufError| StorageError::Engine(format!("conf change: {err}"));
                     let cc: ConfChangeV2 = if e.get_entry_type() == EntryType::EntryConfChange {
@@ -678,28 +548,24 @@ impl<T: Transport> Loop<T> {
                     } else {
                         protobuf::Message::parse_from_bytes(&e.data).map_err(bad)?
                     };
-                    let mut progress = WriteBatch::default();
-                    let outcome = match self.node.apply_conf_change(&cc) {
+                    match self.node.apply_conf_change(&cc) {
                         Ok(cs) => {
                             self.node.mut_store().set_conf_state(cs.clone(), &mut progress)?;
+                            self.sm.apply_conf_change(e.index, &cc, Ok(&cs), progress)?;
                             self.note_conf_state(&cs);
                             if self.status.removed() {
                                 self.hand_over();
                             }
-                            Ok(cs)
                         }
                         Err(err) => {
                             tracing::warn!(error = %err, "conf change rejected");
-                            Err(err.to_string())
+                            self.sm.apply_conf_change(e.index, &cc, Err(err.to_string()), progress)?;
                         }
-                    };
-                    committed.push(Committed::ConfChange { index, cc, outcome, progress });
+                    }
                 }
             }
-            self.handed = index;
-        }
-        if !committed.is_empty() {
-            self.apply.send(ApplyTask::Entries(committed)).map_err(|_| apply_stopped())?;
+            self.applied = e.index;
+            self.status.applied.store(e.index, Ordering::Release);
         }
         Ok(())
     }
@@ -729,139 +595,5 @@ impl<T: Transport> Loop<T> {
         let mut batch = WriteBatch::default();
         self.node.mut_store().truncate(upto, &mut batch)?;
         self.engine.write(batch, false)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::{Condvar, Mutex};
-
-    use super::*;
-    use crate::raft::log::BOOTSTRAP_INDEX;
-    use crate::storage::mem::MemEngine;
-
-    /// Applying waits while the gate is shut; what was applied is recorded.
-    #[derive(Default)]
-    struct Gate {
-        shut: Mutex<bool>,
-        opened: Condvar,
-        applied: Mutex<Vec<u64>>,
-    }
-
-    struct Gated {
-        gate: Arc<Gate>,
-        engine: Arc<dyn Engine>,
-        applied: u64,
-    }
-
-    impl Gated {
-        fn pass(&mut self, index: u64, progress: WriteBatch) -> Result<(), StorageError> {
-            let mut shut = self.gate.shut.lock().expect("gate");
-            while *shut {
-                shut = self.gate.opened.wait(shut).expect("gate");
-            }
-            drop(shut);
-            self.engine.write(progress, false)?;
-            self.applied = index;
-            self.gate.applied.lock().expect("applied").push(index);
-            Ok(())
-        }
-    }
-
-    impl StateMachine for Gated {
-        fn apply(&mut self, index: u64, _data: Option<&[u8]>, progress: WriteBatch) -> Result<(), StorageError> {
-            self.pass(index, progress)
-        }
-
-        fn apply_conf_change(
-            &mut self,
-            index: u64,
-            _cc: &ConfChangeV2,
-            _outcome: Result<&ConfState, String>,
-            progress: WriteBatch,
-        ) -> Result<(), StorageError> {
-            self.pass(index, progress)
-        }
-
-        fn restore(&mut self, _snapshot: &Snapshot, _batch: WriteBatch) -> Result<(), StorageError> {
-            Err(StorageError::Engine("a single member gets no snapshot".into()))
-        }
-
-        fn applied_index(&self) -> u64 {
-            self.applied
-        }
-    }
-
-    struct NoPeers;
-
-    impl Transport for NoPeers {
-        fn send(&mut self, _msgs: Vec<Message>) {}
-    }
-
-    struct NoSnapshots;
-
-    impl SnapshotSource for NoSnapshots {
-        fn create(&self) -> Result<(Vec<u8>, u64, ConfState), StorageError> {
-            Err(StorageError::Engine("no snapshots here".into()))
-        }
-    }
-
-    async fn until(what: &str, check: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !check() {
-            assert!(Instant::now() < deadline, "{what}: not within 10 s");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn entries_commit_while_the_apply_thread_is_busy_and_reads_wait_for_it() {
-        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
-        let mut batch = WriteBatch::default();
-        RaftLog::bootstrap(&ConfState { voters: vec![1], ..Default::default() }, &mut batch).expect("bootstrap");
-        engine.write(batch, true).expect("write");
-        let gate = Arc::new(Gate::default());
-        let sm = Gated { gate: gate.clone(), engine: engine.clone(), applied: BOOTSTRAP_INDEX };
-        let cfg = RaftConfig {
-            id: 1,
-            tick: Duration::from_millis(10),
-            election_ticks: 10,
-            heartbeat_ticks: 1,
-            snapshot_count: 10_000,
-            catch_up_entries: 100,
-        };
-        let status = Arc::new(RaftStatus::default());
-        let (raft, thread) = start(cfg, engine, sm, NoPeers, Arc::new(NoSnapshots), status.clone()).expect("start");
-        until("a leader", || status.leader() == 1).await;
-        until("the leader's first entry applied", || status.applied() > BOOTSTRAP_INDEX).await;
-
-        // The apply thread is held up: proposals still commit (persisted
-        // and counted by raft), which they could not if applying were a
-        // step of the Ready loop.
-        *gate.shut.lock().expect("gate") = true;
-        let before = status.applied();
-        for i in 0..20u8 {
-            raft.propose(vec![i], Box::new(|| panic!("a sole voter's leader refused a proposal"))).expect("propose");
-        }
-        until("20 entries committed", || status.commit() >= before + 20).await;
-        assert!(status.applied() <= before + 1, "applied {} while the apply thread is held", status.applied());
-
-        // A linearizable read waits for the apply thread to reach the
-        // commit index it was given.
-        let read = raft.read_index();
-        tokio::pin!(read);
-        assert!(
-            tokio::time::timeout(Duration::from_millis(300), &mut read).await.is_err(),
-            "a read was answered before its index was applied"
-        );
-        *gate.shut.lock().expect("gate") = false;
-        gate.opened.notify_all();
-        let index = tokio::time::timeout(Duration::from_secs(10), read).await.expect("read answered").expect("read index");
-        assert!(index >= before + 20 && status.applied() >= index, "read at {index}, applied {}", status.applied());
-        let applied = gate.applied.lock().expect("applied").clone();
-        assert!(applied.windows(2).all(|w| w[1] == w[0] + 1), "applied in log order, each once: {applied:?}");
-
-        raft.stop();
-        thread.join().expect("the raft and apply threads stop");
     }
 }
