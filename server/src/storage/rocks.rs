@@ -14,16 +14,6 @@ pub struct RocksEngine {
     path: PathBuf,
 }
 
-impl Drop for RocksEngine {
-    /// What the WAL buffer holds reaches the file before the database
-    /// closes (see `manual_wal_flush`).
-    fn drop(&mut self) {
-        if let Err(e) = self.db.flush_wal(true) {
-            tracing::warn!(error = %e, path = %self.path.display(), "flushing RocksDB's WAL at close failed");
-        }
-    }
-}
-
 fn cf_options(cache: &Cache, cf: Cf) -> Options {
     let mut opts = Options::default();
     let mut table = BlockBasedOptions::default();
@@ -110,12 +100,6 @@ impl RocksEngine {
         db_opts.set_keep_log_file_num(3);
         db_opts.set_max_total_wal_size(64 << 20);
         db_opts.set_recycle_log_file_num(recycle_wals);
-        // An unsynced write (applying a committed entry) stays in RocksDB's
-        // WAL buffer instead of costing a write(2) each; the next synced
-        // write (raft's, with its fsync) flushes the buffer first, in order.
-        // A crash loses at most a suffix of unsynced writes, which the raft
-        // log (synced) replays.
-        db_opts.set_manual_wal_flush(true);
         let cfs = Cf::ALL.iter().map(|&cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(&cache, cf)));
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| open_error(path, e))?;
         Ok(Self { db, path: path.to_path_buf() })
