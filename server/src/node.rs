@@ -634,9 +634,27 @@ impl Node {
             }
             match self.outcome(id, rx, deadline).await? {
                 Some(result) => return result,
-                None if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                None if tokio::time::Instant::now() < deadline => self.leader_may_take(deadline).await,
                 None => return Err(Error::NoLeader),
             }
+        }
+    }
+
+    /// After raft refused a proposal: returns when the leader changes, or
+    /// at the deadline, or to try again anyway after 100 ms without a
+    /// leader (20 ms while one is known: leadership is moving, and a
+    /// transfer that gives up changes nothing).
+    async fn leader_may_take(&self, deadline: tokio::time::Instant) {
+        let status = &self.raft.status;
+        let changed = status.leader_changed.notified();
+        tokio::pin!(changed);
+        // Registered before the leader is read: a change between is seen.
+        changed.as_mut().enable();
+        let wait = if status.leader() == 0 { Duration::from_millis(100) } else { Duration::from_millis(20) };
+        let retry = deadline.min(tokio::time::Instant::now() + wait);
+        tokio::select! {
+            _ = changed => {}
+            _ = tokio::time::sleep_until(retry) => {}
         }
     }
 
