@@ -24,7 +24,8 @@
 # for a quick smoke run), BENCH_ROUNDS, BENCH_SERVERS (default "etcd raftkv"),
 # BENCH_WORKLOAD_TIMEOUT (seconds one workload may take, default 240),
 # BENCH_MAINT_MB (the store size of the maintenance figures, default 1024),
-# BENCH_WORKLOADS (all, or maintenance alone).
+# BENCH_WORKLOADS (all, or maintenance or scaling alone), BENCH_PLOT_DIR
+# (where the scaling figures go: bench-scaling.csv and .svg, default docs/).
 set -euo pipefail
 
 # shellcheck source=scripts/bench-lib.sh
@@ -182,12 +183,49 @@ measure_maintenance() {
     rm -rf "$dir"
 }
 
-# BENCH_WORKLOADS: "all" (default), or "maintenance" alone.
+# Client counts of the scaling figures, and the puts each makes.
+SCALING_CLIENTS="1 10 100 1000"
+scaling_total() { case $1 in 1) echo $((2000 / SCALE)) ;; 10) echo $((10000 / SCALE)) ;; *) echo $((50000 / SCALE)) ;; esac; }
+
+# measure_scaling etcd|raftkv: put throughput and p99 at each client count
+# (up to 100 connections), on a fresh member, for the plot.
+measure_scaling() {
+    local s=$1 n out
+    log "$s: put throughput and p99 against the number of clients"
+    start_server "$s" scaling || return 0
+    for n in $SCALING_CLIENTS; do
+        out=$(bench "$ENDPOINT" --conns $((n < 100 ? n : 100)) --clients "$n" --total "$(scaling_total "$n")" \
+            put --val-size "$VAL_SIZE" --key-space-size "$KEY_SPACE")
+        keep "$s.scale${n}_rps" higher "$(jq -r .rps <<<"$out")"
+        keep "$s.scale${n}_p99" lower "$(jq -r .p99_ms <<<"$out")"
+        keep "$s.scale${n}_err" higher "$(jq -r .errors <<<"$out")"
+    done
+    stop_servers
+}
+
+# BENCH_WORKLOADS: "all" (default), "maintenance" or "scaling" alone.
 case ${BENCH_WORKLOADS:-all} in
-    all) run_rounds measure; run_rounds measure_maintenance ;;
+    all) run_rounds measure; run_rounds measure_maintenance; run_rounds measure_scaling ;;
     maintenance) run_rounds measure_maintenance ;;
-    *) echo "bench: BENCH_WORKLOADS is all or maintenance" >&2; exit 2 ;;
+    scaling) run_rounds measure_scaling ;;
+    *) echo "bench: BENCH_WORKLOADS is all, maintenance or scaling" >&2; exit 2 ;;
 esac
+
+# The scaling figures as CSV, and their plot (BENCH_PLOT_DIR, default
+# docs/): throughput and p99 against the number of clients, both servers.
+if [[ ${BENCH_WORKLOADS:-all} != maintenance ]]; then
+    PLOT_DIR=${BENCH_PLOT_DIR:-$(dirname "$0")/../docs}
+    {
+        echo "server,clients,rps,p99_ms"
+        for s in $SERVERS; do
+            for n in $SCALING_CLIENTS; do
+                echo "$s,$n,${R[$s.scale${n}_rps]:-},${R[$s.scale${n}_p99]:-}"
+            done
+        done
+    } >"$PLOT_DIR/bench-scaling.csv"
+    python3 "$(dirname "$0")/bench-plot.py" "$PLOT_DIR/bench-scaling.csv" "$PLOT_DIR/bench-scaling.svg" &&
+        log "plot written to $PLOT_DIR/bench-scaling.svg"
+fi
 
 mib() { [[ -n ${1:-} ]] && awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
@@ -195,6 +233,10 @@ print_table "$(
     echo "workload|etcd|raftkv|ratio"
     result_row "put throughput, 100 clients / 10 conns, ${VAL_SIZE} B (req/s)" put_rps higher put_err
     result_row "put p99, 100 clients (ms)" put_p99 lower put_err
+    for n in $SCALING_CLIENTS; do
+        result_row "put, $n clients (req/s)" "scale${n}_rps" higher "scale${n}_err"
+        result_row "put p99, $n clients (ms)" "scale${n}_p99" lower "scale${n}_err"
+    done
     result_row "put, server CPU seconds per 10 000 requests" put_cpu lower put_err
     result_row "put latency, 1 client, average (ms)" lat_avg lower lat_err
     result_row "put latency, 1 client, p50 (ms)" lat_p50 lower lat_err
