@@ -275,7 +275,7 @@ async fn storage_script(cp: &ControlPlane, store: &mut etcd_client::Client) -> a
         let rs = replicasets.list(&ListParams::default().labels("app=web")).await?.items;
         let pods = pods.list(&ListParams::default().labels("app=web")).await?.items;
         let owned = rs.iter().all(|r| r.metadata.owner_references.iter().flatten().any(|o| o.kind == "Deployment" && o.name == "web"));
-        Ok((rs.len() == 1 && pods.len() == 2 && owned).then(|| (rs.len(), pods.len())))
+        Ok((rs.len() == 1 && pods.len() == 2 && owned).then_some((rs.len(), pods.len())))
     })
     .await?;
     seen.push(format!("deployment web: {} replicaset owned by it, {} pods", made.0, made.1));
@@ -479,20 +479,20 @@ where
             match stream.try_next().await {
                 Ok(Some(WatchEvent::Added(o))) => {
                     from = o.meta().resource_version.clone().unwrap_or_default();
-                    seen.lock().unwrap().names.insert(o.meta().name.clone().unwrap_or_default());
+                    seen.lock().expect("the watch record").names.insert(o.meta().name.clone().unwrap_or_default());
                 }
                 Ok(Some(WatchEvent::Modified(o) | WatchEvent::Deleted(o))) => {
                     from = o.meta().resource_version.clone().unwrap_or_default();
                 }
                 Ok(Some(WatchEvent::Bookmark(b))) => from = b.metadata.resource_version,
                 Ok(Some(WatchEvent::Error(e))) if e.code == 410 => {
-                    seen.lock().unwrap().failed = Some(format!("410 from {from}: {}", e.message));
+                    seen.lock().expect("the watch record").failed = Some(format!("410 from {from}: {}", e.message));
                     return;
                 }
                 Ok(Some(WatchEvent::Error(_))) | Ok(None) | Err(_) => break,
             }
         }
-        seen.lock().unwrap().resumed += 1;
+        seen.lock().expect("the watch record").resumed += 1;
     }
 }
 
@@ -576,14 +576,14 @@ async fn a_raftkv_leader_killed_under_kube_apiserver_load_loses_nothing() -> any
 
     for (what, seen, acked) in [("configmaps", &cm_seen, &acked_cms), ("secrets", &secret_seen, &acked_secrets)] {
         eventually(&format!("the {what} watch seeing every acknowledged create"), Duration::from_secs(60), || async {
-            let seen = seen.lock().unwrap();
+            let seen = seen.lock().expect("the watch record");
             if let Some(failure) = &seen.failed {
                 bail!("the {what} watch could not resume: {failure}");
             }
             Ok(acked.is_subset(&seen.names).then_some(()))
         })
         .await?;
-        eprintln!("{what}: {} acknowledged, the watch resumed {} times", acked.len(), seen.lock().unwrap().resumed);
+        eprintln!("{what}: {} acknowledged, the watch resumed {} times", acked.len(), seen.lock().expect("the watch record").resumed);
     }
     cm_watch.abort();
     secret_watch.abort();
