@@ -47,13 +47,18 @@ impl KeyIndex {
         Self { modified, generations: vec![Generation { ver, created, revs: vec![modified] }] }
     }
 
+    /// Most keys have one generation of one revision: their vectors are
+    /// allocated to fit (a first `push` would make room for four, 270
+    /// bytes a key more than it needs) and grow as written.
     pub fn put(&mut self, rev: Revision) {
         if self.generations.is_empty() {
+            self.generations.reserve_exact(1);
             self.generations.push(Generation::default());
         }
         let g = self.generations.last_mut().expect("pushed above when empty");
         if g.revs.is_empty() {
             g.created = rev;
+            g.revs.reserve_exact(1);
         }
         g.revs.push(rev);
         g.ver += 1;
@@ -66,6 +71,7 @@ impl KeyIndex {
             return false;
         }
         self.put(rev);
+        self.generations.reserve_exact(1);
         self.generations.push(Generation::default());
         true
     }
@@ -160,6 +166,10 @@ impl KeyIndex {
         if !g.is_empty() {
             if let Some(i) = rev_idx {
                 g.revs.drain(..i);
+                // What compaction frees goes back to the allocator.
+                if g.revs.capacity() > 2 * g.revs.len() {
+                    g.revs.shrink_to_fit();
+                }
             }
             // A generation left holding only its tombstone is gone too.
             if g.revs.len() == 1 && gen_idx != last {
@@ -168,6 +178,9 @@ impl KeyIndex {
             }
         }
         self.generations.drain(..gen_idx);
+        if self.generations.capacity() > 2 * self.generations.len() {
+            self.generations.shrink_to_fit();
+        }
     }
 }
 
