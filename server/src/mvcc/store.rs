@@ -163,7 +163,9 @@ pub struct Store {
     index: RwLock<Index>,
     compaction: Mutex<Compaction>,
     /// Set when a compaction is asked for; the compactor waits on it.
-    compaction_asked: (Mutex<bool>, Condvar),
+    /// Shared with the compactor thread, which waits on it without
+    /// keeping the store (and its engine's lock on the data dir) alive.
+    compaction_asked: Arc<(Mutex<bool>, Condvar)>,
     /// The last compaction finished, for callers of a physical compaction.
     finished: tokio::sync::watch::Sender<i64>,
 }
@@ -189,7 +191,7 @@ impl Store {
             engine,
             index: RwLock::new(idx),
             compaction: Mutex::new(Compaction::settled(finished)),
-            compaction_asked: (Mutex::new(pending), Condvar::new()),
+            compaction_asked: Arc::new((Mutex::new(pending), Condvar::new())),
             finished: tokio::sync::watch::Sender::new(finished),
         })
     }
@@ -470,7 +472,7 @@ impl Store {
     }
 
     fn wake_compactor(&self) {
-        let (asked, wake) = &self.compaction_asked;
+        let (asked, wake) = &*self.compaction_asked;
         *asked.lock() = true;
         wake.notify_one();
     }
@@ -567,25 +569,43 @@ impl Store {
     /// the engine fails under it (the member cannot go on).
     pub fn spawn_compactor(self: &Arc<Self>, failed: impl Fn() + Send + 'static) -> std::io::Result<std::thread::JoinHandle<()>> {
         let store = Arc::downgrade(self);
+        let asked = self.compaction_asked.clone();
         std::thread::Builder::new().name("compactor".into()).spawn(move || {
             loop {
-                let Some(s) = store.upgrade() else { return };
                 {
-                    let (asked, wake) = &s.compaction_asked;
+                    let (asked, wake) = &*asked;
                     let mut asked = asked.lock();
                     if !*asked {
-                        // Wakes now and then to notice the store is gone.
+                        // Wakes now and then to notice the store is gone
+                        // (dropping it also wakes this).
                         wake.wait_for(&mut asked, Duration::from_secs(1));
                     }
-                    if !std::mem::take(&mut *asked) {
+                    let work = std::mem::take(&mut *asked);
+                    if store.strong_count() == 0 {
+                        return;
+                    }
+                    if !work {
                         continue;
                     }
                 }
+                // The store is held for one step at a time: a member that
+                // stops mid-compaction closes its engine at once.
                 let started = std::time::Instant::now();
+                let mut worked = false;
                 loop {
+                    let Some(s) = store.upgrade() else { return };
                     match s.compaction_step() {
-                        Ok(true) => std::thread::sleep(COMPACTION_PAUSE),
-                        Ok(false) => break,
+                        Ok(true) => {
+                            worked = true;
+                            drop(s);
+                            std::thread::sleep(COMPACTION_PAUSE);
+                        }
+                        Ok(false) => {
+                            if worked {
+                                tracing::info!(revision = *s.finished.borrow(), took = ?started.elapsed(), "finished a compaction");
+                            }
+                            break;
+                        }
                         Err(e) => {
                             tracing::error!(error = %e, "the compactor stopped on a storage error");
                             failed();
@@ -593,9 +613,17 @@ impl Store {
                         }
                     }
                 }
-                tracing::info!(revision = *s.finished.borrow(), took = ?started.elapsed(), "finished a compaction");
             }
         })
+    }
+}
+
+impl Drop for Store {
+    /// Lets the compactor thread see the store is gone.
+    fn drop(&mut self) {
+        let (asked, wake) = &*self.compaction_asked;
+        *asked.lock() = true;
+        wake.notify_one();
     }
 }
 
