@@ -31,7 +31,7 @@ const META_FINISHED_COMPACT_REV: &[u8] = b"mvcc/finished_compact_rev";
 
 /// Revisions a compaction deletes per engine write (etcd's compaction batch
 /// limit).
-pub const COMPACTION_BATCH: usize = 1000;
+const COMPACTION_BATCH: usize = 1000;
 /// Revisions a compaction step looks at, kept or not: bounds a step over a
 /// stretch of history where nearly everything is kept.
 const COMPACTION_SCAN: usize = 10 * COMPACTION_BATCH;
@@ -39,7 +39,7 @@ const COMPACTION_SCAN: usize = 10 * COMPACTION_BATCH;
 const COMPACTION_INDEX_CHUNK: usize = 5000;
 /// The compactor's pause between two steps (etcd's compaction sleep
 /// interval): writers and readers get the engine and the index between.
-pub const COMPACTION_PAUSE: Duration = Duration::from_millis(10);
+const COMPACTION_PAUSE: Duration = Duration::from_millis(10);
 
 /// Where a range ends, decoded from etcd's `range_end` conventions.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,9 +162,9 @@ pub struct Store {
     engine: Arc<dyn Engine>,
     index: RwLock<Index>,
     compaction: Mutex<Compaction>,
-    /// Set when a compaction is asked for; the compactor waits on it.
-    /// Shared with the compactor thread, which waits on it without
-    /// keeping the store (and its engine's lock on the data dir) alive.
+    /// Set when a compaction is asked for; shared with the compactor
+    /// thread, which waits on it without keeping the store (and its
+    /// engine's lock on the data dir) alive.
     compaction_asked: Arc<(Mutex<bool>, Condvar)>,
     /// The last compaction finished, for callers of a physical compaction.
     finished: tokio::sync::watch::Sender<i64>,
@@ -197,10 +197,13 @@ impl Store {
     }
 
     fn load_finished(engine: &dyn Engine, compacted: i64) -> Result<i64> {
-        Ok(match engine.get(Cf::Meta, META_FINISHED_COMPACT_REV)? {
-            Some(_) => read_i64(engine, META_FINISHED_COMPACT_REV)?.min(compacted),
-            None => compacted,
-        })
+        match engine.get(Cf::Meta, META_FINISHED_COMPACT_REV)? {
+            Some(b) => {
+                let b: [u8; 8] = b.as_slice().try_into().map_err(|_| MvccError::Corrupt("meta revision".into()))?;
+                Ok(i64::from_be_bytes(b).min(compacted))
+            }
+            None => Ok(compacted),
+        }
     }
 
     /// Runs `install`, which replaces the engine's content (a raft snapshot
@@ -558,7 +561,8 @@ impl Store {
         }
     }
 
-    /// Runs compactions to the end, now (tests; a stopped member's tools).
+    /// Runs compactions to the end, now.
+    #[cfg(test)]
     pub fn finish_compaction(&self) -> Result<()> {
         while self.compaction_step()? {}
         Ok(())
