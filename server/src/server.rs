@@ -162,15 +162,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     }
     publisher.abort();
     let _ = stop_tx.send(true);
+    // etcd's stopServers: a graceful stop for up to the request timeout,
+    // then the connections still open are dropped (watch streams and
+    // requests that wait on a raft this member no longer takes part in
+    // would hold a graceful stop forever).
+    let deadline = tokio::time::Instant::now() + cfg.request_timeout();
     for s in peer_servers {
-        let _ = s.await;
+        stop_server(s, deadline, "peer").await;
     }
     for s in servers {
-        match s.await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "client server stopped with an error"),
-            Err(e) => tracing::warn!(error = %e, "client server task failed"),
-            Ok(Ok(())) => {}
-        }
+        stop_server(s, deadline, "client").await;
     }
     let _ = compactor.await;
     let _ = expiry.await;
@@ -186,6 +187,21 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Waits for a server's graceful stop until `deadline`, then drops it with
+/// the connections it still holds.
+async fn stop_server(server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, deadline: tokio::time::Instant, kind: &str) {
+    let abort = server.abort_handle();
+    match tokio::time::timeout_at(deadline, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "{kind} server stopped with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "{kind} server task failed"),
+        Err(_) => {
+            tracing::warn!("{kind} connections still open at the stop deadline; closing them");
+            abort.abort();
+        }
+    }
 }
 
 /// Resolves once the raft loop has stopped on a failure.

@@ -259,6 +259,32 @@ async fn a_learner_is_promoted_then_a_follower_and_the_leader_are_removed() -> a
     for_each_flavor(3, &[], learner_joins_and_members_leave).await
 }
 
+/// A member removed while its clients hold watch streams open must still
+/// exit by itself (a graceful stop waits on open streams, so it needs a
+/// deadline, as etcd's stopServers has): found by the `replace` fault runs.
+async fn removed_member_exits_with_watches_open(cluster: &mut Cluster) -> anyhow::Result<()> {
+    let leader = cluster.leader().await?;
+    let leaving = follower_besides(cluster, leader).await?;
+    let mut client = cluster.client(leaving).await?;
+    let mut watches = Vec::new();
+    for i in 0..3 {
+        watches.push(client.watch(format!("open/{i}"), None).await?);
+    }
+    let id = cluster.member(leaving).id();
+    let mut leader_client = cluster.client(leader).await?;
+    retry_while(UNHEALTHY, Duration::from_secs(30), async || Ok(leader_client.member_remove(id).await?)).await?;
+    let exited = cluster.exit_within(leaving, Duration::from_secs(20)).await?;
+    ensure!(exited.is_some(), "m{leaving} was removed with watch streams open and still runs 20 s later");
+    cluster.removed(leaving).await?;
+    drop(watches);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_removed_with_watches_open_exits_by_itself() -> anyhow::Result<()> {
+    for_each_flavor(3, &[], removed_member_exits_with_watches_open).await
+}
+
 /// MemberPromote, retried while the learner is not yet in sync.
 async fn promote(cluster: &Cluster, id: u64) -> anyhow::Result<()> {
     let mut client = cluster.client(cluster.leader().await?).await?;
