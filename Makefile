@@ -7,7 +7,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN        := $(TARGET_DIR)/debug
 DATA_DIR   ?= default.raftkv
 
-.PHONY: all deps doctor pydeps go-peers node-peers test-peers build run cluster test test-k8s bench bench-cluster bench-k8s clean-data
+.PHONY: all deps doctor pydeps go-peers node-peers test-peers build run cluster test test-k8s chaos bench bench-cluster bench-k8s clean-data
 
 # The chart tests' Python packages (Helm 4's engine, Kubernetes' schemas).
 VENV       ?= .venv
@@ -62,6 +62,14 @@ test: build pydeps test-peers
 # test node agent runs; root); `make test` runs them too.
 test-k8s: build pydeps go-peers
 	$(CARGO) test -p raftkv-tests --test kubernetes --test operator_k8s --test lifecycles_k8s --test walkthrough_k8s --test nodeagent_k8s
+
+# Fault runs on real 3-member clusters (kill -9, pauses, partitions,
+# leadership moves, every member killed) under the linearizability checker
+# and the watch validators, for CHAOS_MINUTES (default 10) or CHAOS_RUNS;
+# CHAOS_FAULT and CHAOS_SEED run one failed run's schedule again
+# (docs/reliability.md). `make test` runs each fault once.
+chaos: build go-peers
+	$(BIN)/examples/chaos
 
 # raftkv and Debian's etcd side by side on this machine, with ratios.
 bench: build

@@ -80,6 +80,7 @@ check_etcdctl() { local v; v=$(etcdctl_version) && [ -n "$v" ] && version_at_lea
 check_python()  { local v; v=$(python_version) && [ -n "$v" ] && echo "$v $(command -v python3)"; }
 check_iproute() { command -v ip >/dev/null && ip netns list >/dev/null 2>&1 && echo "$(ip -V 2>&1 | grep -o 'iproute2-[^ ,]*' | sed 's/iproute2-//') $(command -v ip)"; }
 check_unshare() { command -v unshare >/dev/null && echo "$(unshare --version 2>&1 | awk '{print $NF}') $(command -v unshare)"; }
+check_faketime() { local lib; lib=$(ls /usr/lib/*/faketime/libfaketime.so.1 2>/dev/null | head -1) && [ -n "$lib" ] && echo "$(dpkg-query -W -f='${Version}' libfaketime 2>/dev/null || echo unknown) $lib"; }
 check_node()    { local v; v=$(node --version 2>/dev/null | sed 's/^v//') && [ -n "$v" ] && version_at_least "$v" 18 && command -v npm >/dev/null && echo "$v $(command -v node)"; }
 check_go()      { local v; v=$(go_version) && [ -n "$v" ] && version_at_least "$v" 1.26 && echo "$v $(command -v go)"; }
 
@@ -93,6 +94,7 @@ PREREQS=(
   "python|python3 python3-venv|the Helm chart tests (a virtualenv)|apt"
   "iproute|iproute2 (ip netns)|the test node agent's pod network (tests/k8s/nodeagent)|apt"
   "unshare|util-linux (unshare)|the test node agent's containers (tests/k8s/nodeagent)|apt"
+  "faketime|libfaketime|the fault tests' wall-clock jumps on one member (tests/tests/chaos.rs)|apt"
   "node|nodejs npm (Node.js >= 18)|Azurite, the Azure Storage emulator the backup tests write to (tests/node)|apt"
   "go|Go >= 1.26 (https://go.dev/dl; Debian's golang-go is too old)|the test peers built from Go modules (tests/go: etcd 3.5 and 3.6, versitygw, fake-gcs-server)|manual"
 )
@@ -139,6 +141,7 @@ install_missing() {
         node)     pkgs+=(nodejs npm) ;;
         iproute)  pkgs+=(iproute2) ;;
         unshare)  pkgs+=(util-linux) ;;
+        faketime) pkgs+=(libfaketime) ;;
       esac
     else
       manual+=("$(field "$row" 1): $(field "$row" 2)")

@@ -6,6 +6,8 @@
 # - object stores the backup tests write to, each a module with one `tool`
 #   line, named after its directory: versitygw (an S3 gateway over a
 #   directory) and fake-gcs-server (Google Cloud Storage's API).
+# - lincheck (tests/go/lincheck): the linearizability checker of the fault
+#   tests, porcupine (etcd's robustness suite's checker) behind a small main;
 # - a Kubernetes control plane (tests/k8s): kube-apiserver,
 #   kube-controller-manager and kubectl of the release tests/k8s/go.mod
 #   pins, and its `pki` helper.
@@ -55,6 +57,10 @@ for dir in "$root"/tests/go/*/; do
   (cd "$dir" && CGO_ENABLED=0 go build -trimpath -o "$out.partial" "$tool")
   mv "$out.partial" "$out"
 done
+
+# The linearizability checker: a main of our own over porcupine (seconds).
+(cd "$root/tests/go/lincheck" && CGO_ENABLED=0 go build -trimpath -o "$bin/lincheck.partial" .)
+mv "$bin/lincheck.partial" "$bin/lincheck"
 
 # Kubernetes: upstream's own mains, stamped with the release they are built
 # from (without -X they would say v0.0.0-master).

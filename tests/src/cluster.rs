@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use etcd_client::{Client, ConnectOptions, MemberAddOptions};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -302,6 +302,16 @@ impl Cluster {
         self.leader().await.map(drop)
     }
 
+    /// Starts member `i` again with the environment variable `key` set to
+    /// `value` (for this start and the next ones), and waits as
+    /// [`Cluster::restart`].
+    pub async fn restart_with_env(&mut self, i: usize, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        for (key, value) in env {
+            self.members[i].server.set_env(key, value);
+        }
+        self.restart(i).await
+    }
+
     /// Starts member `i` again with `extra_args` added to its flags (for
     /// this start and the next ones), and waits as [`Cluster::restart`].
     pub async fn restart_with(&mut self, i: usize, extra_args: &[&str]) -> anyhow::Result<()> {
@@ -387,6 +397,44 @@ impl Cluster {
 
     pub fn heal(&self, i: usize) {
         self.network.heal(self.members[i].link);
+    }
+
+    /// Member `from`'s messages to member `to` are lost (connections it
+    /// dials there dropped and refused) until [`Cluster::unblock`]; `to`
+    /// still reaches `from`. One-way for raftkv's transport only: see
+    /// [`Network::block`].
+    pub fn block(&self, from: usize, to: usize) {
+        self.network.block(self.members[from].link, self.members[to].link);
+    }
+
+    pub fn unblock(&self, from: usize, to: usize) {
+        self.network.unblock(self.members[from].link, self.members[to].link);
+    }
+
+    /// Delays the peer traffic into member `i` by `delay` (zero: none).
+    pub fn delay(&self, i: usize, delay: Duration) {
+        self.network.delay(self.members[i].link, delay);
+    }
+
+    /// SIGSTOP to member `i`: it stops where it is, its sockets open, until
+    /// [`Cluster::resume`] (a long GC pause, a stalled VM).
+    pub fn pause(&self, i: usize) -> anyhow::Result<()> {
+        self.signal(i, "STOP")
+    }
+
+    /// SIGCONT to a member [`Cluster::pause`] stopped.
+    pub fn resume(&self, i: usize) -> anyhow::Result<()> {
+        self.signal(i, "CONT")
+    }
+
+    fn signal(&self, i: usize, signal: &str) -> anyhow::Result<()> {
+        let pid = self.members[i].server.pid().with_context(|| format!("m{i} is not running"))?;
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .context("cannot run kill")?;
+        ensure!(status.success(), "kill -{signal} {pid} failed: {status}");
+        Ok(())
     }
 
     /// Peer connections dialed into member `i` (through its proxy) since

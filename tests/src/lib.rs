@@ -33,6 +33,11 @@
 //! - [`describe`]: deterministic one-line descriptions of responses and gRPC
 //!   errors, the vocabulary of those observations.
 //! - [`diff`]: a small unified line diff for failure messages.
+//! - [`history`]: clients that record a history of KV requests (outcomes
+//!   unknown included) and `lincheck`, porcupine's verdict on it.
+//! - [`watchcheck`]: watchers that follow a prefix through faults, and the
+//!   checks of what they saw against the store's own history.
+//! - [`chaos`]: one fault run: a cluster, faults, the checkers' verdicts.
 //! - [`k8s`]: a real Kubernetes control plane (kube-apiserver,
 //!   kube-controller-manager, kubectl from `tests/k8s`) on raftkv or etcd.
 //! - [`objstores`]: real object stores on loopback (versitygw for S3,
@@ -41,15 +46,18 @@
 pub mod acked;
 pub mod binaries;
 pub mod both;
+pub mod chaos;
 pub mod cluster;
 pub mod describe;
 pub mod diff;
+pub mod history;
 pub mod k8s;
 pub mod nodes;
 pub mod objstores;
 pub mod ports;
 pub mod proxy;
 pub mod server;
+pub mod watchcheck;
 
 pub use both::{for_both, for_both_with, selected_flavors, with_etcd};
 pub use cluster::Cluster;

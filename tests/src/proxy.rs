@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::task::AbortHandle;
@@ -38,6 +39,9 @@ pub struct Network {
 struct State {
     links: Vec<Link>,
     next_connection: u64,
+    /// One-way cuts: connections the member behind the first link dials
+    /// into the second are refused (what it sends there is lost).
+    blocked: HashSet<(usize, usize)>,
 }
 
 /// The proxy in front of one member.
@@ -47,6 +51,8 @@ struct Link {
     /// The member process, to recognise the connections it dials.
     pid: Option<u32>,
     cut: bool,
+    /// Added to everything forwarded into the member.
+    delay: Duration,
     connections: Vec<Connection>,
     /// Connections accepted into the link since it was made.
     accepted: u64,
@@ -91,6 +97,7 @@ impl Network {
             listen_port,
             pid: None,
             cut: false,
+            delay: Duration::ZERO,
             connections: Vec::new(),
             accepted: 0,
         });
@@ -152,6 +159,43 @@ impl Network {
     pub fn heal(&self, link: usize) {
         if let Some(link) = lock(&self.state).links.get_mut(link) {
             link.cut = false;
+        }
+    }
+
+    /// A one-way cut: what the member behind `from` dials into the member
+    /// behind `to` is dropped and refused until [`Network::unblock`]; the
+    /// other direction flows. (raftkv sends a peer its messages on
+    /// connections it dials itself, so this loses `from`'s messages to
+    /// `to`; etcd also sends on streams the receiver dials.)
+    pub fn block(&self, from: usize, to: usize) {
+        let mut state = lock(&self.state);
+        state.blocked.insert((from, to));
+        let Some(pid) = state.links.get(from).and_then(|l| l.pid) else {
+            return;
+        };
+        let Some(into) = state.links.get_mut(to) else {
+            return;
+        };
+        let listen_port = into.listen_port;
+        into.connections.retain(|connection| {
+            let dialed = dialed_by(pid, connection.source_port, listen_port);
+            if dialed {
+                connection.task.abort();
+            }
+            !dialed
+        });
+    }
+
+    pub fn unblock(&self, from: usize, to: usize) {
+        lock(&self.state).blocked.remove(&(from, to));
+    }
+
+    /// Delays everything forwarded into the member behind `link` by
+    /// `delay` (zero: none), on connections made from now on and on those
+    /// open.
+    pub fn delay(&self, link: usize, delay: Duration) {
+        if let Some(link) = lock(&self.state).links.get_mut(link) {
+            link.delay = delay;
         }
     }
 
@@ -217,8 +261,8 @@ fn refused(state: &State, index: usize, source: SocketAddr) -> bool {
     if into.cut {
         return true;
     }
-    state.links.iter().any(|link| {
-        link.cut
+    state.links.iter().enumerate().any(|(from, link)| {
+        (link.cut || state.blocked.contains(&(from, index)))
             && link
                 .pid
                 .is_some_and(|pid| dialed_by(pid, source.port(), into.listen_port))
@@ -226,7 +270,7 @@ fn refused(state: &State, index: usize, source: SocketAddr) -> bool {
 }
 
 async fn forward(
-    mut inbound: TcpStream,
+    inbound: TcpStream,
     target_port: u16,
     index: usize,
     id: u64,
@@ -234,16 +278,60 @@ async fn forward(
 ) {
     // A member that is down refuses the connection; closing the inbound
     // side passes that on.
-    if let Ok(mut outbound) = TcpStream::connect((Ipv4Addr::LOCALHOST, target_port)).await {
+    if let Ok(outbound) = TcpStream::connect((Ipv4Addr::LOCALHOST, target_port)).await {
         let _ = inbound.set_nodelay(true);
         let _ = outbound.set_nodelay(true);
         // Either side closing or failing ends the connection, as it would
         // end a direct one.
-        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+        let (in_read, in_write) = inbound.into_split();
+        let (out_read, out_write) = outbound.into_split();
+        let delay = {
+            let state = state.clone();
+            move || lock(&state).links[index].delay
+        };
+        tokio::select! {
+            () = delayed_copy(out_read, in_write, || Duration::ZERO) => {}
+            () = delayed_copy(in_read, out_write, delay) => {}
+        }
     }
     lock(&state).links[index]
         .connections
         .retain(|connection| connection.id != id);
+}
+
+/// Copies `reader` to `writer` until either ends, each chunk written
+/// `delay()` after it was read (latency, not a throughput limit: reading
+/// goes on while earlier chunks wait).
+async fn delayed_copy(
+    mut reader: impl AsyncRead + Unpin,
+    mut writer: impl AsyncWrite + Unpin,
+    delay: impl Fn() -> Duration,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let read = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send((tokio::time::Instant::now() + delay(), buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    let write = async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if writer.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.shutdown().await;
+    };
+    // The reader ending lets the writer drain what is queued, then close.
+    tokio::join!(read, write);
 }
 
 /// Whether process `pid` holds the TCP socket with local port `source_port`

@@ -80,6 +80,8 @@ pub struct Server {
     peer_port: u16,
     bootstrap: Bootstrap,
     extra_args: Vec<String>,
+    /// Environment variables set for the process on its next starts.
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -163,6 +165,7 @@ impl Server {
             peer_port,
             bootstrap,
             extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            env: Vec::new(),
             child: None,
         })
     }
@@ -323,6 +326,13 @@ impl Server {
         self.extra_args.extend(extra_args.iter().map(|a| (*a).to_owned()));
     }
 
+    /// Sets an environment variable for the next starts (a preloaded
+    /// library, say). The server must be stopped.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
     /// `etcd m0`, naming the process in messages.
     pub fn label(&self) -> String {
         format!("{} {}", self.flavor.name(), self.bootstrap.name)
@@ -373,6 +383,7 @@ impl Server {
         let args = self.args();
         let child = Command::new(&self.program)
             .args(&args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
