@@ -28,7 +28,7 @@ pub fn raftkvctl() -> anyhow::Result<PathBuf> {
 /// `$RAFTKV_GO_BIN`, default `/var/tmp/raftkv-go/bin`).
 pub fn etcd_releases() -> anyhow::Result<Vec<(String, PathBuf)>> {
     let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("go");
-    let bin = std::env::var_os("RAFTKV_GO_BIN").map_or_else(|| PathBuf::from("/var/tmp/raftkv-go/bin"), PathBuf::from);
+    let bin = go_bin();
     let mut releases = Vec::new();
     for entry in std::fs::read_dir(&modules).with_context(|| format!("cannot list {}", modules.display()))? {
         let go_mod = entry?.path().join("go.mod");
@@ -42,6 +42,12 @@ pub fn etcd_releases() -> anyhow::Result<Vec<(String, PathBuf)>> {
     }
     releases.sort();
     Ok(releases)
+}
+
+/// Where `scripts/go-peers.sh` puts the test peers it builds from Go
+/// modules: `$RAFTKV_GO_BIN`, default `/var/tmp/raftkv-go/bin`.
+pub fn go_bin() -> PathBuf {
+    std::env::var_os("RAFTKV_GO_BIN").map_or_else(|| PathBuf::from("/var/tmp/raftkv-go/bin"), PathBuf::from)
 }
 
 /// Whether real etcd and etcdctl are installed, for the comparison tests.

@@ -411,8 +411,7 @@ pub fn to_json(records: &[Record]) -> Value {
 
 /// The `lincheck` binary `scripts/go-peers.sh` builds into `$RAFTKV_GO_BIN`.
 pub fn lincheck_binary() -> anyhow::Result<PathBuf> {
-    let bin = std::env::var_os("RAFTKV_GO_BIN").map_or_else(|| PathBuf::from("/var/tmp/raftkv-go/bin"), PathBuf::from);
-    let path = bin.join("lincheck");
+    let path = crate::binaries::go_bin().join("lincheck");
     if !path.is_file() {
         bail!("lincheck is not built at {}: run `make go-peers` (scripts/go-peers.sh builds it from tests/go/lincheck)", path.display());
     }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tempfile::TempDir;
 
-use crate::objstores::go_bin;
+use crate::binaries::go_bin;
 use crate::ports::free_port;
 
 /// How long kube-apiserver may take to answer `/readyz` with `ok`.

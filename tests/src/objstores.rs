@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use crate::binaries::go_bin;
 use crate::ports::free_port;
 
 /// The bucket or container every store starts with.
@@ -24,11 +25,6 @@ pub const BUCKET: &str = "backups";
 /// The S3 store's credentials.
 pub const S3_ACCESS_KEY: &str = "raftkv-test-access";
 pub const S3_SECRET_KEY: &str = "raftkv-test-secret-key";
-
-/// Where `scripts/go-peers.sh` puts the Go test peers.
-pub fn go_bin() -> PathBuf {
-    std::env::var_os("RAFTKV_GO_BIN").map_or_else(|| PathBuf::from("/var/tmp/raftkv-go/bin"), PathBuf::from)
-}
 
 /// Where `scripts/node-peers.sh` installs the npm test peers.
 pub fn node_dir() -> PathBuf {

@@ -120,7 +120,7 @@ pub async fn follow(name: String, endpoints: Endpoints, prefix: String, filter: 
         if until_now > 0 && next > until_now {
             break;
         }
-        if responses > 0 || log.resumes > 0 {
+        if log.resumes > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         log.resumes += 1;

@@ -464,7 +464,7 @@ async fn kubectl_raftkv_backs_up_and_restores_into_a_new_kvcluster_through_s3() 
     let _serial = SERIAL.lock().await;
     let store_dir = tempfile::tempdir()?;
     std::fs::create_dir_all(store_dir.path().join("raftkv-backups"))?;
-    let env = Env::start_with(&[("versity/versitygw", vec![raftkv_tests::objstores::go_bin().join("versitygw")])]).await?;
+    let env = Env::start_with(&[("versity/versitygw", vec![raftkv_tests::binaries::go_bin().join("versitygw")])]).await?;
     let outcome = plugin_backup_restore(&env, store_dir.path()).await;
     if outcome.is_err() {
         env.diagnose();
