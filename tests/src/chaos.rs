@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use etcd_client::{Client, ConnectOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{ConnectOptions, GetOptions, Txn, TxnOp};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -293,8 +293,7 @@ async fn multi_key_writer(endpoints: Endpoints, seed: u64, stop: Arc<AtomicBool>
     while !stop.load(Ordering::SeqCst) {
         let endpoint = pick(&endpoints, &mut rng);
         n += 1;
-        let options = ConnectOptions::new().with_connect_timeout(Duration::from_millis(500)).with_timeout(Duration::from_secs(2));
-        let Ok(Ok(mut client)) = tokio::time::timeout(Duration::from_secs(1), Client::connect([endpoint.as_str()], Some(options))).await else {
+        let Some(mut client) = history::connect(&endpoint, ConnectOptions::new().with_timeout(Duration::from_secs(2))).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -312,8 +311,7 @@ async fn multi_key_writer(endpoints: Endpoints, seed: u64, stop: Arc<AtomicBool>
 async fn current_revision(endpoints: &Endpoints) -> anyhow::Result<i64> {
     let endpoints = endpoints.read().unwrap_or_else(PoisonError::into_inner).clone();
     for endpoint in &endpoints {
-        let options = ConnectOptions::new().with_connect_timeout(Duration::from_millis(500)).with_timeout(Duration::from_secs(1));
-        let Ok(mut client) = Client::connect([endpoint.as_str()], Some(options)).await else { continue };
+        let Some(mut client) = history::connect(endpoint, ConnectOptions::new().with_timeout(Duration::from_secs(1))).await else { continue };
         if let Ok(resp) = client.get(PREFIX, Some(GetOptions::new().with_prefix().with_count_only())).await {
             return Ok(resp.header().map_or(1, |h| h.revision()));
         }

@@ -148,6 +148,14 @@ pub fn pick(endpoints: &Endpoints, rng: &mut StdRng) -> String {
     endpoints[rng.random_range(0..endpoints.len())].clone()
 }
 
+/// A client of `endpoint` alone with `options`, if it connects within a
+/// second (500 ms for the connection itself): members come and go in a
+/// fault run, and a dead one must not hold a client up.
+pub async fn connect(endpoint: &str, options: ConnectOptions) -> Option<Client> {
+    let options = options.with_connect_timeout(Duration::from_millis(500));
+    tokio::time::timeout(Duration::from_secs(1), Client::connect([endpoint], Some(options))).await.ok()?.ok()
+}
+
 /// The keys a run's clients use: `{prefix}k0` ..
 pub fn key(prefix: &str, i: usize) -> String {
     format!("{prefix}k{i}")
@@ -182,8 +190,7 @@ async fn client_loop(endpoints: Endpoints, prefix: String, keys: usize, mut rng:
     while !stop.load(Ordering::SeqCst) {
         let client_id = history.next_client.fetch_add(1, Ordering::SeqCst);
         let endpoint = pick(&endpoints, &mut rng);
-        let options = ConnectOptions::new().with_connect_timeout(Duration::from_millis(500)).with_timeout(REQUEST_TIMEOUT);
-        let Ok(Ok(mut client)) = tokio::time::timeout(Duration::from_secs(1), Client::connect([endpoint.as_str()], Some(options))).await else {
+        let Some(mut client) = connect(&endpoint, ConnectOptions::new().with_timeout(REQUEST_TIMEOUT)).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };

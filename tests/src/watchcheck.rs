@@ -23,7 +23,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use crate::history::{Endpoints, pick};
+use crate::history::{Endpoints, connect, pick};
 
 /// One key's state in an event, as compared.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,8 +125,8 @@ pub async fn follow(name: String, endpoints: Endpoints, prefix: String, filter: 
         }
         log.resumes += 1;
         let endpoint = pick(&endpoints, &mut rng);
-        let options = ConnectOptions::new().with_connect_timeout(Duration::from_millis(500)).with_keep_alive(Duration::from_secs(1), Duration::from_secs(2));
-        let Ok(Ok(mut client)) = tokio::time::timeout(Duration::from_secs(1), Client::connect([endpoint.as_str()], Some(options))).await else {
+        let keep_alive = ConnectOptions::new().with_keep_alive(Duration::from_secs(1), Duration::from_secs(2));
+        let Some(mut client) = connect(&endpoint, keep_alive).await else {
             continue;
         };
         let mut options = WatchOptions::new().with_prefix().with_prev_key().with_start_revision(next);
