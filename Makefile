@@ -7,7 +7,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN        := $(TARGET_DIR)/debug
 DATA_DIR   ?= default.raftkv
 
-.PHONY: all deps doctor pydeps go-peers node-peers test-peers build run cluster test test-k8s chaos bench bench-cluster bench-k8s clean-data
+.PHONY: all deps doctor pydeps go-peers node-peers test-peers build run cluster test test-k8s chaos sim bench bench-cluster bench-k8s clean-data
 
 # The chart tests' Python packages (Helm 4's engine, Kubernetes' schemas).
 VENV       ?= .venv
@@ -70,6 +70,15 @@ test-k8s: build pydeps go-peers
 # (docs/reliability.md). `make test` runs each fault once.
 chaos: build go-peers
 	$(BIN)/examples/chaos
+
+# The deterministic simulation: SEEDS (default 100) whole clusters in one
+# process each, simulated time, network and disk, faults from the seed,
+# the same checkers; SEED (default 1) is the first, `make sim SEEDS=1
+# SEED=n` replays seed n exactly (docs/reliability.md). `make test` runs 200.
+SEEDS ?= 100
+SEED  ?= 1
+sim: build go-peers
+	SEEDS=$(SEEDS) SEED=$(SEED) $(BIN)/examples/sim
 
 # raftkv and Debian's etcd side by side on this machine, with ratios.
 bench: build

@@ -25,6 +25,8 @@
 //! - `node`: wiring, bootstrap and join, propose and linearizable reads;
 //!   `server`: `run`.
 //! - `metrics`: Prometheus metrics with etcd's names.
+//! - `sim`: one member without threads, timers or sockets, for the
+//!   deterministic simulation of whole clusters (`tests/src/sim.rs`).
 //! - `config`: etcd's flags; `compactor`: auto compaction; `error`: the
 //!   errors clients see, with etcd's texts.
 //!
@@ -50,6 +52,7 @@ pub mod peer;
 pub mod raft;
 pub mod restore;
 pub mod server;
+pub mod sim;
 pub mod snapshot;
 pub mod storage;
 pub mod watch;

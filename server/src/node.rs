@@ -494,6 +494,7 @@ impl Node {
             heartbeat_ticks: 1,
             snapshot_count: cfg.snapshot_count.max(1),
             catch_up_entries: cfg.snapshot_catchup_entries,
+            max_election_ticks: 0,
         };
         let handle_cell = Arc::new(std::sync::OnceLock::new());
         let peer_health = crate::peer::PeerHealth::default();

@@ -38,6 +38,9 @@
 //! - [`watchcheck`]: watchers that follow a prefix through faults, and the
 //!   checks of what they saw against the store's own history.
 //! - [`chaos`]: one fault run: a cluster, faults, the checkers' verdicts.
+//! - [`sim`]: the deterministic simulation: a whole cluster in one thread,
+//!   simulated time, network and disk, decided by a seed, and the same
+//!   checkers.
 //! - [`k8s`]: a real Kubernetes control plane (kube-apiserver,
 //!   kube-controller-manager, kubectl from `tests/k8s`) on raftkv or etcd.
 //! - [`objstores`]: real object stores on loopback (versitygw for S3,
@@ -57,6 +60,7 @@ pub mod objstores;
 pub mod ports;
 pub mod proxy;
 pub mod server;
+pub mod sim;
 pub mod watchcheck;
 
 pub use both::{for_both, for_both_with, selected_flavors, with_etcd};

@@ -37,6 +37,18 @@ pub struct Kv {
 }
 
 impl Kv {
+    /// A key-value as the server's own types carry it (the simulation).
+    pub fn of_pb(kv: &etcd_client::proto::PbKeyValue) -> Kv {
+        Kv {
+            key: String::from_utf8_lossy(&kv.key).into_owned(),
+            value: String::from_utf8_lossy(&kv.value).into_owned(),
+            create_rev: kv.create_revision,
+            mod_rev: kv.mod_revision,
+            version: kv.version,
+            lease: kv.lease,
+        }
+    }
+
     fn of(kv: &KeyValue) -> Kv {
         Kv {
             key: String::from_utf8_lossy(kv.key()).into_owned(),
@@ -226,10 +238,18 @@ pub async fn truth(endpoint: &str, prefix: &str) -> anyhow::Result<(Vec<TruthEve
             }
         }
     }
-    // Every revision 2..=last, each with its keys once.
+    let read: BTreeMap<String, Kv> = range.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), Kv::of(kv))).collect();
+    check_truth(&events, last, &read)?;
+    Ok((events, last))
+}
+
+/// Checks the store's history on its own: every revision 2..=`last`, each
+/// with its keys once, versions counting up, and its replay equal to
+/// `read`, what a range of the prefix reads at `last`.
+pub fn check_truth(events: &[TruthEvent], last: i64, read: &BTreeMap<String, Kv>) -> anyhow::Result<()> {
     let mut at = 1;
     let mut keys_at: Vec<&str> = Vec::new();
-    for e in &events {
+    for e in events {
         if e.mod_rev != at {
             ensure!(e.mod_rev == at + 1, "the store's history has revision {} after {at}: {e:?}", e.mod_rev);
             at = e.mod_rev;
@@ -239,9 +259,8 @@ pub async fn truth(endpoint: &str, prefix: &str) -> anyhow::Result<(Vec<TruthEve
         keys_at.push(&e.key);
     }
     ensure!(events.last().map_or(1, |e| e.mod_rev) == last, "the store's history ends before its revision {last}");
-    // Its replay is what a range reads.
     let mut state: BTreeMap<String, Kv> = BTreeMap::new();
-    for e in &events {
+    for e in events {
         if e.delete {
             ensure!(state.remove(&e.key).is_some(), "the store's history deletes {} at {}, which did not exist", e.key, e.mod_rev);
         } else {
@@ -250,11 +269,10 @@ pub async fn truth(endpoint: &str, prefix: &str) -> anyhow::Result<(Vec<TruthEve
             state.insert(e.key.clone(), e.kv.clone());
         }
     }
-    let read: BTreeMap<String, Kv> = range.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), Kv::of(kv))).collect();
-    if read != state {
+    if *read != state {
         bail!("the store's history does not replay to what it reads at revision {last}:\nreplay {state:#?}\nread {read:#?}");
     }
-    Ok((events, last))
+    Ok(())
 }
 
 /// Checks one watcher against the truth (see the module's doc).

@@ -62,6 +62,11 @@ pub struct RaftConfig {
     pub snapshot_count: u64,
     /// Entries kept behind the applied index for slow followers.
     pub catch_up_entries: u64,
+    /// Election timeouts are drawn from `election_ticks` up to this (0:
+    /// raft's default, twice `election_ticks`). The simulation fixes each
+    /// member's with `election_ticks + 1`: raft-rs draws from a random
+    /// source of its own that a seed cannot reach.
+    pub max_election_ticks: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -162,9 +167,15 @@ impl RaftHandle {
     /// Waits until this member has applied everything committed when the
     /// call was made (ReadIndex); returns that index.
     pub async fn read_index(&self) -> Result<u64, RaftError> {
+        self.ask_read_index()?.await.map_err(|_| RaftError::Stopped)
+    }
+
+    /// Asks for a ReadIndex without waiting: the index comes on the
+    /// receiver once applied.
+    pub fn ask_read_index(&self) -> Result<oneshot::Receiver<u64>, RaftError> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Command::ReadIndex(tx)).map_err(|_| RaftError::Stopped)?;
-        rx.await.map_err(|_| RaftError::Stopped)
+        Ok(rx)
     }
 
     /// Proposes a membership change (forwarded to the leader by raft), as
@@ -205,7 +216,8 @@ impl RaftHandle {
 }
 
 struct PendingRead {
-    issued: Instant,
+    /// The tick it was issued at.
+    issued: u64,
     waiters: Vec<oneshot::Sender<u64>>,
 }
 
@@ -224,6 +236,8 @@ struct Loop<S: StateMachine, T: Transport> {
     new_reads: Vec<oneshot::Sender<u64>>,
     applied: u64,
     last_truncation: u64,
+    /// Ticks so far: the loop's only clock.
+    ticks: u64,
 }
 
 fn slog_logger() -> slog::Logger {
@@ -241,10 +255,42 @@ pub fn start<S: StateMachine, T: Transport>(
     snapshots: Arc<dyn SnapshotSource>,
     status: Arc<RaftStatus>,
 ) -> Result<(RaftHandle, std::thread::JoinHandle<()>), StorageError> {
+    let (handle, mut stepped) = start_stepped(cfg, engine, sm, transport, snapshots, status)?;
+    let thread = std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || {
+            if let Err(e) = stepped.run() {
+                // Storage failed under raft: stopping is the only safe move
+                // (the server then exits, see `RaftStatus::failed`).
+                tracing::error!(error = %e, "raft loop stopped on a storage error");
+                stepped.lp.status.failed.store(true, Ordering::Release);
+            }
+        })
+        .map_err(|e| StorageError::Engine(e.to_string()))?;
+    Ok((handle, thread))
+}
+
+/// The Ready loop without a thread of its own, for a driver that calls
+/// `tick` and `poll` (the deterministic simulation): what the thread of
+/// `start` runs, one step at a time.
+pub struct Stepped<S: StateMachine, T: Transport> {
+    lp: Loop<S, T>,
+    rx: Receiver<Command>,
+}
+
+/// As `start`, but the caller drives the loop.
+pub fn start_stepped<S: StateMachine, T: Transport>(
+    cfg: RaftConfig,
+    engine: Arc<dyn Engine>,
+    sm: S,
+    transport: T,
+    snapshots: Arc<dyn SnapshotSource>,
+    status: Arc<RaftStatus>,
+) -> Result<(RaftHandle, Stepped<S, T>), StorageError> {
     let mut log = RaftLog::open(engine.clone())?;
     log.set_snapshot_source(snapshots, status.applied.clone());
     let applied = sm.applied_index();
-    let raft_cfg = raft::Config {
+    let mut raft_cfg = raft::Config {
         id: cfg.id,
         election_tick: cfg.election_ticks,
         heartbeat_tick: cfg.heartbeat_ticks,
@@ -255,6 +301,10 @@ pub fn start<S: StateMachine, T: Transport>(
         max_inflight_msgs: 256,
         ..Default::default()
     };
+    if cfg.max_election_ticks != 0 {
+        raft_cfg.min_election_tick = cfg.election_ticks;
+        raft_cfg.max_election_tick = cfg.max_election_ticks;
+    }
     let sole_voter = log.conf_state().voters == vec![cfg.id];
     status.is_learner.store(log.conf_state().learners.contains(&cfg.id), Ordering::Release);
     status.term.store(log.hard_state().term, Ordering::Release);
@@ -278,54 +328,77 @@ pub fn start<S: StateMachine, T: Transport>(
         new_reads: Vec::new(),
         applied,
         last_truncation: applied,
+        ticks: 0,
         cfg,
     };
     if sole_voter {
         // A one-member cluster need not wait an election timeout.
         let _ = lp.node.campaign();
     }
-    let thread = std::thread::Builder::new()
-        .name("raft".into())
-        .spawn(move || {
-            if let Err(e) = lp.run(rx) {
-                // Storage failed under raft: stopping is the only safe move
-                // (the server then exits, see `RaftStatus::failed`).
-                tracing::error!(error = %e, "raft loop stopped on a storage error");
-                lp.status.failed.store(true, Ordering::Release);
-            }
-        })
-        .map_err(|e| StorageError::Engine(e.to_string()))?;
-    Ok((RaftHandle { tx, status }, thread))
+    Ok((RaftHandle { tx, status }, Stepped { lp, rx }))
 }
 
-impl<S: StateMachine, T: Transport> Loop<S, T> {
-    fn run(&mut self, rx: Receiver<Command>) -> Result<(), StorageError> {
+impl<S: StateMachine, T: Transport> Stepped<S, T> {
+    /// The thread of `start`: commands as they come, a tick every
+    /// `cfg.tick`, a Ready after each wake-up.
+    fn run(&mut self) -> Result<(), StorageError> {
         let mut last_tick = Instant::now();
         loop {
-            let wait = self.cfg.tick.saturating_sub(last_tick.elapsed());
-            match rx.recv_timeout(wait) {
+            let wait = self.lp.cfg.tick.saturating_sub(last_tick.elapsed());
+            match self.rx.recv_timeout(wait) {
                 Ok(cmd) => {
-                    if !self.handle(cmd) {
+                    if !self.lp.handle(cmd) {
                         return Ok(());
                     }
                     // Take everything already queued: it shares one Ready.
-                    while let Ok(cmd) = rx.try_recv() {
-                        if !self.handle(cmd) {
-                            return Ok(());
-                        }
+                    if !self.take_queued() {
+                        return Ok(());
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
-            if last_tick.elapsed() >= self.cfg.tick {
-                self.node.tick();
+            if last_tick.elapsed() >= self.lp.cfg.tick {
+                self.lp.tick();
                 last_tick = Instant::now();
-                self.retry_reads();
             }
-            self.issue_reads();
-            self.on_ready()?;
+            self.lp.issue_reads();
+            self.lp.on_ready()?;
         }
+    }
+
+    /// Handles every queued command; false once told to stop.
+    fn take_queued(&mut self) -> bool {
+        while let Ok(cmd) = self.rx.try_recv() {
+            if !self.lp.handle(cmd) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// One tick of raft's logical clock (a heartbeat interval).
+    pub fn tick(&mut self) {
+        self.lp.tick();
+    }
+
+    /// Handles what was queued (proposals, reads, peer messages) and runs
+    /// a Ready; false once told to stop.
+    pub fn poll(&mut self) -> Result<bool, StorageError> {
+        if !self.take_queued() {
+            return Ok(false);
+        }
+        self.lp.issue_reads();
+        self.lp.on_ready()?;
+        Ok(true)
+    }
+}
+
+impl<S: StateMachine, T: Transport> Loop<S, T> {
+    fn tick(&mut self) {
+        self.node.tick();
+        self.ticks += 1;
+        self.retry_reads();
     }
 
     /// False when the loop must stop.
@@ -372,15 +445,17 @@ impl<S: StateMachine, T: Transport> Loop<S, T> {
         self.read_seq += 1;
         let waiters = std::mem::take(&mut self.new_reads);
         self.node.read_index(self.read_seq.to_be_bytes().to_vec());
-        self.reads_in_flight.insert(self.read_seq, PendingRead { issued: Instant::now(), waiters });
+        self.reads_in_flight.insert(self.read_seq, PendingRead { issued: self.ticks, waiters });
     }
 
     /// raft drops a ReadIndex silently without a leader or before the leader
     /// commits in its term: ask again after a while.
     fn retry_reads(&mut self) {
-        let patience = self.cfg.tick * self.cfg.election_ticks as u32 / 2;
-        let stale: Vec<u64> =
-            self.reads_in_flight.iter().filter(|(_, p)| p.issued.elapsed() > patience).map(|(k, _)| *k).collect();
+        let patience = (self.cfg.election_ticks as u64 / 2).max(1);
+        let now = self.ticks;
+        let mut stale: Vec<u64> =
+            self.reads_in_flight.iter().filter(|(_, p)| now - p.issued > patience).map(|(k, _)| *k).collect();
+        stale.sort_unstable();
         for k in stale {
             if let Some(p) = self.reads_in_flight.remove(&k) {
                 let alive: Vec<_> = p.waiters.into_iter().filter(|w| !w.is_closed()).collect();

@@ -1,4 +1,7 @@
-//! An in-memory engine for unit tests: the same contract as RocksDB, no disk.
+//! An in-memory engine for unit tests and the simulation: the same
+//! contract as RocksDB, no disk. It also keeps what a power loss would
+//! leave: the state as of the last synced write, and the writes since in
+//! order (RocksDB's WAL: a crash loses a suffix of the unsynced writes).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -10,14 +13,64 @@ use super::{Cf, CfSize, Engine, Result, SortedFile, StorageError, WriteBatch, Wr
 /// A key in one column family.
 type CfKey = (Cf, Vec<u8>);
 
+type Map = BTreeMap<CfKey, Vec<u8>>;
+
 #[derive(Default)]
 pub struct MemEngine {
-    cfs: Mutex<BTreeMap<CfKey, Vec<u8>>>,
+    cfs: Mutex<Map>,
+    /// The state as of the last synced write, and the batches written
+    /// since without a sync, oldest first.
+    durable: Mutex<(Map, Vec<WriteBatch>)>,
+    /// A disk that acknowledges syncs and keeps nothing (a failure on
+    /// demand, for the simulation's own test: it must catch the loss).
+    lying: std::sync::atomic::AtomicBool,
 }
 
 impl MemEngine {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// From now on, syncs are acknowledged and do nothing.
+    pub fn lie_about_syncs(&self) {
+        self.lying.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Writes not yet synced.
+    pub fn unsynced(&self) -> usize {
+        self.durable.lock().1.len()
+    }
+
+    /// A power loss: the state becomes the last synced one plus the first
+    /// `keep` writes made since (at most all of them), as RocksDB's WAL
+    /// would replay. Whatever holds the engine must be dropped first.
+    pub fn crash(&self, keep: usize) {
+        let mut durable = self.durable.lock();
+        let (state, unsynced) = &mut *durable;
+        let kept: Vec<WriteBatch> = unsynced.drain(..).take(keep).collect();
+        for batch in &kept {
+            apply(state, batch.ops.iter().cloned());
+        }
+        *self.cfs.lock() = state.clone();
+    }
+}
+
+fn apply(m: &mut Map, ops: impl IntoIterator<Item = WriteOp>) {
+    for op in ops {
+        match op {
+            WriteOp::Put(cf, k, v) => {
+                m.insert((cf, k), v);
+            }
+            WriteOp::Delete(cf, k) => {
+                m.remove(&(cf, k));
+            }
+            WriteOp::DeleteRange(cf, s, e) => {
+                let keys: Vec<_> = m.range(bounds(cf, &s, Some(&e))).map(|(k, _)| k.clone()).collect();
+                for k in keys {
+                    m.remove(&k);
+                }
+            }
+        }
     }
 }
 
@@ -36,31 +89,25 @@ fn bounds(cf: Cf, start: &[u8], end: Option<&[u8]>) -> (Bound<CfKey>, Bound<CfKe
 
 impl Engine for MemEngine {
     fn checkpoint(&self, _dir: &std::path::Path) -> Result<std::sync::Arc<dyn Engine>> {
-        Ok(std::sync::Arc::new(MemEngine { cfs: Mutex::new(self.cfs.lock().clone()) }))
+        let state = self.cfs.lock().clone();
+        Ok(std::sync::Arc::new(MemEngine { cfs: Mutex::new(state.clone()), durable: Mutex::new((state, Vec::new())), lying: Default::default() }))
     }
 
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.cfs.lock().get(&(cf, key.to_vec())).cloned())
     }
 
-    fn write(&self, batch: WriteBatch, _sync: bool) -> Result<()> {
-        let mut m = self.cfs.lock();
-        for op in batch.ops {
-            match op {
-                WriteOp::Put(cf, k, v) => {
-                    m.insert((cf, k), v);
-                }
-                WriteOp::Delete(cf, k) => {
-                    m.remove(&(cf, k));
-                }
-                WriteOp::DeleteRange(cf, s, e) => {
-                    let keys: Vec<_> = m.range(bounds(cf, &s, Some(&e))).map(|(k, _)| k.clone()).collect();
-                    for k in keys {
-                        m.remove(&k);
-                    }
-                }
+    fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        // The durable side first: a sync covers every earlier write.
+        let mut durable = self.durable.lock();
+        let (state, unsynced) = &mut *durable;
+        unsynced.push(batch.clone());
+        if sync && !self.lying.load(std::sync::atomic::Ordering::Relaxed) {
+            for b in unsynced.drain(..) {
+                apply(state, b.ops);
             }
         }
+        apply(&mut self.cfs.lock(), batch.ops);
         Ok(())
     }
 

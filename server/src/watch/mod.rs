@@ -166,6 +166,27 @@ impl WatchHub {
         })
     }
 
+    /// What the fan-out thread and the catch-up task do, done now on the
+    /// caller's thread, for a driver without them (the simulation): sends
+    /// what `publish` queued, then catches unsynced watchers up and
+    /// answers deferred progress requests. Does nothing for the queue
+    /// once the fan-out thread runs.
+    pub fn run_now(&self) {
+        let queued: Vec<Published> = match self.fanout.lock().as_ref() {
+            Some(queue) => queue.try_iter().collect(),
+            None => Vec::new(),
+        };
+        if self.dropped.swap(false, Ordering::AcqRel) {
+            self.resync();
+        }
+        for (rev, changes, bytes) in queued {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            self.notify(rev, &changes);
+        }
+        self.catch_up();
+        self.answer_deferred();
+    }
+
     /// Registers a watcher; the caller has already sent its "created"
     /// response on `tx`, so nothing can overtake it.
     pub fn add(&self, key: WatcherKey, spec: WatchSpec, tx: mpsc::Sender<WatchResponse>) {
