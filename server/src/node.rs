@@ -506,7 +506,8 @@ impl Node {
             handle_cell.clone(),
             tokio::runtime::Handle::current(),
         );
-        let (raft, thread) = crate::raft::node::start(raft_cfg, engine.clone(), applier, transport, snapshots.clone(), status.clone())?;
+        let (raft, stepped) = crate::raft::node::start(raft_cfg, engine.clone(), applier, transport, snapshots.clone(), status.clone())?;
+        let thread = stepped.spawn()?;
         let _ = handle_cell.set(raft.clone());
         // Ids are unique across restarts: the start time fills the high bits.
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;

@@ -34,7 +34,7 @@ use crate::membership::{Member, Membership};
 use crate::mvcc::Store;
 use crate::peer::proto::Record;
 use crate::raft::log::{BOOTSTRAP_INDEX, RaftLog};
-use crate::raft::node::{RaftConfig, RaftHandle, RaftStatus, Stepped, Transport, start_stepped};
+use crate::raft::node::{RaftConfig, RaftHandle, RaftStatus, Stepped, Transport, start};
 use crate::snapshot::Snapshots;
 use crate::storage::mem::MemEngine;
 use crate::storage::{Engine, StorageError, WriteBatch};
@@ -126,7 +126,7 @@ impl SimMember {
             max_election_ticks: timing.election_ticks + 1,
         };
         let outbox = Outbox::default();
-        let (raft, stepped) = start_stepped(cfg, engine, applier, outbox.clone(), snapshots.clone(), status.clone())?;
+        let (raft, stepped) = start(cfg, engine, applier, outbox.clone(), snapshots.clone(), status.clone())?;
         Ok(SimMember { id, store, hub, status, lessor, raft, stepped, outbox, snapshots, waiters, next_id: incarnation << 40, next_watch: 0 })
     }
 

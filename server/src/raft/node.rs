@@ -244,42 +244,19 @@ fn slog_logger() -> slog::Logger {
     slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!())
 }
 
-/// Starts the Ready loop on its own thread. A founding member's log must
-/// have been bootstrapped (`RaftLog::bootstrap`) with its state machine's
-/// first state; a joining member starts empty and waits for a snapshot.
-pub fn start<S: StateMachine, T: Transport>(
-    cfg: RaftConfig,
-    engine: Arc<dyn Engine>,
-    sm: S,
-    transport: T,
-    snapshots: Arc<dyn SnapshotSource>,
-    status: Arc<RaftStatus>,
-) -> Result<(RaftHandle, std::thread::JoinHandle<()>), StorageError> {
-    let (handle, mut stepped) = start_stepped(cfg, engine, sm, transport, snapshots, status)?;
-    let thread = std::thread::Builder::new()
-        .name("raft".into())
-        .spawn(move || {
-            if let Err(e) = stepped.run() {
-                // Storage failed under raft: stopping is the only safe move
-                // (the server then exits, see `RaftStatus::failed`).
-                tracing::error!(error = %e, "raft loop stopped on a storage error");
-                stepped.lp.status.failed.store(true, Ordering::Release);
-            }
-        })
-        .map_err(|e| StorageError::Engine(e.to_string()))?;
-    Ok((handle, thread))
-}
-
-/// The Ready loop without a thread of its own, for a driver that calls
-/// `tick` and `poll` (the deterministic simulation): what the thread of
-/// `start` runs, one step at a time.
+/// The Ready loop, ready to run: on a thread of its own (`spawn`, a
+/// member), or one step at a time by a driver that calls `tick` and `poll`
+/// (the deterministic simulation), the same steps the thread takes.
 pub struct Stepped<S: StateMachine, T: Transport> {
     lp: Loop<S, T>,
     rx: Receiver<Command>,
 }
 
-/// As `start`, but the caller drives the loop.
-pub fn start_stepped<S: StateMachine, T: Transport>(
+/// Opens the raft log and prepares the Ready loop. A founding member's log
+/// must have been bootstrapped (`RaftLog::bootstrap`) with its state
+/// machine's first state; a joining member starts empty and waits for a
+/// snapshot.
+pub fn start<S: StateMachine, T: Transport>(
     cfg: RaftConfig,
     engine: Arc<dyn Engine>,
     sm: S,
@@ -339,7 +316,22 @@ pub fn start_stepped<S: StateMachine, T: Transport>(
 }
 
 impl<S: StateMachine, T: Transport> Stepped<S, T> {
-    /// The thread of `start`: commands as they come, a tick every
+    /// Runs the loop on its own thread until told to stop.
+    pub fn spawn(mut self) -> Result<std::thread::JoinHandle<()>, StorageError> {
+        std::thread::Builder::new()
+            .name("raft".into())
+            .spawn(move || {
+                if let Err(e) = self.run() {
+                    // Storage failed under raft: stopping is the only safe
+                    // move (the server then exits, see `RaftStatus::failed`).
+                    tracing::error!(error = %e, "raft loop stopped on a storage error");
+                    self.lp.status.failed.store(true, Ordering::Release);
+                }
+            })
+            .map_err(|e| StorageError::Engine(e.to_string()))
+    }
+
+    /// The thread of `spawn`: commands as they come, a tick every
     /// `cfg.tick`, a Ready after each wake-up.
     fn run(&mut self) -> Result<(), StorageError> {
         let mut last_tick = Instant::now();
