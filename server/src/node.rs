@@ -542,7 +542,7 @@ impl Node {
     /// A checkpointed lease first has its checkpoint cleared through raft
     /// (as etcd does), so a new leader cannot count from the older one.
     pub async fn renew_lease(&self, id: i64) -> Result<i64, Error> {
-        match self.lessor.renew(id) {
+        match self.lessor.renew_as_leader(id, self.election_timeout) {
             None => Ok(0),
             Some(r) if !r.clear_checkpoint => Ok(r.ttl),
             Some(r) => {

@@ -224,17 +224,13 @@ async fn removed(node: Arc<Node>) {
 /// leader first gives every lease its checkpointed remaining TTL (or its
 /// full TTL), plus an election timeout, as etcd does.
 async fn expire_leases(node: Arc<Node>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut was_leader = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let leader = node.is_leader();
-        if leader && !was_leader {
-            node.lessor.promote(node.election_timeout);
-        }
-        was_leader = leader;
+        node.lessor.lead(leader, node.election_timeout);
         if !leader {
             continue;
         }

@@ -113,6 +113,8 @@ struct Slot {
     member: Option<SimMember>,
     incarnation: u64,
     paused_until: u64,
+    /// What reached it while paused, delivered when it resumes.
+    held: Vec<Packet>,
     next_tick: u64,
 }
 
@@ -207,9 +209,8 @@ struct Sim {
     granting: Option<Granting>,
     next_lease: i64,
     next_grant: u64,
-    /// Per member: the incarnation that last ran the expiry duty as
-    /// leader, and when the duty runs next.
-    duty: Vec<(Option<u64>, u64)>,
+    /// Per member: when its expiry duty runs next.
+    duty: Vec<u64>,
     last_promotion: u64,
     now: u64,
     /// The history's clock: strictly increasing, so that porcupine sees
@@ -260,7 +261,7 @@ impl Sim {
             let dir = dir.join(format!("m{id}"));
             let member = SimMember::open(id, engine.clone(), dir.clone(), timing, 0, clock.clone()).map_err(|e| member_err("open", id, e))?;
             let next_tick = rng.random_range(0..TICK_MS);
-            slots.push(Slot { id, engine, dir, timing, member: Some(member), incarnation: 0, paused_until: 0, next_tick });
+            slots.push(Slot { id, engine, dir, timing, member: Some(member), incarnation: 0, paused_until: 0, held: Vec::new(), next_tick });
         }
         let clients = (0..CLIENTS)
             .map(|n| Client {
@@ -289,7 +290,7 @@ impl Sim {
             })
             .collect();
         let next_fault = rng.random_range(500..2000);
-        let duty = (0..members).map(|_| (None, rng.random_range(0..EXPIRY_DUTY_MS))).collect();
+        let duty = (0..members).map(|_| rng.random_range(0..EXPIRY_DUTY_MS)).collect();
         Ok(Sim {
             rng,
             clock_ms,
@@ -370,8 +371,7 @@ impl Sim {
             let slot = &self.slots[p.to];
             if slot.member.is_some() && slot.paused_until > self.now {
                 // A stopped process: the bytes wait in its socket.
-                self.seq += 1;
-                self.queue.insert((slot.paused_until, self.seq), p);
+                self.slots[p.to].held.push(p);
                 continue;
             }
             let Some(member) = &self.slots[p.to].member else {
@@ -508,6 +508,7 @@ impl Sim {
         let keep = if power_loss { self.rng.random_range(0..=unsynced) } else { unsynced };
         slot.engine.crash(keep);
         slot.paused_until = 0;
+        slot.held.clear();
         let id = slot.id;
         let how = if power_loss { "power loss" } else { "kill -9" };
         self.note(format!("{how} of member {id}: kept {keep} of {unsynced} unsynced writes"));
@@ -597,6 +598,10 @@ impl Sim {
         for i in 0..self.slots.len() {
             if self.slots[i].paused_until > self.now {
                 self.slots[i].paused_until = self.now;
+                for p in std::mem::take(&mut self.slots[i].held) {
+                    self.seq += 1;
+                    self.queue.insert((self.now, self.seq), p);
+                }
             }
             self.restart(i)?;
         }
@@ -913,18 +918,16 @@ impl Sim {
         let now = self.now;
         for i in 0..self.slots.len() {
             let slot = &self.slots[i];
-            if !slot.up(now) || now < self.duty[i].1 {
+            if !slot.up(now) || now < self.duty[i] {
                 continue;
             }
-            let inc = slot.incarnation;
             let election = Duration::from_millis(slot.timing.election_ticks as u64 * TICK_MS);
             let Some(m) = self.slots[i].member.as_mut() else { continue };
             let leads = m.status.leader() == m.id;
-            if leads && self.duty[i].0 != Some(inc) {
-                m.lessor.promote(election);
+            if m.lessor.lead(leads, election) {
                 self.last_promotion = now;
             }
-            self.duty[i] = (leads.then_some(inc), now + EXPIRY_DUTY_MS);
+            self.duty[i] = now + EXPIRY_DUTY_MS;
             if leads {
                 for id in m.lessor.expired() {
                     let _ = m.propose(Request::LeaseRevoke(PbLeaseRevokeRequest { id }));
@@ -941,7 +944,14 @@ impl Sim {
                 continue;
             }
             let i = leaders[self.rng.random_range(0..leaders.len())];
-            let renewed = self.slots[i].member.as_ref().and_then(|m| m.lessor.renew(self.kept[k].id)).is_some();
+            // As `Node::renew_lease`: `Lessor::renew_as_leader`, with the
+            // promotion it may make seen.
+            let election = Duration::from_millis(self.slots[i].timing.election_ticks as u64 * TICK_MS);
+            let Some(m) = self.slots[i].member.as_ref() else { continue };
+            if m.lessor.lead(true, election) {
+                self.last_promotion = now;
+            }
+            let renewed = m.lessor.renew(self.kept[k].id).is_some();
             let kept = &mut self.kept[k];
             if renewed {
                 kept.last_ack = now;

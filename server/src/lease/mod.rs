@@ -34,6 +34,9 @@ struct Lease {
 struct Inner {
     leases: HashMap<i64, Lease>,
     key_lease: HashMap<Vec<u8>, i64>,
+    /// Set while this member decides expiry (it leads and has counted
+    /// every lease anew, `promote`).
+    primary: bool,
 }
 
 /// Where a lessor reads the time: the monotonic clock, or the
@@ -220,9 +223,43 @@ impl Lessor {
     /// new leader with their keep-alives).
     pub fn promote(&self, extend: Duration) {
         let now = self.now();
-        for l in self.inner.write().leases.values_mut() {
+        let mut inner = self.inner.write();
+        inner.primary = true;
+        for l in inner.leases.values_mut() {
             l.expiry = now + extend + secs(l.time_left());
         }
+    }
+
+    /// What the leader's expiry duty calls each round with whether this
+    /// member leads: a member that leads and has not been promoted yet is
+    /// promoted (true then), one that no longer leads is demoted.
+    pub fn lead(&self, leads: bool, extend: Duration) -> bool {
+        if self.inner.read().primary == leads {
+            return false;
+        }
+        if !leads {
+            self.inner.write().primary = false;
+            return false;
+        }
+        let now = self.now();
+        let mut inner = self.inner.write();
+        if inner.primary {
+            return false;
+        }
+        inner.primary = true;
+        for l in inner.leases.values_mut() {
+            l.expiry = now + extend + secs(l.time_left());
+        }
+        true
+    }
+
+    /// A keep-alive on the leader: promoted first if its expiry duty has
+    /// not yet run since it took over (else the expiries it holds are the
+    /// ones it counted as a follower, long past, and a lease kept alive
+    /// on time would be refused), then renewed.
+    pub fn renew_as_leader(&self, id: i64, extend: Duration) -> Option<Renewal> {
+        self.lead(true, extend);
+        self.renew(id)
     }
 }
 
@@ -302,6 +339,34 @@ mod tests {
         assert_eq!(l.expired(), vec![7]);
         assert!(l.renew(7).is_none(), "an expired lease was renewed");
         assert_eq!(l.expired(), vec![7], "the refused renewal moved the expiry");
+    }
+
+    /// Found by the clock-jump test once expired leases were no longer
+    /// renewed: a keep-alive reaching a new leader before its expiry duty
+    /// had promoted it met the expiries it had counted as a follower (long
+    /// past) and was refused, though the lease was kept alive on time.
+    #[test]
+    fn a_new_leader_promotes_itself_before_it_renews() {
+        let now = Arc::new(parking_lot::Mutex::new(Instant::now()));
+        let clock: Clock = {
+            let now = now.clone();
+            Arc::new(move || *now.lock())
+        };
+        let follower = Lessor::with_clock(2, clock);
+        let mut b = WriteBatch::default();
+        assert!(follower.grant(7, 3, &mut b));
+        // Kept alive on the old leader for a minute: this member, a
+        // follower, never counted those renewals.
+        *now.lock() += Duration::from_secs(60);
+        assert_eq!(follower.renew_as_leader(7, Duration::from_secs(1)).map(|r| r.ttl), Some(3));
+        assert!(!follower.lead(true, Duration::from_secs(1)), "promoted twice");
+        *now.lock() += Duration::from_millis(2999);
+        assert!(follower.expired().is_empty(), "the renewal did not count from now");
+        // Demoted, then leading again: counted anew once more.
+        assert!(!follower.lead(false, Duration::ZERO));
+        *now.lock() += Duration::from_secs(60);
+        assert!(follower.lead(true, Duration::from_secs(1)));
+        assert!(follower.expired().is_empty());
     }
 
     #[test]
