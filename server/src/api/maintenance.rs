@@ -64,6 +64,10 @@ impl PbMaintenanceService for MaintenanceService {
         self.node.refuse_learner().map_err(status)?;
         let r = req.into_inner();
         if r.action == crate::alarm::GET {
+            // Linearizable, as etcd's (which puts every alarm request
+            // through raft): a member that has not yet applied an alarm
+            // raised elsewhere must not answer without it.
+            self.node.linearizable_read().await.map_err(status)?;
             return Ok(Response::new(AlarmResponse { header: None, alarms: self.node.alarms.list(r.alarm) }));
         }
         match self.node.propose(crate::apply::request::Op::Alarm(r)).await.map_err(status)? {
