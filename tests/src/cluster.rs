@@ -446,7 +446,8 @@ impl Cluster {
     /// etcd's runtime reconfiguration: MemberAdd (as a learner if
     /// `learner`), then a new process started with the initial cluster the
     /// answer implies and `--initial-cluster-state existing`. Returns the
-    /// new member's index once it reports the cluster's leader.
+    /// new member's index once it reports the cluster's leader and the
+    /// leader lists it as started.
     pub async fn add_member(&mut self, name: &str, learner: bool) -> anyhow::Result<usize> {
         let joining = self.prepare_member()?;
         let mut options = MemberAddOptions::new();
@@ -485,7 +486,21 @@ impl Cluster {
                 self.members[i].id
             );
         }
-        Ok(i)
+        // Started, as etcd counts it (its name published through raft):
+        // until then a next MemberAdd may be refused for want of started
+        // members, rightly, as on etcd.
+        let deadline = tokio::time::Instant::now() + AGREE_TIMEOUT;
+        loop {
+            let mut client = self.client(self.leader().await?).await?;
+            let listed = client.member_list().await?;
+            if listed.members().iter().any(|m| m.id() == new_id && !m.name().is_empty()) {
+                return Ok(i);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{name} ({new_id:x}) never published its name: {:?}", listed.members());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Ports and a proxy for a member about to be added; announce

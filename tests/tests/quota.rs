@@ -6,9 +6,10 @@
 //! alarm disarm`, writes work again; nothing acknowledged is lost.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use etcd_client::{AlarmAction, AlarmType, CompactionOptions, DeleteOptions, GetOptions};
+use etcd_client::{AlarmAction, AlarmOptions, AlarmType, CompactionOptions, DeleteOptions, GetOptions};
 use raftkv_tests::cluster::for_each_flavor;
 use raftkv_tests::{Cluster, Server, binaries, describe, selected_flavors};
 
@@ -120,4 +121,36 @@ async fn a_quota_below_the_data_refuses_writes_after_a_restart() -> anyhow::Resu
         }
     }
     Ok(())
+}
+
+/// Alarm lists are linearizable, as etcd's (every alarm request goes
+/// through raft there): a follower cut off from its peers while NOSPACE is
+/// raised does not answer with the list it last applied, and once back it
+/// lists the alarm. Both flavors. (raftkv once served the list from what
+/// the member had applied: a member a little behind listed nothing.)
+#[tokio::test]
+async fn an_alarm_list_never_answers_from_a_stale_member() -> anyhow::Result<()> {
+    for_each_flavor(3, &[], async |cluster: &mut Cluster| {
+        let leader = cluster.leader().await?;
+        let follower = cluster.followers().await?[0];
+        cluster.cut(follower);
+        let mut c = cluster.client(leader).await?;
+        let mut options = AlarmOptions::new();
+        options.with_member(cluster.member(leader).id());
+        c.alarm(AlarmAction::Activate, AlarmType::Nospace, Some(options)).await?;
+        ensure!(!alarms_on(cluster, leader).await?.is_empty(), "the leader does not list the alarm it raised");
+        if let Ok(Ok(alarms)) = tokio::time::timeout(Duration::from_secs(3), alarms_on(cluster, follower)).await {
+            bail!("a member cut off from its cluster answered an alarm list: {alarms:?}");
+        }
+        cluster.heal(follower);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Ok(alarms)) = tokio::time::timeout(Duration::from_secs(5), alarms_on(cluster, follower)).await {
+                ensure!(alarms.iter().any(|(_, a)| *a == AlarmType::Nospace), "once back, the member lists {alarms:?}");
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "the member did not answer an alarm list within 20 s of rejoining");
+        }
+    })
+    .await
 }
