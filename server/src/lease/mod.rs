@@ -223,11 +223,7 @@ impl Lessor {
     /// new leader with their keep-alives).
     pub fn promote(&self, extend: Duration) {
         let now = self.now();
-        let mut inner = self.inner.write();
-        inner.primary = true;
-        for l in inner.leases.values_mut() {
-            l.expiry = now + extend + secs(l.time_left());
-        }
+        count_anew(&mut self.inner.write(), now, extend);
     }
 
     /// What the leader's expiry duty calls each round with whether this
@@ -246,10 +242,7 @@ impl Lessor {
         if inner.primary {
             return false;
         }
-        inner.primary = true;
-        for l in inner.leases.values_mut() {
-            l.expiry = now + extend + secs(l.time_left());
-        }
+        count_anew(&mut inner, now, extend);
         true
     }
 
@@ -274,6 +267,14 @@ impl Lease {
     /// Seconds a member that starts deciding now gives this lease.
     fn time_left(&self) -> i64 {
         if self.remaining > 0 { self.remaining.min(self.ttl) } else { self.ttl }
+    }
+}
+
+/// This member starts deciding expiry: every lease counted anew from `now`.
+fn count_anew(inner: &mut Inner, now: Instant, extend: Duration) {
+    inner.primary = true;
+    for l in inner.leases.values_mut() {
+        l.expiry = now + extend + secs(l.time_left());
     }
 }
 
@@ -316,6 +317,13 @@ mod tests {
     use super::*;
     use crate::storage::mem::MemEngine;
 
+    /// A clock the test moves by hand.
+    fn test_clock() -> (Arc<parking_lot::Mutex<Instant>>, Clock) {
+        let now = Arc::new(parking_lot::Mutex::new(Instant::now()));
+        let read = now.clone();
+        (now, Arc::new(move || *read.lock()))
+    }
+
     /// Found by the simulation (seed 218 when it was found): a keep-alive
     /// that came after the lease expired renewed it, while the leader's
     /// revocation of it was already on its way through raft; the client
@@ -323,11 +331,7 @@ mod tests {
     /// expired lease is not renewed.
     #[test]
     fn an_expired_lease_is_not_renewed() {
-        let now = Arc::new(parking_lot::Mutex::new(Instant::now()));
-        let clock: Clock = {
-            let now = now.clone();
-            Arc::new(move || *now.lock())
-        };
+        let (now, clock) = test_clock();
         let l = Lessor::with_clock(2, clock);
         let mut b = WriteBatch::default();
         assert!(l.grant(7, 3, &mut b));
@@ -347,11 +351,7 @@ mod tests {
     /// past) and was refused, though the lease was kept alive on time.
     #[test]
     fn a_new_leader_promotes_itself_before_it_renews() {
-        let now = Arc::new(parking_lot::Mutex::new(Instant::now()));
-        let clock: Clock = {
-            let now = now.clone();
-            Arc::new(move || *now.lock())
-        };
+        let (now, clock) = test_clock();
         let follower = Lessor::with_clock(2, clock);
         let mut b = WriteBatch::default();
         assert!(follower.grant(7, 3, &mut b));
