@@ -10,6 +10,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
+use raftkv::tls::{ClientTls, Dial};
 use tokio::time::{Instant, sleep_until, timeout_at};
 
 use crate::error::{CtlError, is_connection_error};
@@ -27,6 +28,9 @@ pub struct ConnConfig {
     pub keepalive_timeout: Duration,
     /// user name and password for authentication.
     pub user: Option<(String, String)>,
+    /// TLS: --cacert, --cert, --key, --insecure-skip-tls-verify,
+    /// --insecure-transport.
+    pub tls: ClientTls,
 }
 
 impl ConnConfig {
@@ -62,8 +66,23 @@ impl ConnConfig {
     /// ask each endpoint on its own).
     pub async fn connect_to(&self, endpoints: &[String]) -> Result<Client, CtlError> {
         let deadline = Instant::now() + self.command_timeout;
+        retry_until(deadline, || self.dial(endpoints)).await
+    }
+
+    /// One client of `endpoints`, not retried. Over TLS (an https://
+    /// endpoint, or a TLS flag given), the channel is raftkv's own, which
+    /// can present a client certificate and skip verification.
+    pub async fn dial(&self, endpoints: &[String]) -> Result<Client, etcd_client::Error> {
         let options = self.options();
-        retry_until(deadline, || Client::connect(endpoints, Some(options.clone()))).await
+        if !self.tls.any_tls(endpoints) {
+            return Client::connect(endpoints, Some(options)).await;
+        }
+        let dial = Dial {
+            connect_timeout: Some(self.dial_timeout),
+            timeout: None,
+            keep_alive: Some((self.keepalive_time.max(MIN_KEEPALIVE_TIME), self.keepalive_timeout)),
+        };
+        raftkv::tls::connect(endpoints, &self.tls, &dial, Some(options)).await
     }
 
     /// Runs one request under the command timeout.

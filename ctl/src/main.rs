@@ -92,22 +92,22 @@ struct GlobalFlags {
     /// enable client-side debug logging (accepted, no effect)
     #[arg(long, global = true, env = "ETCDCTL_DEBUG", num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
     debug: bool,
-    /// disable transport security for client connections (TLS is not supported)
+    /// disable transport security for client connections
     #[arg(long = "insecure-transport", global = true, num_args = 0..=1, require_equals = true, default_value = "true", default_missing_value = "true")]
     insecure_transport: bool,
     /// accept insecure SRV records describing cluster endpoints (accepted, no effect)
     #[arg(long = "insecure-discovery", global = true, num_args = 0..=1, require_equals = true, default_value = "true", default_missing_value = "true")]
     insecure_discovery: bool,
-    /// skip server certificate verification (TLS is not supported)
+    /// skip server certificate verification (CAUTION: this option should be enabled only for testing purposes)
     #[arg(long = "insecure-skip-tls-verify", global = true, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
     insecure_skip_tls_verify: bool,
-    /// identify secure client using this TLS certificate file (not supported)
+    /// identify secure client using this TLS certificate file
     #[arg(long, global = true, env = "ETCDCTL_CERT", default_value = "")]
     cert: String,
-    /// identify secure client using this TLS key file (not supported)
+    /// identify secure client using this TLS key file
     #[arg(long, global = true, env = "ETCDCTL_KEY", default_value = "")]
     key: String,
-    /// verify certificates of TLS-enabled secure servers using this CA bundle (not supported)
+    /// verify certificates of TLS-enabled secure servers using this CA bundle
     #[arg(long, global = true, env = "ETCDCTL_CACERT", default_value = "")]
     cacert: String,
     /// username[:password] for authentication (prompt if password is not supplied)
@@ -182,8 +182,18 @@ impl GlobalFlags {
     }
 
     fn ctx(&self) -> Result<Ctx, CtlError> {
-        if !self.cert.is_empty() || !self.key.is_empty() || !self.cacert.is_empty() {
-            return Err(CtlError::bad_feature("TLS is not supported by raftkvctl"));
+        let path = |s: &str| (!s.is_empty()).then(|| std::path::PathBuf::from(s));
+        let tls = raftkv::tls::ClientTls {
+            ca_file: path(&self.cacert),
+            cert_file: path(&self.cert),
+            key_file: path(&self.key),
+            skip_verify: self.insecure_skip_tls_verify,
+            // etcdctl: secure when given a TLS file or told not to be
+            // insecure; http:// and https:// endpoints say for themselves.
+            by_default: !self.cacert.is_empty() || !self.cert.is_empty() || !self.key.is_empty() || !self.insecure_transport,
+        };
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return Err(CtlError::bad_args("--cert and --key must be given together"));
         }
         let format = Format::parse(&self.write_out)?;
         Ok(Ctx {
@@ -194,6 +204,7 @@ impl GlobalFlags {
                 keepalive_time: self.keepalive_time,
                 keepalive_timeout: self.keepalive_timeout,
                 user: self.user()?,
+                tls,
             },
             printer: Printer::new(format, self.hex),
         })
@@ -248,6 +259,7 @@ fn usage_error(err: &clap::Error) -> String {
 }
 
 fn main() -> std::process::ExitCode {
+    raftkv::tls::install_default_provider();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {

@@ -8,8 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions};
-
 use crate::alarm;
 use crate::apply::request::Op;
 use crate::node::Node;
@@ -31,8 +29,8 @@ async fn peer_hashes(node: &Node, rev: i64) -> Vec<(u64, Result<(u32, i64), Stri
             continue;
         }
         let answer = async {
-            let options = ConnectOptions::new().with_connect_timeout(PEER_TIMEOUT).with_timeout(PEER_TIMEOUT);
-            let mut c = Client::connect(&m.client_urls, Some(options)).await.map_err(|e| e.to_string())?;
+            let dial = crate::tls::Dial { connect_timeout: Some(PEER_TIMEOUT), timeout: Some(PEER_TIMEOUT), keep_alive: None };
+            let mut c = crate::tls::connect(&m.client_urls, &node.client_tls, &dial, None).await.map_err(|e| e.to_string())?;
             let r = c.hash_kv(rev).await.map_err(|e| e.to_string())?;
             Ok((r.hash(), r.compact_version()))
         };

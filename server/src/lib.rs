@@ -55,4 +55,5 @@ pub mod server;
 pub mod sim;
 pub mod snapshot;
 pub mod storage;
+pub mod tls;
 pub mod watch;

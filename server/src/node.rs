@@ -110,6 +110,9 @@ pub struct Node {
     peer_clients: parking_lot::Mutex<std::collections::HashMap<String, crate::peer::proto::peer_client::PeerClient<tonic::transport::Channel>>>,
     /// One client per leader's client URLs, for forwarded Cluster calls.
     leader_clients: tokio::sync::Mutex<std::collections::HashMap<Vec<String>, etcd_client::Client>>,
+    /// How this member reaches other members' client URLs (https:// ones
+    /// with the client port's CA and certificate).
+    pub client_tls: crate::tls::ClientTls,
 }
 
 /// etcd's member id: SHA-1 of the sorted peer URLs and the cluster token.
@@ -534,6 +537,7 @@ impl Node {
             next_id: AtomicU64::new(now << 22),
             peer_clients: parking_lot::Mutex::default(),
             leader_clients: tokio::sync::Mutex::default(),
+            client_tls: cfg.client_tls_as_client(),
         };
         Ok((Arc::new(node), thread))
     }
@@ -743,10 +747,8 @@ impl Node {
         if let Some(client) = clients.get(&urls) {
             return Ok(client.clone());
         }
-        let opts = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(self.request_timeout);
-        let client = etcd_client::Client::connect(urls.clone(), Some(opts)).await.map_err(|_| Error::NoLeader)?;
+        let dial = crate::tls::Dial { connect_timeout: Some(Duration::from_secs(2)), timeout: Some(self.request_timeout), keep_alive: None };
+        let client = crate::tls::connect(&urls, &self.client_tls, &dial, None).await.map_err(|_| Error::NoLeader)?;
         clients.insert(urls, client.clone());
         Ok(client)
     }

@@ -42,9 +42,18 @@ fn routes(node: &Arc<Node>, max_msg: usize) -> Routes {
 /// Runs until `shutdown` resolves, then stops gracefully.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
     let auto_compaction = cfg.auto_compaction().map_err(StartError::Config)?;
+    cfg.validate().map_err(StartError::Config)?;
+    // Certificate files are read before anything starts: a member must not
+    // join a cluster it cannot serve clients of. A generated one goes into
+    // the data dir, once that is checked and made.
+    let generate = cfg.auto_tls && cfg.cert_file.is_empty();
+    let mut client_tls = if generate { None } else { client_tls_config(&cfg)? };
     // etcd checks a member's data against its peers' only if it had data.
     let had_data = std::path::Path::new(&cfg.data_dir()).join("member").exists();
     let (node, raft_thread) = Node::start(&cfg).await?;
+    if generate {
+        client_tls = client_tls_config(&cfg)?;
+    }
     tracing::info!(name = %cfg.name, member_id = %format!("{:x}", node.member.id), data_dir = %cfg.data_dir(), "raftkv starting");
 
     // Peers first: without them there is no leader to wait for.
@@ -109,8 +118,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     for url in split_urls(&cfg.listen_client_urls) {
         let addr = url_addr(&url).map_err(StartError::Config)?;
         let listener = TcpListener::bind(addr).await.map_err(|error| StartError::Listen { url: url.clone(), error })?;
-        tracing::info!(%url, "serving client traffic");
-        listeners.push(listener);
+        let tls = if url.starts_with("https://") { client_tls.clone() } else { None };
+        if tls.is_some() {
+            tracing::info!(%url, client_cert_auth = cfg.client_cert_auth, "serving client traffic over TLS");
+        } else {
+            tracing::info!(%url, "serving client traffic");
+        }
+        listeners.push((listener, tls));
     }
 
     for url in split_urls(&cfg.listen_metrics_urls) {
@@ -137,17 +151,20 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let progress = tokio::spawn(notify_progress(node.clone(), stop_rx.clone()));
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let mut servers = Vec::new();
-    for listener in listeners {
+    for (listener, tls) in listeners {
         let mut stop = stop_rx.clone();
-        let server = tonic::transport::Server::builder()
-            .accept_http1(true)
-            .add_routes(routes(&node, max_msg))
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let builder = tonic::transport::Server::builder().accept_http1(true).add_routes(routes(&node, max_msg));
+        let server = match tls {
             // Nagle's algorithm would hold each response's trailer until the
-            // client's delayed ACK (about 40 ms a request): off, as in etcd.
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
-                let _ = stop.wait_for(|s| *s).await;
-            });
-        servers.push(tokio::spawn(server));
+            // client's delayed ACK (about 40 ms a request): off, as in etcd
+            // (the TLS acceptor turns it off too).
+            None => tokio::spawn(builder.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stopped)),
+            Some(config) => tokio::spawn(builder.serve_with_incoming_shutdown(crate::tls::incoming(listener, config), stopped)),
+        };
+        servers.push(server);
     }
 
     tokio::select! {
@@ -187,6 +204,37 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The client port's TLS, when a client URL is https://.
+fn client_tls_config(cfg: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, StartError> {
+    if !split_urls(&cfg.listen_client_urls).iter().any(|u| u.starts_with("https://")) {
+        return Ok(None);
+    }
+    let hosts = url_hosts(&[&cfg.listen_client_urls, &cfg.advertise_client_urls]);
+    let dir = std::path::Path::new(&cfg.data_dir()).join("fixtures").join("client");
+    crate::tls::server_config(&cfg.client_tls(), &dir, &hosts).map(Some).map_err(StartError::Config)
+}
+
+/// The host names of every URL of the given lists (for a generated
+/// certificate).
+fn url_hosts(lists: &[&str]) -> Vec<String> {
+    let mut hosts: Vec<String> = Vec::new();
+    for list in lists {
+        for url in split_urls(list) {
+            let rest = url.split("://").nth(1).unwrap_or(&url);
+            let hostport = rest.split('/').next().unwrap_or(rest);
+            let host = match hostport.rsplit_once(':') {
+                Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+                _ => hostport,
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+            if !host.is_empty() && !hosts.contains(&host) {
+                hosts.push(host);
+            }
+        }
+    }
+    hosts
 }
 
 /// Waits for a server's graceful stop until `deadline`, then drops it with

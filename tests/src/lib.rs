@@ -16,6 +16,8 @@
 //! # Layout
 //! - [`binaries`]: where the built `raftkv` / `raftkvctl` and etcd are.
 //! - [`ports`]: free loopback ports.
+//! - [`certs`]: a CA of the test's own and the certificates it signs
+//!   (valid, expired, for another host), for the TLS tests.
 //! - [`server`]: [`Server`], one raftkv or etcd process with a temporary
 //!   data dir: start, wait until ready, kill -9, restart, stop; a
 //!   single-member cluster of its own or a member of a [`Cluster`].
@@ -49,6 +51,7 @@
 pub mod acked;
 pub mod binaries;
 pub mod both;
+pub mod certs;
 pub mod chaos;
 pub mod cluster;
 pub mod describe;

@@ -14,7 +14,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Client, ConnectOptions, TlsOptions};
 use tempfile::TempDir;
 
 use crate::binaries;
@@ -83,6 +83,9 @@ pub struct Server {
     /// Environment variables set for the process on its next starts.
     env: Vec<(String, String)>,
     child: Option<Child>,
+    /// Set when the client port serves TLS: the URL is https:// and the
+    /// harness's clients (etcd-client's own TLS, not raftkv's) use these.
+    tls: Option<TlsOptions>,
 }
 
 impl Server {
@@ -117,12 +120,21 @@ impl Server {
         Server::start_program_on(flavor, program, extra_args, |_| Ok(())).await
     }
 
-    async fn start_program_on(
-        flavor: Flavor,
-        program: Option<PathBuf>,
-        extra_args: &[&str],
-        prepare: impl FnOnce(&std::path::Path) -> anyhow::Result<()>,
-    ) -> anyhow::Result<Server> {
+    /// A single member serving clients over TLS (`https://` URLs; the
+    /// certificate flags are in `extra_args`), reached by the harness with
+    /// `tls` (etcd-client's own TLS options, not raftkv's code: the CA,
+    /// maybe a client certificate).
+    pub async fn start_tls(flavor: Flavor, tls: TlsOptions, extra_args: &[&str]) -> anyhow::Result<Server> {
+        let mut server = Server::single(flavor, extra_args)?;
+        server.tls = Some(tls);
+        server.spawn()?;
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    /// A single member of its own cluster, not started yet
+    /// ([`Server::spawn`]).
+    pub fn single(flavor: Flavor, extra_args: &[&str]) -> anyhow::Result<Server> {
         let peer_port = free_port()?;
         let name = "e2e";
         let peer_url = loopback_url(peer_port);
@@ -133,7 +145,16 @@ impl Server {
             state: "new",
             token: "etcd-cluster".to_owned(),
         };
-        let mut server = Server::new(flavor, peer_port, bootstrap, extra_args)?;
+        Server::new(flavor, peer_port, bootstrap, extra_args)
+    }
+
+    async fn start_program_on(
+        flavor: Flavor,
+        program: Option<PathBuf>,
+        extra_args: &[&str],
+        prepare: impl FnOnce(&std::path::Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Server> {
+        let mut server = Server::single(flavor, extra_args)?;
         if let Some(program) = program {
             server.program = program;
         }
@@ -167,6 +188,7 @@ impl Server {
             extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
             env: Vec::new(),
             child: None,
+            tls: None,
         })
     }
 
@@ -179,9 +201,32 @@ impl Server {
         &self.bootstrap.name
     }
 
-    /// The client URL, `http://127.0.0.1:PORT`.
+    /// The client URL, `http://127.0.0.1:PORT` (`https://` over TLS).
     pub fn endpoint(&self) -> String {
-        loopback_url(self.client_port)
+        match self.tls {
+            Some(_) => format!("https://127.0.0.1:{}", self.client_port),
+            None => loopback_url(self.client_port),
+        }
+    }
+
+    /// Serve clients over TLS from the next start: the URL becomes
+    /// https:// and the harness's clients use `tls`.
+    pub fn set_tls(&mut self, tls: TlsOptions) {
+        self.tls = Some(tls);
+    }
+
+    /// The client port.
+    pub fn client_port(&self) -> u16 {
+        self.client_port
+    }
+
+    /// The harness's connect options: TLS when the server serves it.
+    fn connect_options(&self) -> ConnectOptions {
+        let options = ConnectOptions::new();
+        match &self.tls {
+            Some(tls) => options.with_tls(tls.clone()),
+            None => options,
+        }
     }
 
     /// The peer URL the other members dial.
@@ -227,7 +272,8 @@ impl Server {
     /// A new client for this server. Requests time out, so that a test
     /// against a dead or hung server fails instead of hanging.
     pub async fn client(&self) -> anyhow::Result<Client> {
-        let options = ConnectOptions::new()
+        let options = self
+            .connect_options()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(5));
         Client::connect([self.endpoint()], Some(options))
@@ -422,7 +468,7 @@ impl Server {
     }
 
     async fn leader_known(&self) -> anyhow::Result<()> {
-        let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
+        let options = self.connect_options().with_connect_timeout(Duration::from_secs(1));
         let mut client = Client::connect([self.endpoint()], Some(options)).await?;
         let status = client.status().await?;
         if status.leader() == 0 {

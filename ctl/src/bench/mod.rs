@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use etcd_client::{Client, GetOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::client::ConnConfig;
@@ -190,14 +190,11 @@ async fn drive<W: Workload>(
 /// One `etcd_client::Client` (one HTTP/2 connection) per `--conns`, each
 /// checked with a serializable read so that dialing is not timed.
 pub(crate) async fn connect(count: usize, conn: &ConnConfig) -> anyhow::Result<Vec<Client>> {
-    let mut options = ConnectOptions::default().with_connect_timeout(conn.dial_timeout);
-    if let Some((user, password)) = &conn.user {
-        options = options.with_user(user.clone(), password.clone());
-    }
     let mut conns = Vec::with_capacity(count);
     for i in 0..count {
         let endpoint = &conn.endpoints[i % conn.endpoints.len()];
-        let client = Client::connect([endpoint], Some(options.clone()))
+        let client = conn
+            .dial(std::slice::from_ref(endpoint))
             .await
             .with_context(|| format!("connecting to {endpoint}"))?;
         let mut client = client;

@@ -33,6 +33,7 @@ async fn shutdown_signal() {
 
 fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
+    raftkv::tls::install_default_provider();
     init_logging(&cfg);
     let rt = tokio::runtime::Runtime::new()?;
     if let Err(e) = rt.block_on(raftkv::server::run(cfg, shutdown_signal())) {
