@@ -231,8 +231,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
 
 /// The server side of a port's TLS: its certificate (from files, or
 /// generated into `auto_dir` for `hosts`), TLS 1.2 and 1.3, and client
-/// certificates: required and verified against `--trusted-ca-file` with
-/// `--client-cert-auth`; verified when presented if only the CA is given.
+/// certificates signed by `--trusted-ca-file` required when it is given
+/// (with or without `--client-cert-auth`, as etcd).
 pub fn server_config(info: &TlsInfo, auto_dir: &Path, hosts: &[String]) -> Result<Arc<ServerConfig>, String> {
     let provider = provider();
     let (cert, key) = match (&info.cert_file, &info.key_file) {
@@ -247,8 +247,9 @@ pub fn server_config(info: &TlsInfo, auto_dir: &Path, hosts: &[String]) -> Resul
     let builder = match &info.trusted_ca_file {
         Some(ca) => {
             let roots = Arc::new(load_roots(ca)?);
+            // As etcd: a trusted CA alone already requires a client
+            // certificate it signed (etcd's TLSInfo.ServerConfig).
             let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
-            let verifier = if info.client_cert_auth { verifier } else { verifier.allow_unauthenticated() };
             builder.with_client_cert_verifier(verifier.build().map_err(|e| format!("{}: {e}", ca.display()))?)
         }
         None if info.client_cert_auth => return Err("--client-cert-auth requires --trusted-ca-file".into()),

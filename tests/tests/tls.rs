@@ -155,9 +155,12 @@ async fn client_cert_auth_takes_only_certificates_of_the_trusted_ca() -> anyhow:
     let alice = pki.issue("alice", "alice", &["127.0.0.1"], Validity::Current)?;
     let stranger = other.issue("stranger", "stranger", &["127.0.0.1"], Validity::Current)?;
     let stale = pki.issue("stale", "stale", &["127.0.0.1"], Validity::Expired)?;
-    for flavor in selected_flavors()? {
+    // etcd requires client certificates as soon as a trusted CA is given,
+    // with or without --client-cert-auth.
+    let settings: [&[&str]; 2] = [&["--client-cert-auth", "--trusted-ca-file", pki.ca_str()], &["--trusted-ca-file", pki.ca_str()]];
+    for (flavor, setting) in selected_flavors()?.into_iter().flat_map(|f| settings.iter().map(move |s| (f, *s))) {
         let mut flags = server_flags(&server_cert);
-        flags.extend(strings(&["--client-cert-auth", "--trusted-ca-file", pki.ca_str()]));
+        flags.extend(strings(setting));
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let server = Server::start_tls(flavor, harness_tls(&pki, Some(&alice))?, &flags).await?;
         let https = server.endpoint();
