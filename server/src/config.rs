@@ -183,13 +183,15 @@ impl Config {
 
     /// How this member reaches other members' client URLs (forwarded
     /// calls, corruption checks): their CA, its own certificate when client
-    /// certificates are required, none verified under --auto-tls.
+    /// certificates are required (a trusted CA given, as `tls::server_config`
+    /// requires them then), none verified under --auto-tls.
     pub fn client_tls_as_client(&self) -> ClientTls {
         let tls = self.client_tls();
+        let present = tls.trusted_ca_file.is_some();
         ClientTls {
             ca_file: tls.trusted_ca_file.clone(),
-            cert_file: if tls.client_cert_auth { tls.cert_file.clone() } else { None },
-            key_file: if tls.client_cert_auth { tls.key_file.clone() } else { None },
+            cert_file: if present { tls.cert_file.clone() } else { None },
+            key_file: if present { tls.key_file.clone() } else { None },
             skip_verify: tls.auto_tls && tls.cert_file.is_none(),
             by_default: false,
         }
