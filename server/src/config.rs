@@ -48,6 +48,27 @@ pub struct Config {
     /// Client TLS using generated certificates.
     #[arg(long, env = "RAFTKV_AUTO_TLS", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub auto_tls: bool,
+    /// Path to the peer server TLS cert file (PEM; presented to other
+    /// members as a client certificate too; read again when it changes).
+    #[arg(long, env = "RAFTKV_PEER_CERT_FILE", default_value = "")]
+    pub peer_cert_file: String,
+    /// Path to the peer server TLS key file.
+    #[arg(long, env = "RAFTKV_PEER_KEY_FILE", default_value = "")]
+    pub peer_key_file: String,
+    /// Enable peer client cert authentication.
+    #[arg(long, env = "RAFTKV_PEER_CLIENT_CERT_AUTH", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub peer_client_cert_auth: bool,
+    /// Path to the peer server TLS trusted CA file.
+    #[arg(long, env = "RAFTKV_PEER_TRUSTED_CA_FILE", default_value = "")]
+    pub peer_trusted_ca_file: String,
+    /// Peer TLS using self-generated certificates if --peer-key-file and
+    /// --peer-cert-file are not provided.
+    #[arg(long, env = "RAFTKV_PEER_AUTO_TLS", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub peer_auto_tls: bool,
+    /// Skip verification of SAN field in client certificate for peer
+    /// connections.
+    #[arg(long, env = "RAFTKV_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub experimental_peer_skip_client_san_verification: bool,
     /// Initial cluster configuration for bootstrapping (name=peerURL,...).
     #[arg(long, env = "RAFTKV_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
@@ -181,18 +202,30 @@ impl Config {
         }
     }
 
-    /// How this member reaches other members' client URLs (forwarded
-    /// calls, corruption checks): their CA, its own certificate when client
-    /// certificates are required (a trusted CA given, as `tls::server_config`
-    /// requires them then), none verified under --auto-tls.
-    pub fn client_tls_as_client(&self) -> ClientTls {
-        let tls = self.client_tls();
-        let present = tls.trusted_ca_file.is_some();
+    /// The peer port's TLS settings.
+    pub fn peer_tls(&self) -> TlsInfo {
+        let path = |s: &str| (!s.is_empty()).then(|| std::path::PathBuf::from(s));
+        TlsInfo {
+            cert_file: path(&self.peer_cert_file),
+            key_file: path(&self.peer_key_file),
+            trusted_ca_file: path(&self.peer_trusted_ca_file),
+            client_cert_auth: self.peer_client_cert_auth,
+            auto_tls: self.peer_auto_tls,
+        }
+    }
+
+    /// How this member reaches other members' peer URLs, as etcd's peer
+    /// transport: their certificates verified with `--peer-trusted-ca-file`
+    /// (the system's CAs without it), its own peer certificate presented as
+    /// the client certificate, nothing verified under `--peer-auto-tls`
+    /// (self-signed certificates have no CA to verify them with).
+    pub fn peer_tls_as_client(&self) -> ClientTls {
+        let tls = self.peer_tls();
         ClientTls {
-            ca_file: tls.trusted_ca_file.clone(),
-            cert_file: if present { tls.cert_file.clone() } else { None },
-            key_file: if present { tls.key_file.clone() } else { None },
             skip_verify: tls.auto_tls && tls.cert_file.is_none(),
+            ca_file: tls.trusted_ca_file,
+            cert_file: tls.cert_file,
+            key_file: tls.key_file,
             by_default: false,
         }
     }
@@ -208,8 +241,15 @@ impl Config {
                 return Err(format!("TLS key/cert (--cert-file, --key-file) must be provided for client url {u} with HTTPS scheme"));
             }
         }
-        if tls.is_set() && !urls.iter().any(|u| u.starts_with("https://")) {
-            return Err("TLS flags (--cert-file, --key-file, --trusted-ca-file, --client-cert-auth, --auto-tls) are set, but no --listen-client-urls URL is https://".into());
+        let metrics = split_urls(&self.listen_metrics_urls);
+        for u in metrics.iter().filter(|u| u.starts_with("https://")) {
+            if tls.is_empty() {
+                let host = u.trim_start_matches("https://").split('/').next().unwrap_or_default();
+                return Err(format!("cannot listen on TLS for {host}: KeyFile and CertFile are not presented"));
+            }
+        }
+        if tls.is_set() && !urls.iter().chain(&metrics).any(|u| u.starts_with("https://")) {
+            return Err("TLS flags (--cert-file, --key-file, --trusted-ca-file, --client-cert-auth, --auto-tls) are set, but no --listen-client-urls or --listen-metrics-urls URL is https://".into());
         }
         if tls.cert_file.is_some() != tls.key_file.is_some() {
             return Err("--cert-file and --key-file must be given together".into());
@@ -217,16 +257,38 @@ impl Config {
         if tls.client_cert_auth && tls.trusted_ca_file.is_none() {
             return Err("--client-cert-auth requires --trusted-ca-file".into());
         }
-        for u in split_urls(&self.listen_metrics_urls) {
-            if u.starts_with("https://") {
-                return Err(format!("TLS for metrics is not supported yet: metrics url {u} must use http://"));
+
+        let peer = self.peer_tls();
+        let listen = split_urls(&self.listen_peer_urls);
+        for u in listen.iter().filter(|u| u.starts_with("https://")) {
+            if peer.is_empty() {
+                let host = u.trim_start_matches("https://").split('/').next().unwrap_or_default();
+                return Err(format!("cannot listen on TLS for {host}: KeyFile and CertFile are not presented"));
             }
         }
-        // Peer TLS is not served yet: an https:// peer URL would otherwise
-        // be served as plaintext.
-        for u in split_urls(&self.listen_peer_urls).iter().chain(split_urls(&self.initial_advertise_peer_urls).iter()) {
-            if u.starts_with("https://") {
-                return Err(format!("peer TLS is not supported yet: peer url {u} must use http://"));
+        if peer.is_set() && !listen.iter().any(|u| u.starts_with("https://")) {
+            return Err("peer TLS flags (--peer-cert-file, --peer-key-file, --peer-trusted-ca-file, --peer-client-cert-auth, --peer-auto-tls) are set, but no --listen-peer-urls URL is https://".into());
+        }
+        if self.experimental_peer_skip_client_san_verification && peer.trusted_ca_file.is_none() {
+            return Err("--experimental-peer-skip-client-san-verification needs --peer-trusted-ca-file (without it no client certificate is asked for)".into());
+        }
+        if peer.cert_file.is_some() != peer.key_file.is_some() {
+            return Err("--peer-cert-file and --peer-key-file must be given together".into());
+        }
+        if peer.client_cert_auth && peer.trusted_ca_file.is_none() {
+            return Err("--peer-client-cert-auth requires --peer-trusted-ca-file".into());
+        }
+        if peer.auto_tls && peer.cert_file.is_none() && peer.trusted_ca_file.is_some() {
+            return Err("--peer-auto-tls makes a self-signed certificate that no --peer-trusted-ca-file verifies: the other members \
+                 would refuse it; give --peer-cert-file and --peer-key-file signed by that CA"
+                .into());
+        }
+        // The other members dial the advertised URLs: a scheme this member
+        // does not listen with would fail every connection.
+        for u in split_urls(&self.initial_advertise_peer_urls) {
+            let scheme = if u.starts_with("https://") { "https://" } else { "http://" };
+            if !listen.iter().any(|l| l.starts_with(scheme)) {
+                return Err(format!("--initial-advertise-peer-urls {u} uses {scheme}, but no --listen-peer-urls URL does"));
             }
         }
         Ok(())

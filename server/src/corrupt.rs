@@ -21,7 +21,8 @@ async fn own_hash(node: &Node, rev: i64) -> Result<(u32, i64, i64), String> {
     tokio::task::spawn_blocking(move || store.hash_kv(rev)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
 }
 
-/// Every other started member's HashKV at `rev`, by member id.
+/// Every other started member's HashKV at `rev`, by member id, asked on
+/// its peer port (etcd's /members/hashkv), with the peer port's TLS.
 async fn peer_hashes(node: &Node, rev: i64) -> Vec<(u64, Result<(u32, i64), String>)> {
     let mut out = Vec::new();
     for m in node.membership.list() {
@@ -29,10 +30,13 @@ async fn peer_hashes(node: &Node, rev: i64) -> Vec<(u64, Result<(u32, i64), Stri
             continue;
         }
         let answer = async {
-            let dial = crate::tls::Dial { connect_timeout: Some(PEER_TIMEOUT), timeout: Some(PEER_TIMEOUT), keep_alive: None };
-            let mut c = crate::tls::connect(&m.client_urls, &node.client_tls, &dial, None).await.map_err(|e| e.to_string())?;
-            let r = c.hash_kv(rev).await.map_err(|e| e.to_string())?;
-            Ok((r.hash(), r.compact_version()))
+            let mut c = crate::peer::client::connect(&m.peer_urls, PEER_TIMEOUT, &node.peer_tls)?;
+            let r = c
+                .hash_kv(crate::peer::proto::HashKvRequest { cluster_id: node.cluster_id, revision: rev })
+                .await
+                .map_err(|s| s.message().to_owned())?
+                .into_inner();
+            Ok((r.hash, r.compact_revision))
         };
         out.push((m.id, answer.await));
     }

@@ -108,11 +108,12 @@ pub struct Node {
     /// it instead of opening a connection each (tonic reconnects a kept
     /// channel by itself).
     peer_clients: parking_lot::Mutex<std::collections::HashMap<String, crate::peer::proto::peer_client::PeerClient<tonic::transport::Channel>>>,
-    /// One client per leader's client URLs, for forwarded Cluster calls.
+    /// One client per leader's peer URLs, for forwarded Cluster calls
+    /// (the peer port serves the Cluster service too).
     leader_clients: tokio::sync::Mutex<std::collections::HashMap<Vec<String>, etcd_client::Client>>,
-    /// How this member reaches other members' client URLs (https:// ones
-    /// with the client port's CA and certificate).
-    pub client_tls: crate::tls::ClientTls,
+    /// How this member reaches other members' peer URLs (https:// ones
+    /// with the peer CA and certificate).
+    pub peer_tls: crate::tls::ClientTls,
 }
 
 /// etcd's member id: SHA-1 of the sorted peer URLs and the cluster token.
@@ -235,7 +236,7 @@ async fn refuse_if_bootstrapped(cfg: &Config, peer_urls: &[String]) -> Result<()
         return Ok(());
     }
     let id = member_id(peer_urls, &cfg.initial_cluster_token);
-    let Ok(Ok(resp)) = tokio::time::timeout(BOOTSTRAP_CHECK, crate::peer::client::members(&others)).await else {
+    let Ok(Ok(resp)) = tokio::time::timeout(BOOTSTRAP_CHECK, crate::peer::client::members(&others, &cfg.peer_tls_as_client())).await else {
         return Ok(());
     };
     if resp.members.iter().any(|m| m.id == id && !m.client_urls.is_empty()) {
@@ -256,7 +257,7 @@ async fn refuse_if_bootstrapped(cfg: &Config, peer_urls: &[String]) -> Result<()
 async fn refuse_if_another_cluster(cfg: &Config, peer_urls: &[String], cid: u64) -> Result<(), StartError> {
     let Ok(initial) = initial_cluster(cfg, peer_urls) else { return Ok(()) };
     let asked = initial.iter().filter(|(n, _)| *n != cfg.name).map(|(_, urls)| async move {
-        tokio::time::timeout(BOOTSTRAP_CHECK, crate::peer::client::members(urls)).await.ok().and_then(Result::ok).map(|r| r.cluster_id)
+        tokio::time::timeout(BOOTSTRAP_CHECK, crate::peer::client::members(urls, &cfg.peer_tls_as_client())).await.ok().and_then(Result::ok).map(|r| r.cluster_id)
     });
     let answers: Vec<u64> = futures::future::join_all(asked).await.into_iter().flatten().collect();
     match answers.first() {
@@ -383,7 +384,7 @@ async fn join(cfg: &Config, peer_urls: &[String], engine: &dyn Engine, learned: 
             "--initial-cluster-state existing needs the other members in --initial-cluster".into(),
         ));
     }
-    let resp = crate::peer::client::members(&others).await.map_err(StartError::Config)?;
+    let resp = crate::peer::client::members(&others, &cfg.peer_tls_as_client()).await.map_err(StartError::Config)?;
     let me = resp.members.iter().find(|m| m.peer_urls.iter().any(|u| peer_urls.contains(u))).ok_or_else(|| {
         StartError::Config(format!(
             "no member of the existing cluster has peer URLs {}: add this member first (raftkvctl member add {} --peer-urls={})",
@@ -502,7 +503,14 @@ impl Node {
         let handle_cell = Arc::new(std::sync::OnceLock::new());
         let peer_health = crate::peer::PeerHealth::default();
         let transport = PeerTransport::new(
-            Identity { id, cluster_id: cid, peer_urls: peer_urls.clone(), status: status.clone(), health: peer_health.clone() },
+            Identity {
+                id,
+                cluster_id: cid,
+                peer_urls: peer_urls.clone(),
+                status: status.clone(),
+                health: peer_health.clone(),
+                tls: cfg.peer_tls_as_client(),
+            },
             membership.clone(),
             learned.clone(),
             snapshots.clone(),
@@ -537,7 +545,7 @@ impl Node {
             next_id: AtomicU64::new(now << 22),
             peer_clients: parking_lot::Mutex::default(),
             leader_clients: tokio::sync::Mutex::default(),
-            client_tls: cfg.client_tls_as_client(),
+            peer_tls: cfg.peer_tls_as_client(),
         };
         Ok((Arc::new(node), thread))
     }
@@ -734,35 +742,26 @@ impl Node {
         if let Some(client) = clients.get(url) {
             return Ok(client.clone());
         }
-        let client = crate::peer::client::connect(&urls, self.request_timeout).map_err(Error::Internal)?;
+        let client = crate::peer::client::connect(&urls, self.request_timeout, &self.peer_tls).map_err(Error::Internal)?;
         clients.insert(url.clone(), client.clone());
         Ok(client)
     }
 
-    /// A client of the leader's client URLs, kept for the next forwarded
-    /// call (the leader's Cluster API answers membership changes).
+    /// A client of the leader's peer URLs, kept for the next forwarded
+    /// call (the leader's Cluster service, served on its peer port as
+    /// etcd's peer handlers, answers membership changes): the peer port's
+    /// TLS, never the client port's, so a member needs no client
+    /// certificate of its own cluster's client CA.
     pub async fn leader_client(&self) -> Result<etcd_client::Client, Error> {
-        let urls = self.leader_client_urls()?;
+        let urls = self.leader_peer_urls().ok_or(Error::NoLeader)?;
         let mut clients = self.leader_clients.lock().await;
         if let Some(client) = clients.get(&urls) {
             return Ok(client.clone());
         }
         let dial = crate::tls::Dial { connect_timeout: Some(Duration::from_secs(2)), timeout: Some(self.request_timeout), keep_alive: None };
-        let client = crate::tls::connect(&urls, &self.client_tls, &dial, None).await.map_err(|_| Error::NoLeader)?;
+        let client = crate::tls::connect(&urls, &self.peer_tls, &dial, None).await.map_err(|_| Error::NoLeader)?;
         clients.insert(urls, client.clone());
         Ok(client)
-    }
-
-    /// The leader's client URLs, for requests only the leader can answer.
-    pub fn leader_client_urls(&self) -> Result<Vec<String>, Error> {
-        let leader = self.raft.status.leader();
-        if leader == 0 {
-            return Err(Error::NoLeader);
-        }
-        match self.membership.get(leader) {
-            Some(m) if !m.client_urls.is_empty() => Ok(m.client_urls),
-            _ => Err(Error::NoLeader),
-        }
     }
 
     /// Publishes this member's name and client URLs through raft once a

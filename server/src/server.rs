@@ -48,11 +48,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     // the data dir, once that is checked and made.
     let generate = cfg.auto_tls && cfg.cert_file.is_empty();
     let mut client_tls = if generate { None } else { client_tls_config(&cfg)? };
+    let generate_peer = cfg.peer_auto_tls && cfg.peer_cert_file.is_empty();
+    let mut peer_tls = if generate_peer { None } else { peer_tls_config(&cfg)? };
     // etcd checks a member's data against its peers' only if it had data.
     let had_data = std::path::Path::new(&cfg.data_dir()).join("member").exists();
     let (node, raft_thread) = Node::start(&cfg).await?;
     if generate {
         client_tls = client_tls_config(&cfg)?;
+    }
+    if generate_peer {
+        peer_tls = peer_tls_config(&cfg)?;
     }
     tracing::info!(name = %cfg.name, member_id = %format!("{:x}", node.member.id), data_dir = %cfg.data_dir(), "raftkv starting");
 
@@ -62,18 +67,32 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     for url in split_urls(&cfg.listen_peer_urls) {
         let addr = url_addr(&url).map_err(StartError::Config)?;
         let listener = TcpListener::bind(addr).await.map_err(|error| StartError::Listen { url: url.clone(), error })?;
-        tracing::info!(%url, "serving peer traffic");
+        let tls = if url.starts_with("https://") { peer_tls.clone() } else { None };
+        tracing::info!(%url, tls = tls.is_some(), "serving peer traffic");
         let mut stop = stop_rx.clone();
-        let server = tonic::transport::Server::builder()
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        // The Cluster service too: followers forward membership changes to
+        // the leader's peer port (etcd's peer handlers), with the peer
+        // port's certificates.
+        let builder = tonic::transport::Server::builder()
             .add_service(
                 PeerServer::new(PeerService::new(node.clone()))
                     .max_decoding_message_size(64 << 20)
                     .max_encoding_message_size(64 << 20),
             )
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
-                let _ = stop.wait_for(|s| *s).await;
-            });
-        peer_servers.push(tokio::spawn(server));
+            .add_service(PbClusterServer::new(ClusterService::new(node.clone())));
+        let server = match tls {
+            None => tokio::spawn(builder.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stopped)),
+            Some(config) => {
+                // etcd's peer listener: a client certificate's addresses
+                // must include the address it connects from.
+                let check = (!cfg.experimental_peer_skip_client_san_verification).then_some(crate::tls::ClientCheck::SanMatchesRemote);
+                tokio::spawn(builder.serve_with_incoming_shutdown(crate::tls::incoming(listener, config, check), stopped))
+            }
+        };
+        peer_servers.push(server);
     }
 
     tokio::pin!(shutdown);
@@ -130,15 +149,26 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     for url in split_urls(&cfg.listen_metrics_urls) {
         let addr = url_addr(&url).map_err(StartError::Config)?;
         let listener = TcpListener::bind(addr).await.map_err(|error| StartError::Listen { url: url.clone(), error })?;
-        tracing::info!(%url, "serving metrics");
         let mut stop = stop_rx.clone();
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
         let router = http::metrics_router(node.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router).with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
-        });
+        // As etcd: an https:// metrics URL is served with the client port's
+        // TLS (its certificate, and client certificates if it asks for them).
+        match client_tls.clone().filter(|_| url.starts_with("https://")) {
+            Some(config) => {
+                tracing::info!(%url, "serving metrics over TLS");
+                let server = tonic::transport::Server::builder().accept_http1(true).add_routes(Routes::from(router));
+                tokio::spawn(server.serve_with_incoming_shutdown(crate::tls::incoming(listener, config, None), stopped));
+            }
+            None => {
+                tracing::info!(%url, "serving metrics");
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, router).with_graceful_shutdown(stopped).await;
+                });
+            }
+        }
     }
     let compactor = tokio::spawn(crate::compactor::run(node.clone(), auto_compaction, stop_rx.clone()));
     let expiry = tokio::spawn(expire_leases(node.clone(), stop_rx.clone()));
@@ -162,7 +192,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             // client's delayed ACK (about 40 ms a request): off, as in etcd
             // (the TLS acceptor turns it off too).
             None => tokio::spawn(builder.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stopped)),
-            Some(config) => tokio::spawn(builder.serve_with_incoming_shutdown(crate::tls::incoming(listener, config), stopped)),
+            Some(config) => tokio::spawn(builder.serve_with_incoming_shutdown(crate::tls::incoming(listener, config, None), stopped)),
         };
         servers.push(server);
     }
@@ -206,14 +236,25 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     Ok(())
 }
 
-/// The client port's TLS, when a client URL is https://.
+/// The client port's TLS, when a client or metrics URL is https://.
 fn client_tls_config(cfg: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, StartError> {
-    if !split_urls(&cfg.listen_client_urls).iter().any(|u| u.starts_with("https://")) {
+    let urls = [split_urls(&cfg.listen_client_urls), split_urls(&cfg.listen_metrics_urls)].concat();
+    if !urls.iter().any(|u| u.starts_with("https://")) {
         return Ok(None);
     }
-    let hosts = url_hosts(&[&cfg.listen_client_urls, &cfg.advertise_client_urls]);
+    let hosts = url_hosts(&[&cfg.listen_client_urls, &cfg.advertise_client_urls, &cfg.listen_metrics_urls]);
     let dir = std::path::Path::new(&cfg.data_dir()).join("fixtures").join("client");
     crate::tls::server_config(&cfg.client_tls(), &dir, &hosts).map(Some).map_err(StartError::Config)
+}
+
+/// The peer port's TLS, when a peer URL is https://.
+fn peer_tls_config(cfg: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, StartError> {
+    if !split_urls(&cfg.listen_peer_urls).iter().any(|u| u.starts_with("https://")) {
+        return Ok(None);
+    }
+    let hosts = url_hosts(&[&cfg.listen_peer_urls, &cfg.initial_advertise_peer_urls]);
+    let dir = std::path::Path::new(&cfg.data_dir()).join("fixtures").join("peer");
+    crate::tls::server_config(&cfg.peer_tls(), &dir, &hosts).map(Some).map_err(StartError::Config)
 }
 
 /// The host names of every URL of the given lists (for a generated

@@ -1,8 +1,9 @@
 //! TLS with rustls, as etcd's transport security: the client port served
 //! over https with `--cert-file`, `--key-file`, `--trusted-ca-file`,
-//! `--client-cert-auth` and `--auto-tls`; and the client side of it, for
-//! raftkvctl (`--cacert`, `--cert`, `--key`, `--insecure-skip-tls-verify`)
-//! and for the member's own calls to other members' client URLs.
+//! `--client-cert-auth` and `--auto-tls`, the peer port with their
+//! `--peer-*` twins; and the client side of it, for raftkvctl (`--cacert`,
+//! `--cert`, `--key`, `--insecure-skip-tls-verify`) and for a member's
+//! calls to other members' peer URLs.
 //!
 //! Better than etcd in one way: a certificate and key are read again when
 //! their files change (checked at most once a second, on a handshake), so
@@ -261,14 +262,62 @@ pub fn server_config(info: &TlsInfo, auto_dir: &Path, hosts: &[String]) -> Resul
     Ok(Arc::new(config))
 }
 
+/// What a port checks of a client certificate beyond its chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCheck {
+    /// etcd's peer listener: a certificate with IP or DNS names must name
+    /// the address it connects from (an IP listed, or a DNS name that
+    /// resolves to it), so a certificate copied to another machine is
+    /// refused; one without names is taken.
+    SanMatchesRemote,
+}
+
+/// Whether the client certificate `der`, presented from `remote`, names
+/// that address (see [`ClientCheck::SanMatchesRemote`]).
+async fn san_matches(der: &[u8], remote: std::net::IpAddr) -> Result<(), String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("cannot parse the client certificate: {e}"))?;
+    let names = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san.value.general_names.clone(),
+        Ok(None) => return Ok(()),
+        Err(e) => return Err(format!("cannot read the client certificate's names: {e}")),
+    };
+    let remote = remote.to_canonical();
+    let mut ips = Vec::new();
+    let mut dns = Vec::new();
+    for name in names {
+        match name {
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => ips.push(std::net::IpAddr::from(<[u8; 4]>::try_from(b).unwrap_or_default())),
+                16 => ips.push(std::net::IpAddr::from(<[u8; 16]>::try_from(b).unwrap_or_default()).to_canonical()),
+                _ => {}
+            },
+            GeneralName::DNSName(d) => dns.push(d.to_owned()),
+            _ => {}
+        }
+    }
+    if ips.is_empty() && dns.is_empty() || ips.contains(&remote) {
+        return Ok(());
+    }
+    for name in &dns {
+        if let Ok(addrs) = tokio::net::lookup_host((name.as_str(), 0)).await
+            && addrs.into_iter().any(|a| a.ip().to_canonical() == remote)
+        {
+            return Ok(());
+        }
+    }
+    Err(format!("the client certificate is valid for {ips:?} {dns:?}, not for {remote}"))
+}
+
 /// Connections accepted on `listener` once their TLS handshake is done;
 /// each handshakes on a task of its own, so a slow client holds up no
 /// other. A connection that fails its handshake (plaintext to a TLS port,
-/// a certificate not signed by the trusted CA) is logged and closed, as
-/// etcd's "rejected connection".
+/// a certificate not signed by the trusted CA) or `check` is logged and
+/// closed, as etcd's "rejected connection".
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
+    check: Option<ClientCheck>,
 ) -> impl futures::Stream<Item = io::Result<TlsStream<TcpStream>>> + Send + 'static {
     let acceptor = TlsAcceptor::from(config);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -294,6 +343,13 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
+                        if check == Some(ClientCheck::SanMatchesRemote)
+                            && let Some(cert) = stream.get_ref().1.peer_certificates().and_then(|c| c.first())
+                            && let Err(e) = san_matches(cert, peer.ip()).await
+                        {
+                            tracing::warn!(remote = %peer, error = %e, "rejected connection");
+                            return;
+                        }
                         let _ = tx.send(Ok(stream)).await;
                     }
                     Ok(Err(e)) => tracing::warn!(remote = %peer, error = %e, "rejected connection (TLS handshake failed)"),
@@ -472,7 +528,11 @@ mod tests {
     }
 
     fn leaf(issuer: &rcgen::Issuer<'static, rcgen::KeyPair>, cn: &str) -> (String, String) {
-        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("params");
+        leaf_for(issuer, cn, &["127.0.0.1", "localhost"])
+    }
+
+    fn leaf_for(issuer: &rcgen::Issuer<'static, rcgen::KeyPair>, cn: &str, hosts: &[&str]) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>()).expect("params");
         params.distinguished_name.push(rcgen::DnType::CommonName, cn);
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, issuer).expect("leaf");
@@ -536,5 +596,68 @@ mod tests {
         server_config(&good, dir.path(), &[]).expect("a full setting");
         let other_key = TlsInfo { key_file: Some(dir.path().join("ca.pem")), ..good };
         assert!(server_config(&other_key, dir.path(), &[]).is_err(), "a key file without a key must be refused");
+    }
+
+    fn der(pem: &str) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem")
+    }
+
+    #[tokio::test]
+    async fn a_peer_certificate_must_name_the_address_it_connects_from() {
+        let (issuer, _) = ca();
+        let local: std::net::IpAddr = "127.0.0.1".parse().expect("ip");
+        let mapped: std::net::IpAddr = "::ffff:127.0.0.1".parse().expect("ip");
+        for (hosts, ok) in [
+            (&["127.0.0.1"][..], true),
+            (&["127.0.0.2", "127.0.0.1"][..], true),
+            (&["localhost"][..], true),
+            (&[][..], true),
+            (&["127.0.0.2"][..], false),
+            (&["db.invalid"][..], false),
+        ] {
+            let (cert, _) = leaf_for(&issuer, "peer", hosts);
+            let got = san_matches(&der(&cert), local).await;
+            assert_eq!(got.is_ok(), ok, "{hosts:?}: {got:?}");
+            assert_eq!(san_matches(&der(&cert), mapped).await.is_ok(), ok, "{hosts:?} from an IPv4-mapped address");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_peer_listener_drops_a_connection_whose_certificate_names_another_address() {
+        use futures::StreamExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let (issuer, ca_pem) = ca();
+        let (server_cert, server_key) = leaf(&issuer, "server");
+        let files = [("c.pem", &server_cert), ("k.pem", &server_key), ("ca.pem", &ca_pem)];
+        for (name, pem) in files {
+            std::fs::write(dir.path().join(name), pem).expect("write");
+        }
+        let info = TlsInfo {
+            cert_file: Some(dir.path().join("c.pem")),
+            key_file: Some(dir.path().join("k.pem")),
+            trusted_ca_file: Some(dir.path().join("ca.pem")),
+            client_cert_auth: true,
+            auto_tls: false,
+        };
+        let config = server_config(&info, dir.path(), &[]).expect("server config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut accepted = Box::pin(incoming(listener, config, Some(ClientCheck::SanMatchesRemote)));
+        for (hosts, ok) in [(&["127.0.0.2"][..], false), (&["127.0.0.1"][..], true)] {
+            let (cert, key) = leaf_for(&issuer, "peer", hosts);
+            let mut roots = RootCertStore::empty();
+            roots.add(der(&ca_pem)).expect("root");
+            let client = rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_client_auth_cert(vec![der(&cert)], PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key"))
+                .expect("client config");
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            let _conn = connector.connect(rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name"), tcp).await;
+            let got = tokio::time::timeout(Duration::from_secs(2), accepted.next()).await;
+            assert_eq!(matches!(got, Ok(Some(Ok(_)))), ok, "a client certificate for {hosts:?}");
+        }
     }
 }

@@ -18,7 +18,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
-use etcd_client::{Client, ConnectOptions, MemberAddOptions};
+use etcd_client::{Client, ConnectOptions, MemberAddOptions, TlsOptions};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::both::selected_flavors;
@@ -45,11 +45,22 @@ pub const UNHEALTHY: &str = "etcdserver: unhealthy cluster";
 static ONE_AT_A_TIME: LazyLock<Arc<Mutex<()>>> = LazyLock::new(Arc::default);
 static CLUSTERS: AtomicU64 = AtomicU64::new(0);
 
+/// TLS on a cluster's ports; the certificate flags go in the cluster's
+/// extra arguments.
+#[derive(Clone, Default)]
+pub struct ClusterTls {
+    /// Client URLs are https://, reached by the harness with these options.
+    pub client: Option<TlsOptions>,
+    /// Peer URLs, listened on and advertised, are https://.
+    pub peer: bool,
+}
+
 /// A cluster of real processes; dropping it kills them all.
 pub struct Cluster {
     flavor: Flavor,
     token: String,
     extra_args: Vec<String>,
+    tls: ClusterTls,
     members: Vec<Member>,
     network: Network,
     _one_at_a_time: OwnedMutexGuard<()>,
@@ -107,6 +118,12 @@ impl Cluster {
         Cluster::start_prepared(flavor, n, extra_args, |_, _| Ok(())).await
     }
 
+    /// [`Cluster::start`] with TLS on the ports `tls` names (the
+    /// certificate flags in `extra_args`); members added later get it too.
+    pub async fn start_tls(flavor: Flavor, n: usize, tls: ClusterTls, extra_args: &[&str]) -> anyhow::Result<Cluster> {
+        Cluster::start_inner(flavor, n, tls, extra_args, |_, _| Ok(())).await
+    }
+
     /// `n` raftkv members whose data dirs `raftkvctl snapshot restore`
     /// makes from `snapshot` (raftkv's or etcd's), each with the bootstrap
     /// flags it then starts with: a new cluster from a backup.
@@ -145,6 +162,16 @@ impl Cluster {
         flavor: Flavor,
         n: usize,
         extra_args: &[&str],
+        prepare: impl FnMut(&Bootstrap, &std::path::Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Cluster> {
+        Cluster::start_inner(flavor, n, ClusterTls::default(), extra_args, prepare).await
+    }
+
+    async fn start_inner(
+        flavor: Flavor,
+        n: usize,
+        tls: ClusterTls,
+        extra_args: &[&str],
         mut prepare: impl FnMut(&Bootstrap, &std::path::Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<Cluster> {
         let one_at_a_time = ONE_AT_A_TIME.clone().lock_owned().await;
@@ -170,6 +197,7 @@ impl Cluster {
             flavor,
             token,
             extra_args,
+            tls,
             members: Vec::new(),
             network: Network::new()?,
             _one_at_a_time: one_at_a_time,
@@ -194,6 +222,16 @@ impl Cluster {
 
     pub fn flavor(&self) -> Flavor {
         self.flavor
+    }
+
+    /// Member `i`'s server, to change its flags before a start.
+    pub fn server_mut(&mut self, i: usize) -> &mut Server {
+        &mut self.members[i].server
+    }
+
+    /// The flags every member starts with (the harness's timing included).
+    pub fn extra_args(&self) -> &[String] {
+        &self.extra_args
     }
 
     /// Member `i`, also once removed.
@@ -277,7 +315,7 @@ impl Cluster {
     /// Member `i`'s own id and the leader it reports (0 for none).
     async fn status(&self, i: usize) -> anyhow::Result<(u64, u64)> {
         let status = tokio::time::timeout(STATUS_TIMEOUT, async {
-            let mut client = quick_client(&self.members[i].endpoint()).await?;
+            let mut client = quick_client(&self.members[i].endpoint(), self.tls.client.as_ref()).await?;
             anyhow::Ok(client.status().await?)
         })
         .await
@@ -509,7 +547,7 @@ impl Cluster {
         let peer_port = free_port()?;
         let (link, proxy_port) = self.network.add_link(peer_port)?;
         Ok(Joining {
-            peer_url: loopback_url(proxy_port),
+            peer_url: self.peer_url_of(proxy_port),
             peer_port,
             link,
         })
@@ -576,7 +614,7 @@ impl Cluster {
     /// not waited for (it never has a quorum); dropping it kills it.
     pub fn spawn_stranger(&self, name: &str, token: &str) -> anyhow::Result<Server> {
         let peer_port = free_port()?;
-        let peer_url = loopback_url(peer_port);
+        let peer_url = self.peer_url_of(peer_port);
         let mut initial_cluster: Vec<String> = self
             .members()
             .into_iter()
@@ -598,6 +636,9 @@ impl Cluster {
         };
         let args: Vec<&str> = self.extra_args.iter().map(String::as_str).collect();
         let mut server = Server::new(self.flavor, peer_port, bootstrap, &args)?;
+        if let Some(tls) = &self.tls.client {
+            server.set_tls(tls.clone());
+        }
         server.spawn()?;
         Ok(server)
     }
@@ -633,7 +674,10 @@ impl Cluster {
             token: self.token.clone(),
         };
         let args: Vec<&str> = self.extra_args.iter().map(String::as_str).collect();
-        let server = Server::new(self.flavor, joining.peer_port, bootstrap, &args)?;
+        let mut server = Server::new(self.flavor, joining.peer_port, bootstrap, &args)?;
+        if let Some(tls) = &self.tls.client {
+            server.set_tls(tls.clone());
+        }
         self.members.push(Member {
             server,
             link: joining.link,
@@ -641,6 +685,12 @@ impl Cluster {
             removed: false,
         });
         Ok(self.members.len() - 1)
+    }
+
+    /// A peer URL on loopback `port`, https:// with peer TLS.
+    fn peer_url_of(&self, port: u16) -> String {
+        let url = loopback_url(port);
+        if self.tls.peer { url.replacen("http://", "https://", 1) } else { url }
     }
 
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
@@ -695,11 +745,15 @@ async fn retry<T>(
     }
 }
 
-/// A client for one Status call: connects fast, gives up fast.
-async fn quick_client(endpoint: &str) -> anyhow::Result<Client> {
-    let options = ConnectOptions::new()
+/// A client for one Status call: connects fast, gives up fast (over the
+/// cluster's client TLS, if any).
+async fn quick_client(endpoint: &str, tls: Option<&TlsOptions>) -> anyhow::Result<Client> {
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(STATUS_TIMEOUT)
         .with_timeout(STATUS_TIMEOUT);
+    if let Some(tls) = tls {
+        options = options.with_tls(tls.clone());
+    }
     Ok(Client::connect([endpoint], Some(options)).await?)
 }
 

@@ -215,6 +215,14 @@ impl Server {
         self.tls = Some(tls);
     }
 
+    /// Listen on and advertise an https:// peer URL from the next start
+    /// (the peer certificate flags are the caller's).
+    pub fn set_peer_https(&mut self) {
+        let b = &mut self.bootstrap;
+        b.initial_cluster = b.initial_cluster.replace(&b.advertise_peer_url, &b.advertise_peer_url.replacen("http://", "https://", 1));
+        b.advertise_peer_url = b.advertise_peer_url.replacen("http://", "https://", 1);
+    }
+
     /// The client port.
     pub fn client_port(&self) -> u16 {
         self.client_port
@@ -232,6 +240,13 @@ impl Server {
     /// The peer URL the other members dial.
     pub fn peer_url(&self) -> &str {
         &self.bootstrap.advertise_peer_url
+    }
+
+    /// The URL the member listens for peers on: https:// when it
+    /// advertises https:// (peer TLS).
+    fn listen_peer_url(&self) -> String {
+        let url = loopback_url(self.peer_port);
+        if self.bootstrap.advertise_peer_url.starts_with("https://") { url.replacen("http://", "https://", 1) } else { url }
     }
 
     /// How the member finds its cluster.
@@ -397,7 +412,7 @@ impl Server {
             "--advertise-client-urls".into(),
             client_url,
             "--listen-peer-urls".into(),
-            loopback_url(self.peer_port),
+            self.listen_peer_url(),
             "--initial-advertise-peer-urls".into(),
             b.advertise_peer_url.clone(),
             "--initial-cluster".into(),

@@ -1,6 +1,7 @@
 //! TLS on the client port (issue 17, part 1): etcd's --cert-file,
-//! --key-file, --trusted-ca-file, --client-cert-auth and --auto-tls, with
-//! certificates made by the test. Each scenario runs against etcd 3.4 and
+//! --key-file, --trusted-ca-file, --client-cert-auth and --auto-tls, and on
+//! the peer port with their --peer-* twins, with certificates made by the
+//! test. Each scenario runs against etcd 3.4 and
 //! raftkv alike, with real etcdctl 3.4 and raftkvctl, and every outcome is
 //! the one written here: etcd proves the expectations, raftkv is held to
 //! them.
@@ -14,6 +15,7 @@ use anyhow::{Context, bail};
 use etcd_client::{Certificate, Identity, TlsOptions};
 use raftkv_tests::binaries::{self, ETCDCTL};
 use raftkv_tests::certs::{Pair, Pki, Validity};
+use raftkv_tests::cluster::{Cluster, ClusterTls, UNHEALTHY, eventually, retry_while};
 use raftkv_tests::{Flavor, Server, selected_flavors};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -287,10 +289,18 @@ async fn auto_tls_serves_a_generated_certificate_kept_across_restarts() -> anyho
 /// Starts raftkv (or etcd) with `flags` and an https:// client URL, and
 /// returns its log once it exited (failing if it serves instead).
 async fn refused_start(flavor: Flavor, flags: &[&str], https: bool) -> anyhow::Result<String> {
+    refused_start_peer(flavor, flags, https, false).await
+}
+
+/// [`refused_start`], with an https:// peer URL if `peer_https`.
+async fn refused_start_peer(flavor: Flavor, flags: &[&str], https: bool, peer_https: bool) -> anyhow::Result<String> {
     let pki = Pki::new("unused")?;
     let mut server = Server::single(flavor, flags)?;
     if https {
         server.set_tls(harness_tls(&pki, None)?);
+    }
+    if peer_https {
+        server.set_peer_https();
     }
     server.spawn()?;
     match server.exit_within(Duration::from_secs(15)).await? {
@@ -318,13 +328,266 @@ async fn bad_tls_settings_stop_the_start_with_the_reason() -> anyhow::Result<()>
     let pki = Pki::new("main")?;
     let cert = pki.loopback("server")?;
     let cases: [(&[&str], bool, &str); 3] = [
-        (&["--cert-file", cert.cert_str(), "--key-file", cert.key_str()], false, "no --listen-client-urls URL is https://"),
+        (&["--cert-file", cert.cert_str(), "--key-file", cert.key_str()], false, "no --listen-client-urls or --listen-metrics-urls URL is https://"),
         (&["--cert-file", cert.cert_str(), "--key-file", cert.key_str(), "--client-cert-auth"], true, "--client-cert-auth requires --trusted-ca-file"),
         (&["--cert-file", cert.cert_str()], true, "--cert-file and --key-file must be given together"),
     ];
     for (flags, https, reason) in cases {
         let log = refused_start(Flavor::Raftkv, flags, https).await?;
         assert!(log.contains(reason), "{flags:?}: want {reason:?} in {log}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_peer_tls_settings_stop_the_start_with_the_reason() -> anyhow::Result<()> {
+    for flavor in selected_flavors()? {
+        let log = refused_start_peer(flavor, &[], false, true).await?;
+        assert!(
+            log.contains("cannot listen on TLS for 127.0.0.1:") && log.contains("KeyFile and CertFile are not presented"),
+            "{}: {log}",
+            flavor.name()
+        );
+    }
+    // Where etcd warns and serves plaintext anyway, raftkv refuses.
+    let pki = Pki::new("peers")?;
+    let cert = pki.loopback("peer")?;
+    let cases: [(&[&str], bool, &str); 5] = [
+        (&["--peer-cert-file", cert.cert_str(), "--peer-key-file", cert.key_str()], false, "no --listen-peer-urls URL is https://"),
+        (
+            &["--peer-cert-file", cert.cert_str(), "--peer-key-file", cert.key_str(), "--peer-client-cert-auth"],
+            true,
+            "--peer-client-cert-auth requires --peer-trusted-ca-file",
+        ),
+        (&["--peer-key-file", cert.key_str()], true, "--peer-cert-file and --peer-key-file must be given together"),
+        (&["--peer-auto-tls", "--peer-trusted-ca-file", pki.ca_str()], true, "--peer-auto-tls makes a self-signed certificate"),
+        (
+            &["--peer-cert-file", cert.cert_str(), "--peer-key-file", cert.key_str(), "--experimental-peer-skip-client-san-verification"],
+            true,
+            "--experimental-peer-skip-client-san-verification needs --peer-trusted-ca-file",
+        ),
+    ];
+    for (flags, peer_https, reason) in cases {
+        let log = refused_start_peer(Flavor::Raftkv, flags, false, peer_https).await?;
+        assert!(log.contains(reason), "{flags:?}: want {reason:?} in {log}");
+    }
+    Ok(())
+}
+
+/// Whether member `i` of `cluster` answers a linearizable read of `key`
+/// with `value`.
+async fn reads(cluster: &Cluster, i: usize, key: &str, value: &str) -> anyhow::Result<()> {
+    let mut client = cluster.client(i).await?;
+    let got = client.get(key, None).await?;
+    let found = got.kvs().first().map(|kv| kv.value().to_vec());
+    anyhow::ensure!(found.as_deref() == Some(value.as_bytes()), "m{i} reads {key} as {found:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_with_peer_tls_replicates_forwards_and_recovers() -> anyhow::Result<()> {
+    let peers = Pki::new("peers")?;
+    let other = Pki::new("other")?;
+    let clients = Pki::new("clients")?;
+    let peer_cert = peers.loopback("peer")?;
+    let impostor = other.loopback("impostor")?;
+    let server_cert = clients.loopback("server")?;
+    for flavor in selected_flavors()? {
+        // Mutual TLS between members; clients verify the server only (no
+        // client CA: before, a follower's forwarded calls went to the
+        // leader's client URLs and failed here).
+        let flags = |pair: &Pair| {
+            strings(&[
+                "--peer-cert-file",
+                pair.cert_str(),
+                "--peer-key-file",
+                pair.key_str(),
+                "--peer-trusted-ca-file",
+                peers.ca_str(),
+                "--peer-client-cert-auth",
+                "--cert-file",
+                server_cert.cert_str(),
+                "--key-file",
+                server_cert.key_str(),
+                "--experimental-initial-corrupt-check",
+            ])
+        };
+        let good = flags(&peer_cert);
+        let args: Vec<&str> = good.iter().map(String::as_str).collect();
+        let tls = ClusterTls { client: Some(harness_tls(&clients, None)?), peer: true };
+        let mut cluster = Cluster::start_tls(flavor, 3, tls, &args).await?;
+        let name = flavor.name();
+        let leader = cluster.leader().await?;
+        cluster.client(leader).await?.put("k", "v1", None).await?;
+        for i in cluster.members() {
+            eventually(Duration::from_secs(10), async || reads(&cluster, i, "k", "v1").await).await.with_context(|| format!("{name}: replication"))?;
+        }
+
+        // A membership change asked of a follower reaches the leader.
+        let follower = cluster.followers().await?[0];
+        let joining = cluster.prepare_member()?;
+        // (etcd refuses changes for 5 s after a peer connected: asked again.)
+        let mut via = cluster.client(follower).await?;
+        let added = retry_while(UNHEALTHY, Duration::from_secs(30), async || {
+            Ok(via.member_add([joining.peer_url.clone()], Some(etcd_client::MemberAddOptions::new().with_is_learner())).await?)
+        })
+        .await
+        .with_context(|| format!("{name}: MemberAdd through a follower"))?;
+        let new_id = added.member().context("no member in MemberAdd's answer")?.id();
+        let initial = added
+            .member_list()
+            .iter()
+            .flat_map(|m| {
+                let n = if m.id() == new_id { "m3".to_owned() } else { m.name().to_owned() };
+                m.peer_urls().iter().map(move |u| format!("{n}={u}")).collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let learner = cluster.join(joining, "m3", &initial).await.with_context(|| format!("{name}: the learner joins over peer TLS"))?;
+        eventually(Duration::from_secs(20), async || {
+            let mut c = cluster.client(learner).await?;
+            let got = c.get("k", Some(etcd_client::GetOptions::new().with_serializable())).await?;
+            anyhow::ensure!(got.kvs().first().map(|kv| kv.value()) == Some(&b"v1"[..]), "the learner has not caught up");
+            Ok(())
+        })
+        .await
+        .with_context(|| format!("{name}: the learner catches up"))?;
+        let removed = retry_while(UNHEALTHY, Duration::from_secs(30), async || Ok(via.member_remove(new_id).await?))
+            .await
+            .with_context(|| format!("{name}: MemberRemove through a follower"))?;
+        anyhow::ensure!(!removed.members().iter().any(|m| m.id() == new_id), "{name}: the learner is still listed");
+        cluster.removed(learner).await?;
+
+        // The leader killed: the others elect one over TLS, and it comes
+        // back through the initial corruption check (HashKV from its
+        // peers).
+        cluster.kill9(leader)?;
+        let next = eventually(Duration::from_secs(20), async || cluster.leader().await).await?;
+        cluster.client(next).await?.put("k", "v2", None).await?;
+        cluster.restart(leader).await.with_context(|| format!("{name}: the old leader restarts"))?;
+        eventually(Duration::from_secs(10), async || reads(&cluster, leader, "k", "v2").await).await?;
+        if flavor == Flavor::Raftkv {
+            let log = cluster.member(leader).server().log();
+            assert!(log.contains("data is consistent with peers") && !log.contains("cannot get a peer's hash"), "{name}: {log}");
+        }
+
+        // A member presenting a certificate of another CA is cut off from
+        // its peers, which keep serving; with its own back, it catches up.
+        let outcast = cluster.followers().await?[0];
+        cluster.stop(outcast).await?;
+        let bad: Vec<String> = flags(&impostor).into_iter().chain(timing(&cluster)).collect();
+        cluster.server_mut(outcast).set_extra_args(&bad.iter().map(String::as_str).collect::<Vec<_>>());
+        let leader = cluster.leader().await?;
+        cluster.spawn_only(outcast)?;
+        cluster.client(leader).await?.put("k", "v3", None).await?;
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(1), async { cluster.client(outcast).await?.status().await.map_err(anyhow::Error::from) }).await {
+                anyhow::ensure!(status.leader() == 0, "{name}: a member with another CA's certificate found a leader");
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        if flavor == Flavor::Raftkv {
+            let log = cluster.member(leader).server().log();
+            assert!(log.contains("rejected connection"), "{name}: the leader's log does not say it rejected the impostor: {log}");
+        }
+        cluster.stop(outcast).await?;
+        let mut back: Vec<String> = good.clone();
+        back.extend(timing(&cluster));
+        cluster.server_mut(outcast).set_extra_args(&back.iter().map(String::as_str).collect::<Vec<_>>());
+        cluster.restart(outcast).await?;
+        eventually(Duration::from_secs(10), async || reads(&cluster, outcast, "k", "v3").await).await?;
+    }
+    Ok(())
+}
+
+/// The cluster's timing flags (kept when a member's flags are replaced).
+fn timing(cluster: &Cluster) -> Vec<String> {
+    let args = cluster.extra_args();
+    args.iter()
+        .enumerate()
+        .filter(|(_, a)| a.starts_with("--heartbeat-interval") || a.starts_with("--election-timeout"))
+        .flat_map(|(i, a)| [a.clone(), args.get(i + 1).cloned().unwrap_or_default()])
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_with_peer_auto_tls_replicates() -> anyhow::Result<()> {
+    for flavor in selected_flavors()? {
+        let mut cluster = Cluster::start_tls(flavor, 3, ClusterTls { client: None, peer: true }, &["--peer-auto-tls"]).await?;
+        let leader = cluster.leader().await?;
+        cluster.client(leader).await?.put("k", "v", None).await?;
+        for i in cluster.members() {
+            eventually(Duration::from_secs(10), async || reads(&cluster, i, "k", "v").await)
+                .await
+                .with_context(|| format!("{}: m{i}", flavor.name()))?;
+            let generated = cluster.member(i).server().data_dir().join("fixtures/peer/cert.pem");
+            anyhow::ensure!(generated.exists(), "{}: no {}", flavor.name(), generated.display());
+        }
+        cluster.kill9(leader)?;
+        cluster.restart(leader).await?;
+        cluster.stop_all().await?;
+    }
+    Ok(())
+}
+
+/// GET `path` over TLS from 127.0.0.1:`port` (HTTP/1.0), the server
+/// verified against `ca`, `client` presented if given: the response.
+fn https_get(port: u16, ca: &Path, client: Option<&Pair>, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(ca)?)?;
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match client {
+        Some(pair) => builder.with_client_auth_cert(
+            CertificateDer::pem_file_iter(&pair.cert)?.collect::<Result<Vec<_>, _>>()?,
+            rustls::pki_types::PrivateKeyDer::from_pem_file(&pair.key)?,
+        )?,
+        None => builder.with_no_client_auth(),
+    };
+    let conn = rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("127.0.0.1")?.to_owned())?;
+    let sock = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())?;
+    let mut out = String::new();
+    tls.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_metrics_urls_are_served_with_the_client_ports_tls() -> anyhow::Result<()> {
+    let pki = Pki::new("main")?;
+    let other = Pki::new("other")?;
+    let cert = pki.loopback("server")?;
+    let alice = pki.issue("alice", "alice", &["127.0.0.1"], Validity::Current)?;
+    let stranger = other.issue("stranger", "stranger", &["127.0.0.1"], Validity::Current)?;
+    for flavor in selected_flavors()? {
+        let port = raftkv_tests::ports::free_port()?;
+        let metrics = format!("https://127.0.0.1:{port}");
+        let mut flags = server_flags(&cert);
+        flags.extend(strings(&["--trusted-ca-file", pki.ca_str(), "--listen-metrics-urls", &metrics]));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let _server = Server::start_tls(flavor, harness_tls(&pki, Some(&alice))?, &flags).await?;
+        let name = flavor.name();
+        let got = https_get(port, pki.ca(), Some(&alice), "/metrics")?;
+        assert!(got.starts_with("HTTP/1.") && got.contains(" 200 ") && got.contains("etcd_server_has_leader 1"), "{name}: {got}");
+        let health = https_get(port, pki.ca(), Some(&alice), "/health")?;
+        assert!(health.contains("\"health\":\"true\""), "{name}: {health}");
+        for (what, client) in [("no client certificate", None), ("another CA's", Some(&stranger))] {
+            let refused = https_get(port, pki.ca(), client, "/metrics");
+            assert!(refused.as_ref().map_or(true, |r| !r.contains(" 200 ")), "{name}: metrics served with {what}: {refused:?}");
+        }
+        // Plaintext to the TLS port gets no metrics.
+        let mut sock = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+        use std::io::{Read, Write};
+        sock.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+        let mut plain = Vec::new();
+        let _ = sock.read_to_end(&mut plain);
+        assert!(!String::from_utf8_lossy(&plain).contains("etcd_server_has_leader"), "{name}: metrics over plaintext");
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Receiving from peers: raft messages go to raft; a snapshot is written to
 //! disk as it streams in and handed to raft once complete; the member list
-//! and lease calls are answered from this member's state. A request from
+//! lease calls and HashKV are answered from this member's state. A request from
 //! another cluster, or from a removed member, is refused.
 
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::proto::peer_server::Peer;
 use super::proto::{
-    Ack, LeaseRenewResponse, LeaseRequest, LeaseTimeToLiveResponse, MembersRequest, MembersResponse, RaftBatch, SnapshotChunk,
+    Ack, HashKvRequest, HashKvResponse, LeaseRenewResponse, LeaseRequest, LeaseTimeToLiveResponse, MembersRequest, MembersResponse, RaftBatch, SnapshotChunk,
 };
 use crate::error::Error;
 use crate::node::Node;
@@ -118,6 +118,17 @@ impl Peer for PeerService {
 
     async fn probe(&self, _req: Request<Ack>) -> Result<Response<Ack>, Status> {
         Ok(Response::new(Ack {}))
+    }
+
+    async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        let r = req.into_inner();
+        self.check(r.cluster_id, 0, &[])?;
+        let store = self.node.store.clone();
+        let (hash, compact_revision, revision) = tokio::task::spawn_blocking(move || store.hash_kv(r.revision))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| crate::api::status(e.into()))?;
+        Ok(Response::new(HashKvResponse { hash, compact_revision, revision }))
     }
 
     async fn lease_time_to_live(&self, req: Request<LeaseRequest>) -> Result<Response<LeaseTimeToLiveResponse>, Status> {

@@ -43,6 +43,9 @@ pub struct Identity {
     /// it could not apply its own removal): the server then stops.
     pub status: Arc<crate::raft::RaftStatus>,
     pub health: PeerHealth,
+    /// How peers' URLs are reached (https:// ones with the peer CA and
+    /// this member's peer certificate).
+    pub tls: crate::tls::ClientTls,
 }
 
 /// What the peer service answers a removed member (see `service`).
@@ -180,7 +183,7 @@ struct PeerTask {
 
 impl PeerTask {
     async fn run(self, mut rx: mpsc::Receiver<Message>) {
-        let mut client = match connect(&self.urls, SEND_TIMEOUT) {
+        let mut client = match connect(&self.urls, SEND_TIMEOUT, &self.me.tls) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(to = %format!("{:x}", self.to), error = %e, "cannot reach peer");
@@ -285,7 +288,7 @@ async fn send_snapshot(
     msg: Message,
     checkpoint: Arc<dyn crate::storage::Engine>,
 ) -> Result<u64, String> {
-    let mut client = connect(urls, SNAPSHOT_TIMEOUT)?;
+    let mut client = connect(urls, SNAPSHOT_TIMEOUT, &me.tls)?;
     let header = SnapshotChunk {
         cluster_id: me.cluster_id,
         from: me.id,
