@@ -69,6 +69,9 @@ pub struct Config {
     /// connections.
     #[arg(long, env = "RAFTKV_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub experimental_peer_skip_client_san_verification: bool,
+    /// Input cost of password hashes (bcrypt, 4 to 31).
+    #[arg(long, env = "RAFTKV_BCRYPT_COST", default_value_t = crate::auth::DEFAULT_BCRYPT_COST, value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
     /// Initial cluster configuration for bootstrapping (name=peerURL,...).
     #[arg(long, env = "RAFTKV_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,

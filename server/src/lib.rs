@@ -35,6 +35,7 @@
 
 pub mod alarm;
 pub mod api;
+pub mod auth;
 pub mod apply;
 pub mod backup;
 pub mod bbolt;

@@ -94,6 +94,10 @@ pub struct Node {
     pub peer_health: crate::peer::PeerHealth,
     pub snapshots: Arc<Snapshots>,
     pub alarms: Arc<crate::alarm::Alarms>,
+    /// Users, roles and the enabled flag (etcd's auth store).
+    pub auth: Arc<crate::auth::AuthStore>,
+    /// `--bcrypt-cost`: the cost of the password hashes this member makes.
+    pub bcrypt_cost: u32,
     /// `--quota-backend-bytes` in force; None: no quota.
     pub quota: Option<u64>,
     /// When the size the quota checks was last read, and that size.
@@ -479,6 +483,8 @@ impl Node {
         hub.spawn_fanout().map_err(|e| StorageError::Engine(format!("cannot start the watch fan-out: {e}")))?;
         let alarms = Arc::new(crate::alarm::Alarms::default());
         alarms.load(engine.as_ref())?;
+        let auth = Arc::new(crate::auth::AuthStore::default());
+        auth.load(engine.as_ref())?;
         let applier = Applier::new(
             id,
             engine.clone(),
@@ -489,6 +495,7 @@ impl Node {
             membership.clone(),
             snapshots.clone(),
             alarms.clone(),
+            auth.clone(),
         )?;
         let heartbeat = Duration::from_millis(cfg.heartbeat_interval);
         let raft_cfg = RaftConfig {
@@ -535,6 +542,8 @@ impl Node {
             peer_health,
             snapshots,
             alarms,
+            auth,
+            bcrypt_cost: cfg.bcrypt_cost,
             quota: cfg.quota(),
             quota_size: parking_lot::Mutex::new((None, 0)),
             election_timeout: Duration::from_millis(cfg.election_timeout),

@@ -10,6 +10,8 @@ use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::v3electionpb::election_server::ElectionServer;
+use crate::api::auth::AuthService;
+use crate::api::etcdserverpb::auth_server::AuthServer;
 use crate::api::v3lockpb::lock_server::LockServer;
 use crate::api::{cluster::ClusterService, election::ElectionService, lock::LockService, http, kv::KvService, lease::LeaseService, maintenance::MaintenanceService, watch::WatchService};
 use crate::config::{Config, split_urls, url_addr};
@@ -31,7 +33,8 @@ fn routes(node: &Arc<Node>, max_msg: usize) -> Routes {
         .add_service(PbLeaseServer::new(LeaseService::new(node.clone())).max_decoding_message_size(max_msg))
         .add_service(PbWatchServer::new(WatchService::new(node.clone(), node.hub.clone())).max_decoding_message_size(max_msg))
         .add_service(LockServer::new(LockService::new(node.clone())).max_decoding_message_size(max_msg))
-        .add_service(ElectionServer::new(ElectionService::new(node.clone())).max_decoding_message_size(max_msg));
+        .add_service(ElectionServer::new(ElectionService::new(node.clone())).max_decoding_message_size(max_msg))
+        .add_service(AuthServer::new(AuthService::new(node.clone())).max_decoding_message_size(max_msg));
     let router = std::mem::take(routes.axum_router_mut())
         .merge(http::router(node.clone()))
         .layer(axum::middleware::from_fn_with_state(node.clone(), crate::api::require_leader))

@@ -115,7 +115,7 @@ impl SimMember {
         let hub = Arc::new(WatchHub::new(store.clone(), header, 1 << 20));
         let alarms = Arc::new(Alarms::default());
         alarms.load(engine.as_ref())?;
-        let applier = Applier::new(id, engine.clone(), store.clone(), lessor.clone(), waiters.clone(), hub.clone(), membership, snapshots.clone(), alarms)?;
+        let applier = Applier::new(id, engine.clone(), store.clone(), lessor.clone(), waiters.clone(), hub.clone(), membership, snapshots.clone(), alarms, Arc::default())?;
         let cfg = RaftConfig {
             id,
             tick: std::time::Duration::from_millis(100),

@@ -64,6 +64,7 @@ pub mod ports;
 pub mod proxy;
 pub mod server;
 pub mod sim;
+pub mod transcript;
 pub mod watchcheck;
 
 pub use both::{for_both, for_both_with, selected_flavors, with_etcd};

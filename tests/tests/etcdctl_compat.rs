@@ -11,58 +11,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::LazyLock;
 
 use anyhow::{Context, bail};
 use raftkv_tests::binaries::{self, ETCDCTL};
 use raftkv_tests::diff;
+use raftkv_tests::transcript::mask;
 use raftkv_tests::{Flavor, Server, with_etcd};
-use regex::Regex;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/etcdctl_session.sh");
 /// The script's request-size case puts a 5000-byte value.
 const SERVER_ARGS: &[&str] = &["--max-request-bytes", "4096"];
-
-/// What legitimately differs between two fresh clusters, and its mask.
-static MASKS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
-    [
-        // Header fields in `-w json`.
-        (
-            r#""(cluster_id|member_id|raft_term)":\d+"#,
-            r#""$1":<masked>"#,
-        ),
-        // Header fields in `-w fields`.
-        (
-            r#""(ClusterID|MemberID|RaftTerm)" : \d+"#,
-            r#""$1" : <masked>"#,
-        ),
-        // Member and lease ids printed in hex (%016x).
-        (r"\b[0-9a-f]{16}\b", "<hex-id>"),
-        // etcdctl's retry warnings on stderr: time, client id, port.
-        (r#""ts":"[^"]*""#, r#""ts":"<masked>""#),
-        (
-            r"client-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
-            "client-<masked>",
-        ),
-        (r"127\.0\.0\.1:\d+", "127.0.0.1:<port>"),
-    ]
-    .into_iter()
-    .map(|(pattern, mask)| {
-        (
-            Regex::new(pattern).expect("the mask patterns are valid"),
-            mask,
-        )
-    })
-    .collect()
-});
-
-fn mask(transcript: &str) -> String {
-    MASKS
-        .iter()
-        .fold(transcript.to_owned(), |text, (re, mask)| {
-            re.replace_all(&text, *mask).into_owned()
-        })
-}
 
 /// Runs the session with etcdctl against a fresh single member and returns
 /// the masked transcript.

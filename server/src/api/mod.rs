@@ -2,6 +2,7 @@
 //! map the error, fill the header. `status` is the one table from errors to
 //! gRPC codes.
 
+pub mod auth;
 pub mod cluster;
 pub mod election;
 pub mod http;
@@ -55,6 +56,12 @@ pub fn status(e: Error) -> Status {
         | LearnerNotReady | TooManyLearners => Code::FailedPrecondition,
         NoLeader | LeaderChanged | Timeout | Stopped | NotSupportedForLearner | UnhealthyCluster => Code::Unavailable,
         Corrupt => Code::DataLoss,
+        UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven | InvalidAuthMgmt => Code::InvalidArgument,
+        RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound | RoleAlreadyExist | RoleNotFound | RoleNotGranted
+        | PermissionNotGranted | AuthNotEnabled => Code::FailedPrecondition,
+        PermissionDenied => Code::PermissionDenied,
+        InvalidAuthToken => Code::Unauthenticated,
+        Unsupported(_) => Code::Unimplemented,
         // etcd 3.4 has no gRPC status for it: clients see Unknown.
         NotEnoughStartedMembers => Code::Unknown,
         Internal(_) => Code::Internal,
@@ -66,6 +73,19 @@ pub fn status(e: Error) -> Status {
 #[allow(clippy::all, missing_docs)]
 pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");
+}
+
+/// etcd's Auth service and its messages (etcdserverpb), generated from
+/// server/proto.
+#[allow(clippy::all, missing_docs)]
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// etcd's authpb: the auth store's users, roles and permissions.
+#[allow(clippy::all, missing_docs)]
+pub mod authpb {
+    tonic::include_proto!("authpb");
 }
 
 /// etcd's v3electionpb, generated from server/proto.

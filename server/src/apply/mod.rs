@@ -48,6 +48,8 @@ pub enum Response {
     Members(Vec<Member>),
     LeaseCheckpoint(PbResponseHeader),
     Alarm(etcd_client::proto::PbAlarmResponse),
+    /// An auth store change applied: the auth revision it left.
+    Auth(u64),
 }
 
 pub type ApplyResult = Result<Response, Error>;
@@ -121,6 +123,7 @@ pub struct Applier {
     membership: Arc<Membership>,
     snapshots: Arc<Snapshots>,
     alarms: Arc<Alarms>,
+    auth: Arc<crate::auth::AuthStore>,
     applied: u64,
 }
 
@@ -160,9 +163,10 @@ impl Applier {
         membership: Arc<Membership>,
         snapshots: Arc<Snapshots>,
         alarms: Arc<Alarms>,
+        auth: Arc<crate::auth::AuthStore>,
     ) -> Result<Self, StorageError> {
         let applied = applied_index(engine.as_ref())?;
-        Ok(Self { me, engine, store, lessor, waiters, hub, membership, snapshots, alarms, applied })
+        Ok(Self { me, engine, store, lessor, waiters, hub, membership, snapshots, alarms, auth, applied })
     }
 
     /// What an active alarm refuses, as etcd's capped (NOSPACE) and corrupt
@@ -191,6 +195,15 @@ impl Applier {
             self.engine.write(progress, false)?;
             return Ok(Ok(Response::Alarm(resp)));
         }
+        if let Op::Auth(a) = &op {
+            let Some(change) = &a.change else {
+                self.engine.write(progress, false)?;
+                return Ok(Err(Error::Internal("an auth request without a change".into())));
+            };
+            let result = self.auth.apply(change, &mut progress);
+            self.engine.write(progress, false)?;
+            return Ok(result.map(Response::Auth));
+        }
         if let Op::Compaction(c) = op {
             return match self.store.compact(c.revision, progress.clone()) {
                 Ok(()) => Ok(Ok(Response::Compaction(CompactionResponse {
@@ -213,7 +226,7 @@ impl Applier {
             Op::MemberAttributes(m) => member::attributes(&self.membership, m, &mut progress).map(Response::Members),
             Op::MemberPeerUrls(m) => member::peer_urls(&self.membership, m, &mut progress).map(Response::Members),
             Op::LeaseCheckpoint(c) => lease::checkpoint(&txn, &self.lessor, c, &mut progress).map(Response::LeaseCheckpoint),
-            Op::Compaction(_) | Op::Alarm(_) => unreachable!("handled above"),
+            Op::Compaction(_) | Op::Alarm(_) | Op::Auth(_) => unreachable!("handled above"),
         };
         // A failed request left no change in `txn` (checks run first), but
         // raft's progress is still recorded.
@@ -294,6 +307,7 @@ impl StateMachine for Applier {
         load_leases(self.engine.as_ref(), &self.store, &self.lessor)?;
         self.membership.load(self.engine.as_ref())?;
         self.alarms.load(self.engine.as_ref())?;
+        self.auth.load(self.engine.as_ref())?;
         // Watchers catch up from the new state (or learn it was compacted).
         self.hub.resync();
         Ok(())
@@ -333,6 +347,7 @@ mod tests {
             Arc::new(Membership::default()),
             snapshots,
             Arc::new(Alarms::default()),
+            Arc::default(),
         )
         .expect("applier");
         let mut mine = waiters.register(7).expect("room for a proposal");

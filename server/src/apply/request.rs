@@ -11,7 +11,7 @@ pub struct RaftRequest {
     /// Unique per proposal; the proposer waits for the result under it.
     #[prost(uint64, tag = "1")]
     pub id: u64,
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 11, 12")]
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13")]
     pub op: Option<Op>,
     /// The member that proposed it: only that member has a waiter for
     /// `id` (ids are unique per member, not across members).
@@ -46,6 +46,9 @@ pub enum Op {
     /// An alarm raised or disarmed.
     #[prost(message, tag = "12")]
     Alarm(PbAlarmRequest),
+    /// A change to the auth store (passwords hashed already).
+    #[prost(message, tag = "13")]
+    Auth(crate::auth::AuthOp),
 }
 
 /// etcd's LeaseCheckpointRequest (etcd-client does not export it).
