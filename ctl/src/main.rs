@@ -38,6 +38,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::client::ConnConfig;
 use crate::command::Ctx;
 use crate::command::alarm::AlarmCommand;
+use crate::command::auth::{AuthCommand, RoleCommand, UserCommand};
 use crate::command::compaction::CompactionArgs;
 use crate::command::defrag::DefragArgs;
 use crate::command::del::DelArgs;
@@ -155,6 +156,15 @@ enum Command {
     /// Manages etcd node snapshots
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// User related commands
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Role related commands
+    #[command(subcommand)]
+    Role(RoleCommand),
+    /// Enable or disable authentication
+    #[command(subcommand)]
+    Auth(AuthCommand),
     /// Benchmarks a cluster: put, range, txn-put, lease-keepalive, lock and watch workloads
     Bench(bench::BenchArgs),
 }
@@ -229,6 +239,9 @@ async fn dispatch(cli: Cli) -> Result<(), CtlError> {
         Command::Alarm(cmd) => command::alarm::run(cmd, &ctx).await,
         Command::Defrag(args) => command::defrag::run(args, &ctx).await,
         Command::Snapshot(cmd) => command::snapshot::run(cmd, &ctx).await,
+        Command::User(cmd) => command::auth::user(cmd, &ctx).await,
+        Command::Role(cmd) => command::auth::role(cmd, &ctx).await,
+        Command::Auth(cmd) => command::auth::auth(cmd, &ctx).await,
         Command::Bench(args) => bench::run(args, &ctx).await,
     }
 }

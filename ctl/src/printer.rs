@@ -6,7 +6,7 @@
 //! this one picks the format and says which format cannot print what.
 
 mod fields;
-mod json;
+pub(crate) mod json;
 mod simple;
 pub mod table;
 

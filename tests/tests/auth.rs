@@ -2,7 +2,7 @@
 //! etcdctl 3.4 `user` and `role` commands of etcd's authentication guide,
 //! with their error cases (`scripts/etcdctl_auth_session.sh`), give the same
 //! transcript against raftkv as against real etcd once ids and ports are
-//! masked; the store survives a restart; and `auth enable`, which raftkv
+//! masked, and raftkvctl's against etcd is etcdctl's; the store survives a restart; and `auth enable`, which raftkv
 //! cannot honour until it enforces permissions, is refused after etcd's own
 //! precondition checks.
 
@@ -18,12 +18,17 @@ use raftkv_tests::{Flavor, Server, with_etcd};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/etcdctl_auth_session.sh");
 
-/// Runs the session against `server`; the masked transcript.
+/// Runs the session with etcdctl against `server`; the masked transcript.
 fn session(server: &Server) -> anyhow::Result<String> {
+    session_with(server, std::path::Path::new(ETCDCTL))
+}
+
+/// Runs the session with `cli` in place of etcdctl.
+fn session_with(server: &Server, cli: &std::path::Path) -> anyhow::Result<String> {
     let output = Command::new("sh")
         .arg(SCRIPT)
         .arg(server.endpoint())
-        .env("ETCDCTL", ETCDCTL)
+        .env("ETCDCTL", cli)
         .output()
         .with_context(|| format!("cannot run {SCRIPT}"))?;
     if !output.status.success() {
@@ -87,6 +92,20 @@ async fn etcdctl_user_and_role_sessions_are_identical_on_raftkv_and_etcd() -> an
     for (i, c) in ["user get alice", "user list", "role get writer", "role list"].iter().enumerate() {
         assert_eq!(ctl(&raftkv, c)?, before[i], "`{c}` after a restart");
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn raftkvctl_user_and_role_session_is_identical_to_etcdctls_on_etcd() -> anyhow::Result<()> {
+    if !with_etcd("raftkvctl_user_and_role_session_is_identical_to_etcdctls_on_etcd")? {
+        return Ok(());
+    }
+    let etcdctl = without_warnings(&session(&Server::start(Flavor::Etcd).await?)?);
+    let raftkvctl = without_warnings(&session_with(&Server::start(Flavor::Etcd).await?, &raftkv_tests::binaries::raftkvctl()?)?);
+    check_session("etcdctl", &etcdctl);
+    check_session("raftkvctl", &raftkvctl);
+    let d = diff::unified("etcdctl", &etcdctl, "raftkvctl", &raftkvctl, 3);
+    assert!(d.is_empty(), "raftkvctl's transcript differs from etcdctl's:\n{d}");
     Ok(())
 }
 

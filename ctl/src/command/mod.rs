@@ -7,6 +7,7 @@
 //! its request lines, as etcdctl does.
 
 pub mod alarm;
+pub mod auth;
 pub mod compaction;
 pub mod defrag;
 pub mod del;

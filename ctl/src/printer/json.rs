@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use etcd_client::proto::{
-    PbDeleteResponse, PbKeyValue, PbLeaseGrantResponse, PbLeaseKeepAliveResponse,
+    PbAuthRoleGetResponse, PbAuthRoleListResponse, PbAuthUserGetResponse, PbAuthUserListResponse, PbDeleteResponse, PbKeyValue, PbLeaseGrantResponse, PbLeaseKeepAliveResponse,
     PbLeaseLeasesResponse, PbLeaseRevokeResponse, PbLeaseTimeToLiveResponse, PbMember,
     PbMemberAddResponse, PbMemberListResponse, PbMoveLeaderResponse, PbPutResponse,
     PbRangeResponse, PbResponseHeader, PbStatusResponse, PbTxnOpResponse, PbTxnResponse,
@@ -326,6 +326,35 @@ pub fn lease_leases(r: &PbLeaseLeasesResponse) -> Json {
 }
 
 /// Prints a value on one line; `None` is Go's nil slice, `null`.
+/// An answer with nothing but its header (user add, role grant and the
+/// like).
+pub fn header_only(h: &Option<PbResponseHeader>) -> Json {
+    Obj::default().object("header", header(h)).build()
+}
+
+pub fn user_get(r: &PbAuthUserGetResponse) -> Json {
+    Obj::default().object("header", header(&r.header)).strings("roles", &r.roles).build()
+}
+
+pub fn user_list(r: &PbAuthUserListResponse) -> Json {
+    Obj::default().object("header", header(&r.header)).strings("users", &r.users).build()
+}
+
+pub fn role_list(r: &PbAuthRoleListResponse) -> Json {
+    Obj::default().object("header", header(&r.header)).strings("roles", &r.roles).build()
+}
+
+/// A role's permissions: authpb's json tags (`permType`, `key`,
+/// `range_end`), READ (0) left out as a zero.
+pub fn role_get(r: &PbAuthRoleGetResponse) -> Json {
+    let perms = r
+        .perm
+        .iter()
+        .map(|p| Obj::default().num("permType", p.perm_type).bytes("key", &p.key).bytes("range_end", &p.range_end).build())
+        .collect();
+    Obj::default().object("header", header(&r.header)).array("perm", perms).build()
+}
+
 pub fn print(w: &mut dyn Write, v: impl Into<Option<Json>>) -> io::Result<()> {
     let mut out = String::new();
     match v.into() {
