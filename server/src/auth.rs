@@ -42,8 +42,18 @@ pub fn is_auth_key(k: &[u8]) -> bool {
 /// A change to the auth store, as raft carries it.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AuthOp {
-    #[prost(oneof = "AuthChange", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
+    #[prost(oneof = "AuthChange", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
     pub change: Option<AuthChange>,
+}
+
+/// A simple token handed to a user that authenticated (the password was
+/// checked by the member that proposes it): every member learns it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TokenGrant {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub token: String,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
@@ -72,6 +82,8 @@ pub enum AuthChange {
     RoleGrantPermission(AuthRoleGrantPermissionRequest),
     #[prost(message, tag = "11")]
     RoleRevokePermission(AuthRoleRevokePermissionRequest),
+    #[prost(message, tag = "12")]
+    Authenticate(TokenGrant),
 }
 
 /// A bcrypt hash of `password` at `cost` (slow on purpose: off the async
@@ -88,9 +100,84 @@ struct State {
     roles: BTreeMap<String, Role>,
 }
 
-#[derive(Default)]
 pub struct AuthStore {
     state: RwLock<State>,
+    /// Simple tokens: token -> (user, expiry). In memory, as etcd's: a
+    /// restarted member forgets them and clients authenticate again.
+    tokens: parking_lot::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+    /// `--auth-token-ttl`: how long a simple token lives unused.
+    token_ttl: parking_lot::RwLock<std::time::Duration>,
+}
+
+impl Default for AuthStore {
+    fn default() -> Self {
+        AuthStore {
+            state: RwLock::default(),
+            tokens: Default::default(),
+            token_ttl: parking_lot::RwLock::new(std::time::Duration::from_secs(DEFAULT_TOKEN_TTL_SECS)),
+        }
+    }
+}
+
+/// etcd's default `--auth-token-ttl` (seconds).
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 300;
+
+/// Who a request comes from once authentication is enabled: a user (empty
+/// when the request named none) and the auth revision its rights were
+/// read at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub user: String,
+    pub revision: u64,
+}
+
+/// What an operation needs of a key range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    Read,
+    Write,
+}
+
+/// `[start, end)`, `end` None for no end.
+type Interval = (Vec<u8>, Option<Vec<u8>>);
+
+/// A permission's keys as an interval: a single key is `[key, key\0)`,
+/// a range end of `\0` has no end.
+fn interval(key: &[u8], range_end: &[u8]) -> Interval {
+    if range_end.is_empty() {
+        let mut end = key.to_vec();
+        end.push(0);
+        (key.to_vec(), Some(end))
+    } else if range_end == [0] {
+        (key.to_vec(), None)
+    } else {
+        (key.to_vec(), Some(range_end.to_vec()))
+    }
+}
+
+/// Whether the union of `granted` covers `wanted`.
+fn covers(granted: &mut [Interval], wanted: &Interval) -> bool {
+    granted.sort();
+    let mut reached = wanted.0.clone();
+    for (start, end) in granted.iter() {
+        if *start > reached {
+            break;
+        }
+        match end {
+            None => return true,
+            Some(e) if *e > reached => reached = e.clone(),
+            _ => {}
+        }
+        if let Some(w) = &wanted.1
+            && reached >= *w
+        {
+            return true;
+        }
+    }
+    match &wanted.1 {
+        Some(w) => reached >= *w,
+        None => false,
+    }
 }
 
 fn user_key(name: &str) -> Vec<u8> {
@@ -169,6 +256,119 @@ impl AuthStore {
         self.state.read().roles.keys().cloned().collect()
     }
 
+    /// `--auth-token-ttl`.
+    pub fn set_token_ttl(&self, ttl: std::time::Duration) {
+        *self.token_ttl.write() = ttl;
+    }
+
+    /// The caller of a request: None while authentication is disabled
+    /// (anyone may do anything); otherwise the user of its `token` (etcd's
+    /// "invalid auth token" for an unknown or expired one), else of its
+    /// client certificate's common name, else nobody (an empty user, whom
+    /// every check refuses with "user name is empty").
+    pub fn caller(&self, token: Option<&str>, common_name: Option<&str>) -> Result<Option<Caller>, Error> {
+        let revision = {
+            let state = self.state.read();
+            if !state.enabled {
+                return Ok(None);
+            }
+            state.revision
+        };
+        let user = match token {
+            Some(t) => self.token_user(t).ok_or(Error::InvalidAuthToken)?,
+            None => common_name.unwrap_or_default().to_owned(),
+        };
+        Ok(Some(Caller { user, revision }))
+    }
+
+    /// The user of a simple token, its life renewed by the use.
+    fn token_user(&self, token: &str) -> Option<String> {
+        let now = std::time::Instant::now();
+        let ttl = *self.token_ttl.read();
+        let mut tokens = self.tokens.lock();
+        match tokens.get_mut(token) {
+            Some((user, expiry)) if *expiry > now => {
+                *expiry = now + ttl;
+                Some(user.clone())
+            }
+            Some(_) => {
+                tokens.remove(token);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Whether `password` is the password of `name` (etcd's
+    /// CheckPassword): a user without one never authenticates by password.
+    /// bcrypt is slow on purpose: call off the async threads.
+    pub fn check_password(&self, name: &str, password: &str) -> Result<(), Error> {
+        let hash = {
+            let state = self.state.read();
+            if !state.enabled {
+                return Err(Error::AuthNotEnabled);
+            }
+            let user = state.users.get(name).ok_or(Error::AuthFailed)?;
+            if user.options.as_ref().is_some_and(|o| o.no_password) || user.password.is_empty() {
+                return Err(Error::AuthFailed);
+            }
+            String::from_utf8_lossy(&user.password).into_owned()
+        };
+        match bcrypt::verify(password, &hash) {
+            Ok(true) => Ok(()),
+            _ => Err(Error::AuthFailed),
+        }
+    }
+
+    /// etcd's isOpPermitted: the caller's roles must grant `need` on
+    /// all of `[key, range_end)` (a single key when `range_end` is empty,
+    /// no end when it is `\0`); the root role grants everything.
+    pub fn check(&self, caller: &Option<Caller>, key: &[u8], range_end: &[u8], need: Need) -> Result<(), Error> {
+        let Some(caller) = caller else { return Ok(()) };
+        let state = self.state.read();
+        if !state.enabled {
+            return Ok(());
+        }
+        if caller.user.is_empty() {
+            return Err(Error::UserEmpty);
+        }
+        let user = state.users.get(&caller.user).ok_or(Error::PermissionDenied)?;
+        if user.roles.iter().any(|r| r == ROOT_ROLE) {
+            return Ok(());
+        }
+        let mut granted: Vec<Interval> = user
+            .roles
+            .iter()
+            .filter_map(|r| state.roles.get(r))
+            .flat_map(|r| r.key_permission.iter())
+            .filter(|p| match need {
+                Need::Read => p.perm_type == 0 || p.perm_type == 2,
+                Need::Write => p.perm_type == 1 || p.perm_type == 2,
+            })
+            .map(|p| interval(&p.key, &p.range_end))
+            .collect();
+        if covers(&mut granted, &interval(key, range_end)) { Ok(()) } else { Err(Error::PermissionDenied) }
+    }
+
+    /// etcd's IsAdminPermitted: the caller has the root role.
+    pub fn check_admin(&self, caller: &Option<Caller>) -> Result<(), Error> {
+        let Some(caller) = caller else { return Ok(()) };
+        let state = self.state.read();
+        if !state.enabled {
+            return Ok(());
+        }
+        if caller.user.is_empty() {
+            return Err(Error::UserEmpty);
+        }
+        let user = state.users.get(&caller.user).ok_or(Error::UserNotFound)?;
+        if user.roles.iter().any(|r| r == ROOT_ROLE) { Ok(()) } else { Err(Error::PermissionDenied) }
+    }
+
+    /// Whether `user` holds `role`.
+    pub fn has_role(&self, user: &str, role: &str) -> bool {
+        self.state.read().users.get(user).is_some_and(|u| u.roles.iter().any(|r| r == role))
+    }
+
     /// What AuthEnable needs, as etcd checks it: a root user with the root
     /// role.
     pub fn check_enable(&self) -> Result<(), Error> {
@@ -201,8 +401,20 @@ impl AuthStore {
                     true
                 }
             }
+            AuthChange::Authenticate(grant) => {
+                if !state.enabled {
+                    return Err(Error::AuthNotEnabled);
+                }
+                if !state.users.contains_key(&grant.name) {
+                    return Err(Error::AuthFailed);
+                }
+                let expiry = std::time::Instant::now() + *self.token_ttl.read();
+                self.tokens.lock().insert(grant.token.clone(), (grant.name.clone(), expiry));
+                false
+            }
             AuthChange::Disable(_) => {
                 if state.enabled {
+                    self.tokens.lock().clear();
                     state.enabled = false;
                     batch.put(Cf::Meta, ENABLED.to_vec(), vec![0]);
                     true
@@ -234,6 +446,7 @@ impl AuthStore {
                 if state.users.remove(&r.name).is_none() {
                     return Err(Error::UserNotFound);
                 }
+                self.tokens.lock().retain(|_, (user, _)| *user != r.name);
                 batch.delete(Cf::Meta, user_key(&r.name));
                 true
             }
@@ -241,6 +454,7 @@ impl AuthStore {
                 let mut user = state.users.get(&r.name).cloned().ok_or(Error::UserNotFound)?;
                 user.password = r.hashed_password.clone().into_bytes();
                 put_user(state, batch, user);
+                self.tokens.lock().retain(|_, (user, _)| *user != r.name);
                 true
             }
             AuthChange::UserGrantRole(r) => {
@@ -365,6 +579,67 @@ mod tests {
             name: "r".into(),
             perm: Some(Permission { perm_type: t, key: key.into(), range_end: end.into() }),
         })
+    }
+
+    #[test]
+    fn a_simple_token_names_its_user_until_it_lies_unused_past_its_ttl() {
+        let engine = MemEngine::new();
+        let store = AuthStore::default();
+        assert_eq!(store.caller(Some("anything"), None), Ok(None), "disabled: no caller, no check");
+        apply(&store, &engine, user_add("root")).expect("root");
+        apply(&store, &engine, grant("root", "root")).expect("grant");
+        apply(&store, &engine, AuthChange::Enable(Default::default())).expect("enable");
+        store.set_token_ttl(std::time::Duration::from_millis(300));
+        let grant_token = AuthChange::Authenticate(TokenGrant { name: "root".into(), token: "abc.1".into() });
+        apply(&store, &engine, grant_token).expect("token");
+        let caller = store.caller(Some("abc.1"), None).expect("valid").expect("enabled");
+        assert_eq!(caller.user, "root");
+        assert_eq!(store.caller(Some("forged.2"), None), Err(Error::InvalidAuthToken));
+        assert_eq!(store.caller(None, Some("alice")).expect("cn").expect("enabled").user, "alice", "a certificate's CN");
+        assert_eq!(store.caller(None, None).expect("nobody").expect("enabled").user, "");
+        // Used within its TTL it lives on; unused past it, it is gone.
+        for _ in 0..3 {
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            assert!(store.caller(Some("abc.1"), None).is_ok(), "renewed by use");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        assert_eq!(store.caller(Some("abc.1"), None), Err(Error::InvalidAuthToken));
+        // Disabling authentication drops every token.
+        apply(&store, &engine, AuthChange::Authenticate(TokenGrant { name: "root".into(), token: "def.3".into() })).expect("token");
+        apply(&store, &engine, AuthChange::Disable(Default::default())).expect("disable");
+        apply(&store, &engine, AuthChange::Enable(Default::default())).expect("enable");
+        assert_eq!(store.caller(Some("def.3"), None), Err(Error::InvalidAuthToken), "disabling drops every token");
+    }
+
+    #[test]
+    fn permissions_cover_keys_ranges_and_prefixes_as_etcds() {
+        let engine = MemEngine::new();
+        let store = AuthStore::default();
+        for c in [user_add("root"), grant("root", "root"), user_add("u"), AuthChange::RoleAdd(AuthRoleAddRequest { name: "r".into() })] {
+            apply(&store, &engine, c).expect("setup");
+        }
+        apply(&store, &engine, perm(0, "/a/", "/a0")).expect("read prefix /a/");
+        apply(&store, &engine, perm(2, "/b", "")).expect("readwrite /b");
+        apply(&store, &engine, perm(1, "/c", "/e")).expect("write [/c, /e)");
+        apply(&store, &engine, perm(1, "/e", "/g")).expect("write [/e, /g)");
+        apply(&store, &engine, perm(0, "/z", "\0")).expect("read from /z on");
+        apply(&store, &engine, grant("u", "r")).expect("grant");
+        apply(&store, &engine, AuthChange::Enable(Default::default())).expect("enable");
+        let u = Some(Caller { user: "u".into(), revision: store.revision() });
+        let ok = |k: &str, e: &str, n: Need| store.check(&u, k.as_bytes(), e.as_bytes(), n).is_ok();
+        assert!(ok("/a/x", "", Need::Read) && ok("/a/", "/a0", Need::Read) && ok("/a/b", "/a/c", Need::Read));
+        assert!(!ok("/a/x", "", Need::Write) && !ok("/a", "/a0", Need::Read), "outside the prefix");
+        assert!(ok("/b", "", Need::Read) && ok("/b", "", Need::Write) && !ok("/b/", "", Need::Read), "one key only");
+        assert!(ok("/c", "/g", Need::Write), "two adjacent ranges cover their union");
+        assert!(!ok("/c", "/h", Need::Write) && !ok("/c", "/g", Need::Read));
+        assert!(ok("/z", "\0", Need::Read) && ok("/zz", "", Need::Read) && !ok("/y", "\0", Need::Read), "open ended");
+        let nobody = Some(Caller { user: String::new(), revision: 0 });
+        assert_eq!(store.check(&nobody, b"/a/x", b"", Need::Read), Err(Error::UserEmpty));
+        let ghost = Some(Caller { user: "ghost".into(), revision: 0 });
+        assert_eq!(store.check(&ghost, b"/a/x", b"", Need::Read), Err(Error::PermissionDenied));
+        assert_eq!(store.check_admin(&u), Err(Error::PermissionDenied));
+        let root = Some(Caller { user: "root".into(), revision: 0 });
+        assert!(store.check(&root, b"", b"\0", Need::Write).is_ok() && store.check_admin(&root).is_ok());
     }
 
     #[test]

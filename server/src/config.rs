@@ -69,6 +69,13 @@ pub struct Config {
     /// connections.
     #[arg(long, env = "RAFTKV_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub experimental_peer_skip_client_san_verification: bool,
+    /// Specify auth token type: 'simple' (JWT tokens are not supported
+    /// yet).
+    #[arg(long, env = "RAFTKV_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+    /// The lifetime in seconds of a simple auth token, renewed by each use.
+    #[arg(long, env = "RAFTKV_AUTH_TOKEN_TTL", default_value_t = crate::auth::DEFAULT_TOKEN_TTL_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub auth_token_ttl: u64,
     /// Input cost of password hashes (bcrypt, 4 to 31).
     #[arg(long, env = "RAFTKV_BCRYPT_COST", default_value_t = crate::auth::DEFAULT_BCRYPT_COST, value_parser = clap::value_parser!(u32).range(4..=31))]
     pub bcrypt_cost: u32,
@@ -190,6 +197,12 @@ impl Config {
         }
         self.auto_compaction()?;
         self.validate_tls()?;
+        let kind = self.auth_token.split(',').next().unwrap_or_default();
+        match kind {
+            "simple" => {}
+            "jwt" => return Err("--auth-token jwt is not supported yet: use simple tokens".into()),
+            other => return Err(format!("--auth-token: unknown token type {other:?} (want simple)")),
+        }
         Ok(())
     }
 

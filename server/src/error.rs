@@ -100,6 +100,13 @@ pub enum Error {
     InvalidAuthToken,
     #[error("etcdserver: invalid auth management")]
     InvalidAuthMgmt,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    /// What etcd's maintenance service answers a caller without the root
+    /// role: its auth package's own texts ("auth: permission denied"),
+    /// untranslated, so clients see code Unknown.
+    #[error("{0}")]
+    RawAuth(&'static str),
     /// What raftkv cannot do yet, said rather than ignored.
     #[error("etcdserver: {0} is not supported yet")]
     Unsupported(&'static str),

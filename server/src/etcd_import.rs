@@ -62,7 +62,7 @@ pub enum ImportError {
     #[error("etcd snapshot is corrupt: lease {key} in bucket \"lease\": {what}")]
     Lease { key: String, what: String },
     #[error(
-        "the etcd snapshot has authentication enabled, and raftkv has no authentication yet: its users and roles would be lost \
+        "the etcd snapshot has authentication enabled, and raftkv does not import etcd's users and roles yet: they would be lost \
          (run `etcdctl auth disable` on the etcd cluster and take a new snapshot)"
     )]
     AuthEnabled,
@@ -310,7 +310,7 @@ mod tests {
         let (summary, records) = run(&f);
         let err = summary.expect_err("auth");
         assert!(matches!(err, ImportError::AuthEnabled));
-        assert!(err.to_string().contains("users and roles would be lost"), "{err}");
+        assert!(err.to_string().contains("users and roles yet: they would be lost"), "{err}");
         assert!(records.is_empty());
     }
 

@@ -485,6 +485,7 @@ impl Node {
         alarms.load(engine.as_ref())?;
         let auth = Arc::new(crate::auth::AuthStore::default());
         auth.load(engine.as_ref())?;
+        auth.set_token_ttl(Duration::from_secs(cfg.auth_token_ttl));
         let applier = Applier::new(
             id,
             engine.clone(),
@@ -608,8 +609,16 @@ impl Node {
     /// "etcdserver: too many requests" past MAX_APPLY_GAP or
     /// `apply::MAX_PENDING_PROPOSALS`).
     pub async fn propose(&self, op: Op) -> Result<Response, Error> {
+        self.propose_as(op, &None).await
+    }
+
+    /// [`Node::propose`] for a caller whose rights were checked: applied
+    /// only if no auth change came in between (etcd's "revision of auth
+    /// store is old" otherwise).
+    pub async fn propose_as(&self, op: Op, caller: &Option<crate::auth::Caller>) -> Result<Response, Error> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let data = RaftRequest { id, op: Some(op), proposer: self.member.id }.encode_to_vec();
+        let auth_revision = caller.as_ref().map_or(0, |c| c.revision);
+        let data = RaftRequest { id, op: Some(op), proposer: self.member.id, auth_revision }.encode_to_vec();
         if data.len() > self.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }

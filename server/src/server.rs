@@ -85,7 +85,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
                     .max_decoding_message_size(64 << 20)
                     .max_encoding_message_size(64 << 20),
             )
-            .add_service(PbClusterServer::new(ClusterService::new(node.clone())));
+            .add_service(PbClusterServer::new(ClusterService::for_peers(node.clone())));
         let server = match tls {
             None => tokio::spawn(builder.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stopped)),
             Some(config) => {

@@ -171,7 +171,7 @@ impl SimMember {
     pub fn propose(&mut self, op: Op) -> Result<Proposed, Error> {
         self.next_id += 1;
         let id = self.next_id;
-        let data = RaftRequest { id, op: Some(op), proposer: self.id }.encode_to_vec();
+        let data = RaftRequest { id, op: Some(op), proposer: self.id, auth_revision: 0 }.encode_to_vec();
         let outcome = self.waiters.register(id)?;
         let waiters = self.waiters.clone();
         if self.raft.propose(data, Box::new(move || waiters.refused(id))).is_err() {

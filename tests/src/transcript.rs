@@ -21,6 +21,9 @@ pub static MASKS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
         ),
         // Member and lease ids printed in hex (%016x).
         (r"\b[0-9a-f]{16}\b", "<hex-id>"),
+        // Member ids in `member list` (%x: fewer digits when they lead
+        // with zeros).
+        (r"(?m)^[0-9a-f]{1,15}, (started|unstarted),", "<hex-id>, $1,"),
         // etcdctl's retry warnings on stderr: time, client id, port.
         (r#""ts":"[^"]*""#, r#""ts":"<masked>""#),
         (

@@ -1,10 +1,13 @@
-//! The Auth service's users and roles (issue 17, part 2, first step): the
-//! etcdctl 3.4 `user` and `role` commands of etcd's authentication guide,
-//! with their error cases (`scripts/etcdctl_auth_session.sh`), give the same
-//! transcript against raftkv as against real etcd once ids and ports are
-//! masked, and raftkvctl's against etcd is etcdctl's; the store survives a restart; and `auth enable`, which raftkv
-//! cannot honour until it enforces permissions, is refused after etcd's own
-//! precondition checks.
+//! Authentication and access control (issue 17, part 2), against real
+//! etcd: the etcdctl 3.4 `user` and `role` commands of etcd's
+//! authentication guide with their error cases
+//! (`scripts/etcdctl_auth_session.sh`) give the same transcript against
+//! raftkv as against etcd once ids and ports are masked, and raftkvctl's
+//! against etcd is etcdctl's; an access matrix under authentication
+//! (`scripts/etcdctl_access_session.sh`: users with read, write, readwrite,
+//! no role and root, each trying every kind of request) is identical too;
+//! `auth enable` needs what etcd needs; the store survives a restart and a
+//! raft snapshot.
 
 use std::process::Command;
 use std::time::Duration;
@@ -17,6 +20,7 @@ use raftkv_tests::transcript::mask;
 use raftkv_tests::{Flavor, Server, with_etcd};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/etcdctl_auth_session.sh");
+const ACCESS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/etcdctl_access_session.sh");
 
 /// Runs the session with etcdctl against `server`; the masked transcript.
 fn session(server: &Server) -> anyhow::Result<String> {
@@ -25,14 +29,20 @@ fn session(server: &Server) -> anyhow::Result<String> {
 
 /// Runs the session with `cli` in place of etcdctl.
 fn session_with(server: &Server, cli: &std::path::Path) -> anyhow::Result<String> {
+    run_script(SCRIPT, server, cli)
+}
+
+/// Runs `script` against `server` with `cli` as etcdctl; the masked
+/// transcript.
+fn run_script(script: &str, server: &Server, cli: &std::path::Path) -> anyhow::Result<String> {
     let output = Command::new("sh")
-        .arg(SCRIPT)
+        .arg(script)
         .arg(server.endpoint())
         .env("ETCDCTL", cli)
         .output()
-        .with_context(|| format!("cannot run {SCRIPT}"))?;
+        .with_context(|| format!("cannot run {script}"))?;
     if !output.status.success() {
-        bail!("{SCRIPT} failed with {}: {}", output.status, String::from_utf8_lossy(&output.stderr));
+        bail!("{script} failed with {}: {}", output.status, String::from_utf8_lossy(&output.stderr));
     }
     Ok(mask(&String::from_utf8(output.stdout).context("the transcript is not UTF-8")?))
 }
@@ -128,8 +138,8 @@ fn ctl(server: &Server, args: &str) -> anyhow::Result<String> {
 }
 
 #[tokio::test]
-async fn auth_enable_checks_etcds_preconditions_and_is_refused_until_enforced() -> anyhow::Result<()> {
-    if !with_etcd("auth_enable_checks_etcds_preconditions_and_is_refused_until_enforced")? {
+async fn auth_enable_needs_a_root_user_with_the_root_role_as_on_etcd() -> anyhow::Result<()> {
+    if !with_etcd("auth_enable_needs_a_root_user_with_the_root_role_as_on_etcd")? {
         return Ok(());
     }
     for flavor in [Flavor::Etcd, Flavor::Raftkv] {
@@ -140,25 +150,13 @@ async fn auth_enable_checks_etcds_preconditions_and_is_refused_until_enforced() 
         ctl(&server, "user add root:pw")?;
         // etcdctl adds the root role and grants it when AuthEnable says
         // it is missing, then asks again.
-        let out = ctl(&server, "auth enable")?;
-        let roles = ctl(&server, if flavor == Flavor::Etcd { "--user root:pw user get root" } else { "user get root" })?;
-        assert_eq!(roles, "User: root\nRoles: root\nexit=0\n", "{name}: etcdctl's root role");
-        let put = ctl(&server, "put k v")?;
-        match flavor {
-            Flavor::Etcd => {
-                assert_eq!(out, "Authentication Enabled\nexit=0\n", "{name}");
-                assert_eq!(put, "Error: etcdserver: user name is empty\nexit=1\n", "{name}: a request without a user");
-            }
-            Flavor::Raftkv => {
-                assert!(
-                    out.contains("code = Unimplemented desc = etcdserver: auth enable (permissions are not enforced yet) is not supported yet") && out.ends_with("exit=1\n"),
-                    "{name}: {out}"
-                );
-                // Nothing was enabled: requests need no user.
-                assert_eq!(put, "OK\nexit=0\n", "{name}");
-                assert_eq!(ctl(&server, "auth disable")?, "Authentication Disabled\nexit=0\n", "{name}");
-            }
-        }
+        assert_eq!(ctl(&server, "auth enable")?, "Authentication Enabled\nexit=0\n", "{name}");
+        assert_eq!(ctl(&server, "--user root:pw user get root")?, "User: root\nRoles: root\nexit=0\n", "{name}: etcdctl's root role");
+        assert_eq!(ctl(&server, "put k v")?, "Error: etcdserver: user name is empty\nexit=1\n", "{name}: a request without a user");
+        assert_eq!(ctl(&server, "--user root:pw put k v")?, "OK\nexit=0\n", "{name}");
+        assert_eq!(ctl(&server, "--user root:pw user delete root")?, "Error: etcdserver: invalid auth management\nexit=1\n", "{name}");
+        assert_eq!(ctl(&server, "--user root:pw auth disable")?, "Authentication Disabled\nexit=0\n", "{name}");
+        assert_eq!(ctl(&server, "get k --print-value-only")?, "v\nexit=0\n", "{name}: open again");
     }
     Ok(())
 }
@@ -195,5 +193,133 @@ async fn a_member_brought_back_by_a_raft_snapshot_has_the_users_and_roles() -> a
     })
     .await?;
     assert_eq!(ctl_member(&cluster, behind, "role get reader")?, want_role);
+    Ok(())
+}
+
+/// What the access matrix must show on any server that enforces it: each
+/// user allowed and refused as its role says (so that two servers letting
+/// everyone in alike cannot pass).
+fn check_access(name: &str, t: &str) {
+    let commands = t.lines().filter(|l| l.starts_with("$ [")).count();
+    let exits = t.lines().filter(|l| l.starts_with("exit=")).count();
+    assert!(commands > 150, "{name}: only {commands} commands ran:\n{t}");
+    assert_eq!(commands, exits, "{name}: a command has no exit code:\n{t}");
+    for expected in [
+        "$ [-] etcdctl auth enable\nAuthentication Enabled\nexit=0\n",
+        "$ [-] etcdctl get /app/x\nError: etcdserver: user name is empty\nexit=1\n",
+        "$ [reader:wrongpw] etcdctl get /app/x\nError: etcdserver: authentication failed, invalid user ID or password\nexit=2\n",
+        "$ [reader:readerpw] etcdctl put /app/x 2\nError: etcdserver: permission denied\nexit=1\n",
+        "$ [reader:readerpw] etcdctl get /app/x\n/app/x\n1\nexit=0\n",
+        "$ [writer:writerpw] etcdctl put /app/x 2\nOK\nexit=0\n",
+        "$ [writer:writerpw] etcdctl get /app/x\nError: etcdserver: permission denied\nexit=1\n",
+        "$ [both:bothpw] etcdctl get /other\nError: etcdserver: permission denied\nexit=1\n",
+        "$ [nobody:nobodypw] etcdctl get /app/x\nError: etcdserver: permission denied\nexit=1\n",
+        "$ [root:rootpw] etcdctl get /other\n/other\n2\nexit=0\n",
+        "watch was canceled (rpc error: code = PermissionDenied desc = etcdserver: permission denied)",
+        "$ [reader:readerpw] etcdctl user list\nError: etcdserver: permission denied\nexit=1\n",
+        "(rpc error: code = Unknown desc = auth: permission denied)",
+        "$ [reader:readerpw] etcdctl auth disable\nError: etcdserver: permission denied\nexit=1\n",
+        "$ [root:rootpw] etcdctl auth disable\nAuthentication Disabled\nexit=0\n",
+    ] {
+        assert!(t.contains(expected), "{name}: no {expected:?} in:\n{t}");
+    }
+}
+
+#[tokio::test]
+async fn an_access_matrix_under_authentication_is_identical_on_raftkv_and_etcd() -> anyhow::Result<()> {
+    if !with_etcd("an_access_matrix_under_authentication_is_identical_on_raftkv_and_etcd")? {
+        return Ok(());
+    }
+    let etcdctl = std::path::Path::new(ETCDCTL);
+    let etcd = without_warnings(&run_script(ACCESS, &Server::start(Flavor::Etcd).await?, etcdctl)?);
+    let raftkv = without_warnings(&run_script(ACCESS, &Server::start(Flavor::Raftkv).await?, etcdctl)?);
+    check_access("etcd", &etcd);
+    check_access("raftkv", &raftkv);
+    let d = diff::unified("etcd", &etcd, "raftkv", &raftkv, 3);
+    assert!(d.is_empty(), "access transcripts differ:\n{d}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_from_one_member_is_good_on_every_member() -> anyhow::Result<()> {
+    raftkv_tests::cluster::for_each_flavor(3, &[], async |cluster: &mut Cluster| {
+        let leader = cluster.leader().await?;
+        for cmd in ["user add root:rootpw", "user add app:apppw", "role add app", "role grant-permission app --prefix=true readwrite /app/", "user grant-role app app", "auth enable"] {
+            let out = ctl_member(cluster, leader, cmd)?;
+            anyhow::ensure!(out.ends_with("exit=0\n"), "{cmd}: {out}");
+        }
+        // One Authenticate (on whichever member), then requests spread over
+        // all three members with that token.
+        let options = etcd_client::ConnectOptions::new().with_user("app", "apppw");
+        let mut client = etcd_client::Client::connect(cluster.endpoints(), Some(options)).await?;
+        for i in 0..30 {
+            client.put(format!("/app/{i}"), "v", None).await.with_context(|| format!("put {i}"))?;
+            let got = client.get(format!("/app/{i}"), None).await.with_context(|| format!("get {i}"))?;
+            anyhow::ensure!(got.kvs().len() == 1, "get {i}");
+        }
+        let denied = client.get("/other", None).await.expect_err("outside /app/");
+        anyhow::ensure!(denied.to_string().contains("etcdserver: permission denied"), "{denied}");
+        // Every member knows the token: each answers a client of it alone.
+        for i in cluster.members() {
+            let options = etcd_client::ConnectOptions::new().with_user("app", "apppw");
+            let mut one = etcd_client::Client::connect([cluster.member(i).endpoint()], Some(options)).await?;
+            one.get("/app/0", None).await.with_context(|| format!("m{i}"))?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_certificates_common_name_is_the_user() -> anyhow::Result<()> {
+    use raftkv_tests::certs::{Pki, Validity};
+    let pki = Pki::new("auth")?;
+    let server_cert = pki.loopback("server")?;
+    let root = pki.issue("root", "root", &["127.0.0.1"], Validity::Current)?;
+    let alice = pki.issue("alice", "alice", &["127.0.0.1"], Validity::Current)?;
+    for flavor in raftkv_tests::selected_flavors()? {
+        let flags = [
+            "--cert-file",
+            server_cert.cert_str(),
+            "--key-file",
+            server_cert.key_str(),
+            "--client-cert-auth",
+            "--trusted-ca-file",
+            pki.ca_str(),
+        ];
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(pki.ca_pem()?))
+            .identity(etcd_client::Identity::from_pem(std::fs::read(&root.cert)?, std::fs::read(&root.key)?));
+        let server = Server::start_tls(flavor, tls, &flags).await?;
+        let name = flavor.name();
+        let as_cert = |pair: &raftkv_tests::certs::Pair, args: &str| -> anyhow::Result<String> {
+            let out = Command::new(ETCDCTL)
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &server.endpoint(), "--cacert", pki.ca_str(), "--cert", pair.cert_str(), "--key", pair.key_str()])
+                .args(args.split(' '))
+                .output()?;
+            Ok(without_warnings(&format!("{}{}exit={}\n", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr), out.status.code().unwrap_or(-1))))
+        };
+        for cmd in [
+            "user add root:rootpw",
+            "user add alice --no-password",
+            "role add reader",
+            "role grant-permission reader --prefix=true read /app/",
+            "user grant-role alice reader",
+            "put /app/x 1",
+            "put /other 1",
+            "auth enable",
+        ] {
+            let out = as_cert(&root, cmd)?;
+            anyhow::ensure!(out.ends_with("exit=0\n"), "{name}: {cmd}: {out}");
+        }
+        // No --user: the certificate's common name is the user.
+        assert_eq!(as_cert(&alice, "get /app/x --print-value-only")?, "1\nexit=0\n", "{name}: alice reads /app/");
+        assert_eq!(as_cert(&alice, "put /app/x 2")?, "Error: etcdserver: permission denied\nexit=1\n", "{name}: alice writes");
+        assert_eq!(as_cert(&alice, "get /other")?, "Error: etcdserver: permission denied\nexit=1\n", "{name}: alice outside /app/");
+        assert_eq!(as_cert(&root, "put /other 2")?, "OK\nexit=0\n", "{name}: root");
+        assert_eq!(as_cert(&root, "user list")?, "alice\nroot\nexit=0\n", "{name}: root manages");
+        assert_eq!(as_cert(&alice, "user list")?, "Error: etcdserver: permission denied\nexit=1\n", "{name}: alice does not");
+    }
     Ok(())
 }

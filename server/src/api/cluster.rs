@@ -31,6 +31,9 @@ const LEARNER_READY_PERCENT: f64 = 0.9;
 
 pub struct ClusterService {
     node: Arc<Node>,
+    /// Served on the peer port (calls forwarded by other members, checked
+    /// there): no auth check.
+    peer: bool,
 }
 
 fn pb(list: Vec<Member>) -> Vec<etcd_client::proto::PbMember> {
@@ -60,7 +63,23 @@ fn started(m: &Member) -> bool {
 
 impl ClusterService {
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+        Self { node, peer: false }
+    }
+
+    /// The service on the peer port, for the membership changes other
+    /// members forward (their own callers were checked by them).
+    pub fn for_peers(node: Arc<Node>) -> Self {
+        Self { node, peer: true }
+    }
+
+    /// etcd's checkMembershipOperationPermission: the root role, once
+    /// authentication is enabled.
+    fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if self.peer {
+            return Ok(());
+        }
+        let caller = super::caller(&self.node, req)?;
+        self.node.auth.check_admin(&caller).map_err(status)
     }
 
     /// The leader's client, when this member is not the leader (None when
@@ -124,6 +143,7 @@ fn forwarded(e: etcd_client::Error) -> Status {
 #[tonic::async_trait]
 impl PbClusterService for ClusterService {
     async fn member_add(&self, req: Request<MemberAddRequest>) -> Reply<MemberAddResponse> {
+        self.admin(&req)?;
         self.node.refuse_learner().map_err(status)?;
         let r = req.into_inner();
         if let Some(mut leader) = self.forward().await? {
@@ -176,6 +196,7 @@ impl PbClusterService for ClusterService {
     }
 
     async fn member_remove(&self, req: Request<MemberRemoveRequest>) -> Reply<MemberRemoveResponse> {
+        self.admin(&req)?;
         self.node.refuse_learner().map_err(status)?;
         let r = req.into_inner();
         if let Some(mut leader) = self.forward().await? {
@@ -212,6 +233,7 @@ impl PbClusterService for ClusterService {
     }
 
     async fn member_update(&self, req: Request<MemberUpdateRequest>) -> Reply<MemberUpdateResponse> {
+        self.admin(&req)?;
         self.node.refuse_learner().map_err(status)?;
         let r = req.into_inner();
         let node = &self.node;
@@ -232,6 +254,7 @@ impl PbClusterService for ClusterService {
     }
 
     async fn member_promote(&self, req: Request<MemberPromoteRequest>) -> Reply<MemberPromoteResponse> {
+        self.admin(&req)?;
         self.node.refuse_learner().map_err(status)?;
         let r = req.into_inner();
         if let Some(mut leader) = self.forward().await? {

@@ -19,6 +19,7 @@ use super::v3electionpb::{
     ResignResponse,
 };
 use super::{Reply, status};
+use crate::auth::Need;
 use crate::node::Node;
 
 const NOT_LEADER: &str = "election: not leader";
@@ -44,10 +45,12 @@ fn prefix_of(name: &[u8]) -> Vec<u8> {
 impl Election for ElectionService {
     async fn campaign(&self, req: Request<CampaignRequest>) -> Reply<CampaignResponse> {
         self.node.refuse_learner().map_err(status)?;
+        let caller = super::caller(&self.node, &req)?;
         let r = req.into_inner();
         let prefix = prefix_of(&r.name);
         let mut key = prefix.clone();
         key.extend_from_slice(format!("{:x}", r.lease).as_bytes());
+        super::recipes::check_queue(&self.node, &caller, &prefix, &key).map_err(status)?;
         let (kv, _) = enqueue(&self.node, &key, r.lease, &r.value).await.map_err(status)?;
         if kv.value != r.value {
             // Resuming an earlier campaign with a new value: proclaim it.
@@ -67,8 +70,11 @@ impl Election for ElectionService {
 
     async fn proclaim(&self, req: Request<ProclaimRequest>) -> Reply<ProclaimResponse> {
         self.node.refuse_learner().map_err(status)?;
+        let caller = super::caller(&self.node, &req)?;
         let r = req.into_inner();
         let leader = r.leader.ok_or_else(|| Status::unknown(NOT_LEADER))?;
+        self.node.auth.check(&caller, &leader.key, &[], Need::Write).map_err(status)?;
+        self.node.auth.check(&caller, &leader.key, &[], Need::Read).map_err(status)?;
         let put = PbPutRequest { key: leader.key.clone(), value: r.value, lease: leader.lease, ..Default::default() };
         let resp = txn(&self.node, PbTxnRequest {
             compare: vec![create_revision_is(&leader.key, leader.rev)],
@@ -85,7 +91,9 @@ impl Election for ElectionService {
 
     async fn leader(&self, req: Request<LeaderRequest>) -> Reply<LeaderResponse> {
         self.node.refuse_learner().map_err(status)?;
+        let caller = super::caller(&self.node, &req)?;
         let prefix = prefix_of(&req.into_inner().name);
+        self.node.auth.check(&caller, &prefix, &crate::api::recipes::prefix_end(&prefix), Need::Read).map_err(status)?;
         match first_created(&self.node, &prefix).await.map_err(status)? {
             (Some(kv), rev) => Ok(Response::new(LeaderResponse { header: Some(self.node.header(rev)), kv: Some(kv) })),
             (None, _) => Err(Status::unknown(NO_LEADER)),
@@ -96,7 +104,9 @@ impl Election for ElectionService {
 
     async fn observe(&self, req: Request<LeaderRequest>) -> Reply<Self::ObserveStream> {
         self.node.refuse_learner().map_err(status)?;
+        let caller = super::caller(&self.node, &req)?;
         let prefix = prefix_of(&req.into_inner().name);
+        self.node.auth.check(&caller, &prefix, &crate::api::recipes::prefix_end(&prefix), Need::Read).map_err(status)?;
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(observe(self.node.clone(), prefix, tx));
         let out = ReceiverStream::new(rx).map(|r| match r {
@@ -108,8 +118,11 @@ impl Election for ElectionService {
 
     async fn resign(&self, req: Request<ResignRequest>) -> Reply<ResignResponse> {
         self.node.refuse_learner().map_err(status)?;
+        let caller = super::caller(&self.node, &req)?;
         let leader = req.into_inner().leader.ok_or_else(|| Status::unknown(NOT_LEADER))?;
         let del = PbDeleteRequest { key: leader.key.clone(), ..Default::default() };
+        super::kv::check_delete(&self.node, &caller, &del).map_err(status)?;
+        self.node.auth.check(&caller, &leader.key, &[], Need::Read).map_err(status)?;
         // A stale leader key resigns nothing, without an error (etcd).
         let resp = txn(&self.node, PbTxnRequest {
             compare: vec![create_revision_is(&leader.key, leader.rev)],

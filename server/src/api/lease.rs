@@ -71,7 +71,11 @@ impl PbLeaseService for LeaseService {
 
     async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Reply<LeaseRevokeResponse> {
         self.node.refuse_learner().map_err(status)?;
-        match self.node.propose(Op::LeaseRevoke(req.into_inner())).await.map_err(status)? {
+        let caller = super::caller(&self.node, &req)?;
+        let r = req.into_inner();
+        // Revoking deletes the lease's keys: write on each (etcd).
+        super::kv::check_lease_keys(&self.node, &caller, r.id).map_err(status)?;
+        match self.node.propose_as(Op::LeaseRevoke(r), &caller).await.map_err(status)? {
             apply::Response::LeaseRevoke(resp) => Ok(Response::new(self.node.complete(resp))),
             _ => Err(status(Error::Internal("unexpected apply result for lease revoke".into()))),
         }

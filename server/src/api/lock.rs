@@ -28,11 +28,13 @@ impl LockService {
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Reply<LockResponse> {
         self.node.refuse_learner().map_err(status)?;
+        let caller = super::caller(&self.node, &req)?;
         let r = req.into_inner();
         let mut prefix = r.name;
         prefix.push(b'/');
         let mut key = prefix.clone();
         key.extend_from_slice(format!("{:x}", r.lease).as_bytes());
+        super::recipes::check_queue(&self.node, &caller, &prefix, &key).map_err(status)?;
         let (kv, _) = enqueue(&self.node, &key, r.lease, b"").await.map_err(status)?;
         let header = wait_turn(&self.node, &prefix, kv.create_revision).await.map_err(status)?;
         Ok(Response::new(LockResponse { header: Some(header), key }))
@@ -40,7 +42,9 @@ impl Lock for LockService {
 
     async fn unlock(&self, req: Request<UnlockRequest>) -> Reply<UnlockResponse> {
         self.node.refuse_learner().map_err(status)?;
+        let caller = super::caller(&self.node, &req)?;
         let del = PbDeleteRequest { key: req.into_inner().key, ..Default::default() };
+        super::kv::check_delete(&self.node, &caller, &del).map_err(status)?;
         match self.node.propose(Op::DeleteRange(del)).await.map_err(status)? {
             apply::Response::DeleteRange(r) => {
                 Ok(Response::new(UnlockResponse { header: Some(self.node.header(r.header.map_or(0, |h| h.revision))) }))

@@ -50,6 +50,13 @@ impl MaintenanceService {
     pub fn new(node: Arc<Node>) -> Self {
         Self { node }
     }
+
+    /// etcd's authMaintenanceServer: Defragment, Hash, HashKV and Snapshot
+    /// take the root role once authentication is enabled.
+    fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let caller = super::caller(&self.node, req)?;
+        super::maintenance_admin(&self.node, &caller)
+    }
 }
 
 fn unimplemented(what: &str) -> Status {
@@ -95,7 +102,8 @@ impl PbMaintenanceService for MaintenanceService {
         }))
     }
 
-    async fn defragment(&self, _req: Request<DefragmentRequest>) -> Reply<DefragmentResponse> {
+    async fn defragment(&self, req: Request<DefragmentRequest>) -> Reply<DefragmentResponse> {
+        self.admin(&req)?;
         self.node.refuse_learner().map_err(status)?;
         let engine = self.node.engine.clone();
         let started = std::time::Instant::now();
@@ -108,7 +116,8 @@ impl PbMaintenanceService for MaintenanceService {
         Ok(Response::new(DefragmentResponse { header: None }))
     }
 
-    async fn hash(&self, _req: Request<HashRequest>) -> Reply<HashResponse> {
+    async fn hash(&self, req: Request<HashRequest>) -> Reply<HashResponse> {
+        self.admin(&req)?;
         self.node.refuse_learner().map_err(status)?;
         let store = self.node.store.clone();
         let (hash, _, _) = tokio::task::spawn_blocking(move || store.hash_kv(0))
@@ -119,6 +128,7 @@ impl PbMaintenanceService for MaintenanceService {
     }
 
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Reply<HashKvResponse> {
+        self.admin(&req)?;
         self.node.refuse_learner().map_err(status)?;
         let rev = req.into_inner().revision;
         let store = self.node.store.clone();
@@ -135,7 +145,8 @@ impl PbMaintenanceService for MaintenanceService {
     /// the snapshot file with the bytes still to come, then its SHA-256 in
     /// a message of its own. Learners serve it too, as in etcd. Memory is
     /// bounded by a few blobs in flight whatever the data size.
-    async fn snapshot(&self, _req: Request<SnapshotRequest>) -> Reply<Self::SnapshotStream> {
+    async fn snapshot(&self, req: Request<SnapshotRequest>) -> Reply<Self::SnapshotStream> {
+        self.admin(&req)?;
         let snapshots = self.node.snapshots.clone();
         let checkpoint = tokio::task::spawn_blocking(move || snapshots.client_checkpoint())
             .await

@@ -43,6 +43,47 @@ pub async fn require_leader(
     next.run(req).await
 }
 
+/// Who sent `req` (see [`crate::auth::AuthStore::caller`]): None while
+/// authentication is disabled; else the user of its `token` metadata, or
+/// the common name of its verified client certificate.
+pub fn caller<T>(node: &crate::node::Node, req: &tonic::Request<T>) -> Result<Option<crate::auth::Caller>, Status> {
+    if !node.auth.enabled() {
+        return Ok(None);
+    }
+    let (token, common_name) = credentials(req);
+    node.auth.caller(token.as_deref(), common_name.as_deref()).map_err(status)
+}
+
+/// A request's credentials: its `token` metadata, else the common name of
+/// its verified client certificate.
+pub fn credentials<T>(req: &tonic::Request<T>) -> (Option<String>, Option<String>) {
+    match req.metadata().get("token").and_then(|v| v.to_str().ok()) {
+        Some(token) => (Some(token.to_owned()), None),
+        None => (None, req.peer_certs().and_then(|certs| certs.first().and_then(|c| common_name(c)))),
+    }
+}
+
+/// The subject common name of a certificate.
+fn common_name(der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
+    Some(cn)
+}
+
+/// An admin check as etcd's maintenance service answers it: the auth
+/// package's own words, untranslated.
+pub fn maintenance_admin(node: &crate::node::Node, caller: &Option<crate::auth::Caller>) -> Result<(), Status> {
+    node.auth.check_admin(caller).map_err(|e| {
+        status(match e {
+            Error::UserEmpty => Error::RawAuth("auth: user name is empty"),
+            Error::UserNotFound => Error::RawAuth("auth: user name not found"),
+            Error::PermissionDenied => Error::RawAuth("auth: permission denied"),
+            other => other,
+        })
+    })
+}
+
 /// etcd's mapping of errors to gRPC codes; clients retry only Unavailable.
 pub fn status(e: Error) -> Status {
     use Error::*;
@@ -56,7 +97,8 @@ pub fn status(e: Error) -> Status {
         | LearnerNotReady | TooManyLearners => Code::FailedPrecondition,
         NoLeader | LeaderChanged | Timeout | Stopped | NotSupportedForLearner | UnhealthyCluster => Code::Unavailable,
         Corrupt => Code::DataLoss,
-        UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven | InvalidAuthMgmt => Code::InvalidArgument,
+        UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven | InvalidAuthMgmt | AuthOldRevision => Code::InvalidArgument,
+        RawAuth(_) => Code::Unknown,
         RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound | RoleAlreadyExist | RoleNotFound | RoleNotGranted
         | PermissionNotGranted | AuthNotEnabled => Code::FailedPrecondition,
         PermissionDenied => Code::PermissionDenied,

@@ -40,6 +40,15 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// What joining a lock's or election's queue takes, as the client
+/// recipes' own requests would be checked: write on the caller's key and
+/// read on the whole queue.
+pub fn check_queue(node: &Node, caller: &Option<crate::auth::Caller>, prefix: &[u8], key: &[u8]) -> Result<(), Error> {
+    use crate::auth::Need;
+    node.auth.check(caller, key, &[], Need::Write)?;
+    node.auth.check(caller, prefix, &prefix_end(prefix), Need::Read)
+}
+
 pub fn create_revision_is(key: &[u8], rev: i64) -> Compare {
     Compare {
         result: RESULT_EQUAL,

@@ -49,6 +49,9 @@ impl PbWatchService for WatchService {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let (node, hub) = (self.node.clone(), self.hub.clone());
         let require_leader = super::requires_leader(req.metadata().as_ref());
+        // Each watch is checked as it is created, with the stream's
+        // credentials (a token may expire, a role be revoked meanwhile).
+        let (token, common_name) = super::credentials(&req);
         let (lost_tx, lost_rx) = oneshot::channel();
         let mut requests = req.into_inner();
         tokio::spawn(async move {
@@ -86,6 +89,26 @@ impl PbWatchService for WatchService {
                                 ..Default::default()
                             };
                             if tx.send(dup).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                        let allowed = node
+                            .auth
+                            .caller(token.as_deref(), common_name.as_deref())
+                            .and_then(|caller| node.auth.check(&caller, &c.key, &c.range_end, crate::auth::Need::Read));
+                        if allowed.is_err() {
+                            // etcd: created and canceled at once, the
+                            // reason in gRPC's words.
+                            let denied = WatchResponse {
+                                header,
+                                watch_id: -1,
+                                created: true,
+                                canceled: true,
+                                cancel_reason: format!("rpc error: code = PermissionDenied desc = {}", Error::PermissionDenied),
+                                ..Default::default()
+                            };
+                            if tx.send(denied).await.is_err() {
                                 break;
                             }
                             continue;

@@ -265,7 +265,14 @@ impl StateMachine for Applier {
         let Some(op) = req.op else {
             return self.engine.write(progress, false);
         };
-        let result = self.execute(op, progress)?;
+        // etcd's auth revision check: rights read before an auth change
+        // applied in between are not used (the client asks again).
+        let result = if req.auth_revision != 0 && self.auth.enabled() && req.auth_revision < self.auth.revision() {
+            self.engine.write(progress, false)?;
+            Err(Error::AuthOldRevision)
+        } else {
+            self.execute(op, progress)?
+        };
         if req.proposer == self.me {
             self.waiters.complete(req.id, result);
         }
@@ -326,7 +333,7 @@ mod tests {
 
     fn put(proposer: u64, id: u64, key: &str) -> Vec<u8> {
         let op = Op::Put(PbPutRequest { key: key.into(), value: b"v".to_vec(), ..Default::default() });
-        RaftRequest { id, op: Some(op), proposer }.encode_to_vec()
+        RaftRequest { id, op: Some(op), proposer, auth_revision: 0 }.encode_to_vec()
     }
 
     #[test]

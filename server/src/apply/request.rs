@@ -17,6 +17,10 @@ pub struct RaftRequest {
     /// `id` (ids are unique per member, not across members).
     #[prost(uint64, tag = "10")]
     pub proposer: u64,
+    /// The auth revision the request's rights were checked at (0: not
+    /// checked, authentication disabled or a member's own request).
+    #[prost(uint64, tag = "14")]
+    pub auth_revision: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
