@@ -107,6 +107,8 @@ pub struct AuthStore {
     tokens: parking_lot::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
     /// `--auth-token-ttl`: how long a simple token lives unused.
     token_ttl: parking_lot::RwLock<std::time::Duration>,
+    /// `--auth-token jwt,...`: JWT tokens instead of simple ones.
+    jwt: parking_lot::RwLock<Option<std::sync::Arc<Jwt>>>,
 }
 
 impl Default for AuthStore {
@@ -115,6 +117,143 @@ impl Default for AuthStore {
             state: RwLock::default(),
             tokens: Default::default(),
             token_ttl: parking_lot::RwLock::new(std::time::Duration::from_secs(DEFAULT_TOKEN_TTL_SECS)),
+            jwt: parking_lot::RwLock::new(None),
+        }
+    }
+}
+
+/// `--auth-token jwt,...`: etcd's JWT token provider settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtConfig {
+    pub sign_method: String,
+    pub pub_key: Option<std::path::PathBuf>,
+    pub priv_key: Option<std::path::PathBuf>,
+    pub ttl: std::time::Duration,
+}
+
+/// etcd's default JWT lifetime.
+pub const DEFAULT_JWT_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+impl JwtConfig {
+    /// Parses etcd's `jwt,pub-key=PATH,priv-key=PATH,sign-method=ALG,ttl=5m`;
+    /// None for `simple`.
+    pub fn parse(flag: &str) -> Result<Option<JwtConfig>, String> {
+        let mut parts = flag.split(',');
+        match parts.next().unwrap_or_default() {
+            "simple" => return Ok(None),
+            "jwt" => {}
+            other => return Err(format!("--auth-token: unknown token type {other:?} (want simple or jwt)")),
+        }
+        let mut c = JwtConfig { sign_method: String::new(), pub_key: None, priv_key: None, ttl: DEFAULT_JWT_TTL };
+        for part in parts.filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').ok_or_else(|| format!("--auth-token: option {part:?} is not key=value"))?;
+            match k {
+                "sign-method" => c.sign_method = v.to_owned(),
+                "pub-key" => c.pub_key = Some(v.into()),
+                "priv-key" => c.priv_key = Some(v.into()),
+                "ttl" => c.ttl = humantime::parse_duration(v).map_err(|e| format!("--auth-token: ttl {v:?}: {e}"))?,
+                _ => return Err(format!("--auth-token: unknown option {k:?} (jwt takes sign-method, pub-key, priv-key and ttl)")),
+            }
+        }
+        Ok(Some(c))
+    }
+}
+
+/// JWT claims, as etcd signs them.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Claims {
+    username: String,
+    revision: u64,
+    exp: u64,
+}
+
+/// etcd's JWT token provider: tokens signed by the member that
+/// authenticates the user, verified by any member with the public key
+/// (the secret for HS*); they carry the user and the auth revision they
+/// were issued at, so any later auth change makes them old.
+pub struct Jwt {
+    alg: jsonwebtoken::Algorithm,
+    encoding: Option<jsonwebtoken::EncodingKey>,
+    decoding: jsonwebtoken::DecodingKey,
+    ttl: std::time::Duration,
+}
+
+impl Jwt {
+    pub fn new(c: &JwtConfig) -> Result<Jwt, String> {
+        use jsonwebtoken::{Algorithm as A, DecodingKey, EncodingKey};
+        // aws-lc-rs, as raftkv's TLS (already the default when it is the
+        // only backend built; said here so that no other crate's choice
+        // can change it).
+        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+        let alg = match c.sign_method.as_str() {
+            "RS256" => A::RS256,
+            "RS384" => A::RS384,
+            "RS512" => A::RS512,
+            "PS256" => A::PS256,
+            "PS384" => A::PS384,
+            "PS512" => A::PS512,
+            "ES256" => A::ES256,
+            "ES384" => A::ES384,
+            "HS256" => A::HS256,
+            "HS384" => A::HS384,
+            "HS512" => A::HS512,
+            "EdDSA" => A::EdDSA,
+            "" => return Err("--auth-token jwt needs sign-method".into()),
+            other => return Err(format!("--auth-token jwt: sign-method {other:?} is not supported (RS256/384/512, PS256/384/512, ES256/384, HS256/384/512, EdDSA)")),
+        };
+        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("--auth-token jwt: cannot read {}: {e}", p.display()));
+        let bad = |what: &str, p: &std::path::Path, e: jsonwebtoken::errors::Error| format!("--auth-token jwt: {what} {}: {e}", p.display());
+        if matches!(alg, A::HS256 | A::HS384 | A::HS512) {
+            let path = c.priv_key.as_ref().ok_or("--auth-token jwt: HMAC signing (HS256/384/512) needs priv-key, the shared secret")?;
+            let secret = read(path)?;
+            return Ok(Jwt { alg, encoding: Some(EncodingKey::from_secret(&secret)), decoding: DecodingKey::from_secret(&secret), ttl: c.ttl });
+        }
+        let public = c.pub_key.as_ref().ok_or("--auth-token jwt: pub-key is needed to verify tokens")?;
+        let pem = read(public)?;
+        let decoding = match alg {
+            A::ES256 | A::ES384 => DecodingKey::from_ec_pem(&pem),
+            A::EdDSA => DecodingKey::from_ed_pem(&pem),
+            _ => DecodingKey::from_rsa_pem(&pem),
+        }
+        .map_err(|e| bad("pub-key", public, e))?;
+        let encoding = match &c.priv_key {
+            None => None,
+            Some(path) => {
+                let pem = read(path)?;
+                Some(
+                    match alg {
+                        A::ES256 | A::ES384 => EncodingKey::from_ec_pem(&pem),
+                        A::EdDSA => EncodingKey::from_ed_pem(&pem),
+                        _ => EncodingKey::from_rsa_pem(&pem),
+                    }
+                    .map_err(|e| bad("priv-key", path, e))?,
+                )
+            }
+        };
+        Ok(Jwt { alg, encoding, decoding, ttl: c.ttl })
+    }
+
+    fn sign(&self, username: &str, revision: u64) -> Result<String, Error> {
+        let key = self.encoding.as_ref().ok_or_else(|| {
+            Error::Internal("this member verifies JWT tokens only (no priv-key): authenticate with a member that signs them".into())
+        })?;
+        let exp = (std::time::SystemTime::now() + self.ttl).duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let claims = Claims { username: username.to_owned(), revision, exp };
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(self.alg), &claims, key).map_err(|e| Error::Internal(format!("cannot sign a token: {e}")))
+    }
+
+    /// The user and revision of a token this provider signed and that has
+    /// not expired.
+    fn verify(&self, token: &str) -> Option<(String, u64)> {
+        let mut validation = jsonwebtoken::Validation::new(self.alg);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp"]);
+        match jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation) {
+            Ok(data) => Some((data.claims.username, data.claims.revision)),
+            Err(e) => {
+                tracing::warn!(error = %e, "invalid JWT token");
+                None
+            }
         }
     }
 }
@@ -261,6 +400,18 @@ impl AuthStore {
         *self.token_ttl.write() = ttl;
     }
 
+    /// `--auth-token jwt,...`.
+    pub fn set_jwt(&self, jwt: Jwt) {
+        *self.jwt.write() = Some(std::sync::Arc::new(jwt));
+    }
+
+    /// A JWT token for `user` at the current auth revision, when this
+    /// member hands out JWT tokens (None: simple tokens, through raft).
+    pub fn sign_jwt(&self, user: &str) -> Option<Result<String, Error>> {
+        let jwt = self.jwt.read().clone()?;
+        Some(jwt.sign(user, self.revision()))
+    }
+
     /// The caller of a request: None while authentication is disabled
     /// (anyone may do anything); otherwise the user of its `token` (etcd's
     /// "invalid auth token" for an unknown or expired one), else of its
@@ -274,9 +425,12 @@ impl AuthStore {
             }
             state.revision
         };
-        let user = match token {
-            Some(t) => self.token_user(t).ok_or(Error::InvalidAuthToken)?,
-            None => common_name.unwrap_or_default().to_owned(),
+        let jwt = self.jwt.read().clone();
+        let (user, revision) = match (token, jwt) {
+            // A JWT carries the revision it was issued at.
+            (Some(t), Some(jwt)) => jwt.verify(t).ok_or(Error::InvalidAuthToken)?,
+            (Some(t), None) => (self.token_user(t).ok_or(Error::InvalidAuthToken)?, revision),
+            (None, _) => (common_name.unwrap_or_default().to_owned(), revision),
         };
         Ok(Some(Caller { user, revision }))
     }
@@ -332,6 +486,11 @@ impl AuthStore {
         if caller.user.is_empty() {
             return Err(Error::UserEmpty);
         }
+        // Rights read before an auth change (a JWT issued before it):
+        // etcd's "revision of auth store is old", and the client asks again.
+        if caller.revision < state.revision {
+            return Err(Error::AuthOldRevision);
+        }
         let user = state.users.get(&caller.user).ok_or(Error::PermissionDenied)?;
         if user.roles.iter().any(|r| r == ROOT_ROLE) {
             return Ok(());
@@ -348,6 +507,14 @@ impl AuthStore {
             .map(|p| interval(&p.key, &p.range_end))
             .collect();
         if covers(&mut granted, &interval(key, range_end)) { Ok(()) } else { Err(Error::PermissionDenied) }
+    }
+
+    /// Whether `user` may read `[key, end)` now (anyone may while
+    /// authentication is disabled): what an open watch is checked against
+    /// after an auth change.
+    pub fn may_read(&self, user: &str, key: &[u8], end: &crate::mvcc::RangeEnd) -> bool {
+        let caller = Some(Caller { user: user.to_owned(), revision: self.revision() });
+        self.check(&caller, key, end.as_request(), Need::Read).is_ok()
     }
 
     /// etcd's IsAdminPermitted: the caller has the root role.
@@ -635,10 +802,12 @@ mod tests {
         assert!(ok("/z", "\0", Need::Read) && ok("/zz", "", Need::Read) && !ok("/y", "\0", Need::Read), "open ended");
         let nobody = Some(Caller { user: String::new(), revision: 0 });
         assert_eq!(store.check(&nobody, b"/a/x", b"", Need::Read), Err(Error::UserEmpty));
-        let ghost = Some(Caller { user: "ghost".into(), revision: 0 });
+        let ghost = Some(Caller { user: "ghost".into(), revision: store.revision() });
         assert_eq!(store.check(&ghost, b"/a/x", b"", Need::Read), Err(Error::PermissionDenied));
         assert_eq!(store.check_admin(&u), Err(Error::PermissionDenied));
-        let root = Some(Caller { user: "root".into(), revision: 0 });
+        let old = Some(Caller { user: "u".into(), revision: store.revision() - 1 });
+        assert_eq!(store.check(&old, b"/a/x", b"", Need::Read), Err(Error::AuthOldRevision), "rights read before an auth change");
+        let root = Some(Caller { user: "root".into(), revision: store.revision() });
         assert!(store.check(&root, b"", b"\0", Need::Write).is_ok() && store.check_admin(&root).is_ok());
     }
 

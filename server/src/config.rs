@@ -69,8 +69,8 @@ pub struct Config {
     /// connections.
     #[arg(long, env = "RAFTKV_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub experimental_peer_skip_client_san_verification: bool,
-    /// Specify auth token type: 'simple' (JWT tokens are not supported
-    /// yet).
+    /// Specify auth token type and its options: 'simple', or
+    /// 'jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256,ttl=5m'.
     #[arg(long, env = "RAFTKV_AUTH_TOKEN", default_value = "simple")]
     pub auth_token: String,
     /// The lifetime in seconds of a simple auth token, renewed by each use.
@@ -197,11 +197,8 @@ impl Config {
         }
         self.auto_compaction()?;
         self.validate_tls()?;
-        let kind = self.auth_token.split(',').next().unwrap_or_default();
-        match kind {
-            "simple" => {}
-            "jwt" => return Err("--auth-token jwt is not supported yet: use simple tokens".into()),
-            other => return Err(format!("--auth-token: unknown token type {other:?} (want simple)")),
+        if let Some(jwt) = crate::auth::JwtConfig::parse(&self.auth_token)? {
+            crate::auth::Jwt::new(&jwt)?;
         }
         Ok(())
     }

@@ -486,6 +486,9 @@ impl Node {
         let auth = Arc::new(crate::auth::AuthStore::default());
         auth.load(engine.as_ref())?;
         auth.set_token_ttl(Duration::from_secs(cfg.auth_token_ttl));
+        if let Some(jwt) = crate::auth::JwtConfig::parse(&cfg.auth_token).map_err(StartError::Config)? {
+            auth.set_jwt(crate::auth::Jwt::new(&jwt).map_err(StartError::Config)?);
+        }
         let applier = Applier::new(
             id,
             engine.clone(),

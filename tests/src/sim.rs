@@ -863,6 +863,7 @@ impl Sim {
                     prev_kv: true,
                     progress_notify: false,
                     fragment: false,
+                    user: None,
                 };
                 watcher.rx = Some(member.watch(spec).1);
             }

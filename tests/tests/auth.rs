@@ -323,3 +323,167 @@ async fn a_client_certificates_common_name_is_the_user() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A Range of `key` sent with `token` as its metadata, through a plain gRPC
+/// channel (no client library refreshing tokens): the answer, or the
+/// status as `Code: message`.
+async fn range_with_token(endpoint: &str, token: &str, key: &str) -> anyhow::Result<Result<usize, String>> {
+    use etcd_client::proto::{PbRangeRequest, PbRangeResponse};
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?.connect().await?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await?;
+    let mut req = tonic::Request::new(PbRangeRequest { key: key.as_bytes().to_vec(), ..Default::default() });
+    req.metadata_mut().insert("token", token.parse()?);
+    let codec = tonic_prost::ProstCodec::<PbRangeRequest, PbRangeResponse>::default();
+    let path = http::uri::PathAndQuery::from_static("/etcdserverpb.KV/Range");
+    Ok(match grpc.unary(req, path, codec).await {
+        Ok(resp) => Ok(resp.into_inner().kvs.len()),
+        Err(s) => Err(format!("{:?}: {}", s.code(), s.message())),
+    })
+}
+
+/// Sets up root, and `app` with readwrite on /app/, puts /app/x, enables
+/// authentication (etcdctl, as a user would).
+fn set_up_app_user(server: &Server) -> anyhow::Result<()> {
+    for cmd in [
+        "user add root:rootpw",
+        "user add app:apppw",
+        "role add app",
+        "role grant-permission app --prefix=true readwrite /app/",
+        "user grant-role app app",
+        "put /app/x 1",
+        "auth enable",
+    ] {
+        let out = ctl(server, cmd)?;
+        anyhow::ensure!(out.ends_with("exit=0\n"), "{cmd}: {out}");
+    }
+    Ok(())
+}
+
+async fn token_of(server: &Server, user: &str, password: &str) -> anyhow::Result<String> {
+    let client = etcd_client::Client::connect([server.endpoint()], None).await?;
+    Ok(client.auth_client().authenticate(user.to_owned(), password.to_owned()).await?.token().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_tokens_carry_the_user_and_revision_and_are_verified_as_etcds() -> anyhow::Result<()> {
+    use base64::Engine;
+    let dir = tempfile::tempdir()?;
+    let key = rcgen::KeyPair::generate()?;
+    let (private, public) = (dir.path().join("jwt.key"), dir.path().join("jwt.pub"));
+    std::fs::write(&private, key.serialize_pem())?;
+    std::fs::write(&public, key.public_key_pem())?;
+    let flag = format!("jwt,pub-key={},priv-key={},sign-method=ES256", public.display(), private.display());
+    for flavor in raftkv_tests::selected_flavors()? {
+        let server = Server::start_with(flavor, &["--auth-token", &flag]).await?;
+        let name = flavor.name();
+        set_up_app_user(&server)?;
+        let token = token_of(&server, "app", "apppw").await?;
+        let parts: Vec<&str> = token.split('.').collect();
+        anyhow::ensure!(parts.len() == 3, "{name}: not a JWT: {token}");
+        let claims: serde_json::Value = serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(parts[1])?)?;
+        anyhow::ensure!(claims["username"] == "app", "{name}: {claims}");
+        anyhow::ensure!(claims["revision"].as_u64().is_some_and(|r| r > 0), "{name}: {claims}");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        let exp = claims["exp"].as_u64().unwrap_or_default();
+        anyhow::ensure!(exp > now + 200 && exp <= now + 301, "{name}: exp {exp}, now {now} (etcd's 5 minutes)");
+
+        let ep = server.endpoint();
+        assert_eq!(range_with_token(&ep, &token, "/app/x").await?, Ok(1), "{name}");
+        assert_eq!(range_with_token(&ep, &token, "/other").await?, Err("PermissionDenied: etcdserver: permission denied".into()), "{name}");
+        // A signature not the server's.
+        let forged = format!("{}.{}.{}AAAA", parts[0], parts[1], &parts[2][..parts[2].len() - 4]);
+        assert_eq!(range_with_token(&ep, &forged, "/app/x").await?, Err("Unauthenticated: etcdserver: invalid auth token".into()), "{name}");
+        // Any auth change makes a token issued before it old.
+        let out = ctl(&server, "--user root:rootpw role add other")?;
+        anyhow::ensure!(out.ends_with("exit=0\n"), "{name}: {out}");
+        assert_eq!(range_with_token(&ep, &token, "/app/x").await?, Err("InvalidArgument: etcdserver: revision of auth store is old".into()), "{name}");
+        let fresh = token_of(&server, "app", "apppw").await?;
+        assert_eq!(range_with_token(&ep, &fresh, "/app/x").await?, Ok(1), "{name}: a new token");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_simple_token_expires_unused_after_the_token_ttl() -> anyhow::Result<()> {
+    for flavor in raftkv_tests::selected_flavors()? {
+        let server = Server::start_with(flavor, &["--auth-token-ttl", "2"]).await?;
+        let name = flavor.name();
+        set_up_app_user(&server)?;
+        let token = token_of(&server, "app", "apppw").await?;
+        let ep = server.endpoint();
+        assert_eq!(range_with_token(&ep, &token, "/app/x").await?, Ok(1), "{name}");
+        assert_eq!(range_with_token(&ep, "no-such-token.1", "/app/x").await?, Err("Unauthenticated: etcdserver: invalid auth token".into()), "{name}");
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        assert_eq!(range_with_token(&ep, &token, "/app/x").await?, Err("Unauthenticated: etcdserver: invalid auth token".into()), "{name}: expired");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_carries_the_users_roles_and_enabled_authentication() -> anyhow::Result<()> {
+    let server = Server::start(Flavor::Raftkv).await?;
+    set_up_app_user(&server)?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("backup.db");
+    let raftkvctl = raftkv_tests::binaries::raftkvctl()?;
+    let saved = Command::new(&raftkvctl)
+        .args(["--endpoints", &server.endpoint(), "--user", "root:rootpw", "snapshot", "save"])
+        .arg(&file)
+        .output()?;
+    anyhow::ensure!(saved.status.success(), "snapshot save: {}", String::from_utf8_lossy(&saved.stderr));
+    let refused = Command::new(&raftkvctl).args(["--endpoints", &server.endpoint(), "--user", "app:apppw", "snapshot", "save"]).arg(dir.path().join("no.db")).output()?;
+    anyhow::ensure!(!refused.status.success(), "a snapshot by a user without the root role");
+    drop(server);
+    let restored = Cluster::start_restored(1, &file).await?;
+    let member = restored.member(0).server();
+    assert_eq!(ctl_member(&restored, 0, "get /app/x")?, "Error: etcdserver: user name is empty\nexit=1\n", "authentication still enabled");
+    assert_eq!(ctl(member, "--user app:apppw get /app/x --print-value-only")?, "1\nexit=0\n", "the user and its password");
+    assert_eq!(ctl(member, "--user root:rootpw user list")?, "app\nroot\nexit=0\n");
+    Ok(())
+}
+
+/// The next watch response within a few seconds.
+async fn next_response(stream: &mut etcd_client::WatchStream) -> anyhow::Result<etcd_client::WatchResponse> {
+    tokio::time::timeout(Duration::from_secs(5), stream.message()).await.context("no watch response")??.context("the watch stream ended")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_watch_is_canceled_once_its_user_may_no_longer_read() -> anyhow::Result<()> {
+    // etcd 3.4 checks a watch only when it is created: its client keeps
+    // reading what it may no longer read. raftkv cancels it, in the words
+    // of a refused watch, before any later event.
+    let server = Server::start(Flavor::Raftkv).await?;
+    set_up_app_user(&server)?;
+    let options = etcd_client::ConnectOptions::new().with_user("app", "apppw");
+    let mut app = etcd_client::Client::connect([server.endpoint()], Some(options)).await?;
+    let mut stream = app.watch("/app/", Some(etcd_client::WatchOptions::new().with_prefix())).await?;
+    let created = next_response(&mut stream).await?;
+    assert!(created.created() && !created.canceled(), "{created:?}");
+    let out = ctl(&server, "--user root:rootpw put /app/a 1")?;
+    anyhow::ensure!(out.ends_with("exit=0\n"), "{out}");
+    let r = next_response(&mut stream).await?;
+    let keys: Vec<&[u8]> = r.events().iter().filter_map(|e| e.kv()).map(|kv| kv.key()).collect();
+    assert_eq!(keys, vec![&b"/app/a"[..]], "an event while the user may read");
+
+    // Another user's role changes: the watch goes on.
+    for cmd in ["--user root:rootpw role add other", "--user root:rootpw put /app/b 2"] {
+        let out = ctl(&server, cmd)?;
+        anyhow::ensure!(out.ends_with("exit=0\n"), "{cmd}: {out}");
+    }
+    let r = next_response(&mut stream).await?;
+    assert!(!r.canceled(), "{r:?}");
+    assert_eq!(r.events().len(), 1);
+
+    // Its read right goes: canceled, and nothing put afterwards arrives.
+    for cmd in ["--user root:rootpw role revoke-permission app /app/ --prefix=true", "--user root:rootpw put /app/c 3"] {
+        let out = ctl(&server, cmd)?;
+        anyhow::ensure!(out.ends_with("exit=0\n"), "{cmd}: {out}");
+    }
+    let r = next_response(&mut stream).await?;
+    assert!(r.canceled() && r.events().is_empty(), "{r:?}");
+    assert_eq!(r.cancel_reason(), "rpc error: code = PermissionDenied desc = etcdserver: permission denied");
+    let after = tokio::time::timeout(Duration::from_millis(500), stream.message()).await;
+    anyhow::ensure!(!matches!(after, Ok(Ok(Some(ref r))) if !r.events().is_empty()), "an event after the cancellation: {after:?}");
+    Ok(())
+}

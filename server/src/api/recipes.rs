@@ -127,6 +127,7 @@ impl KeyWatch {
             prev_kv: false,
             progress_notify: false,
             fragment: false,
+            user: None,
         };
         node.hub.add(id, spec, tx);
         Self { node: node.clone(), id, rx }

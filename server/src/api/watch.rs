@@ -93,11 +93,16 @@ impl PbWatchService for WatchService {
                             }
                             continue;
                         }
-                        let allowed = node
-                            .auth
-                            .caller(token.as_deref(), common_name.as_deref())
-                            .and_then(|caller| node.auth.check(&caller, &c.key, &c.range_end, crate::auth::Need::Read));
-                        if allowed.is_err() {
+                        let checked_at = node.auth.revision();
+                        let allowed = node.auth.caller(token.as_deref(), common_name.as_deref()).and_then(|caller| {
+                            node.auth.check(&caller, &c.key, &c.range_end, crate::auth::Need::Read)?;
+                            // Checked again after every auth change.
+                            Ok(match caller {
+                                Some(caller) => caller.user,
+                                None => common_name.clone().unwrap_or_default(),
+                            })
+                        });
+                        let Ok(user) = allowed else {
                             // etcd: created and canceled at once, the
                             // reason in gRPC's words.
                             let denied = WatchResponse {
@@ -112,7 +117,7 @@ impl PbWatchService for WatchService {
                                 break;
                             }
                             continue;
-                        }
+                        };
                         let spec = WatchSpec {
                             key: c.key,
                             end: RangeEnd::from_request(&c.range_end),
@@ -122,12 +127,17 @@ impl PbWatchService for WatchService {
                             prev_kv: c.prev_kv,
                             progress_notify: c.progress_notify,
                             fragment: c.fragment,
+                            user: Some(user),
                         };
                         let created = WatchResponse { header, watch_id: id, created: true, ..Default::default() };
                         if tx.send(created).await.is_err() {
                             break;
                         }
                         hub.add((stream, id), spec, tx.clone());
+                        if node.auth.revision() != checked_at {
+                            // An auth change applied since the check.
+                            hub.recheck_access(|user, key, end| node.auth.may_read(user, key, end));
+                        }
                     }
                     Some(RequestUnion::CancelRequest(c)) if hub.remove((stream, c.watch_id)) => {
                         let r = WatchResponse { header, watch_id: c.watch_id, canceled: true, ..Default::default() };

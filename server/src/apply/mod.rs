@@ -202,6 +202,10 @@ impl Applier {
             };
             let result = self.auth.apply(change, &mut progress);
             self.engine.write(progress, false)?;
+            if result.is_ok() {
+                // Open watches lose what their users may no longer read.
+                self.hub.recheck_access(|user, key, end| self.auth.may_read(user, key, end));
+            }
             return Ok(result.map(Response::Auth));
         }
         if let Op::Compaction(c) = op {
@@ -315,6 +319,7 @@ impl StateMachine for Applier {
         self.membership.load(self.engine.as_ref())?;
         self.alarms.load(self.engine.as_ref())?;
         self.auth.load(self.engine.as_ref())?;
+        self.hub.recheck_access(|user, key, end| self.auth.may_read(user, key, end));
         // Watchers catch up from the new state (or learn it was compacted).
         self.hub.resync();
         Ok(())

@@ -61,6 +61,15 @@ impl RangeEnd {
         }
     }
 
+    /// The request's `range_end` this was decoded from.
+    pub fn as_request(&self) -> &[u8] {
+        match self {
+            RangeEnd::Single => &[],
+            RangeEnd::Infinity => &[0],
+            RangeEnd::Until(end) => end,
+        }
+    }
+
     /// Whether `k` falls in the range that starts at `key`.
     pub fn contains(&self, key: &[u8], k: &[u8]) -> bool {
         match self {

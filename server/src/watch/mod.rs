@@ -52,12 +52,24 @@ pub struct WatchSpec {
     pub prev_kv: bool,
     pub progress_notify: bool,
     pub fragment: bool,
+    /// The user whose rights the watch reads with, checked again after
+    /// every auth change ("" for none: a watch made while authentication
+    /// was disabled ends when it is enabled); None for the internal
+    /// watches of lock and election calls, which check at the call.
+    pub user: Option<String>,
 }
+
+/// Why a watcher that lost its user's read right is canceled, in the
+/// words of a watch refused at its creation.
+pub const ACCESS_LOST: &str = "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 
 struct Watcher {
     spec: WatchSpec,
     next_rev: i64,
     synced: bool,
+    /// Its user lost the right to read what it watches: it gets no more
+    /// events, only its cancellation (retried while its stream is full).
+    denied: bool,
     tx: mpsc::Sender<WatchResponse>,
 }
 
@@ -106,6 +118,8 @@ pub struct WatchHub {
     queued_bytes: AtomicUsize,
     /// Set when a revision did not fit in the queue.
     dropped: AtomicBool,
+    /// Set while watchers that lost access wait for their cancellation.
+    denied: AtomicBool,
 }
 
 impl WatchHub {
@@ -122,6 +136,7 @@ impl WatchHub {
             fanout: Mutex::new(Some(fanout)),
             queued_bytes: AtomicUsize::new(0),
             dropped: AtomicBool::new(false),
+            denied: AtomicBool::new(false),
         }
     }
 
@@ -194,7 +209,7 @@ impl WatchHub {
         let current = self.store.current_revision();
         let next_rev = if spec.start_rev <= 0 { current + 1 } else { spec.start_rev };
         let synced = next_rev > current;
-        watchers.insert(key, Watcher { spec, next_rev, synced, tx });
+        watchers.insert(key, Watcher { spec, next_rev, synced, denied: false, tx });
         if !synced {
             self.wake.notify_one();
         }
@@ -207,6 +222,57 @@ impl WatchHub {
             w.synced = false;
         }
         self.wake.notify_one();
+    }
+
+    /// After an auth change (applied, or brought by a raft snapshot): every
+    /// watcher whose user may no longer read all it watches is canceled
+    /// with [`ACCESS_LOST`] before any later revision reaches it (etcd 3.4
+    /// checks a watch only when it is created; its client would keep
+    /// reading what it may no longer read). `may_read(user, key, end)`.
+    pub fn recheck_access(&self, may_read: impl Fn(&str, &[u8], &RangeEnd) -> bool) {
+        let mut denied = false;
+        for w in self.watchers.lock().values_mut() {
+            if let Some(user) = &w.spec.user
+                && !w.denied
+                && !may_read(user, &w.spec.key, &w.spec.end)
+            {
+                w.denied = true;
+                w.synced = false;
+                denied = true;
+            }
+        }
+        if denied {
+            self.denied.store(true, Ordering::Release);
+            self.cancel_denied();
+        }
+    }
+
+    /// Sends their cancellation to the watchers that lost access; those
+    /// whose stream is full are tried again by the next catch-up round.
+    fn cancel_denied(&self) {
+        if !self.denied.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let mut watchers = self.watchers.lock();
+        let mut waiting = false;
+        watchers.retain(|(_, id), w| {
+            if !w.denied {
+                return true;
+            }
+            let r = WatchResponse {
+                header: Some((self.header)(self.store.current_revision())),
+                watch_id: *id,
+                canceled: true,
+                cancel_reason: ACCESS_LOST.into(),
+                ..Default::default()
+            };
+            let kept = !w.tx.is_closed() && w.tx.try_send(r).is_err();
+            waiting |= kept;
+            kept
+        });
+        if waiting {
+            self.denied.store(true, Ordering::Release);
+        }
     }
 
     pub fn remove(&self, key: WatcherKey) -> bool {
@@ -388,6 +454,7 @@ impl WatchHub {
     /// them, made without holding the watcher set (the applier publishes new
     /// revisions to synced watchers meanwhile, so writes never wait for it).
     fn catch_up(&self) {
+        self.cancel_denied();
         let (from, current) = {
             let mut watchers = self.watchers.lock();
             // Read under the lock, as `notify` runs under it after the
@@ -399,7 +466,7 @@ impl WatchHub {
             let current = self.store.current_revision();
             let mut from: Option<i64> = None;
             watchers.retain(|(_, id), w| {
-                if w.synced {
+                if w.synced || w.denied {
                     return true;
                 }
                 if w.tx.is_closed() {
@@ -443,7 +510,7 @@ impl WatchHub {
         let now = self.store.current_revision();
         let (mut behind, mut advanced) = (false, false);
         for ((_, id), w) in watchers.iter_mut() {
-            if w.synced {
+            if w.synced || w.denied {
                 continue;
             }
             // Added during the read, from a revision older than it covers.
@@ -519,6 +586,7 @@ mod tests {
             prev_kv: false,
             progress_notify: false,
             fragment: false,
+            user: None,
         }
     }
 
@@ -711,4 +779,30 @@ mod tests {
         fanout.join().expect("the fan-out stops once the hub is dropped");
     }
 
+
+    #[test]
+    fn a_watcher_whose_user_lost_access_is_canceled_and_gets_no_later_event() {
+        let (store, hub) = hub();
+        let (tx, mut rx) = mpsc::channel(16);
+        let (internal_tx, mut internal_rx) = mpsc::channel(16);
+        let (kept_tx, mut kept_rx) = mpsc::channel(16);
+        hub.add((1, 0), WatchSpec { user: Some("app".into()), ..spec("a") }, tx);
+        hub.add((1, 1), spec("a"), internal_tx);
+        hub.add((2, 0), WatchSpec { user: Some("other".into()), ..spec("a") }, kept_tx);
+        let first = put(&store, &hub, "a1");
+        hub.run_now();
+        hub.recheck_access(|user, key, end| {
+            assert_eq!((key, end), (&b"a"[..], &RangeEnd::Infinity));
+            user != "app"
+        });
+        let later = put(&store, &hub, "a2");
+        hub.run_now();
+        let got: Vec<WatchResponse> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].events.len(), 1);
+        assert!(got[1].canceled && got[1].cancel_reason == ACCESS_LOST && got[1].events.is_empty(), "{:?}", got[1]);
+        assert!(!hub.exists((1, 0)));
+        assert_eq!(revisions(&mut internal_rx), vec![first, later], "an internal watch is not checked");
+        assert_eq!(revisions(&mut kept_rx), vec![first, later], "a user who may still read");
+    }
 }
