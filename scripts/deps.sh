@@ -82,6 +82,7 @@ check_iproute() { command -v ip >/dev/null && ip netns list >/dev/null 2>&1 && e
 check_unshare() { command -v unshare >/dev/null && echo "$(unshare --version 2>&1 | awk '{print $NF}') $(command -v unshare)"; }
 check_faketime() { local lib; lib=$(ls /usr/lib/*/faketime/libfaketime.so.1 2>/dev/null | head -1) && [ -n "$lib" ] && echo "$(dpkg-query -W -f='${Version}' libfaketime 2>/dev/null || echo unknown) $lib"; }
 check_node()    { local v; v=$(node --version 2>/dev/null | sed 's/^v//') && [ -n "$v" ] && version_at_least "$v" 18 && command -v npm >/dev/null && echo "$v $(command -v node)"; }
+check_curl()    { command -v curl >/dev/null && echo "$(curl --version | awk 'NR==1{print $2}') $(command -v curl)"; }
 check_go()      { local v; v=$(go_version) && [ -n "$v" ] && version_at_least "$v" 1.26 && echo "$v $(command -v go)"; }
 
 # name|packages|what needs it|how: apt (installed here), manual (named), optional (named, not required yet)
@@ -96,6 +97,7 @@ PREREQS=(
   "unshare|util-linux (unshare)|the test node agent's containers (tests/k8s/nodeagent)|apt"
   "faketime|libfaketime|the fault tests' wall-clock jumps on one member (tests/tests/chaos.rs)|apt"
   "node|nodejs npm (Node.js >= 18)|Azurite, the Azure Storage emulator the backup tests write to (tests/node)|apt"
+  "curl|curl|the JSON gateway tests (tests/scripts/gateway_session.sh, as etcd's guide)|apt"
   "go|Go >= 1.26 (https://go.dev/dl; Debian's golang-go is too old)|the test peers built from Go modules (tests/go: etcd 3.5 and 3.6, versitygw, fake-gcs-server)|manual"
 )
 

@@ -12,5 +12,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .extern_path(".raftkvpeer.PeerMember", "crate::membership::Member")
         .compile_protos(&["proto/peer.proto"], &["proto"])?;
+    // The JSON gateway's descriptors: etcd's own protos with their HTTP
+    // annotations (only the descriptor set is used; the code generated on
+    // the way goes to a directory nothing includes).
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    let unused = out.join("gateway");
+    std::fs::create_dir_all(&unused)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .out_dir(&unused)
+        .file_descriptor_set_path(out.join("gateway.bin"))
+        .compile_protos(
+            &[
+                "proto/gateway/etcd/api/etcdserverpb/rpc.proto",
+                "proto/gateway/etcd/server/etcdserver/api/v3lock/v3lockpb/v3lock.proto",
+                "proto/gateway/etcd/server/etcdserver/api/v3election/v3electionpb/v3election.proto",
+            ],
+            &["proto/gateway"],
+        )?;
     Ok(())
 }

@@ -35,9 +35,12 @@ fn routes(node: &Arc<Node>, max_msg: usize) -> Routes {
         .add_service(LockServer::new(LockService::new(node.clone())).max_decoding_message_size(max_msg))
         .add_service(ElectionServer::new(ElectionService::new(node.clone())).max_decoding_message_size(max_msg))
         .add_service(AuthServer::new(AuthService::new(node.clone())).max_decoding_message_size(max_msg));
-    let router = std::mem::take(routes.axum_router_mut())
-        .merge(http::router(node.clone()))
-        .layer(axum::middleware::from_fn_with_state(node.clone(), crate::api::require_leader))
+    let grpc = std::mem::take(routes.axum_router_mut()).layer(axum::middleware::from_fn_with_state(node.clone(), crate::api::require_leader));
+    // The JSON gateway calls the same services; its bodies hold base64 (a
+    // third larger) in JSON.
+    let gateway = crate::api::gateway::router(grpc.clone(), 2 * max_msg);
+    let router = grpc.merge(http::router(node.clone())).merge(gateway)
+        .layer(axum::middleware::from_fn(http::not_found_unless_grpc))
         .layer(axum::middleware::from_fn(crate::metrics::count_grpc));
     Routes::from(router)
 }

@@ -21,6 +21,18 @@ pub fn metrics_router(node: Arc<Node>) -> Router {
     Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(node)
 }
 
+/// A request that is not gRPC for a path nothing serves: 404, as etcd's
+/// HTTP mux answers (the gRPC router's fallback answers Unimplemented in a
+/// gRPC response, status 200, which means nothing to an HTTP client).
+pub async fn not_found_unless_grpc(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let grpc = req.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let resp = next.run(req).await;
+    if !grpc && resp.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"12") {
+        return (StatusCode::NOT_FOUND, [("content-type", "text/plain; charset=utf-8")], "Not Found\n").into_response();
+    }
+    resp
+}
+
 async fn metrics(axum::extract::State(node): axum::extract::State<Arc<Node>>) -> impl IntoResponse {
     match crate::metrics::render(&node) {
         Ok(text) => (StatusCode::OK, [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], text),

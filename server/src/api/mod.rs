@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod cluster;
 pub mod election;
+pub mod gateway;
 pub mod http;
 pub mod kv;
 pub mod lease;
@@ -57,7 +58,9 @@ pub fn caller<T>(node: &crate::node::Node, req: &tonic::Request<T>) -> Result<Op
 /// A request's credentials: its `token` metadata, else the common name of
 /// its verified client certificate.
 pub fn credentials<T>(req: &tonic::Request<T>) -> (Option<String>, Option<String>) {
-    match req.metadata().get("token").and_then(|v| v.to_str().ok()) {
+    // "authorization": what the JSON gateway passes (etcd reads both).
+    let token = req.metadata().get("token").or_else(|| req.metadata().get("authorization"));
+    match token.and_then(|v| v.to_str().ok()) {
         Some(token) => (Some(token.to_owned()), None),
         None => (None, req.peer_certs().and_then(|certs| certs.first().and_then(|c| common_name(c)))),
     }

@@ -67,7 +67,22 @@ impl PbWatchService for WatchService {
                         break;
                     }
                 };
-                let Some(Ok(r)) = r else { break };
+                let r = match r {
+                    Some(Ok(r)) => r,
+                    // The client closed its side: as etcd, its watchers
+                    // go on until it goes away (a JSON gateway client
+                    // sends its requests in one body).
+                    None => {
+                        tokio::select! {
+                            () = tx.closed() => {}
+                            () = &mut leader_lost => {
+                                let _ = lost_tx.send(status(Error::NoLeader));
+                            }
+                        }
+                        break;
+                    }
+                    Some(Err(_)) => break,
+                };
                 let header = Some(node.header(0));
                 match r.request_union {
                     Some(RequestUnion::CreateRequest(c)) => {
