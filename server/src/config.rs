@@ -96,6 +96,19 @@ pub struct Config {
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, env = "RAFTKV_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
     pub max_request_bytes: usize,
+    /// Maximum concurrent streams that each client can open at a time
+    /// (HTTP/2 streams: watches, keep-alives and calls in flight on one
+    /// connection).
+    #[arg(long, env = "RAFTKV_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
+    pub max_concurrent_streams: u32,
+    /// Frequency duration of server-to-client ping to check if a connection
+    /// is alive (0 to disable).
+    #[arg(long, env = "RAFTKV_GRPC_KEEPALIVE_INTERVAL", default_value = "2h", value_parser = parse_duration)]
+    pub grpc_keepalive_interval: Duration,
+    /// Additional duration of wait before closing a non-responsive
+    /// connection (0 to disable).
+    #[arg(long, env = "RAFTKV_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub grpc_keepalive_timeout: Duration,
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, env = "RAFTKV_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,

@@ -230,6 +230,7 @@ struct State {
     db_in_use: u64,
     quota: u64,
     keys: u64,
+    watchers: u64,
 }
 
 fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> Result<(), std::fmt::Error> {
@@ -255,6 +256,7 @@ impl Collector for State {
         gauge(e, "etcd_mvcc_db_total_size_in_use_in_bytes", "Total size of the underlying database logically in use in bytes.", self.db_in_use as i64)?;
         gauge(e, "etcd_server_quota_backend_bytes", "Current backend storage quota size in bytes.", self.quota as i64)?;
         gauge(e, "etcd_debugging_mvcc_keys_total", "Total number of keys.", self.keys as i64)?;
+        gauge(e, "etcd_debugging_mvcc_watcher_total", "Total number of watchers.", self.watchers as i64)?;
         let mut m = e.encode_descriptor(
             "etcd_server_id",
             "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
@@ -287,6 +289,7 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
         db_in_use: size.live,
         quota: node.quota.unwrap_or(0),
         keys: node.store.key_count() as u64,
+        watchers: node.hub.len() as u64,
     };
     let m = &*METRICS;
     let mut reg = Registry::default();

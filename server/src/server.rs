@@ -192,7 +192,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        let builder = tonic::transport::Server::builder().accept_http1(true).add_routes(routes(&node, max_msg));
+        // etcd's --max-concurrent-streams and --grpc-keepalive-*: a client
+        // silent past interval + timeout is dropped, its streams with it.
+        let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
+        let builder = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .max_concurrent_streams(cfg.max_concurrent_streams)
+            .http2_keepalive_interval(nonzero(cfg.grpc_keepalive_interval))
+            .http2_keepalive_timeout(nonzero(cfg.grpc_keepalive_timeout))
+            .add_routes(routes(&node, max_msg));
         let server = match tls {
             // Nagle's algorithm would hold each response's trailer until the
             // client's delayed ACK (about 40 ms a request): off, as in etcd
