@@ -320,12 +320,27 @@ fn covers(granted: &mut [Interval], wanted: &Interval) -> bool {
 }
 
 fn user_key(name: &str) -> Vec<u8> {
-    [USERS, name.as_bytes()].concat()
+    user_record_key(name.as_bytes())
 }
 
 fn role_key(name: &str) -> Vec<u8> {
-    [ROLES, name.as_bytes()].concat()
+    role_record_key(name.as_bytes())
 }
+
+/// The meta record keys of the auth store, for imports (`etcd_import`):
+/// a user's (its value an authpb.User), a role's (an authpb.Role), whether
+/// authentication is enabled (`[1]` or `[0]`), the auth revision (8 bytes,
+/// big-endian).
+pub fn user_record_key(name: &[u8]) -> Vec<u8> {
+    [USERS, name].concat()
+}
+
+pub fn role_record_key(name: &[u8]) -> Vec<u8> {
+    [ROLES, name].concat()
+}
+
+pub const ENABLED_RECORD_KEY: &[u8] = ENABLED;
+pub const REVISION_RECORD_KEY: &[u8] = REVISION;
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StorageError {
     StorageError::Corrupt { path: "meta".into(), detail: format!("auth store {what}: {e}") }

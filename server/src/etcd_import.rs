@@ -7,8 +7,9 @@
 //! It must not write anything itself (the caller stores the records), and
 //! must not carry over what belongs to the old cluster: the restore makes a
 //! new one, so etcd's members, cluster version, raft position and alarms
-//! are left behind. What raftkv cannot keep is refused rather than dropped
-//! silently: authentication (users and roles).
+//! are left behind. Users, roles and whether authentication is enabled are
+//! kept: etcd's `authpb` records are raftkv's (passwords stay etcd's bcrypt
+//! hashes).
 
 use etcd_client::proto::PbKeyValue as KeyValue;
 use prost::Message;
@@ -32,6 +33,9 @@ const AUTH_BUCKET: &[u8] = b"auth";
 const SCHEDULED_COMPACT: &str = "scheduledCompactRev";
 const FINISHED_COMPACT: &str = "finishedCompactRev";
 const AUTH_ENABLED: &[u8] = b"authEnabled";
+const AUTH_REVISION: &[u8] = b"authRevision";
+const AUTH_USERS_BUCKET: &[u8] = b"authUsers";
+const AUTH_ROLES_BUCKET: &[u8] = b"authRoles";
 
 /// etcd's leasepb.Lease, the value of the `lease` bucket.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -61,11 +65,8 @@ pub enum ImportError {
     MetaRevision { name: &'static str, value: String },
     #[error("etcd snapshot is corrupt: lease {key} in bucket \"lease\": {what}")]
     Lease { key: String, what: String },
-    #[error(
-        "the etcd snapshot has authentication enabled, and raftkv does not import etcd's users and roles yet: they would be lost \
-         (run `etcdctl auth disable` on the etcd cluster and take a new snapshot)"
-    )]
-    AuthEnabled,
+    #[error("etcd snapshot is corrupt: {what} {name} in bucket \"{bucket}\": {error}")]
+    Auth { bucket: &'static str, what: &'static str, name: String, error: String },
 }
 
 /// What an import produced.
@@ -78,6 +79,10 @@ pub struct ImportSummary {
     /// The compacted revision (0: never compacted).
     pub compacted: i64,
     pub leases: u64,
+    pub users: u64,
+    pub roles: u64,
+    /// Whether the snapshot had authentication enabled (kept enabled).
+    pub auth_enabled: bool,
 }
 
 /// Bytes for an error message: hex, and only the start of a long value.
@@ -110,13 +115,11 @@ fn visit(db: &Db, bucket: &[u8], f: &mut Entry<'_>) -> Result<bool, ImportError>
 
 /// Emits, through `each`, the records of a raftkv data dir holding `db`'s
 /// state: every revision of etcd's `key` bucket (column family kv, in
-/// revision order), then the leases and the MVCC store's revisions (meta,
-/// in key order). Fails before emitting anything if `db` has
-/// authentication enabled; an error from `each` stops the import.
+/// revision order), then the leases, the users, roles and auth settings,
+/// and the MVCC store's revisions (meta). An error from `each` stops the
+/// import.
 pub fn import(db: &Db, each: &mut dyn FnMut(Record) -> Result<(), ImportError>) -> Result<ImportSummary, ImportError> {
-    if auth_enabled(db)? {
-        return Err(ImportError::AuthEnabled);
-    }
+    let (auth_enabled, auth_revision) = auth_settings(db)?;
     // Read before emitting anything, so that a damaged meta bucket fails
     // the import early.
     let scheduled = meta_revision(db, SCHEDULED_COMPACT)?;
@@ -143,6 +146,35 @@ pub fn import(db: &Db, each: &mut dyn FnMut(Record) -> Result<(), ImportError>) 
         Ok(())
     })?;
 
+    // Users and roles: etcd's authpb records are raftkv's, checked here.
+    for (bucket, what, count) in [(AUTH_USERS_BUCKET, "user", &mut summary.users), (AUTH_ROLES_BUCKET, "role", &mut summary.roles)] {
+        let bucket_name = if what == "user" { "authUsers" } else { "authRoles" };
+        visit(db, bucket, &mut |k, v| {
+            let name_of = |n: &[u8]| String::from_utf8_lossy(n).into_owned();
+            let bad = |error: String| ImportError::Auth { bucket: bucket_name, what, name: name_of(k), error };
+            let (decoded_name, key) = if what == "user" {
+                let user = crate::api::authpb::User::decode(v).map_err(|e| bad(e.to_string()))?;
+                (user.name, crate::auth::user_record_key(k))
+            } else {
+                let role = crate::api::authpb::Role::decode(v).map_err(|e| bad(e.to_string()))?;
+                (role.name, crate::auth::role_record_key(k))
+            };
+            if decoded_name != k {
+                return Err(bad(format!("holds the record of {:?}", name_of(&decoded_name))));
+            }
+            each(Record { cf: cf_code(Cf::Meta), key, value: v.to_vec() })?;
+            *count += 1;
+            Ok(())
+        })?;
+    }
+    summary.auth_enabled = auth_enabled;
+    if auth_enabled && summary.users == 0 {
+        return Err(ImportError::Auth { bucket: "auth", what: "setting", name: "authEnabled".into(), error: "enabled without any user".into() });
+    }
+    for (key, value) in [(crate::auth::ENABLED_RECORD_KEY, vec![u8::from(auth_enabled)]), (crate::auth::REVISION_RECORD_KEY, auth_revision.to_be_bytes().to_vec())] {
+        each(Record { cf: cf_code(Cf::Meta), key: key.to_vec(), value })?;
+    }
+
     // As etcd's store on open: the current revision is the newest of the
     // last revision written and the compactions (a compaction of the
     // newest revision of a deleted key removes that revision, so the last
@@ -158,16 +190,25 @@ pub fn import(db: &Db, each: &mut dyn FnMut(Record) -> Result<(), ImportError>) 
     Ok(summary)
 }
 
-fn auth_enabled(db: &Db) -> Result<bool, ImportError> {
-    let mut enabled = false;
+/// etcd's auth settings: whether authentication is enabled (etcd's test:
+/// the value equals {1}) and the auth revision (8 bytes, big-endian; 0
+/// when absent).
+fn auth_settings(db: &Db) -> Result<(bool, u64), ImportError> {
+    let (mut enabled, mut revision) = (false, Ok(0));
     db.for_each(AUTH_BUCKET, &mut |k, v| {
         if k == AUTH_ENABLED {
-            // etcd's test: the value equals {1}.
             enabled = v == [1];
+        } else if k == AUTH_REVISION {
+            revision = v.try_into().map(u64::from_be_bytes).map_err(|_| ImportError::Auth {
+                bucket: "auth",
+                what: "setting",
+                name: "authRevision".into(),
+                error: format!("{} is not 8 bytes", hex(v)),
+            });
         }
-        k < AUTH_ENABLED
+        true
     })?;
-    Ok(enabled)
+    Ok((enabled, revision?))
 }
 
 /// The main revision stored under `name` in etcd's meta bucket (a revision
@@ -233,12 +274,18 @@ mod tests {
 
     /// An etcd-like database: buckets in byte order, `key` on a page.
     fn etcd(auth: &[u8], keys: &[Elem<'_>], leases: &[Elem<'_>], meta: &[Elem<'_>]) -> tempfile::NamedTempFile {
+        etcd_with_auth(auth, &[], &[], keys, leases, meta)
+    }
+
+    fn etcd_with_auth(auth: &[u8], users: &[Elem<'_>], roles: &[Elem<'_>], keys: &[Elem<'_>], leases: &[Elem<'_>], meta: &[Elem<'_>]) -> tempfile::NamedTempFile {
         let mut img = Image::new(4096);
         let key_page = img.leaf(keys);
-        let auth = inline_bucket(&[(0, b"authEnabled", auth), (0, b"authRevision", &[0; 8])]);
+        let auth = inline_bucket(&[(0, b"authEnabled", auth), (0, b"authRevision", &[0, 0, 0, 0, 0, 0, 0, 4])]);
         let root = img.leaf(&[
             (BUCKET, b"alarm", &inline_bucket(&[])),
             (BUCKET, b"auth", &auth),
+            (BUCKET, b"authRoles", &inline_bucket(roles)),
+            (BUCKET, b"authUsers", &inline_bucket(users)),
             (BUCKET, b"key", &bucket(key_page)),
             (BUCKET, b"lease", &inline_bucket(leases)),
             (BUCKET, b"members", &inline_bucket(&[(0, b"2e1259d415f2a040", b"{}")])),
@@ -259,6 +306,10 @@ mod tests {
         (r, records)
     }
 
+    fn auth(key: &[u8], value: Vec<u8>) -> Record {
+        Record { cf: cf_code(Cf::Meta), key: key.to_vec(), value }
+    }
+
     fn meta(key: &[u8], value: i64) -> Record {
         Record { cf: cf_code(Cf::Meta), key: key.to_vec(), value: value.to_be_bytes().to_vec() }
     }
@@ -276,7 +327,7 @@ mod tests {
             vec![(0, b"consistent_index", &[0, 0, 0, 0, 0, 0, 0, 9]), (0, b"finishedCompactRev", &c3), (0, b"scheduledCompactRev", &s5)];
         let f = etcd(&[0], &keys, &[(0, &id7, &l7), (0, &id9, &l9)], &meta_bucket);
         let (summary, records) = run(&f);
-        assert_eq!(summary.expect("import"), ImportSummary { keys: 4, revision: 5, compacted: 3, leases: 2 });
+        assert_eq!(summary.expect("import"), ImportSummary { keys: 4, revision: 5, compacted: 3, leases: 2, users: 0, roles: 0, auth_enabled: false });
         let kv = |key: &[u8], value: Vec<u8>| Record { cf: cf_code(Cf::Kv), key: key.to_vec(), value };
         let lease = |(key, value): (Vec<u8>, Vec<u8>)| Record { cf: cf_code(Cf::Meta), key, value };
         let tombstone = KeyValue { key: b"a".to_vec(), mod_revision: 4, ..Default::default() }.encode_to_vec();
@@ -289,6 +340,8 @@ mod tests {
                 kv(&r4t, tombstone),
                 lease(lease::record(7, 60, 0)),
                 lease(lease::record(9, 600, 42)),
+                auth(crate::auth::ENABLED_RECORD_KEY, vec![0]),
+                meta(crate::auth::REVISION_RECORD_KEY, 4),
                 meta(COMPACTED_REV, 3),
                 meta(CURRENT_REV, 5),
             ]
@@ -299,19 +352,48 @@ mod tests {
     fn an_empty_etcd_starts_at_revision_one() {
         let f = etcd(&[0], &[], &[], &[]);
         let (summary, records) = run(&f);
-        assert_eq!(summary.expect("import"), ImportSummary { keys: 0, revision: 1, compacted: 0, leases: 0 });
-        assert_eq!(records, vec![meta(COMPACTED_REV, 0), meta(CURRENT_REV, 1)]);
+        assert_eq!(summary.expect("import"), ImportSummary { keys: 0, revision: 1, compacted: 0, leases: 0, users: 0, roles: 0, auth_enabled: false });
+        let settings = [auth(crate::auth::ENABLED_RECORD_KEY, vec![0]), meta(crate::auth::REVISION_RECORD_KEY, 4)];
+        assert_eq!(records, [&settings[..], &[meta(COMPACTED_REV, 0), meta(CURRENT_REV, 1)]].concat());
     }
 
     #[test]
-    fn enabled_authentication_is_refused_before_anything_is_emitted() {
-        let (r2, v) = (rev(2, 0, false), put("a", "1", 2, 2, 1, 0));
-        let f = etcd(&[1], &[(0, &r2, &v)], &[], &[]);
+    fn users_roles_and_enabled_authentication_are_imported() {
+        use crate::api::authpb::{Permission, Role, User};
+        let root = User { name: b"root".to_vec(), password: b"$2a$10$hash".to_vec(), roles: vec!["root".into()], ..Default::default() };
+        let app = User { name: b"app".to_vec(), password: b"$2a$10$other".to_vec(), roles: vec!["app".into()], ..Default::default() };
+        let perm = Permission { perm_type: 2, key: b"/app/".to_vec(), range_end: b"/app0".to_vec() };
+        let role = Role { name: b"app".to_vec(), key_permission: vec![perm] };
+        let root_role = Role { name: b"root".to_vec(), key_permission: vec![] };
+        let (root_v, app_v, role_v, root_role_v) = (root.encode_to_vec(), app.encode_to_vec(), role.encode_to_vec(), root_role.encode_to_vec());
+        let users: Vec<Elem<'_>> = vec![(0, b"app", &app_v), (0, b"root", &root_v)];
+        let roles: Vec<Elem<'_>> = vec![(0, b"app", &role_v), (0, b"root", &root_role_v)];
+        let f = etcd_with_auth(&[1], &users, &roles, &[], &[], &[]);
         let (summary, records) = run(&f);
-        let err = summary.expect_err("auth");
-        assert!(matches!(err, ImportError::AuthEnabled));
-        assert!(err.to_string().contains("users and roles yet: they would be lost"), "{err}");
-        assert!(records.is_empty());
+        let summary = summary.expect("import");
+        assert_eq!((summary.users, summary.roles, summary.auth_enabled), (2, 2, true));
+        let meta_records: Vec<(Vec<u8>, Vec<u8>)> = records.into_iter().map(|r| (r.key, r.value)).collect();
+        for (key, value) in [
+            (crate::auth::user_record_key(b"app"), app_v.clone()),
+            (crate::auth::user_record_key(b"root"), root_v.clone()),
+            (crate::auth::role_record_key(b"app"), role_v.clone()),
+            (crate::auth::role_record_key(b"root"), root_role_v.clone()),
+            (crate::auth::ENABLED_RECORD_KEY.to_vec(), vec![1]),
+            (crate::auth::REVISION_RECORD_KEY.to_vec(), 4u64.to_be_bytes().to_vec()),
+        ] {
+            assert!(meta_records.contains(&(key.clone(), value)), "{}", String::from_utf8_lossy(&key));
+        }
+
+        // A damaged user, one filed under another name, and authentication
+        // enabled without users are errors naming what.
+        let bad: Vec<Elem<'_>> = vec![(0, b"app", b"\xff\xff")];
+        let err = run(&etcd_with_auth(&[0], &bad, &[], &[], &[], &[])).0.expect_err("damaged");
+        assert!(err.to_string().contains("user app in bucket \"authUsers\""), "{err}");
+        let misfiled: Vec<Elem<'_>> = vec![(0, b"bob", &app_v)];
+        let err = run(&etcd_with_auth(&[0], &misfiled, &[], &[], &[], &[])).0.expect_err("misfiled");
+        assert!(err.to_string().contains("holds the record of \"app\""), "{err}");
+        let err = run(&etcd_with_auth(&[1], &[], &[], &[], &[], &[])).0.expect_err("no users");
+        assert!(err.to_string().contains("enabled without any user"), "{err}");
     }
 
     #[test]

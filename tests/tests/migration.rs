@@ -2,7 +2,8 @@
 //! new 3-member raftkv cluster, answers every read as etcd did (values,
 //! create and mod revisions, versions, at the current revision and at older
 //! ones down to the compaction), keeps the leases and expires them when
-//! their TTL runs out; `raftkvctl snapshot status` prints what etcdctl
+//! their TTL runs out, and its users, roles and enabled authentication
+//! (etcd's bcrypt hashes good for raftkv); `raftkvctl snapshot status` prints what etcdctl
 //! prints for the file. And the live path: `etcdctl make-mirror` copies
 //! etcd into raftkv and raftkv into etcd.
 
@@ -74,10 +75,24 @@ async fn migrate(etcd: Server) -> anyhow::Result<()> {
         expected.push((rev, dump_at(&mut c, rev).await?));
     }
 
+    // Users, roles and authentication enabled come along too.
+    for args in [
+        "user add root:rootpw",
+        "user grant-role root root",
+        "user add app:apppw",
+        "role add app",
+        "role grant-permission app --prefix=true readwrite app/",
+        "user grant-role app app",
+        "auth enable",
+    ] {
+        let out = run(Path::new(ETCDCTL), &[&["--endpoints", &etcd.endpoint()][..], &args.split(' ').collect::<Vec<_>>()].concat())?;
+        ensure!(out.status.success(), "etcdctl {args}: {}", text(&out));
+    }
+
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("etcd.db");
     let file_s = file.to_str().context("path")?;
-    let out = run(Path::new(ETCDCTL), &["--endpoints", &etcd.endpoint(), "snapshot", "save", file_s])?;
+    let out = run(Path::new(ETCDCTL), &["--endpoints", &etcd.endpoint(), "--user", "root:rootpw", "snapshot", "save", file_s])?;
     ensure!(out.status.success(), "etcdctl snapshot save: {}", text(&out));
     drop(etcd);
 
@@ -90,6 +105,19 @@ async fn migrate(etcd: Server) -> anyhow::Result<()> {
 
     let restored = Cluster::start_restored(3, &file).await?;
     let started = std::time::Instant::now();
+    // etcd's users (their bcrypt hashes), roles and enabled authentication.
+    let ep = restored.member(2).server().endpoint();
+    for (args, want) in [
+        (&["get", "app/050"][..], "Error: etcdserver: user name is empty"),
+        (&["--user", "app:apppw", "get", "app/050", "--print-value-only"], "at compaction"),
+        (&["--user", "app:apppw", "get", "session/long"], "Error: etcdserver: permission denied"),
+        (&["--user", "app:wrong", "get", "app/050"], "Error: etcdserver: authentication failed, invalid user ID or password"),
+        (&["--user", "root:rootpw", "auth", "disable"], "Authentication Disabled"),
+    ] {
+        let out = run(&ctl, &[&["--endpoints", ep.as_str()][..], args].concat())?;
+        let got = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        ensure!(got.trim() == want, "raftkvctl {args:?} after the restore: {}", text(&out));
+    }
     for i in restored.members() {
         let mut m = restored.client(i).await?;
         for (rev, want) in &expected {
