@@ -101,6 +101,11 @@ pub struct Config {
     /// connection).
     #[arg(long, env = "RAFTKV_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
     pub max_concurrent_streams: u32,
+    /// Watchers one watch stream may hold (raftkv's own bound: etcd has
+    /// none); a watch created beyond it is canceled at once with
+    /// "etcdserver: too many requests". 0: no bound.
+    #[arg(long, env = "RAFTKV_MAX_WATCHERS_PER_STREAM", default_value_t = 10_000)]
+    pub max_watchers_per_stream: usize,
     /// Frequency duration of server-to-client ping to check if a connection
     /// is alive (0 to disable).
     #[arg(long, env = "RAFTKV_GRPC_KEEPALIVE_INTERVAL", default_value = "2h", value_parser = parse_duration)]

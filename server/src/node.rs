@@ -105,6 +105,8 @@ pub struct Node {
     pub election_timeout: Duration,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    /// `--max-watchers-per-stream` (0: none).
+    pub max_watchers_per_stream: usize,
     pub request_timeout: Duration,
     waiters: Arc<Waiters>,
     next_id: AtomicU64,
@@ -553,6 +555,7 @@ impl Node {
             election_timeout: Duration::from_millis(cfg.election_timeout),
             max_request_bytes: cfg.max_request_bytes,
             max_txn_ops: cfg.max_txn_ops,
+            max_watchers_per_stream: cfg.max_watchers_per_stream,
             request_timeout: cfg.request_timeout(),
             waiters,
             next_id: AtomicU64::new(now << 22),

@@ -460,6 +460,8 @@ async fn an_open_watch_is_canceled_once_its_user_may_no_longer_read() -> anyhow:
     let mut stream = app.watch("/app/", Some(etcd_client::WatchOptions::new().with_prefix())).await?;
     let created = next_response(&mut stream).await?;
     assert!(created.created() && !created.canceled(), "{created:?}");
+    // An Election.Observe of a name under the prefix: a watch too.
+    let mut observe = app.election_client().observe("/app/e").await?;
     let out = ctl(&server, "--user root:rootpw put /app/a 1")?;
     anyhow::ensure!(out.ends_with("exit=0\n"), "{out}");
     let r = next_response(&mut stream).await?;
@@ -483,6 +485,9 @@ async fn an_open_watch_is_canceled_once_its_user_may_no_longer_read() -> anyhow:
     let r = next_response(&mut stream).await?;
     assert!(r.canceled() && r.events().is_empty(), "{r:?}");
     assert_eq!(r.cancel_reason(), "rpc error: code = PermissionDenied desc = etcdserver: permission denied");
+    let observed = tokio::time::timeout(Duration::from_secs(5), observe.message()).await.context("the observe stream went on")?;
+    let denied = observed.expect_err("observe after the revoke");
+    assert!(denied.to_string().contains("etcdserver: permission denied"), "{denied}");
     let after = tokio::time::timeout(Duration::from_millis(500), stream.message()).await;
     anyhow::ensure!(!matches!(after, Ok(Ok(Some(ref r))) if !r.events().is_empty()), "an event after the cancellation: {after:?}");
     Ok(())

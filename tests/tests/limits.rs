@@ -2,7 +2,8 @@
 //! `--max-concurrent-streams` caps the streams of one connection (a call
 //! beyond waits for a free one; other connections are served), and
 //! `--grpc-keepalive-interval`/`--grpc-keepalive-timeout` drop a client
-//! that no longer answers pings, its watchers with it.
+//! that no longer answers pings, its watchers with it; and raftkv's own
+//! `--max-watchers-per-stream`.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -90,5 +91,44 @@ async fn a_client_that_stops_answering_pings_is_dropped_with_its_watchers() -> a
         // The server serves on.
         server.client().await?.put("k", "v", None).await?;
     }
+    Ok(())
+}
+
+/// The next response on a watch stream within a few seconds.
+async fn next(stream: &mut etcd_client::WatchStream) -> anyhow::Result<etcd_client::WatchResponse> {
+    tokio::time::timeout(Duration::from_secs(5), stream.message()).await.context("no watch response")??.context("the watch stream ended")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_stream_holds_no_more_watchers_than_its_bound() -> anyhow::Result<()> {
+    // raftkv's own bound (etcd has none): a client cannot pile watchers on
+    // one stream without end.
+    let server = Server::start_with(raftkv_tests::Flavor::Raftkv, &["--max-watchers-per-stream", "3"]).await?;
+    let mut client = server.client().await?;
+    let mut stream = client.watch("k0", None).await?;
+    let mut ids = vec![next(&mut stream).await?.watch_id()];
+    for key in ["k1", "k2"] {
+        stream.watch(key, None).await?;
+        let r = next(&mut stream).await?;
+        anyhow::ensure!(r.created() && !r.canceled(), "{r:?}");
+        ids.push(r.watch_id());
+    }
+    stream.watch("k3", None).await?;
+    let r = next(&mut stream).await?;
+    assert!(r.created() && r.canceled(), "a fourth watcher: {r:?}");
+    assert_eq!(r.cancel_reason(), "etcdserver: too many requests");
+    // Another stream has a bound of its own; one canceled makes room.
+    let mut other = client.watch("k4", None).await?;
+    assert!(next(&mut other).await?.created());
+    stream.cancel(ids[0]).await?;
+    let r = next(&mut stream).await?;
+    assert!(r.canceled() && r.watch_id() == ids[0], "{r:?}");
+    stream.watch("k5", None).await?;
+    let r = next(&mut stream).await?;
+    assert!(r.created() && !r.canceled(), "after a cancel: {r:?}");
+    // The watchers still deliver.
+    client.put("k5", "v", None).await?;
+    let r = next(&mut stream).await?;
+    assert_eq!(r.events().len(), 1, "{r:?}");
     Ok(())
 }

@@ -108,7 +108,7 @@ impl Election for ElectionService {
         let prefix = prefix_of(&req.into_inner().name);
         self.node.auth.check(&caller, &prefix, &crate::api::recipes::prefix_end(&prefix), Need::Read).map_err(status)?;
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(observe(self.node.clone(), prefix, tx));
+        tokio::spawn(observe(self.node.clone(), prefix, tx, caller.map(|c| c.user)));
         let out = ReceiverStream::new(rx).map(|r| match r {
             Ok((kv, h)) => Ok(LeaderResponse { header: Some(h), kv: Some(kv) }),
             Err(e) => Err(status(e)),

@@ -115,7 +115,9 @@ struct KeyWatch {
 }
 
 impl KeyWatch {
-    fn new(node: &Arc<Node>, key: &[u8], end: RangeEnd, start_rev: i64, no_put: bool) -> Self {
+    /// `user`: the user whose read right the watch keeps being checked
+    /// against (Observe's); None for the waits of Lock and Campaign.
+    fn new(node: &Arc<Node>, key: &[u8], end: RangeEnd, start_rev: i64, no_put: bool, user: Option<String>) -> Self {
         let (tx, rx) = mpsc::channel(16);
         let id = (RECIPE_STREAMS.fetch_add(1, Ordering::Relaxed), 0);
         let spec = WatchSpec {
@@ -127,7 +129,7 @@ impl KeyWatch {
             prev_kv: false,
             progress_notify: false,
             fragment: false,
-            user: None,
+            user,
         };
         node.hub.add(id, spec, tx);
         Self { node: node.clone(), id, rx }
@@ -139,6 +141,10 @@ impl KeyWatch {
             let r = self.rx.recv().await.ok_or(Error::Stopped)?;
             if r.compact_revision != 0 {
                 return Err(Error::Compacted);
+            }
+            if r.canceled {
+                // Its user may no longer read what it watches.
+                return Err(Error::PermissionDenied);
             }
             if let Some(e) = r.events.into_iter().next() {
                 return Ok(e);
@@ -174,13 +180,16 @@ pub async fn wait_turn(node: &Arc<Node>, prefix: &[u8], my_rev: i64) -> Result<P
             return Ok(node.header(rev));
         };
         // Wait for that key's deletion, then look again.
-        let mut w = KeyWatch::new(node, &kv.key, RangeEnd::Single, rev + 1, true);
+        let mut w = KeyWatch::new(node, &kv.key, RangeEnd::Single, rev + 1, true, None);
         w.next().await?;
     }
 }
 
 /// Streams the holder of `prefix` as it changes (Election.Observe).
-pub async fn observe(node: Arc<Node>, prefix: Vec<u8>, tx: mpsc::Sender<Result<(KeyValue, PbResponseHeader), Error>>) {
+/// Election.Observe: the leader of `prefix`, then each change of it, on
+/// `tx`; `user` (authentication enabled) loses the stream with "permission
+/// denied" once it may no longer read the prefix.
+pub async fn observe(node: Arc<Node>, prefix: Vec<u8>, tx: mpsc::Sender<Result<(KeyValue, PbResponseHeader), Error>>, user: Option<String>) {
     let mut last: Option<KeyValue> = None;
     loop {
         let (leader, rev) = match first_created(&node, &prefix).await {
@@ -192,9 +201,14 @@ pub async fn observe(node: Arc<Node>, prefix: Vec<u8>, tx: mpsc::Sender<Result<(
         };
         let Some(mut kv) = leader else {
             // No leader yet: wait for any key under the prefix.
-            let mut w = KeyWatch::new(&node, &prefix, RangeEnd::Until(prefix_end(&prefix)), rev + 1, false);
+            let mut w = KeyWatch::new(&node, &prefix, RangeEnd::Until(prefix_end(&prefix)), rev + 1, false, user.clone());
             tokio::select! {
-                r = w.next() => if r.is_err() { return },
+                r = w.next() => if let Err(e) = r {
+                    if matches!(e, Error::PermissionDenied) {
+                        let _ = tx.send(Err(e)).await;
+                    }
+                    return;
+                },
                 _ = tx.closed() => return,
             }
             continue;
@@ -206,9 +220,17 @@ pub async fn observe(node: Arc<Node>, prefix: Vec<u8>, tx: mpsc::Sender<Result<(
                 }
                 last = Some(kv.clone());
             }
-            let mut w = KeyWatch::new(&node, &kv.key, RangeEnd::Single, kv.mod_revision + 1, false);
+            let mut w = KeyWatch::new(&node, &kv.key, RangeEnd::Single, kv.mod_revision + 1, false, user.clone());
             let e = tokio::select! {
-                r = w.next() => match r { Ok(e) => e, Err(_) => return },
+                r = w.next() => match r {
+                    Ok(e) => e,
+                    Err(e) => {
+                        if matches!(e, Error::PermissionDenied) {
+                            let _ = tx.send(Err(e)).await;
+                        }
+                        return;
+                    }
+                },
                 _ = tx.closed() => return,
             };
             match e.kv {

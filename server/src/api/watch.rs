@@ -56,6 +56,10 @@ impl PbWatchService for WatchService {
         let mut requests = req.into_inner();
         tokio::spawn(async move {
             let mut next_id: i64 = 0;
+            // The ids this stream created: counted against
+            // --max-watchers-per-stream (those the hub ended, compacted or
+            // denied, are dropped when the bound is reached).
+            let mut ids = std::collections::HashSet::new();
             let leader_lost = leader_lost(node.clone(), require_leader);
             tokio::pin!(leader_lost);
             loop {
@@ -108,6 +112,22 @@ impl PbWatchService for WatchService {
                             }
                             continue;
                         }
+                        let bound = node.max_watchers_per_stream;
+                        if bound > 0 && ids.len() >= bound && hub.live_on_stream(stream, &mut ids) >= bound {
+                            // Created and canceled at once, as a refused watch.
+                            let refused = WatchResponse {
+                                header,
+                                watch_id: -1,
+                                created: true,
+                                canceled: true,
+                                cancel_reason: Error::TooManyRequests.to_string(),
+                                ..Default::default()
+                            };
+                            if tx.send(refused).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
                         let checked_at = node.auth.revision();
                         let allowed = node.auth.caller(token.as_deref(), common_name.as_deref()).and_then(|caller| {
                             node.auth.check(&caller, &c.key, &c.range_end, crate::auth::Need::Read)?;
@@ -149,12 +169,14 @@ impl PbWatchService for WatchService {
                             break;
                         }
                         hub.add((stream, id), spec, tx.clone());
+                        ids.insert(id);
                         if node.auth.revision() != checked_at {
                             // An auth change applied since the check.
                             hub.recheck_access(|user, key, end| node.auth.may_read(user, key, end));
                         }
                     }
                     Some(RequestUnion::CancelRequest(c)) if hub.remove((stream, c.watch_id)) => {
+                        ids.remove(&c.watch_id);
                         let r = WatchResponse { header, watch_id: c.watch_id, canceled: true, ..Default::default() };
                         if tx.send(r).await.is_err() {
                             break;

@@ -279,6 +279,14 @@ impl WatchHub {
         self.watchers.lock().remove(&key).is_some()
     }
 
+    /// Of `ids`, those still watching on `stream` (the others are dropped
+    /// from the set): how many watchers the stream holds.
+    pub fn live_on_stream(&self, stream: u64, ids: &mut std::collections::HashSet<i64>) -> usize {
+        let watchers = self.watchers.lock();
+        ids.retain(|id| watchers.contains_key(&(stream, *id)));
+        ids.len()
+    }
+
     pub fn exists(&self, key: WatcherKey) -> bool {
         self.watchers.lock().contains_key(&key)
     }
