@@ -114,11 +114,14 @@ await_ready() {
 # bench ENDPOINTS ARGS...: one workload (comma-separated ENDPOINTS, the
 # connections spread over them in turn), its JSON line on stdout. A run that
 # fails or outlives WORKLOAD_TIMEOUT gives nulls and errors -1.
+# Global raftkvctl flags of every bench run (TLS, --user): set by a workload.
+CTL_FLAGS=()
+
 bench() {
     local endpoints=$1 out
     shift
     log "  raftkvctl bench $*"
-    out=$(timeout "$WORKLOAD_TIMEOUT" "$CTL" bench --endpoints "$endpoints" --json "$@") ||
+    out=$(timeout "$WORKLOAD_TIMEOUT" "$CTL" "${CTL_FLAGS[@]}" bench --endpoints "$endpoints" --json "$@") ||
         out='{"requests":0,"errors":-1,"rps":null,"avg_ms":null,"p50_ms":null,"p99_ms":null}'
     log "    $out"
     echo "$out"

@@ -24,7 +24,7 @@
 # for a quick smoke run), BENCH_ROUNDS, BENCH_SERVERS (default "etcd raftkv"),
 # BENCH_WORKLOAD_TIMEOUT (seconds one workload may take, default 240),
 # BENCH_MAINT_MB (the store size of the maintenance figures, default 1024),
-# BENCH_WORKLOADS (all, or maintenance or scaling alone), BENCH_PLOT_DIR
+# BENCH_WORKLOADS (all, or maintenance, scaling or security alone), BENCH_PLOT_DIR
 # (where the scaling figures go: bench-scaling.csv and .svg, default docs/).
 set -euo pipefail
 
@@ -64,6 +64,8 @@ member_ready() {
 start_server() {
     local which=$1 run=$2
     local dir=$WORK/$which-$run
+    # Fresh every round: the data of an earlier round is not reused.
+    rm -rf "$dir"
     mkdir -p "$dir"
     spawn_server "$which" "$which" "$dir/server.log" \
         --name bench --data-dir "$dir/data" \
@@ -183,6 +185,72 @@ measure_maintenance() {
     rm -rf "$dir"
 }
 
+# The endpoint of the security workloads (https with TLS).
+SEC_EP=http://$ENDPOINT
+
+secure_ready() {
+    "$CTL" "${CTL_FLAGS[@]}" bench --endpoints "$SEC_EP" --total 1 --json range bench-ready 2>/dev/null |
+        jq -e '.errors == 0 and .requests == 1' >/dev/null 2>&1
+}
+
+# start_secure etcd|raftkv plain|tls|auth: a fresh member in plaintext, or serving https with a
+# certificate of its own (--auto-tls, both servers' generator), or plain
+# http with authentication enabled for a user "bench" with readwrite on
+# every key the workloads touch (simple tokens, bcrypt cost 10, both
+# defaults): what a client pays for each.
+start_secure() {
+    local which=$1 mode=$2 dir=$WORK/$1-$2 scheme=http extra=()
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    CTL_FLAGS=()
+    if [[ $mode == tls ]]; then
+        scheme=https
+        extra=(--auto-tls)
+        CTL_FLAGS=(--insecure-skip-tls-verify)
+    fi
+    SEC_EP=$scheme://$ENDPOINT
+    spawn_server "$which" "$which" "$dir/server.log" \
+        --name bench --data-dir "$dir/data" \
+        --listen-client-urls "$SEC_EP" --advertise-client-urls "$SEC_EP" \
+        --listen-peer-urls "http://127.0.0.1:$PEER_PORT" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$PEER_PORT" \
+        --initial-cluster "bench=http://127.0.0.1:$PEER_PORT" "${extra[@]}"
+    await_ready "$which" secure_ready || return 1
+    if [[ $mode == auth ]]; then
+        local cmd
+        for cmd in "user add root:rootpw" "user grant-role root root" "user add bench:benchpw" "role add bench" \
+            "role grant-permission bench --from-key=true readwrite 0" "user grant-role bench bench" "auth enable"; do
+            # shellcheck disable=SC2086
+            "$CTL" --endpoints "$SEC_EP" $cmd >/dev/null || { log "$which: $cmd failed"; stop_servers; return 1; }
+        done
+        CTL_FLAGS=(--user bench:benchpw)
+    fi
+}
+
+# measure_security etcd|raftkv: put and linearizable range throughput in
+# plaintext, over TLS, then with authentication, each on a fresh member in
+# the same round (the ratios to compare are those of one run).
+measure_security() {
+    local s=$1 mode out
+    for mode in plain tls auth; do
+        log "$s: put and range with $mode"
+        start_secure "$s" "$mode" || { CTL_FLAGS=(); continue; }
+        measured "$s.${mode}_put_cpu" "$SEC_EP" --conns 10 --clients 100 --total "$PUT_TOTAL" \
+            put --val-size "$VAL_SIZE" --key-space-size "$KEY_SPACE"
+        out=$OUT
+        keep "$s.${mode}_put_rps" higher "$(jq -r .rps <<<"$out")"
+        keep "$s.${mode}_put_err" higher "$(jq -r .errors <<<"$out")"
+        bench "$SEC_EP" --total 1 put --val-size "$VAL_SIZE" --sequential-keys >/dev/null
+        measured "$s.${mode}_range_cpu" "$SEC_EP" --conns 8 --clients 64 --total "$RANGE_TOTAL" \
+            range 00000000 --consistency l
+        out=$OUT
+        keep "$s.${mode}_range_rps" higher "$(jq -r .rps <<<"$out")"
+        keep "$s.${mode}_range_err" higher "$(jq -r .errors <<<"$out")"
+        stop_servers
+        CTL_FLAGS=()
+    done
+}
+
 # Client counts of the scaling figures, and the puts each makes.
 SCALING_CLIENTS="1 10 100 1000"
 scaling_total() { case $1 in 1) echo $((2000 / SCALE)) ;; 10) echo $((10000 / SCALE)) ;; *) echo $((50000 / SCALE)) ;; esac; }
@@ -203,17 +271,18 @@ measure_scaling() {
     stop_servers
 }
 
-# BENCH_WORKLOADS: "all" (default), "maintenance" or "scaling" alone.
+# BENCH_WORKLOADS: "all" (default), "maintenance", "scaling" or "security" alone.
 case ${BENCH_WORKLOADS:-all} in
-    all) run_rounds measure; run_rounds measure_maintenance; run_rounds measure_scaling ;;
+    all) run_rounds measure; run_rounds measure_maintenance; run_rounds measure_scaling; run_rounds measure_security ;;
     maintenance) run_rounds measure_maintenance ;;
     scaling) run_rounds measure_scaling ;;
-    *) echo "bench: BENCH_WORKLOADS is all, maintenance or scaling" >&2; exit 2 ;;
+    security) run_rounds measure_security ;;
+    *) echo "bench: BENCH_WORKLOADS is all, maintenance, scaling or security" >&2; exit 2 ;;
 esac
 
 # The scaling figures as CSV, and their plot (BENCH_PLOT_DIR, default
 # docs/): throughput and p99 against the number of clients, both servers.
-if [[ ${BENCH_WORKLOADS:-all} != maintenance ]]; then
+if [[ ${BENCH_WORKLOADS:-all} == all || ${BENCH_WORKLOADS:-all} == scaling ]]; then
     PLOT_DIR=${BENCH_PLOT_DIR:-$(dirname "$0")/../docs}
     {
         echo "server,clients,rps,p99_ms"
@@ -245,6 +314,14 @@ print_table "$(
     result_row "range 1 key, serializable, 64 clients (req/s)" range_s_rps higher range_s_err
     result_row "range linearizable, server CPU seconds per 10 000 requests" range_l_cpu lower range_l_err
     result_row "range serializable, server CPU seconds per 10 000 requests" range_s_cpu lower range_s_err
+    result_row "put, the security round's plaintext, 100 clients (req/s)" plain_put_rps higher plain_put_err
+    result_row "range linearizable, the security round's plaintext, 64 clients (req/s)" plain_range_rps higher plain_range_err
+    result_row "put over TLS, 100 clients / 10 conns (req/s)" tls_put_rps higher tls_put_err
+    result_row "range 1 key, linearizable, over TLS, 64 clients (req/s)" tls_range_rps higher tls_range_err
+    result_row "put with authentication (a user's token), 100 clients (req/s)" auth_put_rps higher auth_put_err
+    result_row "range 1 key, linearizable, with authentication, 64 clients (req/s)" auth_range_rps higher auth_range_err
+    result_row "put over TLS, server CPU seconds per 10 000 requests" tls_put_cpu lower tls_put_err
+    result_row "put with authentication, server CPU seconds per 10 000 requests" auth_put_cpu lower auth_put_err
     result_row "watch: deliveries to ${WATCHERS} watchers, 10 putters (events/s)" watch_rps higher watch_err
     result_row "watch: delivery p99, 10 putters (ms)" watch_p99 lower watch_err
     result_row "watch: delivery p50, 100 puts/s (ms)" watchlat_p50 lower watchlat_err
