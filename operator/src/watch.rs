@@ -12,7 +12,8 @@
 //! Here, as client-go's reflectors do, each watch has a backoff of its own
 //! (kube-runtime's default: 800 ms doubling to 30 s, reset by any success),
 //! and its errors are logged and dropped before the merge, so the
-//! controller's stream never pauses for them.
+//! controller's stream never pauses for them; a 410 (resourceVersion
+//! expired) skips the backoff and lists again at once.
 
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -44,6 +45,28 @@ fn without_errors<T: Send + 'static>(
     })
 }
 
+/// Drops (logging it) a watch's 410 Gone, its resourceVersion expired:
+/// the watcher lists afresh on its next poll, at once, as client-go's
+/// reflectors relist; behind the backoff, the relist waited for a pause
+/// grown by the connection errors of an API server restart (up to 30 s
+/// doubled by jitter), and a KvCluster created meanwhile waited that long
+/// for its first reconcile.
+fn relist_at_once<T: Send + 'static>(
+    what: String,
+    stream: impl Stream<Item = Result<T, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<T, watcher::Error>> + Send + 'static {
+    stream.filter_map(move |item| {
+        let outcome = match item {
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                tracing::info!(watch = %what, error = %status.message, "watch expired; listing again");
+                None
+            }
+            other => Some(other),
+        };
+        std::future::ready(outcome)
+    })
+}
+
 /// A controller of `K` (as `Controller::new`) whose main watch backs off
 /// alone.
 pub fn controller<K>(api: Api<K>) -> Controller<K>
@@ -51,7 +74,7 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let objects = watch_objects(api, watcher::Config::default())
+    let objects = relist_at_once(K::kind(&()).into_owned(), watch_objects(api, watcher::Config::default()))
         .default_backoff()
         .reflect(writer)
         .applied_objects();
@@ -68,7 +91,7 @@ where
     PartialObjectMeta<Child>: Resource<DynamicType = ()>,
 {
     #[allow(deprecated)]
-    let touched = metadata_watcher(api, watcher::Config::default())
+    let touched = relist_at_once(Child::kind(&()).into_owned(), metadata_watcher(api, watcher::Config::default()))
         .default_backoff()
         .touched_objects();
     without_errors(Child::kind(&()).into_owned(), touched)
