@@ -420,6 +420,12 @@ impl AuthStore {
         *self.jwt.write() = Some(std::sync::Arc::new(jwt));
     }
 
+    /// Whether tokens are JWTs (verified here alone) rather than simple
+    /// tokens (handed to every member through raft).
+    pub fn uses_jwt(&self) -> bool {
+        self.jwt.read().is_some()
+    }
+
     /// A JWT token for `user` at the current auth revision, when this
     /// member hands out JWT tokens (None: simple tokens, through raft).
     pub fn sign_jwt(&self, user: &str) -> Option<Result<String, Error>> {

@@ -44,9 +44,9 @@ impl AuthService {
 
     /// etcd's admin check of auth management: the root role, once
     /// authentication is enabled.
-    fn admin<T>(&self, req: &Request<T>) -> Result<(), tonic::Status> {
-        let caller = super::caller(&self.node, req)?;
-        self.node.auth.check_admin(&caller).map_err(status)
+    fn admin<T>(&self, req: &Request<T>) -> impl Future<Output = Result<(), tonic::Status>> + Send + '_ {
+        let caller = super::caller(&self.node, req);
+        async move { self.node.auth.check_admin(&caller.await?).map_err(status) }
     }
 
     /// A read of the auth store as of now, cluster-wide.
@@ -76,13 +76,13 @@ fn token_prefix() -> String {
 #[tonic::async_trait]
 impl Auth for AuthService {
     async fn auth_enable(&self, req: Request<AuthEnableRequest>) -> Reply<AuthEnableResponse> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.change(AuthChange::Enable(AuthEnableRequest {})).await?;
         Ok(Response::new(AuthEnableResponse { header: self.header() }))
     }
 
     async fn auth_disable(&self, req: Request<AuthDisableRequest>) -> Reply<AuthDisableResponse> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.change(AuthChange::Disable(AuthDisableRequest {})).await?;
         Ok(Response::new(AuthDisableResponse { header: self.header() }))
     }
@@ -127,7 +127,7 @@ impl Auth for AuthService {
     }
 
     async fn user_add(&self, req: Request<AuthUserAddRequest>) -> Reply<AuthUserAddResponse> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         let mut r = req.into_inner();
         if r.name.is_empty() {
             return Err(status(Error::UserEmpty));
@@ -141,7 +141,7 @@ impl Auth for AuthService {
     }
 
     async fn user_get(&self, req: Request<AuthUserGetRequest>) -> Reply<AuthUserGetResponse> {
-        let caller = super::caller(&self.node, &req)?;
+        let caller = super::caller(&self.node, &req).await?;
         let name = req.into_inner().name;
         // A user may read its own record (etcd).
         if caller.as_ref().is_none_or(|c| c.user != name) {
@@ -153,19 +153,19 @@ impl Auth for AuthService {
     }
 
     async fn user_list(&self, req: Request<AuthUserListRequest>) -> Reply<AuthUserListResponse> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.read().await?;
         Ok(Response::new(AuthUserListResponse { header: self.header(), users: self.node.auth.users() }))
     }
 
     async fn user_delete(&self, req: Request<AuthUserDeleteRequest>) -> Reply<AuthUserDeleteResponse> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.change(AuthChange::UserDelete(req.into_inner())).await?;
         Ok(Response::new(AuthUserDeleteResponse { header: self.header() }))
     }
 
     async fn user_change_password(&self, req: Request<AuthUserChangePasswordRequest>) -> Reply<AuthUserChangePasswordResponse> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         let mut r = req.into_inner();
         // An unknown user is told so before the (slow) hash is made.
         self.node.auth.user(&r.name).map_err(status)?;
@@ -175,25 +175,25 @@ impl Auth for AuthService {
     }
 
     async fn user_grant_role(&self, req: Request<AuthUserGrantRoleRequest>) -> Reply<AuthUserGrantRoleResponse> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.change(AuthChange::UserGrantRole(req.into_inner())).await?;
         Ok(Response::new(AuthUserGrantRoleResponse { header: self.header() }))
     }
 
     async fn user_revoke_role(&self, req: Request<AuthUserRevokeRoleRequest>) -> Reply<AuthUserRevokeRoleResponse> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.change(AuthChange::UserRevokeRole(req.into_inner())).await?;
         Ok(Response::new(AuthUserRevokeRoleResponse { header: self.header() }))
     }
 
     async fn role_add(&self, req: Request<AuthRoleAddRequest>) -> Reply<AuthRoleAddResponse> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.change(AuthChange::RoleAdd(req.into_inner())).await?;
         Ok(Response::new(AuthRoleAddResponse { header: self.header() }))
     }
 
     async fn role_get(&self, req: Request<AuthRoleGetRequest>) -> Reply<AuthRoleGetResponse> {
-        let caller = super::caller(&self.node, &req)?;
+        let caller = super::caller(&self.node, &req).await?;
         let role = req.into_inner().role;
         // A user may read the roles it holds (etcd).
         if caller.as_ref().is_none_or(|c| !self.node.auth.has_role(&c.user, &role)) {
@@ -205,25 +205,25 @@ impl Auth for AuthService {
     }
 
     async fn role_list(&self, req: Request<AuthRoleListRequest>) -> Reply<AuthRoleListResponse> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.read().await?;
         Ok(Response::new(AuthRoleListResponse { header: self.header(), roles: self.node.auth.roles() }))
     }
 
     async fn role_delete(&self, req: Request<AuthRoleDeleteRequest>) -> Reply<AuthRoleDeleteResponse> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.change(AuthChange::RoleDelete(req.into_inner())).await?;
         Ok(Response::new(AuthRoleDeleteResponse { header: self.header() }))
     }
 
     async fn role_grant_permission(&self, req: Request<AuthRoleGrantPermissionRequest>) -> Reply<AuthRoleGrantPermissionResponse> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.change(AuthChange::RoleGrantPermission(req.into_inner())).await?;
         Ok(Response::new(AuthRoleGrantPermissionResponse { header: self.header() }))
     }
 
     async fn role_revoke_permission(&self, req: Request<AuthRoleRevokePermissionRequest>) -> Reply<AuthRoleRevokePermissionResponse> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.change(AuthChange::RoleRevokePermission(req.into_inner())).await?;
         Ok(Response::new(AuthRoleRevokePermissionResponse { header: self.header() }))
     }

@@ -74,12 +74,12 @@ impl ClusterService {
 
     /// etcd's checkMembershipOperationPermission: the root role, once
     /// authentication is enabled.
-    fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        if self.peer {
-            return Ok(());
+    fn admin<T>(&self, req: &Request<T>) -> impl Future<Output = Result<(), Status>> + Send + '_ {
+        let caller = (!self.peer).then(|| super::caller(&self.node, req));
+        async move {
+            let Some(caller) = caller else { return Ok(()) };
+            self.node.auth.check_admin(&caller.await?).map_err(status)
         }
-        let caller = super::caller(&self.node, req)?;
-        self.node.auth.check_admin(&caller).map_err(status)
     }
 
     /// The leader's client, when this member is not the leader (None when
@@ -143,7 +143,7 @@ fn forwarded(e: etcd_client::Error) -> Status {
 #[tonic::async_trait]
 impl PbClusterService for ClusterService {
     async fn member_add(&self, req: Request<MemberAddRequest>) -> Reply<MemberAddResponse> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.node.refuse_learner().map_err(status)?;
         let r = req.into_inner();
         if let Some(mut leader) = self.forward().await? {
@@ -196,7 +196,7 @@ impl PbClusterService for ClusterService {
     }
 
     async fn member_remove(&self, req: Request<MemberRemoveRequest>) -> Reply<MemberRemoveResponse> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.node.refuse_learner().map_err(status)?;
         let r = req.into_inner();
         if let Some(mut leader) = self.forward().await? {
@@ -233,7 +233,7 @@ impl PbClusterService for ClusterService {
     }
 
     async fn member_update(&self, req: Request<MemberUpdateRequest>) -> Reply<MemberUpdateResponse> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.node.refuse_learner().map_err(status)?;
         let r = req.into_inner();
         let node = &self.node;
@@ -254,7 +254,7 @@ impl PbClusterService for ClusterService {
     }
 
     async fn member_promote(&self, req: Request<MemberPromoteRequest>) -> Reply<MemberPromoteResponse> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.node.refuse_learner().map_err(status)?;
         let r = req.into_inner();
         if let Some(mut leader) = self.forward().await? {

@@ -45,7 +45,7 @@ fn prefix_of(name: &[u8]) -> Vec<u8> {
 impl Election for ElectionService {
     async fn campaign(&self, req: Request<CampaignRequest>) -> Reply<CampaignResponse> {
         self.node.refuse_learner().map_err(status)?;
-        let caller = super::caller(&self.node, &req)?;
+        let caller = super::caller(&self.node, &req).await?;
         let r = req.into_inner();
         let prefix = prefix_of(&r.name);
         let mut key = prefix.clone();
@@ -70,7 +70,7 @@ impl Election for ElectionService {
 
     async fn proclaim(&self, req: Request<ProclaimRequest>) -> Reply<ProclaimResponse> {
         self.node.refuse_learner().map_err(status)?;
-        let caller = super::caller(&self.node, &req)?;
+        let caller = super::caller(&self.node, &req).await?;
         let r = req.into_inner();
         let leader = r.leader.ok_or_else(|| Status::unknown(NOT_LEADER))?;
         self.node.auth.check(&caller, &leader.key, &[], Need::Write).map_err(status)?;
@@ -91,7 +91,7 @@ impl Election for ElectionService {
 
     async fn leader(&self, req: Request<LeaderRequest>) -> Reply<LeaderResponse> {
         self.node.refuse_learner().map_err(status)?;
-        let caller = super::caller(&self.node, &req)?;
+        let caller = super::caller(&self.node, &req).await?;
         let prefix = prefix_of(&req.into_inner().name);
         self.node.auth.check(&caller, &prefix, &crate::api::recipes::prefix_end(&prefix), Need::Read).map_err(status)?;
         match first_created(&self.node, &prefix).await.map_err(status)? {
@@ -104,7 +104,7 @@ impl Election for ElectionService {
 
     async fn observe(&self, req: Request<LeaderRequest>) -> Reply<Self::ObserveStream> {
         self.node.refuse_learner().map_err(status)?;
-        let caller = super::caller(&self.node, &req)?;
+        let caller = super::caller(&self.node, &req).await?;
         let prefix = prefix_of(&req.into_inner().name);
         self.node.auth.check(&caller, &prefix, &crate::api::recipes::prefix_end(&prefix), Need::Read).map_err(status)?;
         let (tx, rx) = mpsc::channel(16);
@@ -118,7 +118,7 @@ impl Election for ElectionService {
 
     async fn resign(&self, req: Request<ResignRequest>) -> Reply<ResignResponse> {
         self.node.refuse_learner().map_err(status)?;
-        let caller = super::caller(&self.node, &req)?;
+        let caller = super::caller(&self.node, &req).await?;
         let leader = req.into_inner().leader.ok_or_else(|| Status::unknown(NOT_LEADER))?;
         let del = PbDeleteRequest { key: leader.key.clone(), ..Default::default() };
         super::kv::check_delete(&self.node, &caller, &del).map_err(status)?;

@@ -95,7 +95,7 @@ fn unexpected(what: &str) -> tonic::Status {
 #[tonic::async_trait]
 impl PbKvService for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Reply<RangeResponse> {
-        let caller = super::caller(&self.node, &req)?;
+        let caller = super::caller(&self.node, &req).await?;
         let r = req.into_inner();
         validate::range(&r).map_err(status)?;
         self.node.auth.check(&caller, &r.key, &r.range_end, Need::Read).map_err(status)?;
@@ -117,7 +117,7 @@ impl PbKvService for KvService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Reply<PutResponse> {
-        let caller = super::caller(&self.node, &req)?;
+        let caller = super::caller(&self.node, &req).await?;
         let p = req.into_inner();
         validate::put(&p).map_err(status)?;
         check_put(&self.node, &caller, &p).map_err(status)?;
@@ -129,7 +129,7 @@ impl PbKvService for KvService {
     }
 
     async fn delete_range(&self, req: Request<DeleteRangeRequest>) -> Reply<DeleteRangeResponse> {
-        let caller = super::caller(&self.node, &req)?;
+        let caller = super::caller(&self.node, &req).await?;
         let d = req.into_inner();
         validate::delete(&d).map_err(status)?;
         check_delete(&self.node, &caller, &d).map_err(status)?;
@@ -140,7 +140,7 @@ impl PbKvService for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Reply<TxnResponse> {
-        let caller = super::caller(&self.node, &req)?;
+        let caller = super::caller(&self.node, &req).await?;
         let t = req.into_inner();
         validate::txn(&t, self.node.max_txn_ops).map_err(status)?;
         check_txn(&self.node, &caller, &t).map_err(status)?;

@@ -71,7 +71,7 @@ impl PbLeaseService for LeaseService {
 
     async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Reply<LeaseRevokeResponse> {
         self.node.refuse_learner().map_err(status)?;
-        let caller = super::caller(&self.node, &req)?;
+        let caller = super::caller(&self.node, &req).await?;
         let r = req.into_inner();
         // Revoking deletes the lease's keys: write on each (etcd).
         super::kv::check_lease_keys(&self.node, &caller, r.id).map_err(status)?;

@@ -28,7 +28,7 @@ impl LockService {
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Reply<LockResponse> {
         self.node.refuse_learner().map_err(status)?;
-        let caller = super::caller(&self.node, &req)?;
+        let caller = super::caller(&self.node, &req).await?;
         let r = req.into_inner();
         let mut prefix = r.name;
         prefix.push(b'/');
@@ -42,7 +42,7 @@ impl Lock for LockService {
 
     async fn unlock(&self, req: Request<UnlockRequest>) -> Reply<UnlockResponse> {
         self.node.refuse_learner().map_err(status)?;
-        let caller = super::caller(&self.node, &req)?;
+        let caller = super::caller(&self.node, &req).await?;
         let del = PbDeleteRequest { key: req.into_inner().key, ..Default::default() };
         super::kv::check_delete(&self.node, &caller, &del).map_err(status)?;
         match self.node.propose(Op::DeleteRange(del)).await.map_err(status)? {

@@ -53,9 +53,9 @@ impl MaintenanceService {
 
     /// etcd's authMaintenanceServer: Defragment, Hash, HashKV and Snapshot
     /// take the root role once authentication is enabled.
-    fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let caller = super::caller(&self.node, req)?;
-        super::maintenance_admin(&self.node, &caller)
+    fn admin<T>(&self, req: &Request<T>) -> impl Future<Output = Result<(), Status>> + Send + '_ {
+        let caller = super::caller(&self.node, req);
+        async move { super::maintenance_admin(&self.node, &caller.await?) }
     }
 }
 
@@ -103,7 +103,7 @@ impl PbMaintenanceService for MaintenanceService {
     }
 
     async fn defragment(&self, req: Request<DefragmentRequest>) -> Reply<DefragmentResponse> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.node.refuse_learner().map_err(status)?;
         let engine = self.node.engine.clone();
         let started = std::time::Instant::now();
@@ -117,7 +117,7 @@ impl PbMaintenanceService for MaintenanceService {
     }
 
     async fn hash(&self, req: Request<HashRequest>) -> Reply<HashResponse> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.node.refuse_learner().map_err(status)?;
         let store = self.node.store.clone();
         let (hash, _, _) = tokio::task::spawn_blocking(move || store.hash_kv(0))
@@ -128,7 +128,7 @@ impl PbMaintenanceService for MaintenanceService {
     }
 
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Reply<HashKvResponse> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.node.refuse_learner().map_err(status)?;
         let rev = req.into_inner().revision;
         let store = self.node.store.clone();
@@ -146,7 +146,7 @@ impl PbMaintenanceService for MaintenanceService {
     /// a message of its own. Learners serve it too, as in etcd. Memory is
     /// bounded by a few blobs in flight whatever the data size.
     async fn snapshot(&self, req: Request<SnapshotRequest>) -> Reply<Self::SnapshotStream> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         let snapshots = self.node.snapshots.clone();
         let checkpoint = tokio::task::spawn_blocking(move || snapshots.client_checkpoint())
             .await

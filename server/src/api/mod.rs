@@ -47,12 +47,30 @@ pub async fn require_leader(
 /// Who sent `req` (see [`crate::auth::AuthStore::caller`]): None while
 /// authentication is disabled; else the user of its `token` metadata, or
 /// the common name of its verified client certificate.
-pub fn caller<T>(node: &crate::node::Node, req: &tonic::Request<T>) -> Result<Option<crate::auth::Caller>, Status> {
-    if !node.auth.enabled() {
-        return Ok(None);
+/// (The request is read before the future is made: a streaming request
+/// is not `Sync`, and must not be held across an await.)
+pub fn caller<'a, T>(node: &'a crate::node::Node, req: &tonic::Request<T>) -> impl Future<Output = Result<Option<crate::auth::Caller>, Status>> + Send + 'a {
+    let credentials = node.auth.enabled().then(|| credentials(req));
+    async move {
+        let Some((token, common_name)) = credentials else { return Ok(None) };
+        resolve_caller(node, token.as_deref(), common_name.as_deref()).await.map_err(status)
     }
-    let (token, common_name) = credentials(req);
-    node.auth.caller(token.as_deref(), common_name.as_deref()).map_err(status)
+}
+
+/// [`crate::auth::AuthStore::caller`], patient with a simple token another
+/// member handed out: it reaches this member through raft, and a client
+/// may use it here before this member has applied it. An unknown simple
+/// token is looked up again once this member has applied what the leader
+/// had committed (a read index), as etcd waits for the raft index its
+/// simple tokens carry.
+pub async fn resolve_caller(node: &crate::node::Node, token: Option<&str>, common_name: Option<&str>) -> Result<Option<crate::auth::Caller>, Error> {
+    match node.auth.caller(token, common_name) {
+        Err(Error::InvalidAuthToken) if token.is_some() && !node.auth.uses_jwt() => {
+            node.linearizable_read().await?;
+            node.auth.caller(token, common_name)
+        }
+        other => other,
+    }
 }
 
 /// A request's credentials: its `token` metadata, else the common name of

@@ -129,7 +129,8 @@ impl PbWatchService for WatchService {
                             continue;
                         }
                         let checked_at = node.auth.revision();
-                        let allowed = node.auth.caller(token.as_deref(), common_name.as_deref()).and_then(|caller| {
+                        let resolved = super::resolve_caller(&node, token.as_deref(), common_name.as_deref()).await;
+                        let allowed = resolved.and_then(|caller| {
                             node.auth.check(&caller, &c.key, &c.range_end, crate::auth::Need::Read)?;
                             // Checked again after every auth change.
                             Ok(match caller {
