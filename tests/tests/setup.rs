@@ -112,7 +112,7 @@ fn doctor_reports_every_prerequisite_once() {
     let out = deps(&["--doctor"], None);
     let report = String::from_utf8_lossy(&out.stdout);
     let names: Vec<&str> = report.lines().filter_map(|l| l.split_whitespace().next()).collect();
-    assert_eq!(names, ["cargo", "libclang", "protoc", "etcd", "etcdctl", "python", "iproute", "unshare", "faketime", "node", "go"], "{report}");
+    assert_eq!(names, ["cargo", "libclang", "protoc", "etcd", "etcdctl", "python", "iproute", "unshare", "faketime", "node", "curl", "go"], "{report}");
     for line in report.lines() {
         assert!(line.contains(" found ") || line.contains(" MISSING "), "{line}");
     }
