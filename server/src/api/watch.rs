@@ -98,61 +98,37 @@ impl PbWatchService for WatchService {
                             }
                             next_id
                         };
-                        if hub.exists((stream, id)) {
-                            let dup = WatchResponse {
-                                header,
-                                watch_id: -1,
-                                created: true,
-                                canceled: true,
-                                cancel_reason: DUPLICATE_ID.into(),
-                                ..Default::default()
-                            };
-                            if tx.send(dup).await.is_err() {
-                                break;
-                            }
-                            continue;
-                        }
                         let bound = node.max_watchers_per_stream;
-                        if bound > 0 && ids.len() >= bound && hub.live_on_stream(stream, &mut ids) >= bound {
-                            // Created and canceled at once, as a refused watch.
-                            let refused = WatchResponse {
-                                header,
-                                watch_id: -1,
-                                created: true,
-                                canceled: true,
-                                cancel_reason: Error::TooManyRequests.to_string(),
-                                ..Default::default()
-                            };
-                            if tx.send(refused).await.is_err() {
-                                break;
-                            }
-                            continue;
-                        }
                         let checked_at = node.auth.revision();
-                        let resolved = super::resolve_caller(&node, token.as_deref(), common_name.as_deref()).await;
-                        let allowed = resolved.and_then(|caller| {
-                            node.auth.check(&caller, &c.key, &c.range_end, crate::auth::Need::Read)?;
-                            // Checked again after every auth change.
-                            Ok(match caller {
-                                Some(caller) => caller.user,
-                                None => common_name.clone().unwrap_or_default(),
-                            })
-                        });
-                        let Ok(user) = allowed else {
-                            // etcd: created and canceled at once, the
-                            // reason in gRPC's words.
-                            let denied = WatchResponse {
-                                header,
-                                watch_id: -1,
-                                created: true,
-                                canceled: true,
-                                cancel_reason: format!("rpc error: code = PermissionDenied desc = {}", Error::PermissionDenied),
-                                ..Default::default()
-                            };
-                            if tx.send(denied).await.is_err() {
-                                break;
+                        let admitted = if hub.exists((stream, id)) {
+                            Err(DUPLICATE_ID.to_owned())
+                        } else if bound > 0 && ids.len() >= bound && hub.live_on_stream(stream, &mut ids) >= bound {
+                            Err(Error::TooManyRequests.to_string())
+                        } else {
+                            let resolved = super::resolve_caller(&node, token.as_deref(), common_name.as_deref()).await;
+                            resolved
+                                .and_then(|caller| {
+                                    node.auth.check(&caller, &c.key, &c.range_end, crate::auth::Need::Read)?;
+                                    // Checked again after every auth change.
+                                    Ok(match caller {
+                                        Some(caller) => caller.user,
+                                        None => common_name.clone().unwrap_or_default(),
+                                    })
+                                })
+                                // etcd's reason: the error in gRPC's words.
+                                .map_err(|_| crate::watch::ACCESS_LOST.to_owned())
+                        };
+                        let user = match admitted {
+                            Ok(user) => user,
+                            Err(reason) => {
+                                // etcd: created and canceled at once.
+                                let refused =
+                                    WatchResponse { header, watch_id: -1, created: true, canceled: true, cancel_reason: reason, ..Default::default() };
+                                if tx.send(refused).await.is_err() {
+                                    break;
+                                }
+                                continue;
                             }
-                            continue;
                         };
                         let spec = WatchSpec {
                             key: c.key,
