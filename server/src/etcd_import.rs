@@ -34,8 +34,8 @@ const SCHEDULED_COMPACT: &str = "scheduledCompactRev";
 const FINISHED_COMPACT: &str = "finishedCompactRev";
 const AUTH_ENABLED: &[u8] = b"authEnabled";
 const AUTH_REVISION: &[u8] = b"authRevision";
-const AUTH_USERS_BUCKET: &[u8] = b"authUsers";
-const AUTH_ROLES_BUCKET: &[u8] = b"authRoles";
+const AUTH_USERS_BUCKET: &str = "authUsers";
+const AUTH_ROLES_BUCKET: &str = "authRoles";
 
 /// etcd's leasepb.Lease, the value of the `lease` bucket.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -147,22 +147,22 @@ pub fn import(db: &Db, each: &mut dyn FnMut(Record) -> Result<(), ImportError>) 
     })?;
 
     // Users and roles: etcd's authpb records are raftkv's, checked here.
-    for (bucket, what, count) in [(AUTH_USERS_BUCKET, "user", &mut summary.users), (AUTH_ROLES_BUCKET, "role", &mut summary.roles)] {
-        let bucket_name = if what == "user" { "authUsers" } else { "authRoles" };
-        visit(db, bucket, &mut |k, v| {
+    // Per kind: bucket, what it holds, the name in a record, raftkv's key.
+    type NameOf = fn(&[u8]) -> Result<Vec<u8>, prost::DecodeError>;
+    type Kind<'a> = (&'static str, &'static str, NameOf, fn(&[u8]) -> Vec<u8>, &'a mut u64);
+    let kinds: [Kind<'_>; 2] = [
+        (AUTH_USERS_BUCKET, "user", |v| crate::api::authpb::User::decode(v).map(|u| u.name), crate::auth::user_record_key, &mut summary.users),
+        (AUTH_ROLES_BUCKET, "role", |v| crate::api::authpb::Role::decode(v).map(|r| r.name), crate::auth::role_record_key, &mut summary.roles),
+    ];
+    for (bucket, what, name_in, record_key, count) in kinds {
+        visit(db, bucket.as_bytes(), &mut |k, v| {
             let name_of = |n: &[u8]| String::from_utf8_lossy(n).into_owned();
-            let bad = |error: String| ImportError::Auth { bucket: bucket_name, what, name: name_of(k), error };
-            let (decoded_name, key) = if what == "user" {
-                let user = crate::api::authpb::User::decode(v).map_err(|e| bad(e.to_string()))?;
-                (user.name, crate::auth::user_record_key(k))
-            } else {
-                let role = crate::api::authpb::Role::decode(v).map_err(|e| bad(e.to_string()))?;
-                (role.name, crate::auth::role_record_key(k))
-            };
+            let bad = |error: String| ImportError::Auth { bucket, what, name: name_of(k), error };
+            let decoded_name = name_in(v).map_err(|e| bad(e.to_string()))?;
             if decoded_name != k {
                 return Err(bad(format!("holds the record of {:?}", name_of(&decoded_name))));
             }
-            each(Record { cf: cf_code(Cf::Meta), key, value: v.to_vec() })?;
+            each(Record { cf: cf_code(Cf::Meta), key: record_key(k), value: v.to_vec() })?;
             *count += 1;
             Ok(())
         })?;
