@@ -468,10 +468,22 @@ const REFUSED_WITHIN: Duration = Duration::from_secs(10);
 async fn another_clusters_process_never_joins(cluster: &mut Cluster) -> anyhow::Result<()> {
     let leader = cluster.leader().await?;
     let term = raft_term(cluster, leader).await?;
+    // Every member has published its client URLs through raft (each does
+    // so once it is ready), or the lists below change by themselves.
     let mut lists = Vec::new();
-    for i in cluster.members() {
-        lists.push(member_details(cluster, i).await?);
-    }
+    eventually(REFUSED_WITHIN, async || {
+        lists.clear();
+        for i in cluster.members() {
+            let list = member_details(cluster, i).await?;
+            ensure!(
+                !list.iter().any(|m| m.contains(" [] ")),
+                "m{i} lists a member that has not published its client URLs: {list:#?}"
+            );
+            lists.push(list);
+        }
+        Ok(())
+    })
+    .await?;
 
     let stranger = cluster.spawn_stranger("stranger", "another-cluster")?;
     eventually(REFUSED_WITHIN, async || {
