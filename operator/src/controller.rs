@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 
 use crate::crd::{KvCluster, KvClusterStatus, ReclaimPolicy};
 use crate::members::{
-    MembershipApi, StepError, WorkloadError, Workloads, execute, initial_cluster,
+    ClientTls, MembershipApi, StepError, WorkloadError, Workloads, execute, initial_cluster,
 };
 use crate::metrics::{ClusterLabels, Metrics};
 use crate::planner::{Desired, Next, Observed, plan};
@@ -44,12 +44,12 @@ const WHEN_IDLE: Duration = Duration::from_secs(60);
 const AFTER_ERROR: Duration = Duration::from_secs(10);
 
 /// What every reconciliation shares. `connect` reaches a cluster's members
-/// through the given client URLs.
+/// through the given client URLs (with TLS, when they serve it).
 pub struct Context<M> {
     pub client: kube::Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
-    pub connect: Box<dyn Fn(Vec<String>) -> M + Send + Sync>,
+    pub connect: Box<dyn Fn(Vec<String>, Option<ClientTls>) -> M + Send + Sync>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,10 +62,14 @@ pub enum Error {
     Step(#[from] StepError),
     #[error("cannot encode an object: {0}")]
     Encode(#[from] serde_json::Error),
-    /// A field the CRD refuses, met under an API server that did not
+    /// A spec the CRD refuses, met under an API server that did not
     /// enforce the CRD's rules: nothing is created for it.
     #[error("{0}")]
-    Unsupported(&'static str),
+    Invalid(&'static str),
+    /// TLS the cluster needs is not there: a Secret or a key in it, or
+    /// cert-manager.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl Error {
@@ -80,7 +84,8 @@ impl Error {
             },
             Error::Step(_) => "step",
             Error::Encode(_) => "encode",
-            Error::Unsupported(_) => "unsupported",
+            Error::Invalid(_) => "invalid",
+            Error::Tls(_) => "tls",
         }
     }
 }
@@ -139,6 +144,44 @@ where
     Ok(())
 }
 
+/// Server-side apply of a cert-manager Certificate (a type this crate does
+/// not link).
+async fn apply_certificate(client: &kube::Client, namespace: &str, obj: &DynamicObject) -> Result<(), Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resources::certificate_resource());
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj)).await?;
+    Ok(())
+}
+
+/// What the operator trusts and presents to a cluster serving clients
+/// over TLS, read from its Secrets now (a renewed Secret is used from the
+/// next reconciliation on).
+async fn operator_tls(client: &kube::Client, kvc: &KvCluster, names: &Names) -> Result<Option<ClientTls>, Error> {
+    let Some(tls) = &kvc.spec.tls else { return Ok(None) };
+    let secrets = tls.secrets(&names.cluster);
+    let Some(client_secret) = secrets.client else { return Ok(None) };
+    let api: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
+    let key = async |secret: &str, key: &str| -> Result<Vec<u8>, Error> {
+        let found = api.get_opt(secret).await?;
+        let data = found
+            .as_ref()
+            .ok_or_else(|| Error::Tls(format!("the TLS Secret {secret} does not exist (yet)")))?
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key));
+        match data {
+            Some(bytes) if !bytes.0.is_empty() => Ok(bytes.0.clone()),
+            _ => Err(Error::Tls(format!("the TLS Secret {secret} has no {key}"))),
+        }
+    };
+    let ca = key(&client_secret, "ca.crt").await?;
+    let identity = match &secrets.operator {
+        Some(secret) => Some((key(secret, "tls.crt").await?, key(secret, "tls.key").await?)),
+        None => None,
+    };
+    Ok(Some(ClientTls { ca, identity }))
+}
+
 fn selector(names: &Names) -> String {
     names
         .selector_labels()
@@ -149,12 +192,29 @@ fn selector(names: &Names) -> String {
 }
 
 async fn apply<M: MembershipApi>(kvc: &KvCluster, ctx: &Context<M>) -> Result<Action, Error> {
-    if kvc.spec.tls.is_some() {
-        return Err(Error::Unsupported("spec.tls is not supported yet: members serve clients and peers in plaintext; remove spec.tls"));
+    if let Some(tls) = &kvc.spec.tls {
+        tls.check().map_err(Error::Invalid)?;
     }
     let client = &ctx.client;
     let names = Names::of(kvc);
     let ns = names.namespace.as_str();
+    if let Some(tls) = &kvc.spec.tls
+        && let Some(issuer) = &tls.cert_manager
+        && !kvc.spec.paused
+    {
+        for certificate in resources::certificates(kvc, issuer) {
+            match apply_certificate(client, ns, &certificate).await {
+                Err(Error::Kube(kube::Error::Api(e))) if e.code == 404 => {
+                    return Err(Error::Tls(format!(
+                        "spec.tls.certManager names issuer {}, but this API server does not serve cert-manager's Certificates (cert-manager.io/v1): install cert-manager",
+                        issuer.name
+                    )));
+                }
+                other => other?,
+            }
+        }
+    }
+    let client_tls = operator_tls(client, kvc, &names).await?;
     let previous = kvc.status.clone().unwrap_or_default();
 
     // What is there.
@@ -196,6 +256,7 @@ async fn apply<M: MembershipApi>(kvc: &KvCluster, ctx: &Context<M>) -> Result<Ac
         (0..sts_replicas.unwrap_or(1).max(1))
             .map(|o| names.client_url(o))
             .collect(),
+        client_tls,
     );
     let report = match sts {
         Some(_) => match membership.observe().await {

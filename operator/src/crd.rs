@@ -80,8 +80,8 @@ pub const GROUP: &str = "raftkv.io";
     "rule": "!(has(self.maintenance) && has(self.maintenance.compaction) && has(self.server) && has(self.server.autoCompaction))",
     "message": "compaction is set in maintenance.compaction or in server.autoCompaction, not both"
 }, {
-    "rule": "!has(self.tls)",
-    "message": "tls is not supported yet: members serve clients and peers in plaintext; remove spec.tls"
+    "rule": "has(self.tls) == has(oldSelf.tls) && (!has(self.tls) || self.tls == oldSelf.tls)",
+    "message": "tls is set when the cluster is created and cannot change (the members' URLs would change scheme); renew certificates by updating their Secrets"
 }]))]
 pub struct KvClusterSpec {
     /// Voting members. Odd sizes tolerate as many failures as the next even
@@ -106,8 +106,8 @@ pub struct KvClusterSpec {
     /// What the members' pods get besides raftkv itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplate>,
-    /// TLS for clients and peers. Refused (by the CRD, and by the operator
-    /// under an API server that skips CEL rules) until members serve TLS.
+    /// TLS for clients and peers, from Secrets or from cert-manager. Set
+    /// when the cluster is created; it cannot change after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
     /// raftkv server flags, passed to every member; a change rolls the
@@ -361,31 +361,128 @@ pub struct PodTemplate {
     pub priority_class_name: Option<String>,
 }
 
-/// TLS material: Secrets holding `tls.crt`, `tls.key` and `ca.crt`, or a
-/// cert-manager issuer to request them from.
+/// TLS for a cluster's clients and peers: Secrets the user provides, or
+/// cert-manager `Certificate`s the operator requests from an issuer. Each
+/// Secret holds `tls.crt`, `tls.key` and `ca.crt` (the layout of
+/// cert-manager and of `kubernetes.io/tls` Secrets with a CA). Members
+/// reload renewed certificate files without a restart, and the operator
+/// reads its own from the Secret at every reconciliation.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "!has(self.certManager) || (!has(self.clientSecretName) && !has(self.peerSecretName))",
+    "rule": "!has(self.certManager) || (!has(self.clientSecretName) && !has(self.peerSecretName) && !has(self.operatorSecretName))",
     "message": "either Secrets or a cert-manager issuer, not both"
+}, {
+    "rule": "has(self.certManager) || has(self.clientSecretName) || has(self.peerSecretName)",
+    "message": "tls needs clientSecretName, peerSecretName or certManager"
+}, {
+    "rule": "!has(self.operatorSecretName) || has(self.clientSecretName)",
+    "message": "operatorSecretName is the client certificate the operator presents to members serving clients over TLS: it needs clientSecretName"
+}, {
+    "rule": "!has(self.clientSecretName) || has(self.operatorSecretName) || (has(self.clientCertAuth) && !self.clientCertAuth)",
+    "message": "members require client certificates (clientCertAuth, the default): operatorSecretName must name the client certificate the operator and its backup Jobs present"
+}, {
+    "rule": "!has(self.clientCertAuth) || has(self.clientSecretName) || has(self.certManager)",
+    "message": "clientCertAuth needs client TLS (clientSecretName or certManager)"
 }]))]
 pub struct Tls {
+    /// Members serve clients over https with this Secret's certificate
+    /// (its names must cover `*.<cluster>-peer.<namespace>.svc` and the
+    /// client Service `<cluster>.<namespace>.svc`); its `ca.crt` is the CA
+    /// client certificates must be signed by, and the one the operator
+    /// verifies members with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub client_secret_name: Option<String>,
+    /// Raft between members over https with this Secret's certificate,
+    /// which each member also presents to its peers as a client (it needs
+    /// both the server and the client auth usage, or neither); peers must
+    /// be signed by its `ca.crt` (`--peer-client-cert-auth`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub peer_secret_name: Option<String>,
+    /// The client certificate (signed by the client CA) the operator and
+    /// its backup Jobs present to the members. Its common name is the user
+    /// it acts as once authentication is enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub operator_secret_name: Option<String>,
+    /// Whether members require a client certificate signed by the client
+    /// CA (`--client-cert-auth`). Defaults to true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_auth: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_manager: Option<CertManagerIssuer>,
+}
+
+/// The Secrets a cluster's TLS comes from, whichever way it is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSecrets {
+    /// Client TLS: the members' serving certificate and the client CA.
+    pub client: Option<String>,
+    pub peer: Option<String>,
+    /// The operator's client certificate, when members require one.
+    pub operator: Option<String>,
+}
+
+impl Tls {
+    /// The refusals of the CRD's rules, for an API server that skips them.
+    pub fn check(&self) -> Result<(), &'static str> {
+        let secrets = self.client_secret_name.is_some() || self.peer_secret_name.is_some() || self.operator_secret_name.is_some();
+        if self.cert_manager.is_some() && secrets {
+            return Err("either Secrets or a cert-manager issuer, not both");
+        }
+        if self.cert_manager.is_none() && self.client_secret_name.is_none() && self.peer_secret_name.is_none() {
+            return Err("tls needs clientSecretName, peerSecretName or certManager");
+        }
+        if self.operator_secret_name.is_some() && self.client_secret_name.is_none() {
+            return Err("operatorSecretName is the client certificate the operator presents to members serving clients over TLS: it needs clientSecretName");
+        }
+        if self.client_secret_name.is_some() && self.operator_secret_name.is_none() && self.client_cert_auth != Some(false) {
+            return Err("members require client certificates (clientCertAuth, the default): operatorSecretName must name the client certificate the operator and its backup Jobs present");
+        }
+        if self.client_cert_auth.is_some() && self.client_secret_name.is_none() && self.cert_manager.is_none() {
+            return Err("clientCertAuth needs client TLS (clientSecretName or certManager)");
+        }
+        Ok(())
+    }
+
+    /// Whether members require client certificates.
+    pub fn client_cert_auth(&self) -> bool {
+        self.client_cert_auth.unwrap_or(true)
+    }
+
+    /// The Secrets, named by the user or by the Certificates the operator
+    /// requests for `cluster` (`<cluster>-client-tls`, `-peer-tls`,
+    /// `-operator-tls`).
+    pub fn secrets(&self, cluster: &str) -> TlsSecrets {
+        if self.cert_manager.is_some() {
+            return TlsSecrets {
+                client: Some(format!("{cluster}-client-tls")),
+                peer: Some(format!("{cluster}-peer-tls")),
+                operator: self.client_cert_auth().then(|| format!("{cluster}-operator-tls")),
+            };
+        }
+        TlsSecrets {
+            client: self.client_secret_name.clone(),
+            peer: self.peer_secret_name.clone(),
+            operator: self.operator_secret_name.clone(),
+        }
+    }
 }
 
 /// A cert-manager `Issuer` or `ClusterIssuer`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CertManagerIssuer {
+    /// The issuer's name; an `Issuer` is in the KvCluster's namespace.
+    #[schemars(length(min = 1))]
     pub name: String,
-    /// `Issuer` (the default) or `ClusterIssuer`.
+    /// `Issuer` (the default) or `ClusterIssuer`, or an external issuer's kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// The issuer's API group: `cert-manager.io` (the default) or an
+    /// external issuer's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
 }
@@ -658,6 +755,28 @@ impl KvClusterSpec {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn tls_is_checked_as_the_crds_rules_refuse_it() {
+        let tls = |v: serde_json::Value| -> Tls { serde_json::from_value(v).expect("tls") };
+        let refused = |v: serde_json::Value| tls(v).check().expect_err("refused");
+        assert!(refused(serde_json::json!({})).contains("needs clientSecretName"));
+        assert!(refused(serde_json::json!({"certManager": {"name": "ca"}, "peerSecretName": "p"})).contains("not both"));
+        assert!(refused(serde_json::json!({"clientSecretName": "c"})).contains("operatorSecretName must name"));
+        assert!(refused(serde_json::json!({"peerSecretName": "p", "operatorSecretName": "o"})).contains("it needs clientSecretName"));
+        assert!(refused(serde_json::json!({"peerSecretName": "p", "clientCertAuth": false})).contains("clientCertAuth needs client TLS"));
+        for ok in [
+            serde_json::json!({"clientSecretName": "c", "operatorSecretName": "o"}),
+            serde_json::json!({"clientSecretName": "c", "clientCertAuth": false}),
+            serde_json::json!({"peerSecretName": "p"}),
+            serde_json::json!({"certManager": {"name": "ca"}, "clientCertAuth": false}),
+        ] {
+            assert_eq!(tls(ok.clone()).check(), Ok(()), "{ok}");
+        }
+        // Peer TLS alone: clients stay plaintext, the operator needs nothing.
+        let peer_only = tls(serde_json::json!({"peerSecretName": "p"})).secrets("demo");
+        assert_eq!((peer_only.client, peer_only.peer.as_deref(), peer_only.operator), (None, Some("p"), None));
+    }
 
     #[test]
     fn byte_sizes_read_as_kubernetes_writes_them() {

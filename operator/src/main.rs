@@ -187,7 +187,7 @@ async fn run(
         client: client.clone(),
         recorder: Recorder::new(client, reporter),
         metrics,
-        connect: Box::new(Membership::new),
+        connect: Box::new(|seeds, tls| Membership::new(seeds).with_tls(tls)),
     });
     futures::future::join(
         controller::run(ctx.clone(), namespaces.clone(), stopped.clone()),

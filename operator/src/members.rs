@@ -112,12 +112,46 @@ pub struct Report {
 #[derive(Debug, Clone)]
 pub struct Membership {
     seeds: Vec<String>,
+    tls: Option<ClientTls>,
 }
 
-async fn connect(endpoint: &str) -> Result<Client, etcd_client::Error> {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(CALL_TIMEOUT)
-        .with_timeout(CALL_TIMEOUT);
+/// What the operator trusts and presents when members serve clients over
+/// TLS: PEM read from the cluster's Secrets at each reconciliation, so a
+/// renewed Secret is used from the next one on.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// The CA members' certificates are signed by.
+    pub ca: Vec<u8>,
+    /// The operator's client certificate and key, when members ask for one.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls").field("identity", &self.identity.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    fn options(&self) -> etcd_client::TlsOptions {
+        let options = etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(&self.ca));
+        match &self.identity {
+            Some((cert, key)) => options.identity(etcd_client::Identity::from_pem(cert, key)),
+            None => options,
+        }
+    }
+}
+
+fn connect_options(tls: Option<&ClientTls>) -> ConnectOptions {
+    let options = ConnectOptions::new().with_connect_timeout(CALL_TIMEOUT);
+    match tls {
+        Some(tls) => options.with_tls(tls.options()),
+        None => options,
+    }
+}
+
+async fn connect(endpoint: &str, tls: Option<&ClientTls>) -> Result<Client, etcd_client::Error> {
+    let options = connect_options(tls).with_timeout(CALL_TIMEOUT);
     Client::connect([endpoint], Some(options)).await
 }
 
@@ -132,7 +166,12 @@ fn already(err: &etcd_client::Error, text: &str) -> bool {
 
 impl Membership {
     pub fn new(seeds: Vec<String>) -> Membership {
-        Membership { seeds }
+        Membership { seeds, tls: None }
+    }
+
+    /// Members serve clients over TLS: `tls` verifies them and is presented.
+    pub fn with_tls(self, tls: Option<ClientTls>) -> Membership {
+        Membership { tls, ..self }
     }
 
     /// A client of the first seed that answers MemberList, and the answer.
@@ -142,7 +181,7 @@ impl Membership {
         let mut last = String::from("no endpoints");
         for seed in &self.seeds {
             let attempt = async {
-                let mut client = connect(seed).await?;
+                let mut client = connect(seed, self.tls.as_ref()).await?;
                 let list = client.member_list().await?;
                 Ok::<_, etcd_client::Error>((client, list))
             };
@@ -192,12 +231,12 @@ impl MembershipApi for Membership {
     /// MemberList, then every member's Status on its client URLs.
     async fn observe(&self) -> Result<Report, MembershipError> {
         let (_, mut list) = self.any_member().await?;
-        let mut statuses = statuses_of(&list).await;
+        let mut statuses = statuses_of(&list, self.tls.as_ref()).await;
         // A follower may not have applied the latest membership change yet;
         // the leader committed it. Its list is the one to plan from.
         if let Some(leader) = leader_of(&list, &statuses)
             && let Some(from_leader) =
-                member_list_at(list.members().iter().find(|m| m.id() == leader)).await
+                member_list_at(list.members().iter().find(|m| m.id() == leader), self.tls.as_ref()).await
         {
             let shape = |l: &etcd_client::MemberListResponse| -> Vec<(u64, bool)> {
                 l.members()
@@ -207,7 +246,7 @@ impl MembershipApi for Membership {
             };
             if shape(&from_leader) != shape(&list) {
                 list = from_leader;
-                statuses = statuses_of(&list).await;
+                statuses = statuses_of(&list, self.tls.as_ref()).await;
             }
         }
         let cluster_id = list.header().map_or(0, |h| h.cluster_id());
@@ -334,7 +373,7 @@ impl MembershipApi for Membership {
             .ok_or(MembershipError::NoLeader)?;
         let mut last = None;
         for url in leader.client_urls() {
-            match connect(url).await {
+            match connect(url, self.tls.as_ref()).await {
                 Ok(mut client) => match client.move_leader(to).await {
                     Ok(_) => return Ok(()),
                     Err(err) => last = Some(err),
@@ -394,7 +433,7 @@ impl MembershipApi for Membership {
         for url in member.client_urls() {
             // A defragmentation of a large member takes a while: no call
             // timeout, only the connection's.
-            let options = ConnectOptions::new().with_connect_timeout(CALL_TIMEOUT);
+            let options = connect_options(self.tls.as_ref());
             match Client::connect([url], Some(options)).await {
                 Ok(mut client) => match client.defragment().await {
                     Ok(_) => return Ok(()),
@@ -430,10 +469,10 @@ pub fn raftkv_version(status_version: &str) -> &str {
 
 /// Status on the first of `urls` that answers; None if none does (a
 /// learner that has not started has no client URLs yet).
-async fn status_of(urls: Vec<String>) -> Option<StatusObs> {
+async fn status_of(urls: Vec<String>, tls: Option<&ClientTls>) -> Option<StatusObs> {
     for url in urls {
         let attempt = async {
-            let mut client = connect(&url).await?;
+            let mut client = connect(&url, tls).await?;
             client.status().await
         };
         if let Ok(Ok(s)) = tokio::time::timeout(CALL_TIMEOUT, attempt).await {
@@ -452,11 +491,11 @@ async fn status_of(urls: Vec<String>) -> Option<StatusObs> {
 }
 
 /// Every member's Status, in MemberList order.
-async fn statuses_of(list: &etcd_client::MemberListResponse) -> Vec<Option<StatusObs>> {
+async fn statuses_of(list: &etcd_client::MemberListResponse, tls: Option<&ClientTls>) -> Vec<Option<StatusObs>> {
     join_all(
         list.members()
             .iter()
-            .map(|m| status_of(m.client_urls().to_vec())),
+            .map(|m| status_of(m.client_urls().to_vec(), tls)),
     )
     .await
 }
@@ -482,9 +521,10 @@ fn leader_of(
 /// MemberList asked of one member.
 async fn member_list_at(
     member: Option<&etcd_client::Member>,
+    tls: Option<&ClientTls>,
 ) -> Option<etcd_client::MemberListResponse> {
     for url in member?.client_urls() {
-        let attempt = async { connect(url).await?.member_list().await };
+        let attempt = async { connect(url, tls).await?.member_list().await };
         if let Ok(Ok(list)) = tokio::time::timeout(CALL_TIMEOUT, attempt).await {
             return Some(list);
         }

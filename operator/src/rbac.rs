@@ -95,10 +95,18 @@ pub const RULES: &[Rule] = &[
     },
     // A destination's credentials: checked to exist before a Job that
     // could only fail is started (the values are the kubelet's to read).
+    // A TLS cluster's CA and the operator's client certificate: read at
+    // each reconciliation, to reach the members.
     Rule {
         api_groups: "",
         resources: &["secrets"],
         verbs: &["get"],
+    },
+    // spec.tls.certManager: the members' and the operator's Certificates.
+    Rule {
+        api_groups: "cert-manager.io",
+        resources: &["certificates"],
+        verbs: &["create", "patch"],
     },
 ];
 

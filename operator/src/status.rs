@@ -399,6 +399,8 @@ mod tests {
         Names {
             cluster: "demo".into(),
             namespace: "prod".into(),
+            client_tls: false,
+            peer_tls: false,
         }
     }
 

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, EnvVarSource, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec,
+    Container, EnvVar, EnvVarSource, KeyToPath, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec,
     SecretKeySelector, SecretVolumeSource, Volume as PodVolume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -262,15 +262,68 @@ pub fn backup_job(backup: &KvBackup, kvc: &KvCluster, member_url: &str) -> Optio
     let namespace = backup.namespace().unwrap_or_else(|| "default".to_owned());
     let name = backup.name_any();
     let url = object_url(&backup.spec.destination, |prefix| object_key(prefix, &namespace, &backup.spec.cluster, &name))?;
-    let args = vec![
+    let mut args = vec![
         format!("--endpoints={member_url}"),
         "--dial-timeout=10s".to_owned(),
+    ];
+    let tls = client_tls(kvc);
+    args.extend(tls.iter().flat_map(|t| t.args.clone()));
+    args.extend([
         "snapshot".to_owned(),
         "save".to_owned(),
         url,
         "--report-file=/dev/termination-log".to_owned(),
-    ];
-    Some(raftkvctl_job(backup, job_name(&name), kvc.spec.image(), args, true))
+    ]);
+    let mut job = raftkvctl_job(backup, job_name(&name), kvc.spec.image(), args, true);
+    if let Some(tls) = tls
+        && let Some(pod) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut())
+    {
+        pod.volumes.get_or_insert_with(Vec::new).extend(tls.volumes);
+        pod.containers[0].volume_mounts.get_or_insert_with(Vec::new).extend(tls.mounts);
+    }
+    Some(job)
+}
+
+/// raftkvctl's TLS flags for a cluster serving clients over TLS, with the
+/// volumes they read: the client CA (only `ca.crt` of the members' Secret,
+/// never their key) and the operator's client certificate.
+struct JobTls {
+    args: Vec<String>,
+    volumes: Vec<PodVolume>,
+    mounts: Vec<VolumeMount>,
+}
+
+const JOB_TLS_DIR: &str = "/etc/raftkv/tls";
+
+fn client_tls(kvc: &KvCluster) -> Option<JobTls> {
+    let secrets = kvc.spec.tls.as_ref()?.secrets(&kvc.name_any());
+    let client = secrets.client?;
+    let secret_volume = |name: &str, secret: String, keys: &[&str]| PodVolume {
+        name: name.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret),
+            items: Some(keys.iter().map(|k| KeyToPath { key: (*k).to_owned(), path: (*k).to_owned(), mode: None }).collect()),
+            ..SecretVolumeSource::default()
+        }),
+        ..PodVolume::default()
+    };
+    let mount = |name: &str| VolumeMount {
+        name: name.to_owned(),
+        mount_path: format!("{JOB_TLS_DIR}/{name}"),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    let mut tls = JobTls {
+        args: vec![format!("--cacert={JOB_TLS_DIR}/client-ca/ca.crt")],
+        volumes: vec![secret_volume("client-ca", client, &["ca.crt"])],
+        mounts: vec![mount("client-ca")],
+    };
+    if let Some(operator) = secrets.operator {
+        tls.args.extend([format!("--cert={JOB_TLS_DIR}/operator-tls/tls.crt"), format!("--key={JOB_TLS_DIR}/operator-tls/tls.key")]);
+        tls.volumes.push(secret_volume("operator-tls", operator, &["tls.crt", "tls.key"]));
+        tls.mounts.push(mount("operator-tls"));
+    }
+    Some(tls)
 }
 
 /// What `raftkvctl snapshot save --report-file` wrote.

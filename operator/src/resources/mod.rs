@@ -5,15 +5,17 @@
 //! planner decided) and return objects; they never call the API server, so
 //! `render` and the tests see exactly what the controller applies.
 
+mod certificates;
 mod configmap;
 mod pdb;
 mod services;
 mod statefulset;
 
+pub use certificates::{OPERATOR_COMMON_NAME, certificate_resource, certificates};
 pub use configmap::{Bootstrap, InitialClusterState, configmap};
 pub use pdb::{max_unavailable, pdb};
 pub use services::{client_service, peer_service};
-pub use statefulset::{RestoreFrom, add_restore, statefulset};
+pub use statefulset::{RestoreFrom, TLS_DIR, add_restore, statefulset};
 
 use std::collections::BTreeMap;
 
@@ -26,6 +28,9 @@ use crate::crd::KvCluster;
 pub const CLIENT_PORT: i32 = 2379;
 /// The peer port: raft between members.
 pub const PEER_PORT: i32 = 2380;
+/// With client TLS: `/health` and `/metrics` in plaintext, for probes and
+/// scrapers (etcd's `--listen-metrics-urls`, port as kubeadm's).
+pub const METRICS_PORT: i32 = 2381;
 /// Where each member's volume is mounted; raftkv's data dir is a
 /// subdirectory, because a fresh filesystem may hold `lost+found` and raftkv
 /// refuses a non-empty directory that is not its own.
@@ -41,14 +46,29 @@ pub const MANAGER: &str = "raftkv-operator";
 pub struct Names {
     pub cluster: String,
     pub namespace: String,
+    /// Members serve clients, and peers, over https (`spec.tls`).
+    pub client_tls: bool,
+    pub peer_tls: bool,
 }
 
 impl Names {
     pub fn of(kvc: &KvCluster) -> Names {
+        let cluster = kvc.name_any();
+        let secrets = kvc.spec.tls.as_ref().map(|t| t.secrets(&cluster));
         Names {
-            cluster: kvc.name_any(),
+            client_tls: secrets.as_ref().is_some_and(|s| s.client.is_some()),
+            peer_tls: secrets.as_ref().is_some_and(|s| s.peer.is_some()),
             namespace: kvc.namespace().unwrap_or_else(|| "default".to_owned()),
+            cluster,
         }
+    }
+
+    pub fn client_scheme(&self) -> &'static str {
+        if self.client_tls { "https" } else { "http" }
+    }
+
+    pub fn peer_scheme(&self) -> &'static str {
+        if self.peer_tls { "https" } else { "http" }
     }
 
     /// The StatefulSet, the client Service and the PodDisruptionBudget.
@@ -94,11 +114,26 @@ impl Names {
     }
 
     pub fn peer_url(&self, ordinal: u32) -> String {
-        format!("http://{}:{PEER_PORT}", self.host(ordinal))
+        format!("{}://{}:{PEER_PORT}", self.peer_scheme(), self.host(ordinal))
     }
 
     pub fn client_url(&self, ordinal: u32) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.host(ordinal))
+        format!("{}://{}:{CLIENT_PORT}", self.client_scheme(), self.host(ordinal))
+    }
+
+    /// The DNS names every member's certificates must cover: any member's
+    /// pod name, and the client Service.
+    pub fn tls_dns_names(&self) -> Vec<String> {
+        let ns = &self.namespace;
+        let peers = self.peer_service();
+        let client = self.client_service();
+        vec![
+            format!("*.{peers}.{ns}.svc"),
+            format!("*.{peers}.{ns}.svc.cluster.local"),
+            format!("{client}.{ns}.svc"),
+            format!("{client}.{ns}.svc.cluster.local"),
+            "localhost".to_owned(),
+        ]
     }
 
     /// The ordinal of a member's name (`demo-2`), if it is one of ours.
@@ -111,7 +146,8 @@ impl Names {
     /// The ordinal whose peer URL `url` is, if any.
     pub fn ordinal_of_peer_url(&self, url: &str) -> Option<u32> {
         let host = url
-            .strip_prefix("http://")?
+            .strip_prefix(self.peer_scheme())?
+            .strip_prefix("://")?
             .strip_suffix(&format!(":{PEER_PORT}"))?;
         let suffix = format!(".{}.{}.svc", self.peer_service(), self.namespace);
         let member = host.strip_suffix(&suffix)?;

@@ -17,13 +17,13 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Affinity, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, VolumeMount,
+    PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, SecretVolumeSource, Volume, VolumeMount,
     VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{CLIENT_PORT, DATA_DIR, Names, PEER_PORT, VOLUME_MOUNT, VOLUME_NAME, metadata};
+use super::{CLIENT_PORT, DATA_DIR, METRICS_PORT, Names, PEER_PORT, VOLUME_MOUNT, VOLUME_NAME, metadata};
 use crate::backup::crd::Destination;
 use crate::crd::{AutoCompaction, CompactionMode, KvCluster, ReclaimPolicy, ServerSettings, byte_size};
 
@@ -77,6 +77,7 @@ pub fn statefulset(kvc: &KvCluster, replicas: i32) -> StatefulSet {
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container(kvc, &names)],
+                    volumes: Some(tls_volumes(kvc, &names)).filter(|v| !v.is_empty()),
                     affinity: Some(
                         template
                             .affinity
@@ -194,7 +195,7 @@ pub fn add_restore(sts: &mut StatefulSet, kvc: &KvCluster, from: &RestoreFrom) {
             "--name=$(POD_NAME)".to_owned(),
             "--initial-cluster=$(RAFTKV_INITIAL_CLUSTER)".to_owned(),
             "--initial-cluster-token=$(RAFTKV_INITIAL_CLUSTER_TOKEN)".to_owned(),
-            format!("--initial-advertise-peer-urls=http://{host}:{PEER_PORT}"),
+            format!("--initial-advertise-peer-urls={}://{host}:{PEER_PORT}", names.peer_scheme()),
             "--initial-cluster-state=$(RAFTKV_INITIAL_CLUSTER_STATE)".to_owned(),
             "--keep-existing-data-dir".to_owned(),
         ]),
@@ -217,14 +218,53 @@ fn container(kvc: &KvCluster, names: &Names) -> Container {
         names.peer_service(),
         names.namespace
     );
+    let (client, peer) = (names.client_scheme(), names.peer_scheme());
     let mut args = vec![
         "--name=$(POD_NAME)".to_owned(),
         format!("--data-dir={DATA_DIR}"),
-        format!("--listen-client-urls=http://0.0.0.0:{CLIENT_PORT}"),
-        format!("--advertise-client-urls=http://{host}:{CLIENT_PORT}"),
-        format!("--listen-peer-urls=http://0.0.0.0:{PEER_PORT}"),
-        format!("--initial-advertise-peer-urls=http://{host}:{PEER_PORT}"),
+        format!("--listen-client-urls={client}://0.0.0.0:{CLIENT_PORT}"),
+        format!("--advertise-client-urls={client}://{host}:{CLIENT_PORT}"),
+        format!("--listen-peer-urls={peer}://0.0.0.0:{PEER_PORT}"),
+        format!("--initial-advertise-peer-urls={peer}://{host}:{PEER_PORT}"),
     ];
+    let tls = kvc.spec.tls.as_ref().map(|t| (t, t.secrets(&names.cluster)));
+    let mut mounts = vec![VolumeMount {
+        name: VOLUME_NAME.to_owned(),
+        mount_path: VOLUME_MOUNT.to_owned(),
+        ..VolumeMount::default()
+    }];
+    if let Some((tls, secrets)) = &tls {
+        if secrets.client.is_some() {
+            let dir = format!("{TLS_DIR}/{CLIENT_TLS_VOLUME}");
+            args.extend([
+                format!("--cert-file={dir}/tls.crt"),
+                format!("--key-file={dir}/tls.key"),
+                format!("--trusted-ca-file={dir}/ca.crt"),
+            ]);
+            if tls.client_cert_auth() {
+                args.push("--client-cert-auth".to_owned());
+            }
+            // Probes cannot present a client certificate: health and
+            // metrics on a plaintext port of their own, as etcd's
+            // --listen-metrics-urls.
+            args.push(format!("--listen-metrics-urls=http://0.0.0.0:{METRICS_PORT}"));
+            mounts.push(tls_mount(CLIENT_TLS_VOLUME));
+        }
+        if secrets.peer.is_some() {
+            let dir = format!("{TLS_DIR}/{PEER_TLS_VOLUME}");
+            args.extend([
+                format!("--peer-cert-file={dir}/tls.crt"),
+                format!("--peer-key-file={dir}/tls.key"),
+                format!("--peer-trusted-ca-file={dir}/ca.crt"),
+                "--peer-client-cert-auth".to_owned(),
+            ]);
+            mounts.push(tls_mount(PEER_TLS_VOLUME));
+        }
+    }
+    let probe_port = if names.client_tls { "metrics" } else { "client" };
+    // /version is on the client port only; the metrics port's /metrics
+    // answers whether or not there is a leader, as liveness needs.
+    let alive_path = if names.client_tls { "/metrics" } else { "/version" };
     if let Some(server) = &kvc.spec.server {
         args.extend(server_flags(server));
     }
@@ -233,7 +273,7 @@ fn container(kvc: &KvCluster, names: &Names) -> Container {
     }
     let http_get = |path: &str| HTTPGetAction {
         path: Some(path.to_owned()),
-        port: IntOrString::String("client".to_owned()),
+        port: IntOrString::String(probe_port.to_owned()),
         ..HTTPGetAction::default()
     };
     Container {
@@ -259,18 +299,17 @@ fn container(kvc: &KvCluster, names: &Names) -> Container {
             }),
             ..EnvFromSource::default()
         }]),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("client".to_owned()),
-                container_port: CLIENT_PORT,
-                ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("peer".to_owned()),
-                container_port: PEER_PORT,
-                ..ContainerPort::default()
-            },
-        ]),
+        ports: Some(
+            [("client", CLIENT_PORT), ("peer", PEER_PORT)]
+                .into_iter()
+                .chain(names.client_tls.then_some(("metrics", METRICS_PORT)))
+                .map(|(name, port)| ContainerPort {
+                    name: Some(name.to_owned()),
+                    container_port: port,
+                    ..ContainerPort::default()
+                })
+                .collect(),
+        ),
         // Ready = has a leader and answers a linearizable read round.
         readiness_probe: Some(Probe {
             http_get: Some(http_get("/health")),
@@ -283,26 +322,58 @@ fn container(kvc: &KvCluster, names: &Names) -> Container {
         // and killing every member of a cluster that lost its leader would
         // turn a blip into an outage, so liveness does not ask for one.
         liveness_probe: Some(Probe {
-            http_get: Some(http_get("/version")),
+            http_get: Some(http_get(alive_path)),
             period_seconds: Some(10),
             timeout_seconds: Some(5),
             failure_threshold: Some(6),
             ..Probe::default()
         }),
         startup_probe: Some(Probe {
-            http_get: Some(http_get("/version")),
+            http_get: Some(http_get(alive_path)),
             period_seconds: Some(STARTUP_PROBE_PERIOD),
             failure_threshold: Some(STARTUP_PROBE_FAILURES),
             ..Probe::default()
         }),
         resources: kvc.spec.resources.clone(),
-        volume_mounts: Some(vec![VolumeMount {
-            name: VOLUME_NAME.to_owned(),
-            mount_path: VOLUME_MOUNT.to_owned(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(mounts),
         ..Container::default()
     }
+}
+
+/// Where the TLS Secrets are mounted, one directory each.
+pub const TLS_DIR: &str = "/etc/raftkv/tls";
+const CLIENT_TLS_VOLUME: &str = "client-tls";
+const PEER_TLS_VOLUME: &str = "peer-tls";
+
+fn tls_mount(volume: &str) -> VolumeMount {
+    VolumeMount {
+        name: volume.to_owned(),
+        mount_path: format!("{TLS_DIR}/{volume}"),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
+}
+
+/// The pod's Secret volumes of `spec.tls`. Mounted whole (not by
+/// `subPath`), so that the kubelet updates the files when the Secret is
+/// renewed and raftkv reloads them.
+fn tls_volumes(kvc: &KvCluster, names: &Names) -> Vec<Volume> {
+    let Some(secrets) = kvc.spec.tls.as_ref().map(|t| t.secrets(&names.cluster)) else {
+        return Vec::new();
+    };
+    [(CLIENT_TLS_VOLUME, secrets.client), (PEER_TLS_VOLUME, secrets.peer)]
+        .into_iter()
+        .filter_map(|(volume, secret)| {
+            Some(Volume {
+                name: volume.to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret?),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            })
+        })
+        .collect()
 }
 
 /// Without an affinity of the user's, prefer one member per node.
@@ -371,6 +442,102 @@ mod tests {
         let spec = sts.spec.expect("spec");
         assert_eq!(spec.service_name.as_deref(), Some("demo-peer"));
         assert_eq!(spec.replicas, Some(1));
+    }
+
+    fn with_tls(tls: serde_json::Value) -> KvCluster {
+        let mut kvc = kvcluster("demo", 3);
+        kvc.spec.tls = Some(serde_json::from_value(tls).expect("tls"));
+        kvc
+    }
+
+    #[test]
+    fn tls_from_secrets_mounts_them_and_members_serve_https_with_probes_on_the_metrics_port() {
+        let kvc = with_tls(serde_json::json!({
+            "clientSecretName": "client-tls", "peerSecretName": "peer-tls", "operatorSecretName": "op-tls",
+        }));
+        let sts = statefulset(&kvc, 3);
+        let args = args(&sts);
+        for expected in [
+            "--listen-client-urls=https://0.0.0.0:2379",
+            "--advertise-client-urls=https://$(POD_NAME).demo-peer.prod.svc:2379",
+            "--listen-peer-urls=https://0.0.0.0:2380",
+            "--initial-advertise-peer-urls=https://$(POD_NAME).demo-peer.prod.svc:2380",
+            "--cert-file=/etc/raftkv/tls/client-tls/tls.crt",
+            "--key-file=/etc/raftkv/tls/client-tls/tls.key",
+            "--trusted-ca-file=/etc/raftkv/tls/client-tls/ca.crt",
+            "--client-cert-auth",
+            "--listen-metrics-urls=http://0.0.0.0:2381",
+            "--peer-cert-file=/etc/raftkv/tls/peer-tls/tls.crt",
+            "--peer-key-file=/etc/raftkv/tls/peer-tls/tls.key",
+            "--peer-trusted-ca-file=/etc/raftkv/tls/peer-tls/ca.crt",
+            "--peer-client-cert-auth",
+        ] {
+            assert!(args.contains(&expected.to_owned()), "{expected} missing from {args:?}");
+        }
+        let names = Names::of(&kvc);
+        assert_eq!(names.peer_url(2), "https://demo-2.demo-peer.prod.svc:2380");
+        assert_eq!(names.client_url(0), "https://demo-0.demo-peer.prod.svc:2379");
+        assert_eq!(names.ordinal_of_peer_url("https://demo-2.demo-peer.prod.svc:2380"), Some(2));
+        assert_eq!(names.ordinal_of_peer_url("http://demo-2.demo-peer.prod.svc:2380"), None);
+
+        let pod = pod_spec(&sts);
+        // Whole Secrets (no subPath): the kubelet swaps renewed files in.
+        let volumes: Vec<(String, Option<String>)> = pod
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| (v.name, v.secret.and_then(|s| s.secret_name)))
+            .collect();
+        assert_eq!(
+            volumes,
+            [("client-tls".to_owned(), Some("client-tls".to_owned())), ("peer-tls".to_owned(), Some("peer-tls".to_owned()))]
+        );
+        let container = &pod.containers[0];
+        let mounts: Vec<(String, String, Option<String>)> = container
+            .volume_mounts
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| (m.name, m.mount_path, m.sub_path))
+            .collect();
+        assert!(mounts.contains(&("client-tls".into(), "/etc/raftkv/tls/client-tls".into(), None)), "{mounts:?}");
+        assert!(mounts.contains(&("peer-tls".into(), "/etc/raftkv/tls/peer-tls".into(), None)), "{mounts:?}");
+        // The operator's certificate is its own: never in a member's pod.
+        assert!(!format!("{pod_volumes:?}", pod_volumes = pod_spec(&sts).volumes).contains("op-tls"));
+        let ports: Vec<(Option<String>, i32)> =
+            container.ports.clone().unwrap_or_default().into_iter().map(|p| (p.name, p.container_port)).collect();
+        assert!(ports.contains(&(Some("metrics".into()), 2381)), "{ports:?}");
+        for (what, probe) in [
+            ("readiness", &container.readiness_probe),
+            ("liveness", &container.liveness_probe),
+            ("startup", &container.startup_probe),
+        ] {
+            let get = probe.as_ref().and_then(|p| p.http_get.clone()).expect("an HTTP probe");
+            assert_eq!(get.port, IntOrString::String("metrics".into()), "{what}");
+            assert_eq!(get.scheme, None, "{what} is plaintext");
+        }
+    }
+
+    #[test]
+    fn client_tls_without_client_certificates_and_plaintext_peers() {
+        let sts = statefulset(&with_tls(serde_json::json!({"clientSecretName": "client-tls", "clientCertAuth": false})), 3);
+        let args = args(&sts);
+        assert!(args.contains(&"--listen-client-urls=https://0.0.0.0:2379".to_owned()), "{args:?}");
+        assert!(args.contains(&"--listen-peer-urls=http://0.0.0.0:2380".to_owned()), "{args:?}");
+        assert!(!args.iter().any(|a| a == "--client-cert-auth" || a.starts_with("--peer-")), "{args:?}");
+    }
+
+    #[test]
+    fn a_cert_manager_issuer_mounts_the_secrets_its_certificates_write() {
+        let sts = statefulset(&with_tls(serde_json::json!({"certManager": {"name": "ca"}})), 3);
+        let secrets: Vec<String> = pod_spec(&sts)
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| v.secret.and_then(|s| s.secret_name))
+            .collect();
+        assert_eq!(secrets, ["demo-client-tls", "demo-peer-tls"]);
+        assert!(args(&sts).contains(&"--client-cert-auth".to_owned()));
     }
 
     #[test]

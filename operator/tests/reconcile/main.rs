@@ -20,7 +20,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use raftkv_operator::controller::{Context, error_policy, reconcile};
 use raftkv_operator::crd::KvCluster;
-use raftkv_operator::members::{MemberDetail, MembershipApi, MembershipError, Report};
+use raftkv_operator::members::{ClientTls, MemberDetail, MembershipApi, MembershipError, Report};
 use raftkv_operator::metrics::Metrics;
 use raftkv_operator::planner::{ClusterObs, MemberObs};
 use raftkv_operator::resources::Names;
@@ -42,6 +42,8 @@ fn names() -> Names {
     Names {
         cluster: "demo".into(),
         namespace: "prod".into(),
+        client_tls: false,
+        peer_tls: false,
     }
 }
 
@@ -355,7 +357,7 @@ impl Harness {
                 },
             ),
             metrics: Arc::new(Metrics::default()),
-            connect: Box::new(move |_| etcd.clone()),
+            connect: Box::new(move |_, _| etcd.clone()),
         })
     }
 
@@ -722,19 +724,100 @@ async fn a_paused_cluster_is_reported_but_not_changed() {
     .await;
 }
 
-/// spec.tls is refused by the CRD; under an API server that did not enforce
-/// its rules the operator refuses it too, creating nothing.
+/// A spec.tls the CRD refuses (members requiring client certificates, and
+/// none named for the operator) is refused by the operator too under an API
+/// server that did not enforce the CRD's rules, creating nothing.
 #[tokio::test]
-async fn a_cluster_asking_for_tls_is_refused_and_nothing_is_made() {
+async fn a_cluster_with_tls_the_crd_refuses_is_refused_and_nothing_is_made() {
     within(async {
         let h = Harness::new(3);
         h.edit(|k| k["spec"]["tls"] = json!({"clientSecretName": "client-tls"}));
         // The first reconciliation only adds the finalizer.
         h.reconcile().await.expect("the finalizer added");
         let err = h.reconcile().await.expect_err("spec.tls must be refused");
-        assert!(err.to_string().contains("spec.tls is not supported yet"), "{err}");
+        assert!(err.to_string().contains("operatorSecretName must name the client certificate"), "{err}");
         let made: Vec<String> = h.log().into_iter().filter(|l| l.starts_with("PATCH") && !l.contains("/kvclusters/")).collect();
         assert!(made.is_empty(), "{made:#?}");
+    })
+    .await;
+}
+
+/// A cluster whose TLS Secret does not exist yet: the operator says which,
+/// and makes no member that could not start.
+#[tokio::test]
+async fn a_cluster_whose_tls_secret_is_missing_waits_for_it_and_says_so() {
+    within(async {
+        let h = Harness::new(3);
+        h.edit(|k| k["spec"]["tls"] = json!({"clientSecretName": "client-tls", "clientCertAuth": false}));
+        h.reconcile().await.expect("the finalizer added");
+        let err = h.reconcile().await.expect_err("a missing Secret");
+        assert!(err.to_string().contains("the TLS Secret client-tls does not exist"), "{err}");
+        let made: Vec<String> = h.log().into_iter().filter(|l| l.starts_with("PATCH") && !l.contains("/kvclusters/")).collect();
+        assert!(made.is_empty(), "{made:#?}");
+    })
+    .await;
+}
+
+/// With a cert-manager issuer: the three Certificates are applied first;
+/// until cert-manager has written their Secrets the operator makes no
+/// member and says which Secret it waits for; then the members are made,
+/// the operator reaching them with the client CA and its own
+/// certificate read from the Secrets, a renewed Secret used from the next
+/// reconciliation on.
+#[tokio::test]
+async fn a_cert_manager_cluster_gets_its_certificates_and_is_reached_with_their_secrets() {
+    within(async {
+        let mut h = Harness::new(3);
+        let seen: Arc<Mutex<Vec<Option<ClientTls>>>> = Arc::default();
+        let (etcd, record) = (h.etcd.clone(), seen.clone());
+        let mut ctx = Harness::context(&h.api, &h.etcd);
+        if let Some(c) = Arc::get_mut(&mut ctx) {
+            c.connect = Box::new(move |_, tls| {
+                record.lock().unwrap_or_else(PoisonError::into_inner).push(tls);
+                etcd.clone()
+            });
+        }
+        h.ctx = ctx;
+        h.edit(|k| k["spec"]["tls"] = json!({"certManager": {"name": "ca", "kind": "ClusterIssuer"}}));
+        h.reconcile().await.expect("the finalizer added");
+        let err = h.reconcile().await.expect_err("no Secret yet");
+        assert!(err.to_string().contains("the TLS Secret demo-client-tls does not exist"), "{err}");
+        for name in ["demo-client-tls", "demo-peer-tls", "demo-operator-tls"] {
+            let cert = h.api.get(&format!("/apis/cert-manager.io/v1/namespaces/prod/certificates/{name}")).expect(name);
+            assert_eq!(cert["spec"]["secretName"], name);
+            assert_eq!(cert["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+        }
+        assert!(h.api.get(STS).is_none(), "a StatefulSet before its Secrets exist");
+
+        // cert-manager issues them.
+        let secret = |name: &str, crt: &str| {
+            let b64 = |s: &str| json!(k8s_openapi::ByteString(s.as_bytes().to_vec()));
+            json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                   "metadata": {"name": name, "namespace": "prod"},
+                   "data": {"tls.crt": b64(crt), "tls.key": b64(&format!("{crt} key")), "ca.crt": b64("the CA")}})
+        };
+        for name in ["demo-client-tls", "demo-peer-tls"] {
+            h.api.insert(&format!("/api/v1/namespaces/prod/secrets/{name}"), secret(name, "member"));
+        }
+        h.api.insert("/api/v1/namespaces/prod/secrets/demo-operator-tls", secret("demo-operator-tls", "operator v1"));
+        // (The fake cluster's members advertise http URLs: the scenario
+        // stops at the founding member, reached over TLS.)
+        for _ in 0..3 {
+            h.reconcile().await.expect("reconcile");
+            tick(&h.api, &h.etcd);
+        }
+        let sts = h.api.get(STS).expect("the StatefulSet");
+        let args = sts["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+        assert!(args.contains("--listen-client-urls=https://") && args.contains("--peer-client-cert-auth"), "{args}");
+        let expected = |crt: &str| ClientTls { ca: b"the CA".to_vec(), identity: Some((crt.as_bytes().to_vec(), format!("{crt} key").into_bytes())) };
+        let last = seen.lock().unwrap_or_else(PoisonError::into_inner).last().cloned().flatten();
+        assert_eq!(last, Some(expected("operator v1")));
+
+        // Renewed: the next reconciliation presents the new certificate.
+        h.api.insert("/api/v1/namespaces/prod/secrets/demo-operator-tls", secret("demo-operator-tls", "operator v2"));
+        h.reconcile().await.expect("reconcile");
+        let last = seen.lock().unwrap_or_else(PoisonError::into_inner).last().cloned().flatten();
+        assert_eq!(last, Some(expected("operator v2")));
     })
     .await;
 }
@@ -792,6 +875,7 @@ fn the_rbac_rules_grant_exactly_the_calls_the_operator_makes() {
     an_operator_restarted_mid_step_resumes_without_repeating_it();
     a_paused_cluster_is_reported_but_not_changed();
     deletion_runs_cleanup_then_releases_the_finalizer();
+    a_cert_manager_cluster_gets_its_certificates_and_is_reached_with_their_secrets();
     the_error_policy_counts_the_failure_and_requeues();
     backups::a_backup_runs_a_job_against_a_follower_and_records_its_report();
     backups::bad_backups_fail_with_a_clear_error_and_start_no_job();
