@@ -299,14 +299,34 @@ async fn san_matches(der: &[u8], remote: std::net::IpAddr) -> Result<(), String>
     if ips.is_empty() && dns.is_empty() || ips.contains(&remote) {
         return Ok(());
     }
-    for name in &dns {
+    // As etcd: the remote address's reverse name, against the names and
+    // the wildcards' suffixes (a peer certificate for
+    // `*.demo-peer.ns.svc`, and a pod connecting from an address whose
+    // name is `demo-1.demo-peer.ns.svc`), then the names looked up.
+    let (wildcards, names): (Vec<&String>, Vec<&String>) = dns.iter().partition(|d| d.starts_with("*."));
+    let reverse = tokio::task::spawn_blocking(move || reverse_name(remote)).await.unwrap_or_else(|e| Err(e.to_string()));
+    if let Ok(reverse) = reverse.as_deref().map(|r| r.trim_end_matches('.'))
+        && (wildcards.iter().any(|w| reverse.ends_with(&w[1..])) || names.iter().any(|n| n.as_str() == reverse))
+    {
+        return Ok(());
+    }
+    for name in names {
         if let Ok(addrs) = tokio::net::lookup_host((name.as_str(), 0)).await
             && addrs.into_iter().any(|a| a.ip().to_canonical() == remote)
         {
             return Ok(());
         }
     }
-    Err(format!("the client certificate is valid for {ips:?} {dns:?}, not for {remote}"))
+    let named = match reverse {
+        Ok(name) => format!("named {name}"),
+        Err(e) => format!("no name: {e}"),
+    };
+    Err(format!("the client certificate is valid for {ips:?} {dns:?}, not for {remote} ({named})"))
+}
+
+/// The name of `ip` (getnameinfo: /etc/hosts, then DNS), if it has one.
+fn reverse_name(ip: std::net::IpAddr) -> Result<String, String> {
+    dns_lookup::lookup_addr(&ip).map_err(|e| e.to_string())
 }
 
 /// Connections accepted on `listener` once their TLS handshake is done;

@@ -32,7 +32,7 @@ pub async fn members(urls: &[String], tls: &ClientTls) -> Result<MembersResponse
     for url in urls {
         let attempt = async {
             let mut c = connect(std::slice::from_ref(url), Duration::from_secs(3), tls)?;
-            c.members(MembersRequest { cluster_id: 0 }).await.map(|r| r.into_inner()).map_err(|s| s.message().to_owned())
+            c.members(MembersRequest { cluster_id: 0 }).await.map(|r| r.into_inner()).map_err(|s| with_causes(&s))
         };
         match attempt.await {
             Ok(r) => return Ok(r),
@@ -40,4 +40,18 @@ pub async fn members(urls: &[String], tls: &ClientTls) -> Result<MembersResponse
         }
     }
     Err(format!("could not fetch the cluster's members from any peer ({})", errors.join("; ")))
+}
+
+/// A status's message and the errors under it ("transport error" alone
+/// does not say whether a name did not resolve or a certificate was
+/// refused).
+fn with_causes(status: &tonic::Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut cause = std::error::Error::source(status);
+    while let Some(err) = cause {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        cause = err.source();
+    }
+    text
 }
