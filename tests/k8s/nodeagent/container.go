@@ -500,11 +500,16 @@ func (r *podRuntime) projected(ctx context.Context, pod *corev1.Pod, dir string,
 // ctx ends; a failed liveness probe restarts the container.
 func (r *podRuntime) probe(ctx context.Context, c corev1.Container, st *containerState) {
 	if c.StartupProbe != nil {
-		if !r.probeUntil(ctx, c, c.StartupProbe, true) {
+		// Stopped because the container exited is no failure: a restart
+		// signal sent then would kill the next run as it starts.
+		if !r.probeUntil(ctx, c, c.StartupProbe, true) && ctx.Err() == nil {
 			select {
 			case st.restart <- struct{}{}:
 			default:
 			}
+			return
+		}
+		if ctx.Err() != nil {
 			return
 		}
 	}
