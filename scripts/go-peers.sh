@@ -10,7 +10,8 @@
 #   tests, porcupine (etcd's robustness suite's checker) behind a small main;
 # - a Kubernetes control plane (tests/k8s): kube-apiserver,
 #   kube-controller-manager and kubectl of the release tests/k8s/go.mod
-#   pins, and its `pki` helper.
+#   pins, and its `pki` helper;
+# - cert-manager's Certificate CRD, from its module (no build).
 # From nothing (empty Go module and build caches) everything here takes
 # about 10 minutes on 2 cores, downloads included (measured: 10 min 8 s).
 # Binaries go to $RAFTKV_GO_BIN (default /var/tmp/raftkv-go/bin); one
@@ -87,3 +88,19 @@ mv "$bin/k8s-pki.partial" "$bin/k8s-pki"
 # The test node agent (tests/k8s/nodeagent): plays the kubelet for pods.
 (cd "$k8s" && CGO_ENABLED=0 go build -trimpath -o "$bin/k8s-nodeagent.partial" ./nodeagent)
 mv "$bin/k8s-nodeagent.partial" "$bin/k8s-nodeagent"
+# cert-manager's Certificate CRD, as cert-manager publishes it in its Go
+# module (deploy/crds): the operator's cert-manager tests install it and play
+# the issuer themselves. Checked against the Go checksum database like any
+# module; the version is pinned here.
+cert_manager=v1.19.1
+crd="$bin/cert-manager.io_certificates-$cert_manager.yaml"
+if [ ! -s "$crd" ]; then
+  echo "go-peers: fetching cert-manager $cert_manager's CRDs from the Go module proxy" >&2
+  dir=$(cd "$k8s" && go mod download -json "github.com/cert-manager/cert-manager@$cert_manager" | sed -n 's#^[[:space:]]*"Dir": "\(.*\)",$#\1#p')
+  if [ -z "$dir" ] || [ ! -s "$dir/deploy/crds/cert-manager.io_certificates.yaml" ]; then
+    echo "go-peers: github.com/cert-manager/cert-manager@$cert_manager has no deploy/crds/cert-manager.io_certificates.yaml" >&2
+    exit 1
+  fi
+  cp "$dir/deploy/crds/cert-manager.io_certificates.yaml" "$crd.partial"
+  mv "$crd.partial" "$crd"
+fi

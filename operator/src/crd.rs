@@ -87,7 +87,7 @@ pub struct KvClusterSpec {
     /// Voting members. Odd sizes tolerate as many failures as the next even
     /// size and are cheaper: 1, 3, 5, 7 or 9 are the usual choices.
     #[serde(default = "default_replicas")]
-    #[schemars(range(min = 1, max = 9))]
+    #[schemars(range(min = 1, max = 9))] // resources::MAX_MEMBERS
     pub replicas: i32,
     /// raftkv version, e.g. `0.1.0` or `v0.2.0-rc.1`; names the image tag
     /// unless `image` is set.

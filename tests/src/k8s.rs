@@ -188,6 +188,35 @@ impl ControlPlane {
         kubectl_as(&self.admin_kubeconfig(), args, stdin)
     }
 
+    /// `kubectl port-forward -n NAMESPACE TARGET LOCAL:PORT` on a free local
+    /// port, once kubectl says it is forwarding; stopped when dropped.
+    pub async fn port_forward(&self, namespace: &str, target: &str, port: u16) -> anyhow::Result<PortForward> {
+        let local = free_port()?;
+        let log = tempfile::NamedTempFile::new()?;
+        let mut child = Command::new(k8s_binary("kubectl")?)
+            .env("KUBECONFIG", self.admin_kubeconfig())
+            .args(["port-forward", "-n", namespace, target, &format!("{local}:{port}")])
+            .stdout(Stdio::piped())
+            .stderr(log.reopen()?)
+            .spawn()
+            .context("cannot start kubectl port-forward")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        // Read every line kubectl prints: a closed pipe would kill it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let forward = PortForward { child, local, log };
+        let first = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30))).await?.unwrap_or_default();
+        if !first.contains("Forwarding from") {
+            bail!("kubectl port-forward {target} said {first:?}: {}", forward.log());
+        }
+        Ok(forward)
+    }
+
     /// Stops kube-apiserver (SIGKILL: it is a client of the store, and a
     /// test stopping it wants it gone).
     pub fn stop_apiserver(&mut self) {
@@ -386,5 +415,27 @@ pub async fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut(
             bail!("{what}: not within {timeout:?} (last error: {last_error:?})");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A running `kubectl port-forward` (see [`ControlPlane::port_forward`]).
+pub struct PortForward {
+    child: Child,
+    /// The local port it forwards.
+    pub local: u16,
+    log: tempfile::NamedTempFile,
+}
+
+impl PortForward {
+    /// What kubectl wrote to its standard error.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

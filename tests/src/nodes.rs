@@ -69,6 +69,12 @@ impl NodeAgent {
             .context("cannot run ip netns exec")
     }
 
+    /// The /etc/hosts the agent wrote for a pod (what its containers resolve
+    /// names, and addresses back to names, with).
+    pub fn pod_hosts(&self, pod_uid: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join("pods").join(pod_uid).join("hosts")).unwrap_or_default()
+    }
+
     /// The output of a container (every run of it), as its log file holds.
     pub fn container_log(&self, pod_uid: &str, container: &str) -> String {
         std::fs::read_to_string(self.dir.path().join("pods").join(pod_uid).join(format!("{container}.log"))).unwrap_or_default()

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use raftkv_tests::binaries::{self, workspace_binary};
+use raftkv_tests::certs::{Pair, Pki, Validity};
 use raftkv_tests::k8s::{ControlPlane, Options, eventually, helm_release, kubectl_as, workspace};
 use raftkv_tests::nodes::NodeAgent;
 use raftkv_tests::ports::free_port;
@@ -164,8 +165,14 @@ async fn the_chart_and_the_operator_run_a_kvcluster_on_a_real_api_server() -> an
     ensure!(!zero.status.success() && refused.contains("spec.replicas"), "a KvCluster of 0 replicas: {refused}");
     let with_tls = cp.kubectl_output(&["apply", "-f", "-"], Some(&format!("{KVCLUSTER}  tls: {{clientSecretName: client-tls}}\n")))?;
     let refused = String::from_utf8_lossy(&with_tls.stderr);
-    ensure!(!with_tls.status.success() && refused.contains("tls is not supported yet"), "a KvCluster with spec.tls: {refused}");
+    ensure!(
+        !with_tls.status.success() && refused.contains("operatorSecretName must name the client certificate"),
+        "a KvCluster requiring client certificates and naming none for the operator: {refused}"
+    );
     cp.kubectl_stdin(&["apply", "-f", "-"], KVCLUSTER)?;
+    let tls_added = cp.kubectl_output(&["apply", "-f", "-"], Some(&format!("{KVCLUSTER}  tls: {{peerSecretName: peer-tls}}\n")))?;
+    let refused = String::from_utf8_lossy(&tls_added.stderr);
+    ensure!(!tls_added.status.success() && refused.contains("tls is set when the cluster is created and cannot change"), "spec.tls added to a KvCluster: {refused}");
 
     // What the operator makes: owned by the KvCluster, applied server-side.
     let objects = owned_objects("demo");
@@ -432,6 +439,183 @@ async fn a_kvcluster_runs_as_pods_that_answer_etcdctl() -> anyhow::Result<()> {
     if outcome.is_err() {
         eprintln!("node agent log:\n{}", agent.log_tail(60));
         eprintln!("pods:\n{}", cp.kubectl(&["get", "pods", "-A", "-o", "wide"]).unwrap_or_default());
+    }
+    outcome
+}
+
+/// The Pods of KvCluster `instance` in `ns` that are Ready, once there are `n`.
+async fn ready_pods(cp: &ControlPlane, ns: &str, instance: &str, n: usize) -> anyhow::Result<Vec<String>> {
+    eventually(&format!("{n} Ready pods of {ns}/{instance}"), Duration::from_secs(240), || {
+        let out = cp.kubectl(&[
+            "get", "pods", "-n", ns, "-l", &format!("app.kubernetes.io/instance={instance}"), "-o",
+            r#"jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#,
+        ])?;
+        let ready: Vec<String> = out
+            .lines()
+            .filter_map(|l| l.split_once(' ').filter(|(_, ready)| *ready == "True").map(|(name, _)| name.to_owned()))
+            .collect();
+        Ok((ready.len() == n).then_some(ready))
+    })
+    .await
+}
+
+/// `kubectl create secret generic` of a certificate, its key and the CA, in
+/// cert-manager's layout.
+fn tls_secret(cp: &ControlPlane, ns: &str, name: &str, pair: &Pair, ca: &Path) -> anyhow::Result<()> {
+    let from = |key: &str, path: &Path| format!("--from-file={key}={}", path.display());
+    cp.kubectl(&[
+        "create", "secret", "generic", name, "-n", ns,
+        &from("tls.crt", &pair.cert), &from("tls.key", &pair.key), &from("ca.crt", ca),
+    ])?;
+    Ok(())
+}
+
+/// The KvCluster's `.status.readyReplicas`, as the operator reports it from
+/// what it observed of the members (over TLS, here).
+async fn reported_ready(cp: &ControlPlane, ns: &str, name: &str, n: u32) -> anyhow::Result<()> {
+    eventually(&format!("{ns}/{name}'s status to count {n} ready replicas"), Duration::from_secs(120), || {
+        let ready = cp.kubectl(&["get", "kvc", "-n", ns, name, "-o", "jsonpath={.status.readyReplicas}"])?;
+        Ok((ready.trim() == n.to_string()).then_some(()))
+    })
+    .await
+}
+
+/// spec.tls on real pods. From Secrets: three members serve clients and
+/// peers over https with the test CA's certificates, probes pass on the
+/// plaintext metrics port, the operator grows the cluster one member at a
+/// time and reports it through its own client certificate, and etcdctl 3.4
+/// reaches a member with a client certificate and is refused without one.
+/// From a cert-manager issuer: the operator applies cert-manager's
+/// Certificates (its own CRD, from its module), and once their Secrets are
+/// written (the test plays the CA issuer, signing what each Certificate
+/// asks for) the member comes up on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kvcluster_with_tls_serves_https_and_the_operator_reaches_it_with_its_certificate() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let crd = std::fs::read_dir(binaries::go_bin())?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("cert-manager.io_certificates-")))
+        .context("cert-manager's Certificate CRD is not in the Go peers' directory: run `make test-peers` (scripts/go-peers.sh)")?;
+    let store = Server::start(Flavor::Raftkv).await?;
+    let cp = ControlPlane::start(&[store.endpoint()]).await?;
+    let agent = NodeAgent::start(&cp, &["node-0", "node-1", "node-2"], &[
+        ("raftkv/raftkv", vec![binaries::raftkv()?, binaries::raftkvctl()?]),
+        ("raftkv/raftkv-operator", vec![workspace_binary("raftkv-operator")?]),
+    ])
+    .await?;
+    let ns = "secure";
+    let outcome = async {
+        helm(&cp, "install", serde_json::json!({}))?;
+        cp.kubectl(&["rollout", "status", "-n", OPS, &format!("deployment/{SERVICE_ACCOUNT}"), "--timeout=120s"])
+            .context("the operator's Deployment")?;
+        cp.kubectl(&["create", "namespace", ns])?;
+        cp.kubectl(&["apply", "-f", &crd.display().to_string()])?;
+        cp.kubectl(&["wait", "--for=condition=Established", "crd/certificates.cert-manager.io", "--timeout=60s"])?;
+
+        let pki = Pki::new("kvcluster")?;
+        // As the operator asks cert-manager for (resources::Names::tls_dns_names):
+        // each member's name besides the wildcard, since the test node agent's
+        // names (an /etc/hosts) answer no reverse lookup in the pods.
+        let mut hosts = vec![format!("*.demo-peer.{ns}.svc"), format!("demo.{ns}.svc"), "localhost".to_owned(), "127.0.0.1".to_owned()];
+        hosts.extend((0..3).map(|i| format!("demo-{i}.demo-peer.{ns}.svc")));
+        let member = pki.issue("member", "demo", &hosts.iter().map(String::as_str).collect::<Vec<_>>(), Validity::Current)?;
+        let operator = pki.issue("operator", "root", &["operator"], Validity::Current)?;
+        let app = pki.issue("app", "app", &["app"], Validity::Current)?;
+        tls_secret(&cp, ns, "demo-client-tls", &member, pki.ca())?;
+        tls_secret(&cp, ns, "demo-peer-tls", &member, pki.ca())?;
+        tls_secret(&cp, ns, "demo-operator-tls", &operator, pki.ca())?;
+        cp.kubectl_stdin(&["apply", "-f", "-"], &format!(
+            "{}  tls: {{clientSecretName: demo-client-tls, peerSecretName: demo-peer-tls, operatorSecretName: demo-operator-tls}}\n",
+            KVCLUSTER.replace("namespace: prod", &format!("namespace: {ns}"))
+        ))?;
+        ready_pods(&cp, ns, "demo", 3).await?;
+        // The operator added demo-1 and demo-2 through MemberAdd and
+        // MemberPromote, and reports what it observed: all over TLS.
+        reported_ready(&cp, ns, "demo", 3).await?;
+
+        let forward = cp.port_forward(ns, "pod/demo-0", 2379).await?;
+        let endpoint = format!("--endpoints=https://127.0.0.1:{}", forward.local);
+        let etcdctl = |extra: &[&str]| -> anyhow::Result<std::process::Output> {
+            let mut args = vec![endpoint.as_str(), "--dial-timeout=5s", "--command-timeout=5s"];
+            args.extend_from_slice(extra);
+            Ok(Command::new(binaries::ETCDCTL).env("ETCDCTL_API", "3").args(&args).output()?)
+        };
+        let (ca, cert, key) = (format!("--cacert={}", pki.ca_str()), format!("--cert={}", app.cert_str()), format!("--key={}", app.key_str()));
+        let with_cert = |cmd: &[&str]| -> anyhow::Result<String> {
+            let mut args = vec![ca.as_str(), cert.as_str(), key.as_str()];
+            args.extend_from_slice(cmd);
+            let out = etcdctl(&args)?;
+            ensure!(out.status.success(), "etcdctl {cmd:?}: {}\nport-forward: {}", String::from_utf8_lossy(&out.stderr), forward.log());
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        ensure!(with_cert(&["put", "hello", "tls"])?.trim() == "OK", "etcdctl put did not answer OK");
+        ensure!(with_cert(&["get", "hello", "--print-value-only"])?.trim() == "tls", "etcdctl get");
+        let members = with_cert(&["member", "list"])?;
+        for i in 0..3 {
+            ensure!(members.contains(&format!("https://demo-{i}.demo-peer.{ns}.svc:2380")), "demo-{i}'s peer URL is not https: {members}");
+            ensure!(members.contains(&format!("https://demo-{i}.demo-peer.{ns}.svc:2379")), "demo-{i}'s client URL is not https: {members}");
+        }
+        let without = etcdctl(&[ca.as_str(), "get", "hello"])?;
+        ensure!(!without.status.success(), "etcdctl without a client certificate was let in");
+        let plaintext = Command::new(binaries::ETCDCTL)
+            .env("ETCDCTL_API", "3")
+            .args([&format!("--endpoints=http://127.0.0.1:{}", forward.local), "--dial-timeout=3s", "--command-timeout=3s", "get", "hello"])
+            .output()?;
+        ensure!(!plaintext.status.success(), "plaintext etcdctl was answered by a TLS port");
+        drop(forward);
+        // kubectl raftkv reaches members in plaintext only: it says so.
+        let plugin = Command::new(workspace_binary("kubectl-raftkv")?)
+            .env("KUBECONFIG", cp.admin_kubeconfig())
+            .args(["-n", ns, "status", "demo"])
+            .output()?;
+        let said = String::from_utf8_lossy(&plugin.stderr);
+        ensure!(!plugin.status.success() && said.contains("serves clients over TLS"), "kubectl raftkv status of a TLS cluster: {said}");
+
+        // cert-manager: the operator asks, the test's CA issues.
+        cp.kubectl_stdin(&["apply", "-f", "-"], &format!(
+            "{}  tls: {{certManager: {{name: test-ca, kind: ClusterIssuer}}}}\n",
+            KVCLUSTER.replace("namespace: prod", &format!("namespace: {ns}")).replace("name: demo", "name: issued").replace("replicas: 3", "replicas: 1")
+        ))?;
+        let wanted = ["issued-client-tls", "issued-peer-tls", "issued-operator-tls"];
+        let certificates = eventually("the operator's three Certificates", Duration::from_secs(60), || {
+            let list = json(&cp, &["get", "certificates.cert-manager.io", "-n", ns])?;
+            let items = list["items"].as_array().cloned().unwrap_or_default();
+            Ok((items.len() == wanted.len()).then_some(items))
+        })
+        .await?;
+        for c in &certificates {
+            let name = c["metadata"]["name"].as_str().unwrap_or_default();
+            ensure!(wanted.contains(&name), "an unexpected Certificate {name}");
+            let spec = &c["spec"];
+            ensure!(spec["issuerRef"] == serde_json::json!({"name": "test-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}), "{name}: {spec}");
+            ensure!(spec["secretName"] == name, "{name}: {spec}");
+            ensure!(c["metadata"]["ownerReferences"][0]["kind"] == "KvCluster", "{name} is not owned by its KvCluster");
+            let strings = |v: &serde_json::Value| -> Vec<String> { v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_owned)).collect() };
+            let mut hosts = strings(&spec["dnsNames"]);
+            hosts.extend(strings(&spec["ipAddresses"]));
+            let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+            let pair = pki.issue(name, spec["commonName"].as_str().unwrap_or(name), &hosts, Validity::Current)?;
+            tls_secret(&cp, ns, name, &pair, pki.ca())?;
+        }
+        ready_pods(&cp, ns, "issued", 1).await?;
+        reported_ready(&cp, ns, "issued", 1).await
+    }
+    .await;
+    if outcome.is_err() {
+        eprintln!("node agent log:\n{}", agent.log_tail(60));
+        eprintln!("pods:\n{}", cp.kubectl(&["get", "pods", "-A", "-o", "wide"]).unwrap_or_default());
+        eprintln!("operator:\n{}", cp.kubectl(&["logs", "-n", OPS, &format!("deployment/{SERVICE_ACCOUNT}"), "--tail=60"]).unwrap_or_default());
+        for pod in cp.kubectl(&["get", "pods", "-n", ns, "-o", "name"]).unwrap_or_default().lines() {
+            let log = cp.kubectl(&["logs", "-n", ns, pod]).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().filter(|l| !l.contains("peer unreachable")).collect();
+            eprintln!("{pod}:\n{}", lines[lines.len().saturating_sub(25)..].join("\n"));
+            let uid = cp.kubectl(&["get", "-n", ns, pod, "-o", "jsonpath={.metadata.uid}"]).unwrap_or_default();
+            eprintln!("{pod}'s /etc/hosts:\n{}", agent.pod_hosts(&uid));
+            let every_run = agent.container_log(&uid, "raftkv");
+            let runs: Vec<&str> = every_run.lines().filter(|l| !l.contains("peer unreachable") && !l.contains(" INFO ")).collect();
+            eprintln!("{pod}'s warnings and errors, every run:\n{}", runs[runs.len().saturating_sub(20)..].join("\n"));
+        }
     }
     outcome
 }

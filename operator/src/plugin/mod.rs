@@ -84,6 +84,12 @@ impl Plugin {
 
     /// A port-forward to the client port of every running member pod.
     async fn forwards(&self, name: &str) -> anyhow::Result<Vec<Forward>> {
+        let kvc = self.cluster(name).await?;
+        ensure!(
+            !crate::resources::Names::of(&kvc).client_tls,
+            "kvcluster {}/{name} serves clients over TLS, which kubectl raftkv does not speak yet: use etcdctl with the cluster's CA and a client certificate through `kubectl port-forward`",
+            self.namespace
+        );
         let pods: Api<Pod> = self.api();
         // The members' pods only (not a backup Job's), running and not
         // on their way out.

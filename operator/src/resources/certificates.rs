@@ -111,6 +111,10 @@ mod tests {
         let dns: Vec<&str> = member["dnsNames"].as_array().expect("dnsNames").iter().filter_map(|v| v.as_str()).collect();
         assert!(dns.contains(&"*.demo-peer.prod.svc"), "{dns:?}");
         assert!(dns.contains(&"demo.prod.svc"), "{dns:?}");
+        // Each possible member by name too: a peer's address is checked
+        // against its certificate by looking names up where reverse
+        // lookups are not answered.
+        assert!(dns.contains(&"demo-0.demo-peer.prod.svc") && dns.contains(&"demo-8.demo-peer.prod.svc"), "{dns:?}");
         assert!(member["usages"].as_array().expect("usages").contains(&"client auth".into()));
         assert_eq!(certs[2].data["spec"]["commonName"], OPERATOR_COMMON_NAME);
         assert_eq!(certs[2].data["spec"]["usages"], serde_json::json!(["digital signature", "key encipherment", "client auth"]));

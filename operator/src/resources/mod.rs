@@ -38,6 +38,9 @@ pub const VOLUME_MOUNT: &str = "/var/lib/raftkv";
 pub const DATA_DIR: &str = "/var/lib/raftkv/data";
 /// The volume claim template; claims are `data-<cluster>-<ordinal>`.
 pub const VOLUME_NAME: &str = "data";
+/// The most members a cluster has (`spec.replicas` is at most 9), so
+/// ordinals are below it.
+pub const MAX_MEMBERS: u32 = 9;
 /// The field manager of every object the operator applies.
 pub const MANAGER: &str = "raftkv-operator";
 
@@ -122,18 +125,19 @@ impl Names {
     }
 
     /// The DNS names every member's certificates must cover: any member's
-    /// pod name, and the client Service.
+    /// pod name, and the client Service. Each possible member's name is
+    /// listed besides the wildcards: a member checks that the certificate a
+    /// peer presents names the address it connects from (as etcd does), by
+    /// the address's reverse name against the wildcards or by looking the
+    /// names up, and not every cluster DNS answers reverse lookups.
     pub fn tls_dns_names(&self) -> Vec<String> {
         let ns = &self.namespace;
         let peers = self.peer_service();
         let client = self.client_service();
-        vec![
-            format!("*.{peers}.{ns}.svc"),
-            format!("*.{peers}.{ns}.svc.cluster.local"),
-            format!("{client}.{ns}.svc"),
-            format!("{client}.{ns}.svc.cluster.local"),
-            "localhost".to_owned(),
-        ]
+        let mut names = vec![format!("*.{peers}.{ns}.svc"), format!("*.{peers}.{ns}.svc.cluster.local")];
+        names.extend((0..MAX_MEMBERS).map(|o| self.host(o)));
+        names.extend([format!("{client}.{ns}.svc"), format!("{client}.{ns}.svc.cluster.local"), "localhost".to_owned()]);
+        names
     }
 
     /// The ordinal of a member's name (`demo-2`), if it is one of ours.
