@@ -205,16 +205,24 @@ async fn apply<M: MembershipApi>(kvc: &KvCluster, ctx: &Context<M>) -> Result<Ac
         for certificate in resources::certificates(kvc, issuer) {
             match apply_certificate(client, ns, &certificate).await {
                 Err(Error::Kube(kube::Error::Api(e))) if e.code == 404 => {
-                    return Err(Error::Tls(format!(
+                    let why = format!(
                         "spec.tls.certManager names issuer {}, but this API server does not serve cert-manager's Certificates (cert-manager.io/v1): install cert-manager",
                         issuer.name
-                    )));
+                    );
+                    publish(ctx, kvc, EventType::Warning, "TLSNotReady", "Reconcile", why.clone()).await;
+                    return Err(Error::Tls(why));
                 }
                 other => other?,
             }
         }
     }
-    let client_tls = operator_tls(client, kvc, &names).await?;
+    let client_tls = match operator_tls(client, kvc, &names).await {
+        Err(Error::Tls(why)) => {
+            publish(ctx, kvc, EventType::Warning, "TLSNotReady", "Reconcile", why.clone()).await;
+            return Err(Error::Tls(why));
+        }
+        other => other?,
+    };
     let previous = kvc.status.clone().unwrap_or_default();
 
     // What is there.

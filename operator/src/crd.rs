@@ -389,15 +389,20 @@ pub struct Tls {
     /// Members serve clients over https with this Secret's certificate
     /// (its names must cover `*.<cluster>-peer.<namespace>.svc` and the
     /// client Service `<cluster>.<namespace>.svc`); its `ca.crt` is the CA
-    /// client certificates must be signed by, and the one the operator
-    /// verifies members with.
+    /// client certificates must be signed by (with `clientCertAuth`), and
+    /// the one the operator verifies members with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub client_secret_name: Option<String>,
     /// Raft between members over https with this Secret's certificate,
     /// which each member also presents to its peers as a client (it needs
     /// both the server and the client auth usage, or neither); peers must
-    /// be signed by its `ca.crt` (`--peer-client-cert-auth`).
+    /// be signed by its `ca.crt` (`--peer-client-cert-auth`). A member
+    /// takes a peer's certificate only if it names the address the peer
+    /// connects from, as etcd: list each member's name
+    /// (`<cluster>-N.<cluster>-peer.<namespace>.svc`), or
+    /// `*.<cluster>-peer.<namespace>.svc.<cluster domain>` where the
+    /// cluster DNS answers reverse lookups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub peer_secret_name: Option<String>,
@@ -428,6 +433,10 @@ pub struct TlsSecrets {
 impl Tls {
     /// The refusals of the CRD's rules, for an API server that skips them.
     pub fn check(&self) -> Result<(), &'static str> {
+        let names = [&self.client_secret_name, &self.peer_secret_name, &self.operator_secret_name];
+        if names.iter().any(|n| n.as_deref() == Some("")) || self.cert_manager.as_ref().is_some_and(|c| c.name.is_empty()) {
+            return Err("a TLS Secret or issuer name is empty");
+        }
         let secrets = self.client_secret_name.is_some() || self.peer_secret_name.is_some() || self.operator_secret_name.is_some();
         if self.cert_manager.is_some() && secrets {
             return Err("either Secrets or a cert-manager issuer, not both");
@@ -761,6 +770,7 @@ mod tests {
         let tls = |v: serde_json::Value| -> Tls { serde_json::from_value(v).expect("tls") };
         let refused = |v: serde_json::Value| tls(v).check().expect_err("refused");
         assert!(refused(serde_json::json!({})).contains("needs clientSecretName"));
+        assert!(refused(serde_json::json!({"peerSecretName": ""})).contains("is empty"));
         assert!(refused(serde_json::json!({"certManager": {"name": "ca"}, "peerSecretName": "p"})).contains("not both"));
         assert!(refused(serde_json::json!({"clientSecretName": "c"})).contains("operatorSecretName must name"));
         assert!(refused(serde_json::json!({"peerSecretName": "p", "operatorSecretName": "o"})).contains("it needs clientSecretName"));

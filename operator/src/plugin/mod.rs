@@ -234,6 +234,17 @@ impl Plugin {
             Err(e) if not_found(&e) => None,
             Err(e) => return Err(e.into()),
         };
+        // Secrets made for the source cluster name its members, not the
+        // new cluster's; an issuer makes new Certificates for the new one.
+        if let Some(tls) = source.as_ref().and_then(|s| s.tls.as_ref())
+            && tls.cert_manager.is_none()
+        {
+            bail!(
+                "kvcluster {}/{} takes its TLS certificates from Secrets, which name its own members: create the restored KvCluster by hand with Secrets for {to} (spec.bootstrap.restore.backup: {backup})",
+                self.namespace,
+                b.spec.cluster
+            );
+        }
         let mut spec = match (source, &version) {
             (Some(spec), _) => spec,
             (None, Some(v)) => KvClusterSpec::of_version(v),

@@ -37,7 +37,6 @@ pub fn certificates(kvc: &KvCluster, issuer: &CertManagerIssuer) -> Vec<DynamicO
         serde_json::json!({
             "secretName": secret,
             "issuerRef": issuer_ref,
-            "commonName": format!("{}.{}.svc", names.client_service(), names.namespace),
             "dnsNames": names.tls_dns_names(),
             "ipAddresses": ["127.0.0.1"],
             // Members present their certificate as clients too (to peers,

@@ -236,13 +236,11 @@ fn container(kvc: &KvCluster, names: &Names) -> Container {
     if let Some((tls, secrets)) = &tls {
         if secrets.client.is_some() {
             let dir = format!("{TLS_DIR}/{CLIENT_TLS_VOLUME}");
-            args.extend([
-                format!("--cert-file={dir}/tls.crt"),
-                format!("--key-file={dir}/tls.key"),
-                format!("--trusted-ca-file={dir}/ca.crt"),
-            ]);
+            args.extend([format!("--cert-file={dir}/tls.crt"), format!("--key-file={dir}/tls.key")]);
+            // A trusted CA makes the port ask for client certificates (as
+            // etcd's), so it is given only when they are required.
             if tls.client_cert_auth() {
-                args.push("--client-cert-auth".to_owned());
+                args.extend([format!("--trusted-ca-file={dir}/ca.crt"), "--client-cert-auth".to_owned()]);
             }
             // Probes cannot present a client certificate: health and
             // metrics on a plaintext port of their own, as etcd's
@@ -524,7 +522,10 @@ mod tests {
         let args = args(&sts);
         assert!(args.contains(&"--listen-client-urls=https://0.0.0.0:2379".to_owned()), "{args:?}");
         assert!(args.contains(&"--listen-peer-urls=http://0.0.0.0:2380".to_owned()), "{args:?}");
-        assert!(!args.iter().any(|a| a == "--client-cert-auth" || a.starts_with("--peer-")), "{args:?}");
+        assert!(
+            !args.iter().any(|a| a == "--client-cert-auth" || a.starts_with("--trusted-ca-file") || a.starts_with("--peer-")),
+            "{args:?}"
+        );
     }
 
     #[test]

@@ -754,6 +754,8 @@ async fn a_cluster_whose_tls_secret_is_missing_waits_for_it_and_says_so() {
         assert!(err.to_string().contains("the TLS Secret client-tls does not exist"), "{err}");
         let made: Vec<String> = h.log().into_iter().filter(|l| l.starts_with("PATCH") && !l.contains("/kvclusters/")).collect();
         assert!(made.is_empty(), "{made:#?}");
+        // Said where kubectl describe shows it, not only in the log.
+        assert!(h.log().iter().any(|l| l.starts_with("POST") && l.contains("TLSNotReady")), "{:#?}", h.log());
     })
     .await;
 }
