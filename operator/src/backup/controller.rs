@@ -53,8 +53,19 @@ async fn job_pods(client: &kube::Client, ns: &str, job: Option<&Job>) -> Result<
 }
 
 /// The first Secret or key the destination names that is missing.
-async fn missing_secret(client: &kube::Client, ns: &str, backup: &KvBackup) -> Result<Option<String>, Error> {
+async fn missing_secret(client: &kube::Client, ns: &str, backup: &KvBackup, cluster: &KvCluster) -> Result<Option<String>, Error> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    // The cluster's TLS material the Job mounts (job::client_tls).
+    for (name, keys) in job::tls_secret_keys(cluster) {
+        match secrets.get_opt(&name).await? {
+            None => return Ok(Some(format!("Secret {name:?} (the cluster's TLS) not found"))),
+            Some(s) => {
+                if let Some(key) = keys.iter().find(|k| !s.data.as_ref().is_some_and(|d| d.contains_key(**k))) {
+                    return Ok(Some(format!("Secret {name:?} has no key {key:?}")));
+                }
+            }
+        }
+    }
     for key in job::secret_keys(&backup.spec.destination) {
         match secrets.get_opt(&key.name).await? {
             None => return Ok(Some(format!("Secret {:?} (the destination's credentials) not found", key.name))),
@@ -179,7 +190,10 @@ pub async fn reconcile_backup<M: MembershipApi + 'static>(backup: Arc<KvBackup>,
     } else {
         Api::<KvCluster>::namespaced(client.clone(), &ns).get_opt(&backup.spec.cluster).await?
     };
-    let missing = if cluster.is_some() { missing_secret(client, &ns, &backup).await? } else { None };
+    let missing = match &cluster {
+        Some(kvc) => missing_secret(client, &ns, &backup, kvc).await?,
+        None => None,
+    };
     let pods = job_pods(client, &ns, job.as_ref()).await?;
     let step = decide::next(&Observed { backup: &backup, cluster: cluster.as_ref(), missing_secret: missing, job: job.as_ref(), pods: &pods });
     let api: Api<KvBackup> = Api::namespaced(client.clone(), &ns);

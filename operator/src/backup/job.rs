@@ -295,6 +295,16 @@ struct JobTls {
 
 const JOB_TLS_DIR: &str = "/etc/raftkv/tls";
 
+/// The Secrets (and their keys) a backup Job of `kvc` mounts for TLS, for
+/// the operator to check before it starts a Job that could only wait.
+pub fn tls_secret_keys(kvc: &KvCluster) -> Vec<(String, &'static [&'static str])> {
+    let Some(secrets) = kvc.spec.tls.as_ref().map(|t| t.secrets(&kvc.name_any())) else { return Vec::new() };
+    let Some(client) = secrets.client else { return Vec::new() };
+    let mut keys: Vec<(String, &'static [&'static str])> = vec![(client, &["ca.crt"])];
+    keys.extend(secrets.operator.map(|o| (o, &["tls.crt", "tls.key"][..])));
+    keys
+}
+
 fn client_tls(kvc: &KvCluster) -> Option<JobTls> {
     let secrets = kvc.spec.tls.as_ref()?.secrets(&kvc.name_any());
     let client = secrets.client?;

@@ -157,6 +157,15 @@ pub async fn bad_backups_fail_with_a_clear_error_and_start_no_job() {
         assert_eq!(warnings, 4);
         let metrics = h.ctx.metrics.encode().expect("metrics");
         assert!(metrics.contains(r#"raftkv_operator_backups_failed_total{namespace="prod",name="demo"} 3"#), "{metrics}");
+
+        // A cluster serving clients over TLS: the Job would mount its CA
+        // and the operator's certificate; without them it fails at once.
+        h.edit(|k| k["spec"]["tls"] = json!({"clientSecretName": "client-tls", "operatorSecretName": "op-tls"}));
+        insert_backup(&h, "no-tls", "demo");
+        reconcile(&h, "no-tls").await;
+        let status = backup(&h, "no-tls").status.expect("status");
+        assert_eq!(status.error.as_deref(), Some("Secret \"client-tls\" (the cluster's TLS) not found"));
+        assert!(h.api.get(&format!("{JOBS}/no-tls-backup")).is_none(), "a Job was started without its TLS Secrets");
     })
     .await;
 }
