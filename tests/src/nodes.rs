@@ -14,6 +14,22 @@ use crate::k8s::{ControlPlane, k8s_binary};
 
 /// A running node agent; dropping it stops its pods (SIGTERM, their grace
 /// periods) and removes its network namespaces.
+/// What the tests of the operator on pods start from: a control plane
+/// storing its data in a raftkv member, and the node agent playing three
+/// Nodes that run raftkv's image (raftkv, raftkvctl) and the operator's.
+/// Bind them in this order, so that they stop in the reverse one.
+pub async fn three_nodes_with_raftkv_images() -> anyhow::Result<(crate::Server, ControlPlane, NodeAgent)> {
+    use crate::binaries::{self, workspace_binary};
+    let store = crate::Server::start(crate::Flavor::Raftkv).await?;
+    let cp = ControlPlane::start(&[store.endpoint()]).await?;
+    let agent = NodeAgent::start(&cp, &["node-0", "node-1", "node-2"], &[
+        ("raftkv/raftkv", vec![binaries::raftkv()?, binaries::raftkvctl()?]),
+        ("raftkv/raftkv-operator", vec![workspace_binary("raftkv-operator")?]),
+    ])
+    .await?;
+    Ok((store, cp, agent))
+}
+
 pub struct NodeAgent {
     child: Option<Child>,
     dir: TempDir,

@@ -17,7 +17,7 @@ use anyhow::{Context, ensure};
 use raftkv_tests::binaries::{self, workspace_binary};
 use raftkv_tests::certs::{Pair, Pki, Validity};
 use raftkv_tests::k8s::{ControlPlane, Options, eventually, helm_release, kubectl_as, workspace};
-use raftkv_tests::nodes::NodeAgent;
+use raftkv_tests::nodes::three_nodes_with_raftkv_images;
 use raftkv_tests::ports::free_port;
 use raftkv_tests::{Flavor, Server};
 use tokio::sync::Mutex;
@@ -385,13 +385,7 @@ async fn apiserver_restart(store: &Server) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_kvcluster_runs_as_pods_that_answer_etcdctl() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
-    let store = Server::start(Flavor::Raftkv).await?;
-    let cp = ControlPlane::start(&[store.endpoint()]).await?;
-    let agent = NodeAgent::start(&cp, &["node-0", "node-1", "node-2"], &[
-        ("raftkv/raftkv", vec![binaries::raftkv()?, binaries::raftkvctl()?]),
-        ("raftkv/raftkv-operator", vec![workspace_binary("raftkv-operator")?]),
-    ])
-    .await?;
+    let (_store, cp, agent) = three_nodes_with_raftkv_images().await?;
     let outcome = async {
         helm(&cp, "install", serde_json::json!({}))?;
         cp.kubectl(&["rollout", "status", "-n", OPS, &format!("deployment/{SERVICE_ACCOUNT}"), "--timeout=120s"])
@@ -497,13 +491,7 @@ async fn a_kvcluster_with_tls_serves_https_and_the_operator_reaches_it_with_its_
         .map(|e| e.path())
         .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("cert-manager.io_certificates-")))
         .context("cert-manager's Certificate CRD is not in the Go peers' directory: run `make test-peers` (scripts/go-peers.sh)")?;
-    let store = Server::start(Flavor::Raftkv).await?;
-    let cp = ControlPlane::start(&[store.endpoint()]).await?;
-    let agent = NodeAgent::start(&cp, &["node-0", "node-1", "node-2"], &[
-        ("raftkv/raftkv", vec![binaries::raftkv()?, binaries::raftkvctl()?]),
-        ("raftkv/raftkv-operator", vec![workspace_binary("raftkv-operator")?]),
-    ])
-    .await?;
+    let (_store, cp, agent) = three_nodes_with_raftkv_images().await?;
     let ns = "secure";
     let outcome = async {
         helm(&cp, "install", serde_json::json!({}))?;

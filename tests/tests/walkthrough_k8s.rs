@@ -12,11 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use raftkv_tests::binaries::{self, workspace_binary};
+use raftkv_tests::binaries;
 use raftkv_tests::k8s::{ControlPlane, eventually, helm_release, k8s_binary, workspace};
-use raftkv_tests::nodes::NodeAgent;
+use raftkv_tests::nodes::three_nodes_with_raftkv_images;
 use raftkv_tests::ports::free_port;
-use raftkv_tests::{Flavor, Server};
 
 /// The commands of the `sh` block under a README heading, comments off.
 fn block(readme: &str, heading: &str) -> anyhow::Result<Vec<Vec<String>>> {
@@ -94,13 +93,7 @@ async fn the_readme_walkthrough_runs_as_written() -> anyhow::Result<()> {
     commands.extend(block(&readme, "### Uninstall, and what is kept")?);
     ensure!(commands.len() >= 10, "the walkthrough has only {} commands", commands.len());
 
-    let store = Server::start(Flavor::Raftkv).await?;
-    let cp = ControlPlane::start(&[store.endpoint()]).await?;
-    let agent = NodeAgent::start(&cp, &["node-0", "node-1", "node-2"], &[
-        ("raftkv/raftkv", vec![binaries::raftkv()?, binaries::raftkvctl()?]),
-        ("raftkv/raftkv-operator", vec![workspace_binary("raftkv-operator")?]),
-    ])
-    .await?;
+    let (_store, cp, agent) = three_nodes_with_raftkv_images().await?;
     // "Install the operator with Helm", its first command.
     helm_release(&cp, "raftkv-system", "raftkv-operator", "install", serde_json::json!({}))?;
     cp.kubectl(&["rollout", "status", "-n", "raftkv-system", "deployment/raftkv-operator", "--timeout=120s"])?;
