@@ -56,7 +56,7 @@ async fn job_pods(client: &kube::Client, ns: &str, job: Option<&Job>) -> Result<
 async fn missing_secret(client: &kube::Client, ns: &str, backup: &KvBackup, cluster: &KvCluster) -> Result<Option<String>, Error> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     // The cluster's TLS material the Job mounts (job::client_tls).
-    for (name, keys) in job::tls_secret_keys(cluster) {
+    for (_, name, keys) in job::tls_secret_keys(cluster) {
         match secrets.get_opt(&name).await? {
             None => return Ok(Some(format!("Secret {name:?} (the cluster's TLS) not found"))),
             Some(s) => {

@@ -294,44 +294,45 @@ struct JobTls {
 }
 
 const JOB_TLS_DIR: &str = "/etc/raftkv/tls";
+const CLIENT_CA_VOLUME: &str = "client-ca";
+const OPERATOR_TLS_VOLUME: &str = "operator-tls";
 
-/// The Secrets (and their keys) a backup Job of `kvc` mounts for TLS, for
-/// the operator to check before it starts a Job that could only wait.
-pub fn tls_secret_keys(kvc: &KvCluster) -> Vec<(String, &'static [&'static str])> {
+/// The Secrets a backup Job of `kvc` mounts for TLS, as (volume, Secret,
+/// keys): what the Job reads, and what the operator checks exists before
+/// it starts one that could only wait.
+pub fn tls_secret_keys(kvc: &KvCluster) -> Vec<(&'static str, String, &'static [&'static str])> {
     let Some(secrets) = kvc.spec.tls.as_ref().map(|t| t.secrets(&kvc.name_any())) else { return Vec::new() };
     let Some(client) = secrets.client else { return Vec::new() };
-    let mut keys: Vec<(String, &'static [&'static str])> = vec![(client, &["ca.crt"])];
-    keys.extend(secrets.operator.map(|o| (o, &["tls.crt", "tls.key"][..])));
+    let mut keys: Vec<(&'static str, String, &'static [&'static str])> = vec![(CLIENT_CA_VOLUME, client, &["ca.crt"])];
+    keys.extend(secrets.operator.map(|o| (OPERATOR_TLS_VOLUME, o, &["tls.crt", "tls.key"][..])));
     keys
 }
 
 fn client_tls(kvc: &KvCluster) -> Option<JobTls> {
-    let secrets = kvc.spec.tls.as_ref()?.secrets(&kvc.name_any());
-    let client = secrets.client?;
-    let secret_volume = |name: &str, secret: String, keys: &[&str]| PodVolume {
-        name: name.to_owned(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(secret),
-            items: Some(keys.iter().map(|k| KeyToPath { key: (*k).to_owned(), path: (*k).to_owned(), mode: None }).collect()),
-            ..SecretVolumeSource::default()
-        }),
-        ..PodVolume::default()
-    };
-    let mount = |name: &str| VolumeMount {
-        name: name.to_owned(),
-        mount_path: format!("{JOB_TLS_DIR}/{name}"),
-        read_only: Some(true),
-        ..VolumeMount::default()
-    };
-    let mut tls = JobTls {
-        args: vec![format!("--cacert={JOB_TLS_DIR}/client-ca/ca.crt")],
-        volumes: vec![secret_volume("client-ca", client, &["ca.crt"])],
-        mounts: vec![mount("client-ca")],
-    };
-    if let Some(operator) = secrets.operator {
-        tls.args.extend([format!("--cert={JOB_TLS_DIR}/operator-tls/tls.crt"), format!("--key={JOB_TLS_DIR}/operator-tls/tls.key")]);
-        tls.volumes.push(secret_volume("operator-tls", operator, &["tls.crt", "tls.key"]));
-        tls.mounts.push(mount("operator-tls"));
+    let secrets = tls_secret_keys(kvc);
+    if secrets.is_empty() {
+        return None;
+    }
+    let mut tls = JobTls { args: vec![format!("--cacert={JOB_TLS_DIR}/{CLIENT_CA_VOLUME}/ca.crt")], volumes: Vec::new(), mounts: Vec::new() };
+    for (volume, secret, keys) in secrets {
+        if volume == OPERATOR_TLS_VOLUME {
+            tls.args.extend([format!("--cert={JOB_TLS_DIR}/{volume}/tls.crt"), format!("--key={JOB_TLS_DIR}/{volume}/tls.key")]);
+        }
+        tls.volumes.push(PodVolume {
+            name: volume.to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret),
+                items: Some(keys.iter().map(|k| KeyToPath { key: (*k).to_owned(), path: (*k).to_owned(), mode: None }).collect()),
+                ..SecretVolumeSource::default()
+            }),
+            ..PodVolume::default()
+        });
+        tls.mounts.push(VolumeMount {
+            name: volume.to_owned(),
+            mount_path: format!("{JOB_TLS_DIR}/{volume}"),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
     }
     Some(tls)
 }
@@ -458,6 +459,44 @@ mod tests {
 
         assert_eq!(object_url(&Destination::default(), key_of), None);
         assert_eq!(secret_keys(&s3()), vec![&key("s3", "id"), &key("s3", "secret")]);
+    }
+
+    #[test]
+    fn a_tls_clusters_job_presents_the_operator_certificate_and_trusts_only_the_client_ca() {
+        let mut kvc = crate::resources::tests::kvcluster("demo", 3);
+        kvc.spec.tls = Some(
+            serde_json::from_value(serde_json::json!({"clientSecretName": "client-tls", "operatorSecretName": "op-tls"}))
+                .expect("tls"),
+        );
+        let job = backup_job(&backup(s3()), &kvc, "https://demo-1.demo-peer.prod.svc:2379").expect("a job");
+        let pod = job.spec.and_then(|s| s.template.spec).expect("pod");
+        let args = pod.containers[0].args.clone().unwrap_or_default();
+        let snapshot = args.iter().position(|a| a == "snapshot").expect("snapshot");
+        for flag in [
+            "--cacert=/etc/raftkv/tls/client-ca/ca.crt",
+            "--cert=/etc/raftkv/tls/operator-tls/tls.crt",
+            "--key=/etc/raftkv/tls/operator-tls/tls.key",
+        ] {
+            let at = args.iter().position(|a| a == flag).unwrap_or_else(|| panic!("{flag} missing from {args:?}"));
+            assert!(at < snapshot, "{flag} after the subcommand: {args:?}");
+        }
+        // The members' Secret lends its CA only, never their key.
+        let projected: Vec<(String, Vec<String>)> = pod
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| {
+                let s = v.secret?;
+                Some((s.secret_name?, s.items?.into_iter().map(|i| i.key).collect()))
+            })
+            .collect();
+        assert!(projected.contains(&("client-tls".to_owned(), vec!["ca.crt".to_owned()])), "{projected:?}");
+        assert!(projected.contains(&("op-tls".to_owned(), vec!["tls.crt".to_owned(), "tls.key".to_owned()])), "{projected:?}");
+        assert_eq!(
+            tls_secret_keys(&kvc).into_iter().map(|(_, name, _)| name).collect::<Vec<_>>(),
+            ["client-tls", "op-tls"],
+            "what the operator checks before the Job is what the Job mounts"
+        );
     }
 
     #[test]
