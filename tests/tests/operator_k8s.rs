@@ -392,18 +392,7 @@ async fn a_kvcluster_runs_as_pods_that_answer_etcdctl() -> anyhow::Result<()> {
             .context("the operator's Deployment")?;
         cp.kubectl(&["create", "namespace", NS])?;
         cp.kubectl_stdin(&["apply", "-f", "-"], KVCLUSTER)?;
-        let ips = eventually("three Ready raftkv pods", Duration::from_secs(180), || {
-            let out = cp.kubectl(&[
-                "get", "pods", "-n", NS, "-l", "app.kubernetes.io/instance=demo", "-o",
-                r#"jsonpath={range .items[*]}{.status.podIP} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#,
-            ])?;
-            let ready: Vec<String> = out
-                .lines()
-                .filter_map(|l| l.split_once(' ').filter(|(_, ready)| *ready == "True").map(|(ip, _)| ip.to_owned()))
-                .collect();
-            Ok((ready.len() == 3).then_some(ready))
-        })
-        .await?;
+        let ips = ready_pods(&cp, NS, "demo", 3).await?;
         let endpoints = ips.iter().map(|ip| format!("http://{ip}:2379")).collect::<Vec<_>>().join(",");
         let etcdctl = |args: &[&str]| -> anyhow::Result<String> {
             let mut all = vec!["--endpoints", endpoints.as_str()];
@@ -437,16 +426,17 @@ async fn a_kvcluster_runs_as_pods_that_answer_etcdctl() -> anyhow::Result<()> {
     outcome
 }
 
-/// The Pods of KvCluster `instance` in `ns` that are Ready, once there are `n`.
+/// The IPs of KvCluster `instance`'s Pods in `ns` that are Ready, once
+/// there are `n`.
 async fn ready_pods(cp: &ControlPlane, ns: &str, instance: &str, n: usize) -> anyhow::Result<Vec<String>> {
     eventually(&format!("{n} Ready pods of {ns}/{instance}"), Duration::from_secs(240), || {
         let out = cp.kubectl(&[
             "get", "pods", "-n", ns, "-l", &format!("app.kubernetes.io/instance={instance}"), "-o",
-            r#"jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#,
+            r#"jsonpath={range .items[*]}{.status.podIP} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#,
         ])?;
         let ready: Vec<String> = out
             .lines()
-            .filter_map(|l| l.split_once(' ').filter(|(_, ready)| *ready == "True").map(|(name, _)| name.to_owned()))
+            .filter_map(|l| l.split_once(' ').filter(|(_, ready)| *ready == "True").map(|(ip, _)| ip.to_owned()))
             .collect();
         Ok((ready.len() == n).then_some(ready))
     })
