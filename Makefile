@@ -7,7 +7,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BIN        := $(TARGET_DIR)/debug
 DATA_DIR   ?= default.raftkv
 
-.PHONY: all deps doctor pydeps go-peers node-peers test-peers build run cluster test test-k8s chaos sim bench bench-cluster bench-k8s clean-data
+.PHONY: all deps doctor pydeps go-peers node-peers test-peers build run cluster test test-k8s chaos sim fuzz bench bench-cluster bench-k8s clean-data
 
 # The chart tests' Python packages (Helm 4's engine, Kubernetes' schemas).
 VENV       ?= .venv
@@ -79,6 +79,13 @@ SEEDS ?= 100
 SEED  ?= 1
 sim: build go-peers
 	SEEDS=$(SEEDS) SEED=$(SEED) $(BIN)/examples/sim
+
+# The fuzz targets (fuzz/, cargo-fuzz and libFuzzer; docs/fuzzing.md), each
+# for FUZZ_SECONDS (default 60); FUZZ_TARGETS picks some. Installs
+# cargo-fuzz from crates.io when missing. `make test` replays their seeds
+# and every input kept in fuzz/regressions.
+fuzz: deps
+	./scripts/fuzz.sh
 
 # raftkv and Debian's etcd side by side on this machine, with ratios.
 bench: build

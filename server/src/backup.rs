@@ -230,8 +230,13 @@ impl<R: Read> Decoder<R> {
         if len > MAX_RECORD {
             return Err(FormatError::Corrupt(format!("a record of {len} bytes")));
         }
-        let mut buf = vec![0u8; len as usize];
-        self.input.read_exact(&mut buf).map_err(|e| FormatError::Corrupt(format!("truncated record ({e})")))?;
+        // Read as far as the input goes: a damaged length must not make a
+        // file of a few bytes allocate MAX_RECORD.
+        let mut buf = Vec::new();
+        (&mut self.input).take(u64::from(len)).read_to_end(&mut buf).map_err(|e| FormatError::Corrupt(format!("truncated record ({e})")))?;
+        if buf.len() < len as usize {
+            return Err(FormatError::Corrupt(format!("truncated record ({} of {len} bytes)", buf.len())));
+        }
         let r = Record::decode(buf.as_slice()).map_err(|e| FormatError::Corrupt(format!("undecodable record: {e}")))?;
         if cf_of(r.cf).is_none() {
             return Err(FormatError::Corrupt(format!("a record of unknown column family {}", r.cf)));

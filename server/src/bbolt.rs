@@ -463,8 +463,8 @@ fn data(page: &[u8], i: usize, pos: u32, len: u32, at: Loc) -> Result<&[u8], Bol
     range.and_then(|r| page.get(r)).ok_or_else(|| corrupt(at, format_args!("element {i}'s data lies beyond the page")))
 }
 
-/// bbolt images built by hand, for this module's tests and etcd_import's.
-#[cfg(test)]
+/// bbolt images built by hand, for this module's tests, etcd_import's and
+/// the fuzzers' seeds.
 pub(crate) mod image {
     use super::{BRANCH_PAGE, BUCKET_LEAF, LEAF_PAGE, MAGIC, META_AT, META_SUMMED, VERSION, fnv1a64};
 

@@ -39,14 +39,14 @@ const AUTH_ROLES_BUCKET: &str = "authRoles";
 
 /// etcd's leasepb.Lease, the value of the `lease` bucket.
 #[derive(Clone, PartialEq, prost::Message)]
-struct EtcdLease {
+pub(crate) struct EtcdLease {
     #[prost(int64, tag = "1")]
-    id: i64,
+    pub(crate) id: i64,
     #[prost(int64, tag = "2")]
-    ttl: i64,
+    pub(crate) ttl: i64,
     /// The remaining TTL last checkpointed; 0 when none.
     #[prost(int64, tag = "3")]
-    remaining_ttl: i64,
+    pub(crate) remaining_ttl: i64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -27,6 +27,8 @@
 //! - `metrics`: Prometheus metrics with etcd's names.
 //! - `sim`: one member without threads, timers or sockets, for the
 //!   deterministic simulation of whole clusters (`tests/src/sim.rs`).
+//! - `fuzzing`: the fuzz targets' bodies, invariants and seeds (`fuzz/`,
+//!   replayed by `tests/fuzz_regressions.rs`; docs/fuzzing.md).
 //! - `config`: etcd's flags; `compactor`: auto compaction; `error`: the
 //!   errors clients see, with etcd's texts.
 //!
@@ -40,6 +42,7 @@ pub mod apply;
 pub mod backup;
 pub mod bbolt;
 pub mod etcd_import;
+pub mod fuzzing;
 pub mod compactor;
 pub mod config;
 pub mod corrupt;

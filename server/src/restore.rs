@@ -67,7 +67,7 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Restore
 /// Meta records a restore does not carry over: the old cluster's member
 /// registry, its alarms (raised for members that are gone) and the old raft
 /// position (the new cluster starts its own).
-fn carried_over(key: &[u8]) -> bool {
+pub(crate) fn carried_over(key: &[u8]) -> bool {
     !(key.starts_with(b"members/")
         || key.starts_with(b"removed/")
         || key.starts_with(crate::snapshot::LOCAL_PREFIX)

@@ -137,7 +137,7 @@ fn stream_error(code: tonic::Code, message: &str) -> Bytes {
 }
 
 /// A message from its JSON (the empty request for an empty body).
-fn from_json(desc: &MessageDescriptor, json: &[u8]) -> Result<DynamicMessage, String> {
+pub(crate) fn from_json(desc: &MessageDescriptor, json: &[u8]) -> Result<DynamicMessage, String> {
     if json.iter().all(u8::is_ascii_whitespace) {
         return Ok(DynamicMessage::new(desc.clone()));
     }
@@ -170,7 +170,7 @@ fn drop_unknown_fields(desc: &MessageDescriptor, value: &mut serde_json::Value) 
 }
 
 /// A message's JSON, as etcd's gateway writes it.
-fn to_json(msg: &DynamicMessage) -> Result<Vec<u8>, String> {
+pub(crate) fn to_json(msg: &DynamicMessage) -> Result<Vec<u8>, String> {
     let options = SerializeOptions::new().use_proto_field_name(true).skip_default_fields(true).stringify_64_bit_integers(true);
     let mut out = Vec::new();
     let mut ser = serde_json::Serializer::new(&mut out);
