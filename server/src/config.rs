@@ -114,6 +114,18 @@ pub struct Config {
     /// connection (0 to disable).
     #[arg(long, env = "RAFTKV_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub grpc_keepalive_timeout: Duration,
+    /// Comma-separated white list of origins for CORS, or cross-origin
+    /// resource sharing (* means allow all): the HTTP answers of the client
+    /// port (the JSON gateway, /health, /version, /metrics) carry the CORS
+    /// headers for them, as etcd's.
+    #[arg(long, env = "RAFTKV_CORS", default_value = "*", value_parser = parse_cors)]
+    pub cors: String,
+    /// Comma-separated acceptable hostnames from HTTP client requests, if
+    /// the server is not secure (* or empty means allow all): a plaintext
+    /// HTTP request naming another host in its Host header is refused with
+    /// 421, as etcd refuses it (DNS rebinding, CVE-2018-5702).
+    #[arg(long, env = "RAFTKV_HOST_WHITELIST", default_value = "*")]
+    pub host_whitelist: String,
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, env = "RAFTKV_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
@@ -332,6 +344,28 @@ fn parse_duration_or_off(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
+/// etcd's `--cors`: `*`, or URLs as etcd's types.NewURLs takes them, with
+/// its messages.
+fn parse_cors(s: &str) -> Result<String, String> {
+    if s == "*" {
+        return Ok(s.to_string());
+    }
+    for u in s.split(',') {
+        let (scheme, rest) = u.split_once("://").unwrap_or(("", u));
+        if !["http", "https", "unix", "unixs"].contains(&scheme) {
+            return Err(format!("URL scheme must be http, https, unix, or unixs: {u}"));
+        }
+        let (host, path) = rest.find(['/', '?', '#']).map_or((rest, ""), |i| rest.split_at(i));
+        if !host.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(format!("URL address does not have the form \"host:port\": {u}"));
+        }
+        if !path.is_empty() {
+            return Err(format!("URL must not contain a path: {u}"));
+        }
+    }
+    Ok(s.to_string())
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
     if d.is_zero() { Err(format!("invalid duration {s:?}: must be positive")) } else { Ok(d) }
@@ -373,6 +407,17 @@ mod tests {
             Ok(AutoCompaction::Revision(1000))
         );
         assert!(cfg(&["--auto-compaction-mode", "revision", "--auto-compaction-retention", "1h"]).auto_compaction().is_err());
+    }
+
+    #[test]
+    fn cors_origins_are_checked_as_etcd_checks_them() {
+        assert_eq!(parse_cors("*"), Ok("*".into()));
+        assert_eq!(parse_cors("http://a.example:8080,https://b.example:443"), Ok("http://a.example:8080,https://b.example:443".into()));
+        assert_eq!(parse_cors("http://a.example"), Err("URL address does not have the form \"host:port\": http://a.example".into()));
+        assert_eq!(parse_cors("a.example"), Err("URL scheme must be http, https, unix, or unixs: a.example".into()));
+        assert_eq!(parse_cors(""), Err("URL scheme must be http, https, unix, or unixs: ".into()));
+        assert_eq!(parse_cors("*,http://a.example:1"), Err("URL scheme must be http, https, unix, or unixs: *".into()));
+        assert_eq!(parse_cors("http://a.example:1/x"), Err("URL must not contain a path: http://a.example:1/x".into()));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::peer::service::PeerService;
 /// an oversized request gets etcd's "request is too large".
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
-fn routes(node: &Arc<Node>, max_msg: usize) -> Routes {
+fn routes(node: &Arc<Node>, max_msg: usize, access: http::AccessControl) -> Routes {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     drop(health_reporter); // The default "" service reports SERVING.
     let mut routes = Routes::new(health)
@@ -41,6 +41,7 @@ fn routes(node: &Arc<Node>, max_msg: usize) -> Routes {
     let gateway = crate::api::gateway::router(grpc.clone(), 2 * max_msg);
     let router = grpc.merge(http::router(node.clone())).merge(gateway)
         .layer(axum::middleware::from_fn(http::not_found_unless_grpc))
+        .layer(axum::middleware::from_fn_with_state(Arc::new(access), http::access_control))
         .layer(axum::middleware::from_fn(crate::metrics::count_grpc));
     Routes::from(router)
 }
@@ -200,7 +201,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             .max_concurrent_streams(cfg.max_concurrent_streams)
             .http2_keepalive_interval(nonzero(cfg.grpc_keepalive_interval))
             .http2_keepalive_timeout(nonzero(cfg.grpc_keepalive_timeout))
-            .add_routes(routes(&node, max_msg));
+            .add_routes(routes(&node, max_msg, http::AccessControl::new(&cfg.cors, &cfg.host_whitelist)));
         let server = match tls {
             // Nagle's algorithm would hold each response's trailer until the
             // client's delayed ACK (about 40 ms a request): off, as in etcd

@@ -23,6 +23,12 @@ code() {
   echo "\$ $1 $2 $3 (HTTP status)"
   curl -s -o /dev/null -w '%{http_code}\n' -X "$1" "$EP$2" -d "$3"
 }
+# METHOD PATH [HEADER]: the HTTP status and the CORS headers of the answer.
+headers() {
+  echo "\$ $1 $2 $3 (HTTP status, CORS headers)"
+  curl -s -i -o /dev/stdout -X "$1" "$EP$2" ${3:+-H "$3"} -d '{}' | tr -d '\r' \
+    | sed -n -e 's/^HTTP\/[0-9.]* \([0-9]*\).*/\1/p' -e 's/^\([Aa]ccess-[Cc]ontrol-[^:]*\): */\1: /p' | tr 'A-Z' 'a-z' | sort
+}
 # A streaming call: what arrives within two seconds.
 stream() {
   echo "\$ POST $1 $2 (stream)"
@@ -129,3 +135,11 @@ AUTH=""
 post /v3/auth/user/delete '{"name":"app"}'
 post /v3/auth/role/delete '{"role":"app"}'
 post /v3/kv/range '{"key":"Zm9v","count_only":true}'
+
+echo "# HTTP: etcd 3.3's /v3beta paths, CORS headers (--cors defaults to *), OPTIONS on any path"
+post /v3beta/kv/range '{"key":"Zm9v","count_only":true}'
+headers POST /v3/kv/range
+headers POST /v3/kv/range "Origin: http://app.example:8080"
+headers OPTIONS /v3/kv/put
+headers OPTIONS /no/such/path
+headers GET /health

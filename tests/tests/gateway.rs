@@ -42,6 +42,8 @@ fn check_session(name: &str, t: &str) {
         "\"token\":\"<token>\"}\n",
         "{\"error\":\"etcdserver: permission denied\",\"message\":\"etcdserver: permission denied\",\"code\":7}\n",
         "{\"error\":\"etcdserver: invalid auth token\",\"message\":\"etcdserver: invalid auth token\",\"code\":16}\n",
+        "$ POST /v3beta/kv/range {\"key\":\"Zm9v\",\"count_only\":true}\n{\"header\":",
+        "$ OPTIONS /no/such/path  (HTTP status, CORS headers)\n200\naccess-control-allow-headers: accept, content-type, authorization\naccess-control-allow-methods: post, get, options, put, delete\naccess-control-allow-origin: *\n",
     ] {
         assert!(t.contains(expected), "{name}: no {expected:?} in:\n{t}");
     }
@@ -100,5 +102,69 @@ async fn the_gateway_is_served_over_the_client_ports_tls() -> anyhow::Result<()>
         let (code, body) = curl(&[plain.as_str(), "-d", r#"{"key":"Zm9v"}"#])?;
         assert!(code != 0 || !body.contains("YmFy"), "{name}: plaintext to the TLS port read the value: {body}");
     }
+    Ok(())
+}
+
+/// Runs curl on `url` with `args`: the HTTP status, the CORS headers and
+/// the body, as one text.
+fn http(url: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("curl").args(["-s", "-i"]).args(args).arg(url).output().context("cannot run curl")?;
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+    let mut lines: Vec<String> = head
+        .lines()
+        .filter_map(|l| match l.split_once(' ') {
+            Some((proto, rest)) if proto.starts_with("HTTP/") => Some(rest.split(' ').next().unwrap_or_default().to_string()),
+            _ => l.to_ascii_lowercase().starts_with("access-control-").then(|| l.to_ascii_lowercase()),
+        })
+        .collect();
+    lines.sort();
+    // The JSON answers hold ids; the status and headers are what is compared.
+    let body = if body.starts_with('{') { "<json>" } else { body };
+    Ok(format!("{}\n{body}", lines.join("\n")))
+}
+
+/// `--cors` with a list of origins and `--host-whitelist`, on etcd and on
+/// raftkv: only the listed origins get CORS headers (an allowed one is
+/// echoed), a plaintext request naming another host is refused with 421
+/// and etcd's text, OPTIONS still answers 200, and gRPC passes by.
+#[tokio::test(flavor = "multi_thread")]
+async fn cors_origins_and_the_host_whitelist_are_etcds() -> anyhow::Result<()> {
+    if !with_etcd("cors_origins_and_the_host_whitelist_are_etcds")? {
+        return Ok(());
+    }
+    let flags = ["--cors", "http://app.example:8080,https://other.example:443", "--host-whitelist", "localhost,127.0.0.1"];
+    let mut transcripts = Vec::new();
+    for flavor in [Flavor::Etcd, Flavor::Raftkv] {
+        let server = Server::start_with(flavor, &flags).await?;
+        let ep = server.endpoint();
+        let range = format!("{ep}/v3/kv/range");
+        let mut t = String::new();
+        for (what, args) in [
+            ("allowed origin", vec!["-X", "POST", "-H", "Origin: http://app.example:8080", "-d", r#"{"key":"Zm9v"}"#]),
+            ("other origin", vec!["-X", "POST", "-H", "Origin: http://evil.example:8080", "-d", r#"{"key":"Zm9v"}"#]),
+            ("no origin", vec!["-X", "POST", "-d", r#"{"key":"Zm9v"}"#]),
+            ("preflight", vec!["-X", "OPTIONS", "-H", "Origin: https://other.example:443"]),
+            ("host not whitelisted", vec!["-X", "POST", "-H", "Host: rebound.example:2379", "-d", r#"{"key":"Zm9v"}"#]),
+            ("host not whitelisted, /health", vec!["-H", "Host: rebound.example"]),
+            ("whitelisted host", vec!["-X", "POST", "-H", "Host: localhost:2379", "-d", r#"{"key":"Zm9v"}"#]),
+        ] {
+            let url = if what.ends_with("/health") { format!("{ep}/health") } else { range.clone() };
+            t.push_str(&format!("$ {what}\n{}\n", http(&url, &args)?));
+        }
+        // gRPC is not an HTTP request of the access controller's.
+        let mut client = server.client().await?;
+        client.put("grpc", "ok", None).await.context("a gRPC put with a host whitelist")?;
+        transcripts.push(t);
+    }
+    let (etcd, raftkv) = (&transcripts[0], &transcripts[1]);
+    for (name, t) in [("etcd", etcd), ("raftkv", raftkv)] {
+        assert!(t.contains("$ allowed origin\n200\naccess-control-allow-headers: accept, content-type, authorization\naccess-control-allow-methods: post, get, options, put, delete\naccess-control-allow-origin: http://app.example:8080\n"), "{name}:\n{t}");
+        assert!(t.contains("$ other origin\n200\n<json>"), "{name}:\n{t}");
+        assert!(t.contains("$ host not whitelisted\n421\n\netcd received your request, but the Host header was unrecognized."), "{name}:\n{t}");
+        assert!(t.contains(r#"- e.g. etcd --host-whitelist "rebound.example""#), "{name}:\n{t}");
+    }
+    let d = diff::unified("etcd", etcd, "raftkv", raftkv, 3);
+    assert!(d.is_empty(), "the access control differs:\n{d}");
     Ok(())
 }

@@ -86,11 +86,13 @@ fn routes() -> Result<HashMap<String, Route>, String> {
 /// services. Bodies are read up to `max_body` bytes.
 pub fn router(grpc: axum::Router, max_body: usize) -> axum::Router {
     let mut router = axum::Router::new();
-    for path in ROUTES.keys() {
+    // etcd also serves every /v3/ path under the /v3beta/ of etcd 3.3.
+    let beta = ROUTES.keys().filter_map(|p| Some((format!("/v3beta/{}", p.strip_prefix("/v3/")?), p)));
+    for (served, path) in ROUTES.keys().map(|p| (p.clone(), p)).chain(beta) {
         let grpc = grpc.clone();
         let path_owned = path.clone();
         router = router.route(
-            path,
+            &served,
             axum::routing::post(move |req: Request| {
                 let grpc = grpc.clone();
                 let path = path_owned.clone();
