@@ -27,7 +27,8 @@
 # peers), BENCH_KEEP=1 (keep data dirs and logs), BENCH_SCALE (divide request
 # counts, for a quick smoke run), BENCH_ROUNDS, BENCH_SERVERS (default
 # "etcd raftkv"), BENCH_WORKLOAD_TIMEOUT (seconds one workload may take,
-# default 240), BENCH_COMPACTION=0 (skip the compaction figures).
+# default 240), BENCH_COMPACTION=0 (skip the compaction figures), BENCH_VALUES
+# (a file that gets every figure of every round, for medians).
 #
 # Besides throughput and p99: the members' CPU seconds per 10 000 requests
 # of each workload (user and system time from /proc, all three members),

@@ -182,6 +182,9 @@ declare -A R
 keep() {
     local key=$1 better=$2 value=$3 old=${R[$1]:-}
     [[ -z $value || $value == null ]] && return 0
+    # BENCH_VALUES=FILE: every figure of every round, "KEY VALUE" a line,
+    # for medians over alternating rounds (the table keeps the best).
+    [[ -n ${BENCH_VALUES:-} ]] && echo "$key $value" >>"$BENCH_VALUES"
     [[ $better == lower && $value == 0 ]] && return 0
     if [[ -z $old ]] || awk -v n="$value" -v o="$old" -v b="$better" \
         'BEGIN { exit !(b == "higher" ? n > o : n < o) }'; then

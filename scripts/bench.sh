@@ -25,7 +25,8 @@
 # BENCH_WORKLOAD_TIMEOUT (seconds one workload may take, default 240),
 # BENCH_MAINT_MB (the store size of the maintenance figures, default 1024),
 # BENCH_WORKLOADS (all, or maintenance, scaling or security alone), BENCH_PLOT_DIR
-# (where the scaling figures go: bench-scaling.csv and .svg, default docs/).
+# (where the scaling figures go: bench-scaling.csv and .svg, default docs/),
+# BENCH_VALUES (a file that gets every figure of every round, for medians).
 set -euo pipefail
 
 # shellcheck source=scripts/bench-lib.sh
