@@ -145,6 +145,8 @@ fn code_name(code: &str) -> &'static str {
 /// in the trailers); a stream's when its trailers go out, or, when the
 /// client goes away first, Canceled.
 pub async fn count_grpc(req: Request, next: Next) -> Response {
+    // The outermost layer: what api::coalesce counts as being answered.
+    let _answering = crate::api::coalesce::answering();
     let path = req.uri().path().to_owned();
     let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
         return next.run(req).await;

@@ -5,10 +5,12 @@ use std::future::Future;
 use std::sync::Arc;
 
 use etcd_client::proto::{PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbWatchServer};
+use futures::TryStreamExt;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 
+use crate::api::coalesce::Coalesced;
 use crate::api::v3electionpb::election_server::ElectionServer;
 use crate::api::auth::AuthService;
 use crate::api::etcdserverpb::auth_server::AuthServer;
@@ -205,9 +207,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         let server = match tls {
             // Nagle's algorithm would hold each response's trailer until the
             // client's delayed ACK (about 40 ms a request): off, as in etcd
-            // (the TLS acceptor turns it off too).
-            None => tokio::spawn(builder.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stopped)),
-            Some(config) => tokio::spawn(builder.serve_with_incoming_shutdown(crate::tls::incoming(listener, config, None), stopped)),
+            // (the TLS acceptor turns it off too). Responses ready together
+            // leave in one write (api::coalesce).
+            None => {
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).map_ok(Coalesced::new);
+                tokio::spawn(builder.serve_with_incoming_shutdown(incoming, stopped))
+            }
+            Some(config) => {
+                let incoming = crate::tls::incoming(listener, config, None).map_ok(Coalesced::new);
+                tokio::spawn(builder.serve_with_incoming_shutdown(incoming, stopped))
+            }
         };
         servers.push(server);
     }

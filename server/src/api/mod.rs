@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod coalesce;
 pub mod election;
 pub mod gateway;
 pub mod http;
