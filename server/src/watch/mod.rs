@@ -143,6 +143,12 @@ impl WatchHub {
     /// Hands the changes of revision `rev` to the fan-out (called by the
     /// applier after the revision is visible). Never waits.
     pub fn publish(&self, rev: i64, changes: Vec<Change>) {
+        // Nobody to tell (most puts of most clusters): a watcher added from
+        // now on reads the current revision, `rev` or later, under this
+        // lock, so it starts past `rev` or catches up from history.
+        if self.watchers.lock().is_empty() {
+            return;
+        }
         let bytes: usize = changes.iter().map(|c| c.kv.key.len() + c.kv.value.len()).sum();
         if self.queued_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes > PUBLISH_QUEUE_BYTES
             || self.published.try_send((rev, changes, bytes)).is_err()
@@ -739,6 +745,35 @@ mod tests {
         hub.add((2, 0), w, tx);
         hub.catch_up();
         assert_eq!(prev_values(&mut rx), live);
+    }
+
+    #[test]
+    fn with_no_watcher_nothing_is_queued_and_a_later_watcher_reads_history() {
+        let (store, hub) = hub();
+        let mut t = store.write();
+        t.put(b"k", b"v".to_vec(), 0);
+        let changes = t.commit(WriteBatch::default()).expect("commit");
+        let rev = changes[0].kv.mod_revision;
+        hub.publish(rev, changes);
+        let queued = hub.fanout.lock().as_ref().map(|q| q.try_iter().count());
+        assert_eq!(queued, Some(0), "no watcher: the fan-out is not woken");
+        assert_eq!(hub.queued_bytes.load(Ordering::Acquire), 0);
+        // A watcher from that revision gets it from history.
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut w = spec("k");
+        w.start_rev = rev;
+        hub.add((1, 0), w, tx);
+        hub.catch_up();
+        assert_eq!(revisions(&mut rx), vec![rev]);
+        // One from now on is synced, and the next revision is queued for it.
+        let (tx, _rx) = mpsc::channel(16);
+        hub.add((2, 0), spec("k"), tx);
+        let mut t = store.write();
+        t.put(b"k", b"v2".to_vec(), 0);
+        let changes = t.commit(WriteBatch::default()).expect("commit");
+        hub.publish(changes[0].kv.mod_revision, changes);
+        let queued = hub.fanout.lock().as_ref().map(|q| q.try_iter().count());
+        assert_eq!(queued, Some(1));
     }
 
     #[test]
