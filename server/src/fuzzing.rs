@@ -127,6 +127,7 @@ impl Machine {
         let mut outcome = self.waiters.register(id).unwrap_or_else(|e| panic!("register: {e}"));
         let data = RaftRequest { id, op: Some(op), proposer: ME, auth_revision: 0 }.encode_to_vec();
         self.applier.apply(self.index, Some(&data), WriteBatch::default()).unwrap_or_else(|e| panic!("apply failed on a memory engine: {e}"));
+        crate::raft::StateMachine::flush(&mut self.applier).unwrap_or_else(|e| panic!("flush failed on a memory engine: {e}"));
         match outcome.try_recv() {
             Ok(Some(result)) => result,
             other => panic!("no outcome for an applied request: {other:?}"),

@@ -125,6 +125,11 @@ pub struct Applier {
     alarms: Arc<Alarms>,
     auth: Arc<crate::auth::AuthStore>,
     applied: u64,
+    /// What the entries applied since the last flush produced, told once
+    /// it is written: their outcomes (this member's proposals), and their
+    /// changes (to watchers).
+    answers: Vec<(u64, ApplyResult)>,
+    published: Vec<(i64, Vec<crate::mvcc::Change>)>,
 }
 
 /// Writes the applied index a founding member starts from.
@@ -166,7 +171,7 @@ impl Applier {
         auth: Arc<crate::auth::AuthStore>,
     ) -> Result<Self, StorageError> {
         let applied = applied_index(engine.as_ref())?;
-        Ok(Self { me, engine, store, lessor, waiters, hub, membership, snapshots, alarms, auth, applied })
+        Ok(Self { me, engine, store, lessor, waiters, hub, membership, snapshots, alarms, auth, applied, answers: Vec::new(), published: Vec::new() })
     }
 
     /// What an active alarm refuses, as etcd's capped (NOSPACE) and corrupt
@@ -184,24 +189,24 @@ impl Applier {
         (adds && self.alarms.has(alarm::NOSPACE)).then_some(Error::NoSpace)
     }
 
-    /// Runs one request; `progress` is written atomically with its effects.
-    fn execute(&self, op: Op, mut progress: WriteBatch) -> Result<ApplyResult, StorageError> {
+    /// Runs one request; `progress` is staged atomically with its effects.
+    fn execute(&mut self, op: Op, mut progress: WriteBatch) -> Result<ApplyResult, StorageError> {
         if let Some(refusal) = self.refused_by_alarm(&op) {
-            self.engine.write(progress, false)?;
+            self.store.stage(progress);
             return Ok(Err(refusal));
         }
         if let Op::Alarm(a) = &op {
             let resp = self.alarms.apply(a, &mut progress);
-            self.engine.write(progress, false)?;
+            self.store.stage(progress);
             return Ok(Ok(Response::Alarm(resp)));
         }
         if let Op::Auth(a) = &op {
             let Some(change) = &a.change else {
-                self.engine.write(progress, false)?;
+                self.store.stage(progress);
                 return Ok(Err(Error::Internal("an auth request without a change".into())));
             };
             let result = self.auth.apply(change, &mut progress);
-            self.engine.write(progress, false)?;
+            self.store.stage(progress);
             if result.is_ok() {
                 // Open watches lose what their users may no longer read.
                 self.hub.recheck_access(|user, key, end| self.auth.may_read(user, key, end));
@@ -209,6 +214,8 @@ impl Applier {
             return Ok(result.map(Response::Auth));
         }
         if let Op::Compaction(c) = op {
+            // Checked against, and written after, the entries before it.
+            self.flush()?;
             return match self.store.compact(c.revision, progress.clone()) {
                 Ok(()) => Ok(Ok(Response::Compaction(CompactionResponse {
                     header: Some(PbResponseHeader { revision: self.store.current_revision(), ..Default::default() }),
@@ -234,21 +241,33 @@ impl Applier {
         };
         // A failed request left no change in `txn` (checks run first), but
         // raft's progress is still recorded.
-        let started = std::time::Instant::now();
-        let committed = txn.commit(progress);
-        crate::metrics::METRICS.backend_commit.observe(crate::metrics::since(started));
-        let changes = committed.map_err(|e| match e {
-            MvccError::Storage(e) => e,
-            other => StorageError::Engine(other.to_string()),
-        })?;
+        let changes = txn.stage(progress);
         for c in &changes {
             self.lessor.attach(&c.kv.key, if c.deleted { 0 } else { c.kv.lease });
         }
         if let Some(first) = changes.first() {
-            let rev = first.kv.mod_revision;
-            self.hub.publish(rev, changes);
+            self.published.push((first.kv.mod_revision, changes));
         }
         Ok(result)
+    }
+
+    /// Writes what the entries applied since the last flush staged, in one
+    /// engine write, makes their revisions visible, then tells watchers
+    /// and answers the proposers.
+    fn flush(&mut self) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
+        self.store.flush().map_err(|e| match e {
+            MvccError::Storage(e) => e,
+            other => StorageError::Engine(other.to_string()),
+        })?;
+        crate::metrics::METRICS.backend_commit.observe(crate::metrics::since(started));
+        for (rev, changes) in self.published.drain(..) {
+            self.hub.publish(rev, changes);
+        }
+        for (id, result) in self.answers.drain(..) {
+            self.waiters.complete(id, result);
+        }
+        Ok(())
     }
 }
 
@@ -257,30 +276,37 @@ impl StateMachine for Applier {
         progress.put(Cf::Meta, META_APPLIED, index.to_be_bytes().to_vec());
         self.applied = index;
         let Some(data) = data else {
-            return self.engine.write(progress, false);
+            self.store.stage(progress);
+            return Ok(());
         };
         let req = match RaftRequest::decode(data) {
             Ok(req) => req,
             Err(e) => {
                 tracing::error!(index, error = %e, "undecodable raft entry skipped");
-                return self.engine.write(progress, false);
+                self.store.stage(progress);
+                return Ok(());
             }
         };
         let Some(op) = req.op else {
-            return self.engine.write(progress, false);
+            self.store.stage(progress);
+            return Ok(());
         };
         // etcd's auth revision check: rights read before an auth change
         // applied in between are not used (the client asks again).
         let result = if req.auth_revision != 0 && self.auth.enabled() && req.auth_revision < self.auth.revision() {
-            self.engine.write(progress, false)?;
+            self.store.stage(progress);
             Err(Error::AuthOldRevision)
         } else {
             self.execute(op, progress)?
         };
         if req.proposer == self.me {
-            self.waiters.complete(req.id, result);
+            self.answers.push((req.id, result));
         }
         Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StorageError> {
+        Applier::flush(self)
     }
 
     fn apply_conf_change(
@@ -290,6 +316,8 @@ impl StateMachine for Applier {
         outcome: Result<&ConfState, String>,
         mut progress: WriteBatch,
     ) -> Result<(), StorageError> {
+        // Written after the entries before it, and answered at once.
+        Applier::flush(self)?;
         progress.put(Cf::Meta, META_APPLIED, index.to_be_bytes().to_vec());
         self.applied = index;
         let ctx = ConfContext::decode(&cc.context[..]).unwrap_or_default();
@@ -308,6 +336,7 @@ impl StateMachine for Applier {
     }
 
     fn restore(&mut self, snapshot: &Snapshot, raft: WriteBatch) -> Result<(), StorageError> {
+        Applier::flush(self)?;
         let index = snapshot.get_metadata().index;
         let snapshots = &self.snapshots;
         self.store.reload_after(|| snapshots.install(index, raft)).map_err(|e| match e {
@@ -341,6 +370,138 @@ mod tests {
         RaftRequest { id, op: Some(op), proposer, auth_revision: 0 }.encode_to_vec()
     }
 
+    /// An applier on a memory engine, with its store and waiters.
+    fn machine(dir: &std::path::Path) -> (Applier, Arc<Store>, Arc<Waiters>, Arc<dyn Engine>) {
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        let store = Arc::new(Store::open(engine.clone()).expect("store"));
+        let hub = Arc::new(WatchHub::new(store.clone(), Box::new(|revision| PbResponseHeader { revision, ..Default::default() }), 1 << 20));
+        let waiters = Arc::new(Waiters::default());
+        let snapshots = Arc::new(Snapshots::open(dir.join("snap"), engine.clone()).expect("snapshots"));
+        let applier = Applier::new(
+            1,
+            engine.clone(),
+            store.clone(),
+            Arc::new(Lessor::new(1)),
+            waiters.clone(),
+            hub,
+            Arc::new(Membership::default()),
+            snapshots,
+            Arc::new(Alarms::default()),
+            Arc::default(),
+        )
+        .expect("applier");
+        (applier, store, waiters, engine)
+    }
+
+    /// Requests whose outcome depends on the entries before them: reads of
+    /// keys written earlier (prev_kv, ignore_value, compares, ranges in a
+    /// txn, at an earlier revision), a lease's keys revoked, a compaction
+    /// in the middle, and refusals.
+    fn dependent_requests() -> Vec<Op> {
+        use etcd_client::proto::{
+            PbCompactionRequest, PbCompare, PbDeleteRequest, PbLeaseGrantRequest, PbLeaseRevokeRequest, PbRangeRequest, PbTargetUnion,
+            PbTxnOpRequest as TxnOp, PbTxnRequest, PbTxnRequestOp,
+        };
+        let put = |k: &str, v: &str| PbPutRequest { key: k.into(), value: v.into(), prev_kv: true, ..Default::default() };
+        let op = |r: TxnOp| PbTxnRequestOp { request: Some(r) };
+        let value_is = |k: &str, v: &str| PbCompare {
+            key: k.into(),
+            target: 3,
+            target_union: Some(PbTargetUnion::Value(v.into())),
+            ..Default::default()
+        };
+        let txn = |compare: PbCompare, success: Vec<PbTxnRequestOp>, failure: Vec<PbTxnRequestOp>| {
+            Op::Txn(PbTxnRequest { compare: vec![compare], success, failure })
+        };
+        vec![
+            Op::Put(put("a", "1")),
+            Op::Put(put("b", "2")),
+            txn(
+                value_is("a", "1"),
+                vec![
+                    op(TxnOp::RequestPut(put("c", "3"))),
+                    op(TxnOp::RequestRange(PbRangeRequest { key: "a".into(), range_end: "z".into(), ..Default::default() })),
+                ],
+                vec![op(TxnOp::RequestDeleteRange(PbDeleteRequest { key: "a".into(), ..Default::default() }))],
+            ),
+            Op::Put(put("a", "4")),
+            txn(value_is("a", "1"), vec![op(TxnOp::RequestPut(put("x", "never")))], vec![op(TxnOp::RequestPut(put("b", "5")))]),
+            Op::LeaseGrant(PbLeaseGrantRequest { ttl: 100, id: 9 }),
+            Op::Put(PbPutRequest { key: "d".into(), value: "6".into(), lease: 9, ..Default::default() }),
+            Op::Put(PbPutRequest { key: "d".into(), ignore_value: true, prev_kv: true, ..Default::default() }),
+            Op::Put(PbPutRequest { key: "nokey".into(), ignore_value: true, ..Default::default() }),
+            Op::LeaseRevoke(PbLeaseRevokeRequest { id: 9 }),
+            Op::DeleteRange(PbDeleteRequest { key: "b".into(), range_end: "c\0".into(), prev_kv: true }),
+            txn(
+                value_is("a", "4"),
+                vec![op(TxnOp::RequestRange(PbRangeRequest { key: "a".into(), revision: 2, ..Default::default() }))],
+                vec![],
+            ),
+            Op::Compaction(PbCompactionRequest { revision: 4, physical: false }),
+            Op::Compaction(PbCompactionRequest { revision: 1000, physical: false }),
+            Op::Put(put("a", "7")),
+            txn(
+                value_is("a", "7"),
+                vec![op(TxnOp::RequestRange(PbRangeRequest { key: "a".into(), revision: 3, ..Default::default() }))],
+                vec![],
+            ),
+            Op::Put(put("e", "8")),
+        ]
+    }
+
+    fn everything(store: &Store) -> Vec<etcd_client::proto::PbKeyValue> {
+        store.range(&[0], &crate::mvcc::RangeEnd::Infinity, &Default::default()).expect("range").kvs
+    }
+
+    #[test]
+    fn entries_applied_as_one_batch_end_where_entries_applied_one_by_one_do() {
+        let (one_dir, batch_dir) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+        let (mut one, one_store, one_waiters, one_engine) = machine(one_dir.path());
+        let (mut batch, batch_store, batch_waiters, batch_engine) = machine(batch_dir.path());
+        let ops = dependent_requests();
+        let mut one_answers = Vec::new();
+        let mut batch_waiting = Vec::new();
+        let mut seen = Vec::new();
+        for (i, op) in ops.into_iter().enumerate() {
+            let (id, index) = (i as u64 + 1, i as u64 + 2);
+            let data = RaftRequest { id, op: Some(op.clone()), proposer: 1, auth_revision: 0 }.encode_to_vec();
+            let mut rx = one_waiters.register(id).expect("room");
+            one.apply(index, Some(&data), WriteBatch::default()).expect("apply");
+            one.flush().expect("flush");
+            one_answers.push(rx.try_recv().expect("answered").expect("applied"));
+            let before = batch_store.current_revision();
+            batch_waiting.push(batch_waiters.register(id).expect("room"));
+            batch.apply(index, Some(&data), WriteBatch::default()).expect("apply");
+            if !matches!(op, Op::Compaction(_)) {
+                // Neither readers nor the proposer see a staged entry.
+                assert_eq!(batch_store.current_revision(), before, "a staged revision is visible");
+                assert!(batch_waiting.last_mut().expect("waiting").try_recv().is_err(), "answered before the flush");
+            }
+            seen.push(everything(&batch_store));
+        }
+        batch.flush().expect("flush");
+        let batch_answers: Vec<ApplyResult> =
+            batch_waiting.iter_mut().map(|rx| rx.try_recv().expect("answered").expect("applied")).collect();
+        assert_eq!(format!("{batch_answers:?}"), format!("{one_answers:?}"));
+        assert!(one_answers.iter().filter(|a| a.is_err()).count() >= 2, "the requests include refusals");
+        assert_eq!(batch_store.current_revision(), one_store.current_revision());
+        assert_eq!(batch_store.compacted_revision(), one_store.compacted_revision());
+        assert_eq!(everything(&batch_store), everything(&one_store));
+        assert_eq!(batch_store.hash_kv(0).expect("hash"), one_store.hash_kv(0).expect("hash"));
+        assert_eq!(applied_index(batch_engine.as_ref()).expect("applied"), applied_index(one_engine.as_ref()).expect("applied"));
+        // What is on the engine is what was served.
+        let reopened = Store::open(batch_engine).expect("reopen");
+        assert_eq!(everything(&reopened), everything(&one_store));
+        assert_eq!(reopened.current_revision(), one_store.current_revision());
+        // A reader saw the state before the batch until the compaction
+        // (which writes what came before it), then that state until the end.
+        assert!(seen[0].is_empty());
+        assert_eq!(seen[11], seen[0]);
+        assert_eq!(seen[12], seen[13]);
+        assert_ne!(seen[12], seen[0]);
+        assert_eq!(seen[16], seen[12]);
+    }
+
     #[test]
     fn only_the_proposing_member_hears_the_outcome_of_its_request_id() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -365,8 +526,11 @@ mod tests {
         let mut mine = waiters.register(7).expect("room for a proposal");
         // Another member's request with the same id must not answer ours.
         applier.apply(2, Some(&put(2, 7, "theirs")), WriteBatch::default()).expect("apply");
+        applier.flush().expect("flush");
         assert!(mine.try_recv().is_err(), "answered with another member's outcome");
         applier.apply(3, Some(&put(1, 7, "mine")), WriteBatch::default()).expect("apply");
+        assert!(mine.try_recv().is_err(), "answered before the entry is written");
+        applier.flush().expect("flush");
         match mine.try_recv().expect("answered").expect("applied").expect("ok") {
             Response::Put(p) => assert_eq!(p.header.expect("header").revision, 3),
             other => panic!("unexpected {other:?}"),

@@ -6,6 +6,12 @@
 //! one, writes the values to the engine, and only then advances the current
 //! revision: a reader, which never looks past the current revision, sees a
 //! transaction entirely or not at all (etcd's scheme).
+//!
+//! The applier stages the transactions of many entries (`WriteTxn::stage`)
+//! and writes them to the engine in one batch (`Store::flush`), which only
+//! then advances the current revision to the last of them: one engine write
+//! per batch of entries instead of one per entry. The staged transactions
+//! see each other's writes; readers see none of them until the flush.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
@@ -167,9 +173,21 @@ impl Compaction {
     }
 }
 
+/// Write transactions staged and not yet written to the engine.
+#[derive(Default)]
+struct Unwritten {
+    batch: WriteBatch,
+    /// Their values, by revision, for the transactions staged after them.
+    values: HashMap<Revision, KeyValue>,
+    /// The revision the last of them made (0: none made one).
+    rev: i64,
+}
+
 pub struct Store {
     engine: Arc<dyn Engine>,
     index: RwLock<Index>,
+    /// Only the writer (the apply loop) touches it.
+    unwritten: Mutex<Unwritten>,
     compaction: Mutex<Compaction>,
     /// Set when a compaction is asked for; shared with the compactor
     /// thread, which waits on it without keeping the store (and its
@@ -199,6 +217,7 @@ impl Store {
         Ok(Self {
             engine,
             index: RwLock::new(idx),
+            unwritten: Mutex::new(Unwritten::default()),
             compaction: Mutex::new(Compaction::settled(finished)),
             compaction_asked: Arc::new((Mutex::new(pending), Condvar::new())),
             finished: tokio::sync::watch::Sender::new(finished),
@@ -220,6 +239,8 @@ impl Store {
     /// index from the new content; a compaction the snapshot's sender had
     /// not finished resumes here.
     pub fn reload_after(&self, install: impl FnOnce() -> std::result::Result<(), crate::storage::StorageError>) -> Result<()> {
+        // What came before the snapshot goes first.
+        self.flush()?;
         let mut compaction = self.compaction.lock();
         install()?;
         let idx = Self::load_index(self.engine.as_ref())?;
@@ -366,11 +387,11 @@ impl Store {
 
     /// Reads a range at a revision.
     pub fn range(&self, key: &[u8], end: &RangeEnd, opts: &RangeOptions) -> Result<RangeResult> {
-        self.read(key, end, opts, None, &HashMap::new())
+        self.read(key, end, opts, None, &[])
     }
 
     /// The one range reader. `latest` is the newest readable revision (None:
-    /// the current one); `staged` holds values a write transaction has not
+    /// the current one); `staged` holds values write transactions have not
     /// written to the engine yet.
     fn read(
         &self,
@@ -378,7 +399,7 @@ impl Store {
         end: &RangeEnd,
         opts: &RangeOptions,
         latest: Option<i64>,
-        staged: &HashMap<Revision, KeyValue>,
+        staged: &[&HashMap<Revision, KeyValue>],
     ) -> Result<RangeResult> {
         let (revs, latest) = {
             let idx = self.index.read();
@@ -399,7 +420,7 @@ impl Store {
         let take = if opts.limit == 0 { count } else { opts.limit.min(count) };
         let mut kvs = Vec::with_capacity(take);
         for rev in &revs[..take] {
-            if let Some(kv) = staged.get(rev) {
+            if let Some(kv) = staged.iter().find_map(|s| s.get(rev)) {
                 kvs.push(kv.clone());
                 continue;
             }
@@ -445,10 +466,11 @@ impl Store {
         }
     }
 
-    /// Starts the write transaction of the next revision. Only the apply
-    /// loop writes, so there is never more than one.
+    /// Starts the write transaction of the next revision (after the staged
+    /// ones). Only the apply loop writes, so there is never more than one.
     pub fn write(&self) -> WriteTxn<'_> {
-        let begin = self.current_revision();
+        let staged = self.unwritten.lock().rev;
+        let begin = if staged != 0 { staged } else { self.current_revision() };
         WriteTxn { store: self, begin, sub: 0, batch: WriteBatch::default(), staged: HashMap::new(), changes: Vec::new() }
     }
 
@@ -468,6 +490,8 @@ impl Store {
     /// below `rev` are refused from now on; the compactor removes what they
     /// could have read in the background.
     pub fn compact(&self, rev: i64, extra: WriteBatch) -> Result<()> {
+        // Checked against what the entries before it made.
+        self.flush()?;
         self.check_compact(rev)?;
         let mut batch = extra;
         batch.put(Cf::Meta, META_COMPACTED_REV, rev.to_be_bytes().to_vec());
@@ -480,6 +504,27 @@ impl Store {
         self.engine.write(batch, false)?;
         self.index.write().compacted = rev;
         self.wake_compactor();
+        Ok(())
+    }
+
+    /// Adds `batch` to what the next [`Store::flush`] writes (the rest of
+    /// an applied entry's effects, written atomically with its revision).
+    pub fn stage(&self, batch: WriteBatch) {
+        self.unwritten.lock().batch.append(batch);
+    }
+
+    /// Writes what was staged in one engine write (not synced: the raft
+    /// log holds it durably), then makes its revisions visible.
+    pub fn flush(&self) -> Result<()> {
+        let mut unwritten = self.unwritten.lock();
+        if !unwritten.batch.is_empty() {
+            self.engine.write(std::mem::take(&mut unwritten.batch), false)?;
+        }
+        unwritten.values.clear();
+        if unwritten.rev != 0 {
+            self.index.write().current = unwritten.rev;
+            unwritten.rev = 0;
+        }
         Ok(())
     }
 
@@ -662,7 +707,8 @@ impl WriteTxn<'_> {
 
     /// A range that sees this transaction's own writes (its sub-revisions).
     pub fn range(&self, key: &[u8], end: &RangeEnd, opts: &RangeOptions) -> Result<RangeResult> {
-        self.store.read(key, end, opts, Some(self.rev()), &self.staged)
+        let unwritten = self.store.unwritten.lock();
+        self.store.read(key, end, opts, Some(self.rev()), &[&self.staged, &unwritten.values])
     }
 
     fn next_rev(&mut self) -> Revision {
@@ -719,21 +765,32 @@ impl WriteTxn<'_> {
         keys.len() as i64
     }
 
-    /// Writes the revision and `extra` atomically (not synced: the raft log
-    /// already holds the request durably), then makes it visible.
-    pub fn commit(mut self, extra: WriteBatch) -> Result<Vec<Change>> {
+    /// Writes the revision and `extra` atomically with whatever was staged
+    /// before (not synced: the raft log already holds the request
+    /// durably), then makes it visible.
+    pub fn commit(self, extra: WriteBatch) -> Result<Vec<Change>> {
+        let store = self.store;
+        let changes = self.stage(extra);
+        store.flush()?;
+        Ok(changes)
+    }
+
+    /// Stages the revision and `extra` for the store's next
+    /// [`Store::flush`], which writes and shows them: later transactions
+    /// see them at once, readers after the flush.
+    pub fn stage(mut self, extra: WriteBatch) -> Vec<Change> {
         let changed = !self.changes.is_empty();
         if changed {
             self.batch.put(Cf::Meta, META_CURRENT_REV, (self.begin + 1).to_be_bytes().to_vec());
         }
         self.batch.append(extra);
-        if !self.batch.is_empty() {
-            self.store.engine.write(std::mem::take(&mut self.batch), false)?;
-        }
+        let mut unwritten = self.store.unwritten.lock();
+        unwritten.batch.append(std::mem::take(&mut self.batch));
+        unwritten.values.extend(self.staged.drain());
         if changed {
-            self.store.index.write().current = self.begin + 1;
+            unwritten.rev = self.begin + 1;
         }
-        Ok(std::mem::take(&mut self.changes))
+        std::mem::take(&mut self.changes)
     }
 }
 

@@ -26,7 +26,14 @@ pub trait StateMachine: Send + 'static {
     /// `progress` records raft's commit and applied index: it must be written
     /// in the same atomic batch as the state the entry produces, so that
     /// after a crash nothing is applied twice and nothing is lost.
+    /// Its effects may be staged until [`StateMachine::flush`]: neither
+    /// readers nor the proposer see them before.
     fn apply(&mut self, index: u64, data: Option<&[u8]>, progress: WriteBatch) -> Result<(), StorageError>;
+
+    /// Writes what the entries applied since the last flush staged, in one
+    /// atomic write, and makes it visible (called after each batch of
+    /// committed entries, before the applied index is announced).
+    fn flush(&mut self) -> Result<(), StorageError>;
 
     /// Applies a configuration change at `index`: `outcome` is the conf
     /// state it produced, or why raft refused it. `progress` as in `apply`.
@@ -632,8 +639,11 @@ impl<S: StateMachine, T: Transport> Loop<S, T> {
                 }
             }
             self.applied = e.index;
-            self.status.applied.store(e.index, Ordering::Release);
         }
+        // Announced once written and visible: a linearizable read waits
+        // for the applied index, then reads.
+        self.sm.flush()?;
+        self.status.applied.store(self.applied, Ordering::Release);
         Ok(())
     }
 
