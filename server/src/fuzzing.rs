@@ -137,7 +137,13 @@ impl Machine {
     /// A client's write, checked as the API checks it before proposing;
     /// None when the API refuses it (or it is not a client's request).
     fn client_write(&mut self, op: Op) -> Option<Result<Response, Error>> {
-        let op = match op {
+        let op = self.checked(op)?;
+        Some(self.apply(op))
+    }
+
+    /// `op` as the API would propose it, None when it refuses it.
+    fn checked(&mut self, op: Op) -> Option<Op> {
+        Some(match op {
             Op::Put(p) => {
                 crate::api::validate::put(&p).ok()?;
                 Op::Put(p)
@@ -168,8 +174,47 @@ impl Machine {
             Op::LeaseRevoke(r) => Op::LeaseRevoke(r),
             // Members' own requests: not a client's to send.
             _ => return None,
-        };
-        Some(self.apply(op))
+        })
+    }
+}
+
+/// The same writes applied to a second state machine in batches, flushed
+/// every few entries as the raft loop flushes after each batch raft hands
+/// over: its answers and state must be those of the machine that flushes
+/// after every entry.
+struct Batched {
+    m: Machine,
+    /// Outcomes not yet heard (until the flush), with the answer the
+    /// one-by-one machine gave.
+    waiting: Vec<(tokio::sync::oneshot::Receiver<apply::Outcome>, String)>,
+}
+
+impl Batched {
+    /// Stages `op`, which the one-by-one machine answered with `answer`;
+    /// flushes once `batch` entries are staged.
+    fn stage(&mut self, op: Op, answer: &Result<Response, Error>, batch: usize, one_by_one: &Machine) {
+        self.m.index += 1;
+        let id = self.m.index;
+        let rx = self.m.waiters.register(id).unwrap_or_else(|e| panic!("register: {e}"));
+        let data = RaftRequest { id, op: Some(op), proposer: ME, auth_revision: 0 }.encode_to_vec();
+        self.m.applier.apply(id, Some(&data), WriteBatch::default()).unwrap_or_else(|e| panic!("apply failed on a memory engine: {e}"));
+        self.waiting.push((rx, format!("{answer:?}")));
+        if self.waiting.len() >= batch {
+            self.flush(one_by_one);
+        }
+    }
+
+    fn flush(&mut self, one_by_one: &Machine) {
+        crate::raft::StateMachine::flush(&mut self.m.applier).unwrap_or_else(|e| panic!("flush failed on a memory engine: {e}"));
+        for (mut rx, want) in self.waiting.drain(..) {
+            match rx.try_recv() {
+                Ok(Some(got)) => assert_eq!(format!("{got:?}"), want, "a batched entry answered otherwise than one applied alone"),
+                other => panic!("no outcome for a flushed entry: {other:?}"),
+            }
+        }
+        assert_eq!(self.m.store.current_revision(), one_by_one.store.current_revision(), "batched: another revision");
+        assert_eq!(self.m.store.compacted_revision(), one_by_one.store.compacted_revision(), "batched: another compaction");
+        assert_eq!(everything(&self.m.store).kvs, everything(&one_by_one.store).kvs, "batched: other key-values");
     }
 }
 
@@ -224,12 +269,21 @@ fn check_range(r: &RangeRequest, resp: &RangeResponse, current: i64, written: bo
 /// it took; range answers hold their limits, counts and order, and their
 /// key-values' revisions are possible ones; the state read back from the
 /// engine by a new store equals the running store's, before and after the
-/// compaction in progress is finished.
+/// compaction in progress is finished. Every write is also applied to a
+/// second machine that flushes only every 1 to 8 entries (the chunk's last
+/// byte says how many), as the raft loop flushes a batch: same answers,
+/// same state.
 pub fn requests(mut data: &[u8]) {
     let engine = Arc::new(MemEngine::new());
     let mut m = Machine::new(engine.clone()).unwrap_or_else(|e| panic!("an empty state machine: {e}"));
+    let batched_engine = Arc::new(MemEngine::new());
+    let mut batched = Batched {
+        m: Machine::new(batched_engine.clone()).unwrap_or_else(|e| panic!("an empty state machine: {e}")),
+        waiting: Vec::new(),
+    };
     while let Some(chunk) = next_chunk(&mut data) {
         let Some((&kind, rest)) = chunk.split_first() else { continue };
+        let batch = 1 + usize::from(chunk.last().copied().unwrap_or_default() % 8);
         let before = m.store.current_revision();
         match kind {
             0 => {
@@ -239,7 +293,9 @@ pub fn requests(mut data: &[u8]) {
                     Op::Txn(t) => Some((t.success.len(), t.failure.len())),
                     _ => None,
                 };
-                let Some(result) = m.client_write(op) else { continue };
+                let Some(op) = m.checked(op) else { continue };
+                let result = m.apply(op.clone());
+                batched.stage(op, &result, batch, &m);
                 let after = m.store.current_revision();
                 assert!(after >= before, "the revision went back from {before} to {after}");
                 match result {
@@ -272,10 +328,14 @@ pub fn requests(mut data: &[u8]) {
             _ => {
                 let (key, value) = rest.split_at(rest.len() / 2);
                 let put = PutRequest { key: key.to_vec(), value: value.to_vec(), ..Default::default() };
-                let _ = m.client_write(Op::Put(put));
+                let Some(op) = m.checked(Op::Put(put)) else { continue };
+                let result = m.apply(op.clone());
+                batched.stage(op, &result, batch, &m);
             }
         }
     }
+    batched.flush(&m);
+    same_after_reopen(&batched.m.store, &batched_engine);
     // The state on the engine is the state served, with the compaction in
     // progress and once it is finished.
     same_after_reopen(&m.store, &engine);
