@@ -261,9 +261,7 @@ impl Applier {
             other => StorageError::Engine(other.to_string()),
         })?;
         crate::metrics::METRICS.backend_commit.observe(crate::metrics::since(started));
-        for (rev, changes) in self.published.drain(..) {
-            self.hub.publish(rev, changes);
-        }
+        self.hub.publish_all(std::mem::take(&mut self.published));
         for (id, result) in self.answers.drain(..) {
             self.waiters.complete(id, result);
         }

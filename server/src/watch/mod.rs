@@ -7,8 +7,8 @@
 //! next, so events are delivered exactly once, in revision order, however a
 //! watcher moves between the two sets.
 //!
-//! The applier only hands each revision's changes to a bounded queue
-//! ([`WatchHub::publish`]); a fan-out thread of its own builds and sends
+//! The applier only hands the changes of each batch of revisions it wrote
+//! to a bounded queue ([`WatchHub::publish_all`]); a fan-out thread of its own builds and sends
 //! the events, so neither many watchers nor `prev_kv` reads slow applying.
 //! A queue that is full (or over [`PUBLISH_QUEUE_BYTES`]) drops the
 //! revision and every watcher falls back to catch-up from history, which
@@ -32,13 +32,15 @@ const EVENT_PUT: i32 = 0;
 const EVENT_DELETE: i32 = 1;
 /// Changes read from history for one watcher in one catch-up round.
 const CATCH_UP_BATCH: usize = 1000;
-/// Revisions the applier may have handed to the fan-out and not yet sent.
+/// Batches of revisions the applier may have handed to the fan-out and not
+/// yet sent.
 pub const PUBLISH_QUEUE: usize = 1024;
 /// Bytes of values those revisions may hold.
 pub const PUBLISH_QUEUE_BYTES: usize = 64 << 20;
 
-/// One revision's changes on their way to the fan-out, and their size.
-type Published = (i64, Vec<Change>, usize);
+/// The changes of a batch of revisions on their way to the fan-out, and
+/// their size.
+type Published = (Vec<(i64, Vec<Change>)>, usize);
 
 /// What a client asked to watch.
 #[derive(Clone, Debug)]
@@ -140,18 +142,25 @@ impl WatchHub {
         }
     }
 
-    /// Hands the changes of revision `rev` to the fan-out (called by the
-    /// applier after the revision is visible). Never waits.
+    /// Hands the changes of revision `rev` to the fan-out (called after
+    /// the revision is visible). Never waits.
     pub fn publish(&self, rev: i64, changes: Vec<Change>) {
+        self.publish_all(vec![(rev, changes)]);
+    }
+
+    /// Hands the changes of revisions made visible together, in revision
+    /// order, to the fan-out: one hand-off (and one wake-up of the fan-out
+    /// thread) for the whole batch. Never waits.
+    pub fn publish_all(&self, revisions: Vec<(i64, Vec<Change>)>) {
         // Nobody to tell (most puts of most clusters): a watcher added from
-        // now on reads the current revision, `rev` or later, under this
-        // lock, so it starts past `rev` or catches up from history.
-        if self.watchers.lock().is_empty() {
+        // now on reads the current revision, these or later, under this
+        // lock, so it starts past them or catches up from history.
+        if revisions.is_empty() || self.watchers.lock().is_empty() {
             return;
         }
-        let bytes: usize = changes.iter().map(|c| c.kv.key.len() + c.kv.value.len()).sum();
+        let bytes: usize = revisions.iter().flat_map(|(_, changes)| changes).map(|c| c.kv.key.len() + c.kv.value.len()).sum();
         if self.queued_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes > PUBLISH_QUEUE_BYTES
-            || self.published.try_send((rev, changes, bytes)).is_err()
+            || self.published.try_send((revisions, bytes)).is_err()
         {
             self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
             self.dropped.store(true, Ordering::Release);
@@ -176,9 +185,11 @@ impl WatchHub {
                     hub.resync();
                 }
                 match next {
-                    Ok((rev, changes, bytes)) => {
+                    Ok((revisions, bytes)) => {
                         hub.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
-                        hub.notify(rev, &changes);
+                        for (rev, changes) in &revisions {
+                            hub.notify(*rev, changes);
+                        }
                     }
                     Err(std_mpsc::RecvTimeoutError::Timeout) => {}
                     Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
@@ -200,9 +211,11 @@ impl WatchHub {
         if self.dropped.swap(false, Ordering::AcqRel) {
             self.resync();
         }
-        for (rev, changes, bytes) in queued {
+        for (revisions, bytes) in queued {
             self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
-            self.notify(rev, &changes);
+            for (rev, changes) in &revisions {
+                self.notify(*rev, changes);
+            }
         }
         self.catch_up();
         self.answer_deferred();
