@@ -215,6 +215,12 @@ impl Batched {
         assert_eq!(self.m.store.current_revision(), one_by_one.store.current_revision(), "batched: another revision");
         assert_eq!(self.m.store.compacted_revision(), one_by_one.store.compacted_revision(), "batched: another compaction");
         assert_eq!(everything(&self.m.store).kvs, everything(&one_by_one.store).kvs, "batched: other key-values");
+        // Every revision kept, not only the current one (the one-by-one
+        // machine's compactor may be further on: the hash must agree).
+        match (self.m.store.hash_kv(0), one_by_one.store.hash_kv(0)) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "batched: another hash"),
+            (a, b) => assert_eq!(a.is_ok(), b.is_ok(), "batched: HashKV answers on one machine only"),
+        }
     }
 }
 

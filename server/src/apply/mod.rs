@@ -201,6 +201,9 @@ impl Applier {
             return Ok(Ok(Response::Alarm(resp)));
         }
         if let Op::Auth(a) = &op {
+            // What came before it is written and sent first: a watcher
+            // whose user loses access gets the events from before.
+            self.flush()?;
             let Some(change) = &a.change else {
                 self.store.stage(progress);
                 return Ok(Err(Error::Internal("an auth request without a change".into())));
@@ -256,11 +259,13 @@ impl Applier {
     /// and answers the proposers.
     fn flush(&mut self) -> Result<(), StorageError> {
         let started = std::time::Instant::now();
-        self.store.flush().map_err(|e| match e {
+        let wrote = self.store.flush().map_err(|e| match e {
             MvccError::Storage(e) => e,
             other => StorageError::Engine(other.to_string()),
         })?;
-        crate::metrics::METRICS.backend_commit.observe(crate::metrics::since(started));
+        if wrote {
+            crate::metrics::METRICS.backend_commit.observe(crate::metrics::since(started));
+        }
         self.hub.publish_all(std::mem::take(&mut self.published));
         for (id, result) in self.answers.drain(..) {
             self.waiters.complete(id, result);

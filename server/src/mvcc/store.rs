@@ -514,10 +514,13 @@ impl Store {
     }
 
     /// Writes what was staged in one engine write (not synced: the raft
-    /// log holds it durably), then makes its revisions visible.
-    pub fn flush(&self) -> Result<()> {
+    /// log holds it durably), then makes its revisions visible; whether
+    /// there was anything to write. After a failed write the store must
+    /// not be written again (the member stops).
+    pub fn flush(&self) -> Result<bool> {
         let mut unwritten = self.unwritten.lock();
-        if !unwritten.batch.is_empty() {
+        let wrote = !unwritten.batch.is_empty();
+        if wrote {
             self.engine.write(std::mem::take(&mut unwritten.batch), false)?;
         }
         unwritten.values.clear();
@@ -525,7 +528,7 @@ impl Store {
             self.index.write().current = unwritten.rev;
             unwritten.rev = 0;
         }
-        Ok(())
+        Ok(wrote)
     }
 
     fn wake_compactor(&self) {

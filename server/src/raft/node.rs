@@ -21,6 +21,10 @@ use super::log::{RaftLog, SnapshotSource};
 use crate::storage::{Engine, StorageError, WriteBatch};
 
 /// The application side of raft: it applies committed entries.
+/// Bytes of entries applied at most between two flushes of the state
+/// machine (and announcements of the applied index).
+const APPLY_BATCH_BYTES: usize = 4 << 20;
+
 pub trait StateMachine: Send + 'static {
     /// Applies the entry at `index` (`data` None for raft's own entries).
     /// `progress` records raft's commit and applied index: it must be written
@@ -595,10 +599,19 @@ impl<S: StateMachine, T: Transport> Loop<S, T> {
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
+        let mut staged_bytes = 0;
         for e in entries {
             if e.index <= self.applied {
                 continue;
             }
+            // A member catching up gets many entries at once: they are
+            // written, shown and answered in batches of bounded size.
+            if staged_bytes >= APPLY_BATCH_BYTES {
+                self.sm.flush()?;
+                self.status.applied.store(self.applied, Ordering::Release);
+                staged_bytes = 0;
+            }
+            staged_bytes += e.data.len().max(1);
             let mut progress = WriteBatch::default();
             self.node.mut_store().commit_to(e.index, &mut progress)?;
             match e.get_entry_type() {

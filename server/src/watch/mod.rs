@@ -152,10 +152,15 @@ impl WatchHub {
     /// order, to the fan-out: one hand-off (and one wake-up of the fan-out
     /// thread) for the whole batch. Never waits.
     pub fn publish_all(&self, revisions: Vec<(i64, Vec<Change>)>) {
+        if revisions.is_empty() {
+            return;
+        }
         // Nobody to tell (most puts of most clusters): a watcher added from
         // now on reads the current revision, these or later, under this
-        // lock, so it starts past them or catches up from history.
-        if revisions.is_empty() || self.watchers.lock().is_empty() {
+        // lock, so it starts past them or catches up from history. Only
+        // tried: the fan-out holds the lock while it builds events, and
+        // the applier must not wait for it (a busy lock means watchers).
+        if self.watchers.try_lock().is_some_and(|w| w.is_empty()) {
             return;
         }
         let bytes: usize = revisions.iter().flat_map(|(_, changes)| changes).map(|c| c.kv.key.len() + c.kv.value.len()).sum();
