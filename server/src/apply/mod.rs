@@ -508,24 +508,7 @@ mod tests {
     #[test]
     fn only_the_proposing_member_hears_the_outcome_of_its_request_id() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
-        let store = Arc::new(Store::open(engine.clone()).expect("store"));
-        let hub = Arc::new(WatchHub::new(store.clone(), Box::new(|revision| PbResponseHeader { revision, ..Default::default() }), 1 << 20));
-        let waiters = Arc::new(Waiters::default());
-        let snapshots = Arc::new(Snapshots::open(dir.path().join("snap"), engine.clone()).expect("snapshots"));
-        let mut applier = Applier::new(
-            1,
-            engine,
-            store,
-            Arc::new(Lessor::new(1)),
-            waiters.clone(),
-            hub,
-            Arc::new(Membership::default()),
-            snapshots,
-            Arc::new(Alarms::default()),
-            Arc::default(),
-        )
-        .expect("applier");
+        let (mut applier, _store, waiters, _engine) = machine(dir.path());
         let mut mine = waiters.register(7).expect("room for a proposal");
         // Another member's request with the same id must not answer ours.
         applier.apply(2, Some(&put(2, 7, "theirs")), WriteBatch::default()).expect("apply");
