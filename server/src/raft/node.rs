@@ -607,8 +607,7 @@ impl<S: StateMachine, T: Transport> Loop<S, T> {
             // A member catching up gets many entries at once: they are
             // written, shown and answered in batches of bounded size.
             if staged_bytes >= APPLY_BATCH_BYTES {
-                self.sm.flush()?;
-                self.status.applied.store(self.applied, Ordering::Release);
+                self.flush_applied()?;
                 staged_bytes = 0;
             }
             staged_bytes += e.data.len().max(1);
@@ -653,8 +652,13 @@ impl<S: StateMachine, T: Transport> Loop<S, T> {
             }
             self.applied = e.index;
         }
-        // Announced once written and visible: a linearizable read waits
-        // for the applied index, then reads.
+        self.flush_applied()
+    }
+
+    /// Writes what the state machine staged, then announces the applied
+    /// index: only once written and visible, since a linearizable read
+    /// waits for the applied index, then reads.
+    fn flush_applied(&mut self) -> Result<(), StorageError> {
         self.sm.flush()?;
         self.status.applied.store(self.applied, Ordering::Release);
         Ok(())

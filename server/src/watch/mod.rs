@@ -8,10 +8,10 @@
 //! watcher moves between the two sets.
 //!
 //! The applier only hands the changes of each batch of revisions it wrote
-//! to a bounded queue ([`WatchHub::publish_all`]); a fan-out thread of its own builds and sends
-//! the events, so neither many watchers nor `prev_kv` reads slow applying.
-//! A queue that is full (or over [`PUBLISH_QUEUE_BYTES`]) drops the
-//! revision and every watcher falls back to catch-up from history, which
+//! to a bounded queue ([`WatchHub::publish_all`]); a fan-out thread of its
+//! own builds and sends the events, so neither many watchers nor `prev_kv`
+//! reads slow applying. A queue that is full (or over
+//! [`PUBLISH_QUEUE_BYTES`]) drops the batch and every watcher falls back to catch-up from history, which
 //! sends it: a slow fan-out costs latency, never an event or memory.
 //! `prev_kv` comes from the revision the write transaction saw for the key
 //! (read once per change, whatever the number of watchers).
@@ -142,9 +142,9 @@ impl WatchHub {
         }
     }
 
-    /// Hands the changes of revision `rev` to the fan-out (called after
-    /// the revision is visible). Never waits.
-    pub fn publish(&self, rev: i64, changes: Vec<Change>) {
+    /// [`WatchHub::publish_all`] of one revision (tests).
+    #[cfg(test)]
+    fn publish(&self, rev: i64, changes: Vec<Change>) {
         self.publish_all(vec![(rev, changes)]);
     }
 
