@@ -4,6 +4,9 @@ use clap::Parser;
 use raftkv::config::Config;
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn init_logging(cfg: &Config) {
     let filter = EnvFilter::try_from_env("RAFTKV_LOG").unwrap_or_else(|_| EnvFilter::new(&cfg.log_level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
