@@ -9,7 +9,6 @@ use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use axum::extract::Request;
-use axum::middleware::Next;
 use axum::response::Response;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -144,27 +143,36 @@ fn code_name(code: &str) -> &'static str {
 /// trailers-only response, with `grpc-status` in the headers, and success
 /// in the trailers); a stream's when its trailers go out, or, when the
 /// client goes away first, Canceled.
-pub async fn count_grpc(req: Request, next: Next) -> Response {
-    // The outermost layer: what api::coalesce counts as being answered.
-    let _answering = crate::api::coalesce::answering();
-    let path = req.uri().path().to_owned();
-    let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
-        return next.run(req).await;
-    };
-    if !req.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")) {
-        return next.run(req).await;
+pub struct GrpcCall {
+    /// None for a path that names no service and method.
+    labels: Option<GrpcLabels>,
+}
+
+impl GrpcCall {
+    /// A gRPC call comes in: counted as started.
+    pub fn start(req: &Request) -> Self {
+        let path = req.uri().path();
+        let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+            return Self { labels: None };
+        };
+        let labels = GrpcLabels { grpc_type: grpc_type(path), grpc_service: service.to_owned(), grpc_method: method.to_owned() };
+        METRICS.grpc_started.get_or_create(&labels).inc();
+        Self { labels: Some(labels) }
     }
-    let labels = GrpcLabels { grpc_type: grpc_type(&path), grpc_service: service.to_owned(), grpc_method: method.to_owned() };
-    METRICS.grpc_started.get_or_create(&labels).inc();
-    let resp = next.run(req).await;
-    let header_code = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).map(code_name);
-    match header_code {
-        // Unary, or a stream refused before it began.
-        Some(code) => handled(labels, code),
-        None if labels.grpc_type == "unary" => handled(labels, "OK"),
-        None => return resp.map(|body| axum::body::Body::new(CountedStream { inner: body, labels: Some(labels) })),
+
+    /// Its response starts: a unary call, or a stream refused before it
+    /// began, is counted as handled now; a stream's body counts it when
+    /// it ends.
+    pub fn answered(self, resp: Response) -> Response {
+        let Some(labels) = self.labels else { return resp };
+        let header_code = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).map(code_name);
+        match header_code {
+            Some(code) => handled(labels, code),
+            None if labels.grpc_type == "unary" => handled(labels, "OK"),
+            None => return resp.map(|body| axum::body::Body::new(CountedStream { inner: body, labels: Some(labels) })),
+        }
+        resp
     }
-    resp
 }
 
 fn handled(labels: GrpcLabels, code: &'static str) {

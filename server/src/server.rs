@@ -37,15 +37,15 @@ fn routes(node: &Arc<Node>, max_msg: usize, access: http::AccessControl) -> Rout
         .add_service(LockServer::new(LockService::new(node.clone())).max_decoding_message_size(max_msg))
         .add_service(ElectionServer::new(ElectionService::new(node.clone())).max_decoding_message_size(max_msg))
         .add_service(AuthServer::new(AuthService::new(node.clone())).max_decoding_message_size(max_msg));
-    let grpc = std::mem::take(routes.axum_router_mut()).layer(axum::middleware::from_fn_with_state(node.clone(), crate::api::require_leader));
+    let grpc = std::mem::take(routes.axum_router_mut());
     // The JSON gateway calls the same services; its bodies hold base64 (a
-    // third larger) in JSON.
-    let gateway = crate::api::gateway::router(grpc.clone(), 2 * max_msg);
-    let router = grpc.merge(http::router(node.clone())).merge(gateway)
-        .layer(axum::middleware::from_fn(http::not_found_unless_grpc))
-        .layer(axum::middleware::from_fn_with_state(Arc::new(access), http::access_control))
-        .layer(axum::middleware::from_fn(crate::metrics::count_grpc));
-    Routes::from(router)
+    // third larger) in JSON. (gRPC calls pass the front, which refuses one
+    // requiring a leader when there is none; the gateway's pass this.)
+    let gateway_grpc = grpc.clone().layer(axum::middleware::from_fn_with_state(node.clone(), crate::api::require_leader));
+    let gateway = crate::api::gateway::router(gateway_grpc, 2 * max_msg);
+    let router = grpc.merge(http::router(node.clone())).merge(gateway);
+    let front = crate::api::front::Front::new(node.clone(), router, access);
+    Routes::from(axum::Router::new().fallback_service(front))
 }
 
 /// Runs until `shutdown` resolves, then stops gracefully.

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cluster;
 pub mod coalesce;
 pub mod election;
+pub mod front;
 pub mod gateway;
 pub mod http;
 pub mod kv;
@@ -30,10 +31,9 @@ pub fn requires_leader(headers: &axum::http::HeaderMap) -> bool {
     headers.get(REQUIRE_LEADER_KEY).is_some_and(|v| v.as_bytes() == b"true")
 }
 
-/// etcd's interceptors: a request requiring a leader, unary or a stream,
-/// is refused with "etcdserver: no leader" when this member knows none.
-/// (A watch stream that loses its leader later is ended by the watch
-/// service.)
+/// etcd's interceptors for the JSON gateway's calls, as [`front::Front`]
+/// for gRPC ones: a request requiring a leader is refused with
+/// "etcdserver: no leader" when this member knows none.
 pub async fn require_leader(
     axum::extract::State(node): axum::extract::State<std::sync::Arc<crate::node::Node>>,
     req: axum::extract::Request,
