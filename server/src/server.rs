@@ -43,7 +43,10 @@ fn routes(node: &Arc<Node>, max_msg: usize, access: http::AccessControl) -> Rout
     // requiring a leader when there is none; the gateway's pass this.)
     let gateway_grpc = grpc.clone().layer(axum::middleware::from_fn_with_state(node.clone(), crate::api::require_leader));
     let gateway = crate::api::gateway::router(gateway_grpc, 2 * max_msg);
-    let router = grpc.merge(http::router(node.clone())).merge(gateway);
+    // Made ready here (tonic prepares only the router it is given, the
+    // front's): a route whose handler was never given a state is rebuilt
+    // for every request.
+    let router = grpc.merge(http::router(node.clone())).merge(gateway).with_state(());
     let front = crate::api::front::Front::new(node.clone(), router, access);
     Routes::from(axum::Router::new().fallback_service(front))
 }

@@ -913,6 +913,22 @@ async fn require_leader_ends_watches_without_a_leader(cluster: &mut Cluster) -> 
     ensure!(ended == "err Unavailable: etcdserver: no leader", "the watch ended with {ended}");
     let refused = describe::outcome(&strict.get("k", Some(GetOptions::new().with_serializable())).await, describe::get);
     ensure!(refused == "err Unavailable: etcdserver: no leader", "a serializable get requiring a leader: {refused}");
+    // A stream that requires a leader is refused as it opens.
+    let opened = match strict.watch("k2", None).await {
+        Ok(mut watch) => watch.message().await.map(|m| format!("{m:?}")),
+        Err(e) => Err(e),
+    };
+    let opened = describe::outcome(&opened, |m| format!("a watch opened: {m}"));
+    ensure!(opened == "err Unavailable: etcdserver: no leader", "a watch requiring a leader, opened without one: {opened}");
+    // So is a JSON gateway call with the metadata as a header.
+    let url = format!("{}/v3/kv/range", cluster.member(stay).endpoint());
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "-X", "POST", "-H", "Grpc-Metadata-Hasleader: true", "-d", r#"{"key":"aw=="}"#, &url])
+        .output()
+        .await
+        .context("cannot run curl")?;
+    let body = String::from_utf8_lossy(&out.stdout);
+    ensure!(body.contains("etcdserver: no leader"), "a gateway range requiring a leader, answered without one: {body}");
     let watched = tokio::time::timeout(Duration::from_millis(500), lax_watch.message()).await;
     ensure!(watched.is_err(), "a watch not requiring a leader ended too: {watched:?}");
     let lax_get = lax.get("k", Some(GetOptions::new().with_serializable())).await;
