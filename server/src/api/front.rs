@@ -38,14 +38,14 @@ impl Front {
     pub fn new(node: Arc<Node>, routes: Router, access: super::http::AccessControl) -> Self {
         let web = routes
             .clone()
-            .layer(axum::middleware::from_fn(super::http::not_found_unless_grpc))
+            .layer(axum::middleware::from_fn(super::http::not_found))
             .layer(axum::middleware::from_fn_with_state(Arc::new(access), super::http::access_control));
         Self { node, grpc: routes, web }
     }
 }
 
 /// A gRPC request, by its content type (`application/grpc`, `+proto`...).
-pub fn is_grpc(req: &Request) -> bool {
+fn is_grpc(req: &Request) -> bool {
     req.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 

@@ -21,20 +21,20 @@ pub fn metrics_router(node: Arc<Node>) -> Router {
     Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(node)
 }
 
-/// A request that is not gRPC for a path nothing serves: 404, as etcd's
-/// HTTP mux answers (the gRPC router's fallback answers Unimplemented in a
-/// gRPC response, status 200, which means nothing to an HTTP client).
-pub async fn not_found_unless_grpc(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
-    let grpc = req.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+/// An HTTP request (not gRPC: [`super::front::Front`] sends only those
+/// here) for a path nothing serves: 404, as etcd's HTTP mux answers (the
+/// gRPC router's fallback answers Unimplemented in a gRPC response, status
+/// 200, which means nothing to an HTTP client).
+pub async fn not_found(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     let resp = next.run(req).await;
-    if !grpc && resp.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"12") {
+    if resp.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"12") {
         return (StatusCode::NOT_FOUND, [("content-type", "text/plain; charset=utf-8")], "Not Found\n").into_response();
     }
     resp
 }
 
 /// etcd's access controller for the client port's HTTP requests (gRPC
-/// passes by): `--host-whitelist` for plaintext connections, the CORS
+/// calls never reach it, see [`super::front::Front`]): `--host-whitelist` for plaintext connections, the CORS
 /// headers of `--cors`, and OPTIONS (a CORS preflight) answered 200 on any
 /// path.
 #[derive(Debug, Clone, Default)]
@@ -81,9 +81,6 @@ pub async fn access_control(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    if req.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")) {
-        return next.run(req).await;
-    }
     let tls = req.extensions().get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>().is_some();
     if !tls && let Some(hosts) = &ac.hosts {
         let host = request_host(&req);
