@@ -34,9 +34,9 @@ pub async fn not_found(req: axum::extract::Request, next: axum::middleware::Next
 }
 
 /// etcd's access controller for the client port's HTTP requests (gRPC
-/// calls never reach it, see [`super::front::Front`]): `--host-whitelist` for plaintext connections, the CORS
-/// headers of `--cors`, and OPTIONS (a CORS preflight) answered 200 on any
-/// path.
+/// calls never reach it, see [`super::front::Front`]): `--host-whitelist`
+/// for plaintext connections, the CORS headers of `--cors`, and OPTIONS (a
+/// CORS preflight) answered 200 on any path.
 #[derive(Debug, Clone, Default)]
 pub struct AccessControl {
     /// None: every origin.
