@@ -150,7 +150,8 @@ enum Command {
     Propose(Vec<u8>, Box<dyn FnOnce() + Send>),
     /// A membership change, and what to do if raft refuses it.
     ProposeConfChange(ConfChangeV2, Box<dyn FnOnce() + Send>),
-    ReadIndex(oneshot::Sender<u64>),
+    /// Reads are queued (`ReadQueue`): the loop looks at them.
+    Reads,
     Step(Message),
     Unreachable(u64),
     SnapshotDone(u64, bool),
@@ -163,7 +164,47 @@ enum Command {
 #[derive(Clone)]
 pub struct RaftHandle {
     tx: Sender<Command>,
+    reads: Arc<ReadQueue>,
     pub status: Arc<RaftStatus>,
+}
+
+/// Reads waiting for the next ReadIndex round. A reader queues itself and
+/// wakes the loop only if no reader before it has since the loop last
+/// looked (`asked`): a storm of reads wakes the loop once per round, not
+/// once per read.
+#[derive(Default)]
+struct ReadQueue {
+    waiters: parking_lot::Mutex<QueuedReads>,
+    /// Set by the first reader to queue after the loop took the queue.
+    asked: AtomicBool,
+}
+
+#[derive(Default)]
+struct QueuedReads {
+    waiters: Vec<oneshot::Sender<u64>>,
+    /// The loop is gone: no one will answer.
+    closed: bool,
+}
+
+impl ReadQueue {
+    /// Whether the loop has reads to take.
+    fn asked(&self) -> bool {
+        self.asked.load(Ordering::Acquire)
+    }
+
+    /// Everything queued. The flag is cleared first: a reader that queues
+    /// after it sets the flag again and wakes the loop.
+    fn take(&self) -> Vec<oneshot::Sender<u64>> {
+        self.asked.store(false, Ordering::SeqCst);
+        std::mem::take(&mut self.waiters.lock().waiters)
+    }
+
+    /// Drops every waiter (they see the loop stopped) and refuses new ones.
+    fn close(&self) {
+        let mut q = self.waiters.lock();
+        q.closed = true;
+        q.waiters.clear();
+    }
 }
 
 impl RaftHandle {
@@ -185,7 +226,16 @@ impl RaftHandle {
     /// receiver once applied.
     pub fn ask_read_index(&self) -> Result<oneshot::Receiver<u64>, RaftError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::ReadIndex(tx)).map_err(|_| RaftError::Stopped)?;
+        {
+            let mut q = self.reads.waiters.lock();
+            if q.closed {
+                return Err(RaftError::Stopped);
+            }
+            q.waiters.push(tx);
+        }
+        if !self.reads.asked.swap(true, Ordering::SeqCst) {
+            self.tx.send(Command::Reads).map_err(|_| RaftError::Stopped)?;
+        }
         Ok(rx)
     }
 
@@ -244,7 +294,10 @@ struct Loop<S: StateMachine, T: Transport> {
     reads_in_flight: HashMap<u64, PendingRead>,
     /// Reads answered with an index, waiting to be applied up to it.
     reads_to_apply: Vec<(u64, Vec<oneshot::Sender<u64>>)>,
-    new_reads: Vec<oneshot::Sender<u64>>,
+    /// Reads queued by clients, and the flag that wakes the loop for them.
+    reads: Arc<ReadQueue>,
+    /// Reads of a round that got no answer, for the next round.
+    retried_reads: Vec<oneshot::Sender<u64>>,
     applied: u64,
     last_truncation: u64,
     /// Ticks so far: the loop's only clock.
@@ -304,6 +357,7 @@ pub fn start<S: StateMachine, T: Transport>(
     status.id.store(cfg.id, Ordering::Release);
     status.applied.store(applied, Ordering::Release);
     let (tx, rx) = channel();
+    let reads = Arc::new(ReadQueue::default());
     let mut lp = Loop {
         node,
         engine,
@@ -313,7 +367,8 @@ pub fn start<S: StateMachine, T: Transport>(
         read_seq: 0,
         reads_in_flight: HashMap::new(),
         reads_to_apply: Vec::new(),
-        new_reads: Vec::new(),
+        reads: reads.clone(),
+        retried_reads: Vec::new(),
         applied,
         last_truncation: applied,
         ticks: 0,
@@ -323,7 +378,14 @@ pub fn start<S: StateMachine, T: Transport>(
         // A one-member cluster need not wait an election timeout.
         let _ = lp.node.campaign();
     }
-    Ok((RaftHandle { tx, status }, Stepped { lp, rx }))
+    Ok((RaftHandle { tx, reads, status }, Stepped { lp, rx }))
+}
+
+/// A stopped loop answers no read: queued ones see it stopped.
+impl<S: StateMachine, T: Transport> Drop for Stepped<S, T> {
+    fn drop(&mut self) {
+        self.lp.reads.close();
+    }
 }
 
 impl<S: StateMachine, T: Transport> Stepped<S, T> {
@@ -347,7 +409,13 @@ impl<S: StateMachine, T: Transport> Stepped<S, T> {
     fn run(&mut self) -> Result<(), StorageError> {
         let mut last_tick = Instant::now();
         loop {
-            let wait = self.lp.cfg.tick.saturating_sub(last_tick.elapsed());
+            // Reads queued while a round was in flight sent no wake-up:
+            // once that round is answered, the next goes out at once.
+            let wait = if self.lp.reads_waiting() {
+                Duration::ZERO
+            } else {
+                self.lp.cfg.tick.saturating_sub(last_tick.elapsed())
+            };
             match self.rx.recv_timeout(wait) {
                 Ok(cmd) => {
                     if !self.lp.handle(cmd) {
@@ -417,7 +485,7 @@ impl<S: StateMachine, T: Transport> Loop<S, T> {
                     refused();
                 }
             }
-            Command::ReadIndex(done) => self.new_reads.push(done),
+            Command::Reads => {}
             Command::Step(msg) => {
                 if let Err(e) = self.node.step(msg) {
                     tracing::debug!(error = %e, "raft refused a peer message");
@@ -437,16 +505,27 @@ impl<S: StateMachine, T: Transport> Loop<S, T> {
         true
     }
 
+    /// Reads to issue as soon as no round is in flight.
+    fn reads_waiting(&self) -> bool {
+        self.reads_in_flight.is_empty() && (self.reads.asked() || !self.retried_reads.is_empty())
+    }
+
     /// Many waiting reads share one ReadIndex round, and one round is in
     /// flight at a time (as etcd's read loop): reads that arrive meanwhile
     /// wait for the next, so a read storm costs a heartbeat round per
     /// batch, not per read.
     fn issue_reads(&mut self) {
-        if self.new_reads.is_empty() || !self.reads_in_flight.is_empty() {
+        if !self.reads_in_flight.is_empty() {
+            return;
+        }
+        let mut waiters = std::mem::take(&mut self.retried_reads);
+        if self.reads.asked() {
+            waiters.extend(self.reads.take());
+        }
+        if waiters.is_empty() {
             return;
         }
         self.read_seq += 1;
-        let waiters = std::mem::take(&mut self.new_reads);
         self.node.read_index(self.read_seq.to_be_bytes().to_vec());
         self.reads_in_flight.insert(self.read_seq, PendingRead { issued: self.ticks, waiters });
     }
@@ -462,7 +541,7 @@ impl<S: StateMachine, T: Transport> Loop<S, T> {
         for k in stale {
             if let Some(p) = self.reads_in_flight.remove(&k) {
                 let alive: Vec<_> = p.waiters.into_iter().filter(|w| !w.is_closed()).collect();
-                self.new_reads.extend(alive);
+                self.retried_reads.extend(alive);
             }
         }
     }
