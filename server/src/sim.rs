@@ -229,3 +229,57 @@ impl SimMember {
         incoming.finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use etcd_client::proto::PbPutRequest;
+
+    use super::*;
+    use crate::raft::node::RaftError;
+
+    /// On its own thread, the loop answers reads from many tasks at once
+    /// with no tick to fall back on: a read queued while the loop works
+    /// goes out in a later round without waking it again, and none is left
+    /// behind. Once the loop has stopped, a read is refused at once.
+    #[test]
+    fn reads_are_answered_on_wake_ups_alone() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let engine = Arc::new(MemEngine::new());
+        bootstrap(engine.as_ref(), &[1])?;
+        let clock: Clock = Arc::new(Instant::now);
+        let timing = Timing { election_ticks: 10, snapshot_count: 10_000, catch_up_entries: 5 };
+        let mut member = SimMember::open(1, engine, dir.path().to_path_buf(), timing, 0, clock)?;
+        // A write first: a leader serves ReadIndex once it has committed in its term.
+        let put = member.propose(Op::Put(PbPutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() }))?;
+        let SimMember { raft, stepped, .. } = member;
+        let thread = stepped.with_tick(Duration::from_secs(3600)).spawn()?;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?;
+        let answered = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(60), put.outcome).await??;
+            let mut tasks = Vec::new();
+            for _ in 0..16 {
+                let raft = raft.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut answered = 0;
+                    for _ in 0..200 {
+                        raft.read_index().await?;
+                        answered += 1;
+                    }
+                    Ok::<_, RaftError>(answered)
+                }));
+            }
+            let mut answered = 0;
+            for t in tasks {
+                answered += tokio::time::timeout(Duration::from_secs(60), t).await???;
+            }
+            anyhow::Ok(answered)
+        })?;
+        assert_eq!(answered, 16 * 200);
+        raft.stop();
+        thread.join().map_err(|_| anyhow::anyhow!("the raft thread panicked"))?;
+        assert!(matches!(raft.ask_read_index(), Err(RaftError::Stopped)));
+        Ok(())
+    }
+}

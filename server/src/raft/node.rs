@@ -389,6 +389,13 @@ impl<S: StateMachine, T: Transport> Drop for Stepped<S, T> {
 }
 
 impl<S: StateMachine, T: Transport> Stepped<S, T> {
+    /// The same loop with another tick (a test's: one that never comes).
+    #[cfg(test)]
+    pub(crate) fn with_tick(mut self, tick: Duration) -> Self {
+        self.lp.cfg.tick = tick;
+        self
+    }
+
     /// Runs the loop on its own thread until told to stop.
     pub fn spawn(mut self) -> Result<std::thread::JoinHandle<()>, StorageError> {
         std::thread::Builder::new()
