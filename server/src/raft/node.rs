@@ -199,6 +199,19 @@ impl ReadQueue {
         std::mem::take(&mut self.waiters.lock().waiters)
     }
 
+    /// Queues a reader; true if it is the first since the loop last took
+    /// the queue, and must wake it.
+    fn push(&self, waiter: oneshot::Sender<u64>) -> Result<bool, RaftError> {
+        {
+            let mut q = self.waiters.lock();
+            if q.closed {
+                return Err(RaftError::Stopped);
+            }
+            q.waiters.push(waiter);
+        }
+        Ok(!self.asked.swap(true, Ordering::SeqCst))
+    }
+
     /// Drops every waiter (they see the loop stopped) and refuses new ones.
     fn close(&self) {
         let mut q = self.waiters.lock();
@@ -226,14 +239,7 @@ impl RaftHandle {
     /// receiver once applied.
     pub fn ask_read_index(&self) -> Result<oneshot::Receiver<u64>, RaftError> {
         let (tx, rx) = oneshot::channel();
-        {
-            let mut q = self.reads.waiters.lock();
-            if q.closed {
-                return Err(RaftError::Stopped);
-            }
-            q.waiters.push(tx);
-        }
-        if !self.reads.asked.swap(true, Ordering::SeqCst) {
+        if self.reads.push(tx)? {
             self.tx.send(Command::Reads).map_err(|_| RaftError::Stopped)?;
         }
         Ok(rx)
